@@ -1,0 +1,64 @@
+"""`scratchlm <command>`: a thin argparse front. Each command lives in its own module as a plain
+function; the module's `add_cli(subparsers)` registers the command and points it at that function."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Modules that contribute commands, in the order `--help` lists them.
+COMMAND_MODULES = [
+    "scratchlm.demo",
+    "scratchlm.data.cli",
+    "scratchlm.tokenizer",
+    "scratchlm.data.prepare",
+    "scratchlm.model.info",
+    "scratchlm.train.cli",
+    "scratchlm.generate",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser with every command registered."""
+    parser = argparse.ArgumentParser(
+        prog="scratchlm",
+        description="Build a language model from scratch: tokenizer → model → pretrain → SFT → chat.",
+    )
+    from scratchlm import __version__
+
+    parser.add_argument("--version", action="version", version=f"scratchlm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:  # not written yet
+                continue
+            raise
+        module.add_cli(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from scratchlm.config import ConfigError
+
+    try:
+        rc = args.func(args)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""The one place that picks devices and dtypes: fp32 on CPU, bf16 autocast on CUDA."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import ContextManager
+
+import torch
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_device(pref: str = "auto") -> torch.device:
+    """`auto` → cuda if available, else mps, else cpu; anything else is taken as given."""
+    if pref == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(pref)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={pref!r} requested but CUDA is not available on this machine")
+    return dev
+
+
+def pick_dtype(device: torch.device, pref: str = "auto") -> torch.dtype:
+    """Compute dtype: `auto` → bf16 on CUDA with bf16 support, else fp32."""
+    if pref == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return _DTYPES[pref]
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> ContextManager:
+    """Mixed-precision context for forward passes; a no-op in fp32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
