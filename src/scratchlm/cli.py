@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Modules that contribute commands, in the order `--help` lists them.
@@ -47,12 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from scratchlm.config import ConfigError
-
     try:
         rc = args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError) as e:  # ConfigError and data errors are ValueErrors
+        if os.environ.get("SCRATCHLM_DEBUG"):
+            raise
         print(f"error: {e}", file=sys.stderr)
+        print("(set SCRATCHLM_DEBUG=1 for the full traceback)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
