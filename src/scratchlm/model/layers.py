@@ -1,0 +1,129 @@
+"""Building blocks shared by every model variant: norms (RMSNorm, DyT), the SwiGLU feed-forward, and RoPE.
+
+RoPE uses the "rotate-half" convention of transformers' Llama (the first half of each head's dims pairs
+with the second half), so our weights copy into `LlamaForCausalLM` without any permutation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from scratchlm.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm: x / rms(x) · weight (no mean subtraction, no bias)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32 (as Llama does) so bf16 activations don't lose the small rms terms.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+class DyT(nn.Module):
+    """Dynamic Tanh ("Transformers without Normalization"): weight · tanh(alpha · x) + bias."""
+
+    def __init__(self, dim: int, alpha: float = 0.5):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.tensor(float(alpha)))  # one learnable scalar per norm
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weight * torch.tanh(self.alpha * x) + self.bias
+
+
+def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
+    """The norm layer cfg.norm asks for, over the last dimension of size `dim`."""
+    if cfg.norm == "dyt":
+        return DyT(dim, cfg.dyt_alpha)
+    return RMSNorm(dim, cfg.norm_eps)
+
+
+class SwiGLU(nn.Module):
+    """Gated feed-forward: w2(silu(w1 x) · w3 x); w1 = gate, w3 = up, w2 = down, all bias-free."""
+
+    def __init__(self, d_model: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.w1 = nn.Linear(d_model, hidden, bias=False)
+        self.w3 = nn.Linear(d_model, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, d_model, bias=False)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+
+
+# ----------------------------------------------------------------------------------------------------
+# RoPE
+
+
+def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    """YaRN attention temperature 0.1·mscale·ln(factor) + 1 (1 when factor ≤ 1)."""
+    if factor <= 1:
+        return 1.0
+    return 0.1 * mscale * math.log(factor) + 1.0
+
+
+def _yarn_correction_dim(num_rotations: float, dim: int, base: float, max_pos: int) -> float:
+    # The dimension index whose wavelength makes `num_rotations` full turns over `max_pos` positions.
+    return (dim * math.log(max_pos / (num_rotations * 2 * math.pi))) / (2 * math.log(base))
+
+
+def rope_inv_freq(cfg: ModelConfig, dim: int) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies [dim/2] for a rotary dim, and the factor that scales cos/sin (YaRN's mscale).
+
+    none: θ^(-2i/d). linear: positions / factor, i.e. inv_freq / factor. ntk: NTK-aware base change
+    θ·factor^(d/(d-2)) (static). yarn: per-dim blend between interpolated (÷factor) and original
+    frequencies, ramped between beta_fast and beta_slow rotations over rope_original_max_seq_len —
+    the same numbers as transformers' `_compute_yarn_parameters` (truncate=True).
+    """
+    theta, factor = cfg.rope_theta, cfg.rope_factor
+    exponents = torch.arange(0, dim, 2, dtype=torch.float32) / dim  # [dim/2]
+    scaling = cfg.rope_scaling
+    if scaling == "ntk":
+        theta = theta * factor ** (dim / (dim - 2))
+    inv_freq = 1.0 / (theta**exponents)
+    if scaling == "linear":
+        return inv_freq / factor, 1.0
+    if scaling != "yarn":
+        return inv_freq, 1.0
+    low = _yarn_correction_dim(cfg.yarn_beta_fast, dim, theta, cfg.rope_original_max_seq_len)
+    high = _yarn_correction_dim(cfg.yarn_beta_slow, dim, theta, cfg.rope_original_max_seq_len)
+    low, high = max(math.floor(low), 0), min(math.ceil(high), dim - 1)
+    if low == high:
+        high += 0.001  # avoid dividing by zero in the ramp
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    keep = 1 - ramp  # 1 → high-frequency dims keep their original frequency (extrapolate)
+    inv_freq = (inv_freq / factor) * (1 - keep) + inv_freq * keep
+    return inv_freq, yarn_mscale(factor)
+
+
+def rope_cache(cfg: ModelConfig, dim: int, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Precomputed (cos, sin), each [max_len, dim], in the rotate-half layout (freqs repeated twice)."""
+    inv_freq, mscale = rope_inv_freq(cfg, dim)
+    pos = torch.arange(max_len, dtype=torch.float32)
+    freqs = torch.outer(pos, inv_freq)  # [max_len, dim/2]
+    emb = torch.cat((freqs, freqs), dim=-1)  # [max_len, dim]
+    return emb.cos() * mscale, emb.sin() * mscale
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2) → (-x2, x1) over the two halves of the last dim."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [B, H, T, d] by cos/sin broadcastable to it (e.g. [B, 1, T, d] or [T, d])."""
+    return (x * cos) + (rotate_half(x) * sin)
