@@ -1,0 +1,81 @@
+"""The built-in corpus: English fortunes and Chinese classical poems/sayings that ship with the package.
+
+The files in data/corpus/ are built by scripts/build_corpus.py from the Debian packages `fortunes`,
+`fortunes-min` and `fortunes-zh` (licences in data/corpus/NOTICE). Each line of
+{train,validation}.jsonl.gz is a document: {"text", "source", "lang": "zh"|"en"} and, for poems,
+"title", "author" and "dynasty" (the poem's text still starts with its title and author lines).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+CORPUS_DIR = Path(__file__).parent / "corpus"
+SPLITS = ("train", "validation")
+
+
+def corpus_path(split: str) -> Path:
+    """Path of the compressed jsonl file of one split ("train" or "validation")."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown corpus split {split!r}; choose one of: {', '.join(SPLITS)}")
+    path = CORPUS_DIR / f"{split}.jsonl.gz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; rebuild it with `python scripts/build_corpus.py`")
+    return path
+
+
+def iter_corpus(split: str = "train", lang: str | None = None) -> Iterator[dict]:
+    """Yield the documents of a split as dicts (optionally only one language, "zh" or "en")."""
+    if lang not in (None, "zh", "en"):
+        raise ValueError(f"unknown corpus lang {lang!r}; choose zh or en (or None for both)")
+    path = corpus_path(split)
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            try:
+                doc = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: malformed json ({e.msg})") from None
+            if not isinstance(doc, dict) or not isinstance(doc.get("text"), str):
+                raise ValueError(f"{path}:{lineno}: expected an object with a 'text' string")
+            if lang is None or doc.get("lang") == lang:
+                yield doc
+
+
+def corpus_texts(split: str = "train") -> list[str]:
+    """All document texts of a split, in file order."""
+    return [doc["text"] for doc in iter_corpus(split)]
+
+
+def poems(split: str = "train") -> list[dict]:
+    """The poems of a split (documents with a title and an author), in file order."""
+    return [doc for doc in iter_corpus(split, lang="zh") if "author" in doc and "title" in doc]
+
+
+def is_cjk(ch: str) -> bool:
+    """True for a CJK ideograph or CJK punctuation/full-width form (counts as Chinese text)."""
+    o = ord(ch)
+    return (
+        0x4E00 <= o <= 0x9FFF  # CJK unified ideographs
+        or 0x3400 <= o <= 0x4DBF  # extension A
+        or 0x3000 <= o <= 0x303F  # CJK punctuation (，。《》 are 0xFF0C/0x3002/0x300A…)
+        or 0xFF00 <= o <= 0xFFEF  # full-width forms
+        or 0x20000 <= o <= 0x2FFFF  # extensions B+
+    )
+
+
+def corpus_stats(split: str) -> dict:
+    """Counts of a split: documents and characters overall and per lang, poems, CJK character share."""
+    stats = {"docs": 0, "chars": 0, "poems": 0, "cjk_chars": 0, "by_lang": {}}
+    for doc in iter_corpus(split):
+        text, lang = doc["text"], doc.get("lang", "?")
+        per = stats["by_lang"].setdefault(lang, {"docs": 0, "chars": 0})
+        per["docs"] += 1
+        per["chars"] += len(text)
+        stats["docs"] += 1
+        stats["chars"] += len(text)
+        stats["poems"] += "author" in doc
+        stats["cjk_chars"] += sum(map(is_cjk, text))
+    return stats
