@@ -1,0 +1,556 @@
+"""Sampling and decoding over token ids: `SamplingParams`, `Engine` (batched generate, streaming) and
+`speculative_generate`; registers `scratchlm generate`.
+
+The engine works on token ids only (nanochat's Engine is the model): a prompt is prefilled into the
+model's pre-allocated KV cache in one forward, then each decode step feeds one token per row. The
+tokenizer is optional; it adds `<|im_end|>` as a stop id and lets stop *strings* be checked.
+
+The decode step is kept lean because on a CPU its Python overhead is a large share of the time per
+token: the cache is allocated once, logits are taken for the last position only, sampling state
+(seen-token mask for the repetition penalty, the "finished" flags) lives in tensors updated in
+place, and the only host sync per step is one `.tolist()` of the new tokens of the whole batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+# ----------------------------------------------------------------------------------------------
+# Sampling parameters and logits processing
+
+
+@dataclass
+class SamplingParams:
+    """How to pick tokens; temperature 0 means greedy (argmax)."""
+
+    temperature: float = 1.0
+    top_k: int = 0  # 0 → no top-k filter
+    top_p: float = 1.0  # 1 → no nucleus filter
+    repetition_penalty: float = 1.0  # 1 → off; > 1 discourages tokens already in the prompt or output
+    max_new_tokens: int = 64
+    stop_ids: list[int] = field(default_factory=list)
+    stop_strings: list[str] = field(default_factory=list)  # need a tokenizer (or decode function)
+    seed: int | None = None  # None → the global torch RNG
+    keep_stop_id: bool = False  # keep the stop id that ended a row in its output (RL trains on it)
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("temperature", self.temperature >= 0, ">= 0"),
+            ("top_k", self.top_k >= 0, ">= 0 (0 disables it)"),
+            ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
+            ("repetition_penalty", self.repetition_penalty > 0, "> 0"),
+            ("max_new_tokens", self.max_new_tokens >= 1, ">= 1"),
+        ]
+        for name, ok, rule in checks:
+            if not ok:
+                raise ValueError(f"SamplingParams.{name}={getattr(self, name)!r} must be {rule}")
+        if any(not s for s in self.stop_strings):
+            raise ValueError("SamplingParams.stop_strings must not contain an empty string")
+
+    @property
+    def greedy(self) -> bool:
+        """True when tokens are chosen by argmax."""
+        return self.temperature == 0
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL-style penalty: logits of tokens in `seen` [B, V] bool are divided by `penalty` if positive,
+    multiplied if negative (so with penalty > 1 they always go down)."""
+    if penalty == 1.0:
+        return logits
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalised, logits)
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Set every logit below the k-th largest of its row to -inf (ties at the k-th value are kept)."""
+    if k <= 0 or k >= logits.size(-1):
+        return logits
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]  # [B, 1]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus filter: keep the smallest set of most likely tokens whose probability sums to >= p."""
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = torch.softmax(sorted_logits, dim=-1)
+    # Drop a token when the mass strictly before it already reaches p; the top token always stays.
+    mass_before = torch.cumsum(probs, dim=-1) - probs
+    drop_sorted = mass_before >= p
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def process_logits(logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor | None = None) -> torch.Tensor:
+    """Repetition penalty, temperature, top-k, top-p on [B, V] logits → logits to sample from."""
+    if seen is not None:
+        logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
+    if params.greedy:
+        return logits
+    logits = logits / params.temperature
+    logits = top_k_filter(logits, params.top_k)
+    return top_p_filter(logits, params.top_p)
+
+
+def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row from processed [B, V] logits → [B] long."""
+    if params.greedy:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float(), dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
+    """A seeded RNG for reproducible sampling, or None to use torch's global RNG."""
+    if seed is None:
+        return None
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return gen
+
+
+# ----------------------------------------------------------------------------------------------
+# Stop strings
+
+
+class StopStrings:
+    """Finds stop strings in the decoded text of one row's generated ids.
+
+    `check(ids)` → (stopped, n): when stopped, ids[:n] are the tokens wholly before the first stop
+    string (the text is cut there); otherwise ids[:n] are safe to release to a stream because no
+    later token can turn them into part of a stop string (a tail that could still start one is held).
+    """
+
+    def __init__(self, stop_strings: Sequence[str], decode: Callable[[list[int]], str]):
+        self.stop_strings = list(stop_strings)
+        self.decode = decode
+        self.longest = max((len(s) for s in self.stop_strings), default=0)
+
+    def _tokens_within(self, ids: list[int], n_chars: int, text_len: int) -> int:
+        """Largest m such that the text of ids[:m] fits in the first n_chars characters."""
+        if n_chars >= text_len:
+            return len(ids)
+        m = len(ids) - 1
+        while m > 0 and len(self.decode(ids[:m])) > n_chars:
+            m -= 1
+        return m
+
+    def check(self, ids: list[int]) -> tuple[bool, int]:
+        """(stopped, number of ids before the stop string / safe to release)."""
+        text = self.decode(ids)
+        hits = [i for i in (text.find(s) for s in self.stop_strings) if i >= 0]
+        if hits:
+            return True, self._tokens_within(ids, min(hits), len(text))
+        # Hold back the longest tail of the text that is a prefix of some stop string.
+        hold = len(text)
+        for i in range(max(0, len(text) - self.longest + 1), len(text)):
+            tail = text[i:]
+            if any(s.startswith(tail) for s in self.stop_strings):
+                hold = i
+                break
+        return False, self._tokens_within(ids, hold, len(text))
+
+
+# ----------------------------------------------------------------------------------------------
+# The engine
+
+
+def _model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    p = next(model.parameters())
+    return p.device, p.dtype
+
+
+def check_context(prompt_lens: Sequence[int], max_new_tokens: int, max_seq_len: int) -> None:
+    """Raise if the longest prompt plus max_new_tokens does not fit in the model's context."""
+    if not prompt_lens:
+        raise ValueError("generate: no prompts given")
+    for i, n in enumerate(prompt_lens):
+        if n == 0:
+            raise ValueError(f"generate: prompt {i} is empty; give at least one token (e.g. a BOS or <|im_start|>)")
+    longest = max(prompt_lens)
+    if longest + max_new_tokens > max_seq_len:
+        row = list(prompt_lens).index(longest)
+        raise ValueError(
+            f"generate: prompt {row} has {longest} tokens + max_new_tokens={max_new_tokens} = "
+            f"{longest + max_new_tokens} exceeds model.max_seq_len={max_seq_len}; "
+            f"shorten the prompt or lower max_new_tokens to {max(0, max_seq_len - longest)}"
+        )
+
+
+class Engine:
+    """Prefill + cached decode for a `Transformer`; the tokenizer (optional) supplies eos and decode."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer=None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = model.config
+        self.device, self.dtype = _model_device_dtype(model)
+        self.pad_id = getattr(tokenizer, "pad_id", None) or 0
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _stop_ids(self, params: SamplingParams) -> set[int]:
+        stop = set(params.stop_ids)
+        if self.tokenizer is not None:
+            stop.add(self.tokenizer.eos_id)  # <|im_end|>: a chat model must always be able to stop
+        return stop
+
+    def _stop_strings(self, params: SamplingParams) -> StopStrings | None:
+        if not params.stop_strings:
+            return None
+        if self.tokenizer is None:
+            raise ValueError("SamplingParams.stop_strings need a tokenizer: Engine(model, tokenizer)")
+        return StopStrings(params.stop_strings, self.tokenizer.decode)
+
+    def _left_pad(self, prompts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Prompts → input_ids [B, T] left-padded, attention_mask [B, T] (None when all equal length)."""
+        T = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), T), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), T), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, T - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
+            mask[i, T - len(p):] = 1
+        if bool(mask.all()):
+            return ids.to(self.device), None
+        return ids.to(self.device), mask.to(self.device)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _steps(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> Iterator[list[list[int]]]:
+        """Run prefill + decode; after each step yield, per row, the tokens newly safe to release.
+
+        When the generator is exhausted, `self._last_outputs` holds the final ids per row.
+        """
+        vocab = self.config.vocab_size
+        for i, p in enumerate(prompts):
+            bad = [t for t in p if not 0 <= int(t) < vocab]
+            if bad:
+                raise ValueError(f"generate: prompt {i} has token id {bad[0]} outside the vocabulary [0, {vocab})")
+        check_context([len(p) for p in prompts], params.max_new_tokens, self.config.max_seq_len)
+        stop_ids = self._stop_ids(params)
+        stopper = self._stop_strings(params)
+        B = len(prompts)
+        gen = make_generator(params.seed, self.device)
+        input_ids, attention_mask = self._left_pad(prompts)
+        T = input_ids.size(1)
+        cache = self.model.new_cache(B, T + params.max_new_tokens, device=self.device, dtype=self.dtype)
+
+        seen = None
+        if params.repetition_penalty != 1.0:
+            seen = torch.zeros((B, vocab), dtype=torch.bool, device=self.device)
+            seen.scatter_(1, input_ids, True)
+            if attention_mask is not None:  # padding tokens were not really seen
+                for i, p in enumerate(prompts):
+                    seen[i].zero_()
+                    seen[i, torch.as_tensor(list(p), device=self.device)] = True
+
+        outputs: list[list[int]] = [[] for _ in range(B)]
+        released = [0] * B
+        finished = [False] * B
+        n_live = B
+        self._last_outputs = outputs
+        out = self.model(input_ids, cache=cache, attention_mask=attention_mask)
+        logits = out.logits[:, -1, :]  # [B, V]: only the last position is sampled
+        for step in range(params.max_new_tokens):
+            next_ids = sample(process_logits(logits, params, seen), params, gen)  # [B]
+            tokens = next_ids.tolist()  # the one host sync per step
+            fresh: list[list[int]] = [[] for _ in range(B)]
+            for i, tok in enumerate(tokens):
+                if finished[i]:
+                    continue
+                if tok in stop_ids:
+                    if params.keep_stop_id:
+                        outputs[i].append(tok)
+                    finished[i] = True
+                else:
+                    outputs[i].append(tok)
+                    if stopper is not None:
+                        stopped, n = stopper.check(outputs[i])
+                        if stopped:
+                            del outputs[i][n:]
+                            finished[i] = True
+                if finished[i] or stopper is None:
+                    n = len(outputs[i])
+                else:
+                    n = stopper.check(outputs[i])[1]
+                fresh[i] = outputs[i][released[i]:n]
+                released[i] = max(released[i], n)
+                n_live -= finished[i]
+            if n_live == 0 or step == params.max_new_tokens - 1:
+                # out of budget: nothing can complete a stop string any more, release the held tail
+                for i in range(B):
+                    fresh[i] += outputs[i][released[i]:]
+                    released[i] = len(outputs[i])
+                yield fresh
+                return
+            yield fresh
+            if seen is not None:
+                seen.scatter_(1, next_ids[:, None], True)
+            # finished rows keep running (their tokens are ignored) so the batch stays rectangular
+            logits = self.model(next_ids[:, None], cache=cache).logits[:, -1, :]
+
+    # -- public API ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, prompts: list[list[int]], params: SamplingParams | None = None) -> list[list[int]]:
+        """Generated ids (prompt excluded, stop id / stop string cut off) for each prompt."""
+        params = params or SamplingParams()
+        for _ in self._steps(prompts, params):
+            pass
+        return self._last_outputs
+
+    def stream(self, prompt_ids: list[int], params: SamplingParams | None = None) -> Iterator[int]:
+        """Yield generated token ids one by one as they are decided (same tokens as `generate`)."""
+        params = params or SamplingParams()
+        steps = self._steps([list(prompt_ids)], params)
+        while True:
+            with torch.inference_mode():  # not around the yield: the caller's code runs between steps
+                fresh = next(steps, None)
+            if fresh is None:
+                return
+            yield from fresh[0]
+
+    def generate_text(self, prompt: str, params: SamplingParams | None = None, chat: bool = False) -> str:
+        """Encode a prompt (optionally as a ChatML user turn), generate, decode the answer."""
+        if self.tokenizer is None:
+            raise ValueError("Engine.generate_text needs a tokenizer")
+        ids = self.encode_prompt(prompt, chat)
+        return self.tokenizer.decode(self.generate([ids], params)[0], skip_special_tokens=True)
+
+    def encode_prompt(self, prompt: str, chat: bool = False) -> list[int]:
+        """Prompt text → ids; chat=True wraps it as a user turn and opens the assistant turn."""
+        if chat:
+            ids, _ = self.tokenizer.encode_chat([{"role": "user", "content": prompt}], add_generation_prompt=True)
+            return list(ids)
+        return self.tokenizer.encode(prompt)
+
+
+# ----------------------------------------------------------------------------------------------
+# Speculative decoding
+
+
+@dataclass
+class SpeculativeResult:
+    """Tokens from `speculative_generate` and how many of the draft's proposals the target accepted."""
+
+    tokens: list[int]
+    proposed: int
+    accepted: int
+    target_forwards: int
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Accepted / proposed draft tokens (0 when nothing was proposed)."""
+        return self.accepted / self.proposed if self.proposed else 0.0
+
+
+def _feed(model: torch.nn.Module, cache, tokens: list[int], device: torch.device) -> torch.Tensor:
+    """Feed the tokens not yet in `cache` (tokens[cache.pos:]) → their logits [n, V]."""
+    x = torch.tensor([tokens[cache.pos:]], dtype=torch.long, device=device)
+    return model(x, cache=cache).logits[0]
+
+
+@torch.inference_mode()
+def speculative_generate(
+    target: torch.nn.Module,
+    draft: torch.nn.Module,
+    prompt_ids: list[int],
+    params: SamplingParams | None = None,
+    k: int = 4,
+    tokenizer=None,
+) -> SpeculativeResult:
+    """Speculative decoding (Leviathan et al. 2023) for one prompt.
+
+    Each round the draft proposes up to k tokens one at a time; the target scores all of them in one
+    forward; proposals are accepted left to right (greedy: while they equal the target's argmax;
+    sampling: with probability min(1, p/q), a rejection resamples from norm(max(0, p - q))), and the
+    target adds one token of its own. Both caches are rolled back by setting `cache.pos`. The output
+    has the target's distribution — with greedy decoding it is identical to plain greedy.
+    """
+    params = params or SamplingParams()
+    if k < 1:
+        raise ValueError(f"speculative_generate: k={k} must be >= 1")
+    if params.repetition_penalty != 1.0:
+        raise ValueError("speculative_generate: repetition_penalty is not supported (each proposal has its own history)")
+    if params.stop_strings:
+        raise ValueError("speculative_generate: stop_strings are not supported; use stop_ids")
+    for name, m in (("target", target), ("draft", draft)):
+        if getattr(m.config, "sliding_window", 0):
+            raise ValueError(f"speculative_generate: the {name} uses sliding_window; its ring-buffer cache cannot roll back")
+    if draft.config.vocab_size != target.config.vocab_size:
+        raise ValueError(
+            f"speculative_generate: draft vocab_size={draft.config.vocab_size} != target vocab_size={target.config.vocab_size}"
+        )
+    limit = min(target.config.max_seq_len, draft.config.max_seq_len)
+    check_context([len(prompt_ids)], params.max_new_tokens, limit)
+    stop_ids = set(params.stop_ids)
+    if tokenizer is not None:
+        stop_ids.add(tokenizer.eos_id)
+
+    device, dtype = _model_device_dtype(target)
+    gen = make_generator(params.seed, device)
+    max_len = len(prompt_ids) + params.max_new_tokens
+    t_cache = target.new_cache(1, max_len, device=device, dtype=dtype)
+    d_cache = draft.new_cache(1, max_len, device=device, dtype=_model_device_dtype(draft)[1])
+
+    def dist(logits: torch.Tensor) -> torch.Tensor:
+        """Processed logits [n, V] → probabilities [n, V] (one-hot argmax when greedy)."""
+        logits = process_logits(logits.float(), params)
+        if params.greedy:
+            return torch.nn.functional.one_hot(logits.argmax(-1), logits.size(-1)).float()
+        return torch.softmax(logits, dim=-1)
+
+    seq = list(prompt_ids)
+    # Invariant at the top of each round: each cache holds a prefix of seq[:-1]; `_feed` adds the
+    # missing tail, so the first round is also the prefill.
+    new: list[int] = []
+    proposed = accepted = forwards = 0
+    done = False
+    while not done and len(new) < params.max_new_tokens:
+        # never let the target consume more than prompt + max_new_tokens positions
+        kk = min(k, params.max_new_tokens - len(new))
+        proposals: list[int] = []
+        q_rows: list[torch.Tensor] = []
+        for _ in range(kk):
+            q = dist(_feed(draft, d_cache, seq + proposals, device)[-1:])[0]  # [V]
+            tok = int(q.argmax()) if params.greedy else int(torch.multinomial(q, 1, generator=gen))
+            proposals.append(tok)
+            q_rows.append(q)
+        # target: one forward over the tail of seq and all proposals → p for each proposal + a bonus
+        p = dist(_feed(target, t_cache, seq + proposals, device)[-(kk + 1):])  # [kk+1, V]
+        forwards += 1
+        proposed += kk
+        n_ok = 0
+        extra: int
+        for i, tok in enumerate(proposals):
+            if params.greedy:
+                ok = int(p[i].argmax()) == tok
+            else:
+                ratio = (p[i, tok] / q_rows[i][tok].clamp_min(1e-20)).clamp(max=1.0)
+                ok = bool(torch.rand((), generator=gen, device=device) < ratio)
+            if not ok:
+                break
+            n_ok += 1
+        accepted += n_ok
+        if n_ok < kk:
+            if params.greedy:
+                extra = int(p[n_ok].argmax())
+            else:
+                residual = (p[n_ok] - q_rows[n_ok]).clamp_min(0)
+                residual = residual if residual.sum() > 0 else p[n_ok]
+                extra = int(torch.multinomial(residual / residual.sum(), 1, generator=gen))
+        else:
+            extra = int(p[kk].argmax()) if params.greedy else int(torch.multinomial(p[kk], 1, generator=gen))
+        for tok in proposals[:n_ok] + [extra]:
+            if len(new) >= params.max_new_tokens:
+                break
+            if tok in stop_ids:
+                if params.keep_stop_id:
+                    new.append(tok)
+                done = True
+                break
+            new.append(tok)
+            seq.append(tok)
+        # roll back: keep only what is still a prefix of seq, minus its last token (fed next round)
+        t_cache.pos = min(t_cache.pos, len(seq) - 1)
+        d_cache.pos = min(d_cache.pos, len(seq) - 1)
+    return SpeculativeResult(tokens=new, proposed=proposed, accepted=accepted, target_forwards=forwards)
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI: scratchlm generate RUN_OR_DIR --prompt "..."
+
+
+def load_for_generate(run_dir: str | Path, device: str = "auto"):
+    """(model, tokenizer) from a run folder: `scratchlm.run.load_run` when available, else read the
+    folder directly (config.toml + model.safetensors + tokenizer.json)."""
+    from scratchlm.device import pick_device
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such run folder")
+    dev = pick_device(device)
+    try:
+        from scratchlm.run import load_run
+    except ImportError:
+        load_run = None
+    if load_run is not None:
+        model, tokenizer, _ = load_run(run_dir, device=dev)
+        return model.eval(), tokenizer
+    from safetensors.torch import load_file
+
+    from scratchlm.config import load_run_config
+    from scratchlm.model.transformer import Transformer
+
+    cfg = load_run_config(run_dir)
+    weights = run_dir / "model.safetensors"
+    if not weights.exists():
+        raise FileNotFoundError(f"{run_dir}: no model.safetensors")
+    model = Transformer(cfg.model)
+    state = load_file(str(weights))
+    # a tied lm_head may have been saved once (as embed) only
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not (k == "lm_head.weight" and cfg.model.tie_embeddings)]
+    if missing or unexpected:
+        raise ValueError(f"{weights}: weights do not match config.toml (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    tokenizer = None
+    if (run_dir / "tokenizer.json").exists():
+        from scratchlm.tokenizer import Tokenizer
+
+        tokenizer = Tokenizer.load(run_dir)
+    return model.to(dev).eval(), tokenizer
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    import sys
+
+    model, tokenizer = load_for_generate(args.run, args.device)
+    if tokenizer is None:
+        raise ValueError(f"{args.run}: no tokenizer.json in the run folder; generate needs one to encode --prompt")
+    engine = Engine(model, tokenizer)
+    params = SamplingParams(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+    )
+    ids = engine.encode_prompt(args.prompt, chat=args.chat)
+    if args.stream:
+        # decode the growing sequence and print the new suffix: a multi-byte character may span tokens
+        out: list[int] = []
+        shown = ""
+        for tok in engine.stream(ids, params):
+            out.append(tok)
+            text = tokenizer.decode(out, skip_special_tokens=True)
+            if not text.endswith("\ufffd"):
+                sys.stdout.write(text[len(shown):])
+                sys.stdout.flush()
+                shown = text
+        print(tokenizer.decode(out, skip_special_tokens=True)[len(shown):])
+    else:
+        out = engine.generate([ids], params)[0]
+        print(tokenizer.decode(out, skip_special_tokens=True))
+    return 0
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Register `scratchlm generate`."""
+    p = subparsers.add_parser("generate", help="generate text from a trained run folder")
+    p.add_argument("run", metavar="RUN_OR_DIR", help="run folder (config.toml, model.safetensors, tokenizer.json)")
+    p.add_argument("--prompt", required=True, help="the prompt text")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt as a ChatML user turn and open the assistant turn")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--top-p", type=float, default=0.9, help="1 = off")
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.set_defaults(func=_cmd_generate)
