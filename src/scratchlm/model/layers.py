@@ -109,9 +109,15 @@ def rope_inv_freq(cfg: ModelConfig, dim: int) -> tuple[torch.Tensor, float]:
     return inv_freq, yarn_mscale(factor)
 
 
-def rope_cache(cfg: ModelConfig, dim: int, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Precomputed (cos, sin), each [max_len, dim], in the rotate-half layout (freqs repeated twice)."""
+def rope_cache(
+    cfg: ModelConfig, dim: int, max_len: int, apply_mscale: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Precomputed (cos, sin), each [max_len, dim], in the rotate-half layout (freqs repeated twice).
+
+    apply_mscale=False leaves YaRN's temperature out of cos/sin (MLA puts it in the softmax scale instead).
+    """
     inv_freq, mscale = rope_inv_freq(cfg, dim)
+    mscale = mscale if apply_mscale else 1.0
     pos = torch.arange(max_len, dtype=torch.float32)
     freqs = torch.outer(pos, inv_freq)  # [max_len, dim/2]
     emb = torch.cat((freqs, freqs), dim=-1)  # [max_len, dim]

@@ -1,0 +1,242 @@
+"""The Transformer: embedding → n_layers × Block (pre-norm attention + pre-norm SwiGLU/MoE) → norm → lm_head.
+
+One class covers Llama-style dense models (MHA/GQA/MQA), DeepSeek-style models (MLA attention, MoE feed-
+forward, multi-token prediction), DyT instead of RMSNorm, RoPE scaling and sliding-window attention — all
+picked by ModelConfig fields. Read it top to bottom: Block, MTP module, Transformer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from scratchlm.config import ModelConfig
+from scratchlm.model.attention import MLA, Attention, AttnPlan, build_mask
+from scratchlm.model.cache import KVCache
+from scratchlm.model.layers import RMSNorm, SwiGLU, make_norm, rope_cache
+
+
+@dataclass
+class ModelOutput:
+    """What a forward returns; the loss fields are None without targets."""
+
+    logits: torch.Tensor  # [B, T, V]
+    loss: Optional[torch.Tensor] = None  # ce_loss + mtp_loss_weight·mtp_loss + aux_loss: what to backprop
+    ce_loss: Optional[torch.Tensor] = None  # next-token cross-entropy only
+    aux_loss: Optional[torch.Tensor] = None  # MoE load balancing (already × coef); 0.0 when dense
+    mtp_loss: Optional[torch.Tensor] = None  # mean over MTP depths; None unless mtp_depth > 0
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + ffn(norm(x)) with ffn a SwiGLU or an MoE."""
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.attn_norm = make_norm(cfg, cfg.d_model)
+        self.attn = MLA(cfg, layer_idx) if cfg.attention == "mla" else Attention(cfg, layer_idx)
+        self.ffn_norm = make_norm(cfg, cfg.d_model)
+        self.is_moe = cfg.layer_is_moe(layer_idx)
+        if self.is_moe:
+            from scratchlm.model.moe import MoE  # lazy: dense models never need the MoE module
+
+            self.ffn = MoE(cfg)
+        else:
+            self.ffn = SwiGLU(cfg.d_model, cfg.ffn_hidden, cfg.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        plan: AttnPlan,
+        cache: Optional[KVCache] = None,
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        x = x + self.attn(self.attn_norm(x), rope, plan, cache)
+        if self.is_moe:
+            y, aux = self.ffn(self.ffn_norm(x))
+            return x + y, aux
+        return x + self.ffn(self.ffn_norm(x)), None
+
+
+class MTPModule(nn.Module):
+    """DeepSeek-V3 multi-token prediction depth k: Block(proj([norm(h); norm(emb(token t+k))])) → h for t+k+1."""
+
+    def __init__(self, cfg: ModelConfig, depth: int):
+        super().__init__()
+        self.h_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.emb_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.proj = nn.Linear(2 * cfg.d_model, cfg.d_model, bias=False)
+        self.block = Block(cfg, cfg.n_layers + depth)  # layer index past the trunk: MoE iff the trunk's last is
+
+    def forward(
+        self, h: torch.Tensor, emb: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], plan: AttnPlan
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        x = self.proj(torch.cat((self.h_norm(h), self.emb_norm(emb)), dim=-1))
+        return self.block(x, rope, plan)
+
+
+class Transformer(nn.Module):
+    """Decoder-only language model; see ModelOutput for what forward returns."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = make_norm(cfg, cfg.d_model)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.mtp = nn.ModuleList(MTPModule(cfg, k) for k in range(cfg.mtp_depth))
+        # RoPE tables for every position up to max_seq_len. MLA rotates only qk_rope_head_dim dims and takes
+        # YaRN's temperature in its softmax scale instead of in cos/sin (as DeepSeek does).
+        mla = cfg.attention == "mla"
+        cos, sin = rope_cache(cfg, cfg.qk_rope_head_dim if mla else cfg.head_dim, cfg.max_seq_len, not mla)
+        self.register_buffer("rope_cos", cos, persistent=False)  # [max_seq_len, rope_dim]
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+
+    # -- init and bookkeeping ------------------------------------------------------------------------------
+
+    def reset_parameters(self) -> None:
+        """normal(0, init_std) for every Linear/Embedding; residual output projections ÷ sqrt(2·n_layers)."""
+        cfg = self.config
+        resid_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)
+        for name, module in self.named_modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                # wo (attention out) and w2 (SwiGLU down, incl. experts' and shared) write into the residual
+                # stream: scaling them keeps its variance from growing with depth (GPT-2 / nanoGPT).
+                residual_out = name.endswith(".wo") or name.endswith(".w2")
+                nn.init.normal_(module.weight, mean=0.0, std=resid_std if residual_out else cfg.init_std)
+
+    def num_params(self, active: bool = False) -> int:
+        """Parameter count (tied embedding counted once); active=True counts only top_k routed experts."""
+        total = sum(p.numel() for p in self.parameters())  # parameters() yields a tied tensor once
+        if active:
+            for module in self.modules():
+                if isinstance(module, Block) and module.is_moe:
+                    experts = module.ffn.experts
+                    per_expert = sum(p.numel() for p in experts[0].parameters())
+                    total -= (len(experts) - self.config.top_k) * per_expert
+        return total
+
+    def new_cache(
+        self,
+        batch_size: int,
+        max_len: int,
+        device: Optional[torch.device | str] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> KVCache:
+        """Pre-allocated KV cache for `batch_size` rows and up to `max_len` positions (model's device/dtype)."""
+        p = self.embed.weight
+        return KVCache(self.config, batch_size, max_len, device=device or p.device, dtype=dtype or p.dtype)
+
+    # -- forward ----------------------------------------------------------------------------------------
+
+    def _rope(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin for positions [T] → [T, d], or per row [B, T] → [B, 1, T, d] (broadcast over heads)."""
+        cos, sin = self.rope_cos[pos], self.rope_sin[pos]
+        if pos.dim() == 2:
+            cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        return cos, sin
+
+    def _plan(self, T: int, attention_mask: Optional[torch.Tensor], device: torch.device):
+        """Attention plan and RoPE positions for a forward without a cache."""
+        window = self.config.sliding_window
+        pos = torch.arange(T, device=device)
+        if attention_mask is not None and not bool(attention_mask.all()):
+            valid = attention_mask.bool()
+            # Left padding: a row's first real token gets RoPE position 0.
+            rope_pos = (valid.long().cumsum(1) - 1).clamp(min=0)  # [B, T]
+            return AttnPlan(build_mask(pos, pos, valid, window), is_causal=False), rope_pos
+        if window and T > window:
+            return AttnPlan(build_mask(pos, pos, None, window), is_causal=False), pos
+        return AttnPlan(None, is_causal=True), pos
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        targets: Optional[torch.Tensor] = None,
+        loss_mask: Optional[torch.Tensor] = None,
+        cache: Optional[KVCache] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+    ) -> ModelOutput:
+        """input_ids [B, T] → ModelOutput; targets[:, t] is the token after input_ids[:, t] (-100 = ignore)."""
+        cfg = self.config
+        if input_ids.dim() != 2:
+            raise ValueError(f"Transformer.forward: input_ids must be [batch, time], got shape {tuple(input_ids.shape)}")
+        B, T = input_ids.shape
+        start = cache.pos if cache is not None else 0
+        if start + T > cfg.max_seq_len:
+            raise ValueError(
+                f"Transformer.forward: sequence of {start + T} positions ({start} cached + {T} new) is longer "
+                f"than model.max_seq_len={cfg.max_seq_len}"
+            )
+        if attention_mask is not None:
+            if attention_mask.dim() != 2 or attention_mask.shape[0] != B or attention_mask.shape[1] not in (T, start + T):
+                raise ValueError(
+                    f"Transformer.forward: attention_mask shape {tuple(attention_mask.shape)} must be [{B}, {T}] "
+                    f"(new tokens) or [{B}, {start + T}] (cached + new)"
+                )
+            attention_mask = attention_mask[:, -T:]
+        if cache is not None:
+            if cache.batch_size != B:
+                raise ValueError(f"Transformer.forward: cache has batch_size={cache.batch_size}, input has {B} rows")
+            plan, rope_pos = cache.plan(T, attention_mask.bool() if attention_mask is not None else None)
+        else:
+            plan, rope_pos = self._plan(T, attention_mask, input_ids.device)
+        rope = self._rope(rope_pos)
+
+        x = self.drop(self.embed(input_ids))  # [B, T, D]
+        aux_losses = []
+        for block in self.layers:
+            x, aux = block(x, rope, plan, cache)
+            if aux is not None:
+                aux_losses.append(aux)
+        if cache is not None:
+            cache.advance(T)
+        logits = self.lm_head(self.norm(x))  # [B, T, V]
+        if targets is None:
+            return ModelOutput(logits=logits)
+
+        ce_loss = self._ce(logits, targets, loss_mask)
+        mtp_loss = None
+        if self.mtp and cache is None:
+            mtp_losses = []
+            h = x  # [B, T, D] trunk output before the final norm
+            for k, module in enumerate(self.mtp, start=1):
+                if T <= k:
+                    break
+                # Depth k at position i sees token i+k and predicts token i+k+1 = targets[:, i+k].
+                n = T - k
+                plan_k, pos_k = self._plan(n, None, input_ids.device)
+                h, aux = module(h[:, :n], self.embed(input_ids[:, k:]), self._rope(pos_k), plan_k)
+                if aux is not None:
+                    aux_losses.append(aux)
+                mtp_logits = self.lm_head(self.norm(h))
+                mask_k = loss_mask[:, k:] if loss_mask is not None else None
+                mtp_losses.append(self._ce(mtp_logits, targets[:, k:], mask_k))
+            mtp_loss = torch.stack(mtp_losses).mean() if mtp_losses else logits.new_zeros(())
+        aux_loss = torch.stack(aux_losses).sum() if aux_losses else logits.new_zeros(())
+        loss = ce_loss + aux_loss
+        if mtp_loss is not None:
+            loss = loss + cfg.mtp_loss_weight * mtp_loss
+        return ModelOutput(logits=logits, loss=loss, ce_loss=ce_loss, aux_loss=aux_loss, mtp_loss=mtp_loss)
+
+    @staticmethod
+    def _ce(logits: torch.Tensor, targets: torch.Tensor, loss_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """Mean next-token cross-entropy over counted tokens (targets != -100 and loss_mask == 1)."""
+        if targets.shape != logits.shape[:2]:
+            raise ValueError(f"targets shape {tuple(targets.shape)} must equal input_ids shape {tuple(logits.shape[:2])}")
+        if loss_mask is not None:
+            if loss_mask.shape != targets.shape:
+                raise ValueError(f"loss_mask shape {tuple(loss_mask.shape)} must equal targets shape {tuple(targets.shape)}")
+            targets = targets.masked_fill(loss_mask == 0, -100)
+        counted = (targets != -100).sum().clamp(min=1)
+        total = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
+        return total / counted
