@@ -1,0 +1,96 @@
+"""Attention kernels and variants: SDPA == reference, GQA == MHA with repeated KV heads, masks."""
+
+import pytest
+import torch
+
+from scratchlm.config import load_config
+from scratchlm.model.attention import MLA, Attention, AttnPlan, attend, build_mask
+from scratchlm.model.layers import rope_cache
+from scratchlm.model.transformer import Transformer
+
+
+def _rope(cfg, T):
+    dim = cfg.qk_rope_head_dim if cfg.attention == "mla" else cfg.head_dim
+    cos, sin = rope_cache(cfg, dim, T)
+    return cos, sin
+
+
+def test_build_mask_causal_window_padding():
+    pos = torch.arange(5)
+    m = build_mask(pos, pos, None, 0)[0, 0]
+    assert torch.equal(m, torch.ones(5, 5, dtype=torch.bool).tril())
+    w = build_mask(pos, pos, None, 2)[0, 0]  # last 2 positions incl. self
+    assert torch.equal(w, torch.ones(5, 5, dtype=torch.bool).tril() & ~torch.ones(5, 5, dtype=torch.bool).tril(-2))
+    valid = torch.tensor([[False, False, True, True, True]])
+    p = build_mask(pos, pos, valid, 0)[0, 0]
+    assert not p[3, :2].any() and p[3, 2:4].all()
+    assert p[0, 0] and p.sum(-1).min() >= 1  # a padding query still sees itself: no all-masked rows
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+@pytest.mark.parametrize("mask_kind", ["causal", "window", "padding"])
+def test_sdpa_equals_reference(kv_heads, mask_kind):
+    torch.manual_seed(0)
+    cfg = load_config("debug", [f"model.n_kv_heads={kv_heads}"]).model
+    attn = Attention(cfg, 0).eval()
+    x = torch.randn(2, 12, cfg.d_model)
+    pos = torch.arange(12)
+    if mask_kind == "causal":
+        plan = AttnPlan(None, is_causal=True)
+    elif mask_kind == "window":
+        plan = AttnPlan(build_mask(pos, pos, None, 4), is_causal=False)
+    else:
+        valid = torch.ones(2, 12, dtype=torch.bool)
+        valid[1, :5] = False
+        plan = AttnPlan(build_mask(pos, pos, valid, 0), is_causal=False)
+    y_sdpa = attn(x, _rope(cfg, 12), plan)
+    attn.impl = "reference"
+    y_ref = attn(x, _rope(cfg, 12), plan)
+    assert torch.allclose(y_sdpa, y_ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("q_lora", [0, 24])
+def test_mla_sdpa_equals_reference(q_lora):
+    torch.manual_seed(0)
+    cfg = load_config("debug", ["model.attention=mla", f"model.q_lora_rank={q_lora}"]).model
+    mla = MLA(cfg, 0).eval()
+    assert hasattr(mla, "wq_a") == (q_lora > 0) and hasattr(mla, "wq") == (q_lora == 0)
+    x = torch.randn(2, 10, cfg.d_model)
+    y = mla(x, _rope(cfg, 10), AttnPlan(None, True))
+    mla.impl = "reference"
+    assert torch.allclose(y, mla(x, _rope(cfg, 10), AttnPlan(None, True)), atol=1e-5)
+
+
+def test_gqa_equals_mha_with_repeated_kv_weights():
+    torch.manual_seed(0)
+    gqa_cfg = load_config("debug", ["model.n_heads=4", "model.n_kv_heads=2"]).model
+    mha_cfg = load_config("debug", ["model.n_heads=4", "model.n_kv_heads=4"]).model
+    gqa, mha = Transformer(gqa_cfg).eval(), Transformer(mha_cfg).eval()
+    state = gqa.state_dict()
+    hd, rep = gqa_cfg.head_dim, 2
+    for i in range(gqa_cfg.n_layers):
+        for w in ("wk", "wv"):
+            key = f"layers.{i}.attn.{w}.weight"
+            # kv head j serves query heads j·rep ... j·rep+rep-1 → give each query head its own copy.
+            state[key] = state[key].view(gqa_cfg.n_kv_heads, hd, -1).repeat_interleave(rep, 0).reshape(-1, gqa_cfg.d_model)
+    mha.load_state_dict(state)
+    ids = torch.randint(0, gqa_cfg.vocab_size, (2, 16))
+    assert torch.allclose(gqa(ids).logits, mha(ids).logits, atol=1e-5)
+
+
+def test_attention_variant_parameter_shapes():
+    for kv, expect in [(4, 64), (2, 32), (1, 16)]:
+        cfg = load_config("debug", ["model.n_heads=4", f"model.n_kv_heads={kv}"]).model
+        a = Attention(cfg, 0)
+        assert a.wk.weight.shape == (expect, cfg.d_model) and a.wq.weight.shape == (64, cfg.d_model)
+
+
+def test_attend_reference_handles_rectangular_causal():
+    # T < S with is_causal and no mask is bottom-right aligned in the reference path (decode against a prefix).
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 2, 3, 8), torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8)
+    pos_q, pos_k = torch.arange(2, 5), torch.arange(5)
+    explicit = attend(q, k, v, AttnPlan(build_mask(pos_q, pos_k, None, 0), False), 0.3, "reference")
+    assert torch.allclose(attend(q, k, v, AttnPlan(None, True), 0.3, "reference"), explicit, atol=1e-6)
+    assert torch.allclose(attend(q, k, v, AttnPlan(build_mask(pos_q, pos_k, None, 0), False), 0.3, "sdpa"),
+                          explicit, atol=1e-5)
