@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,16 +55,13 @@ def poems(split: str = "train") -> list[dict]:
     return [doc for doc in iter_corpus(split, lang="zh") if "author" in doc and "title" in doc]
 
 
-def is_cjk(ch: str) -> bool:
-    """True for a CJK ideograph or CJK punctuation/full-width form (counts as Chinese text)."""
-    o = ord(ch)
-    return (
-        0x4E00 <= o <= 0x9FFF  # CJK unified ideographs
-        or 0x3400 <= o <= 0x4DBF  # extension A
-        or 0x3000 <= o <= 0x303F  # CJK punctuation (，。《》 are 0xFF0C/0x3002/0x300A…)
-        or 0xFF00 <= o <= 0xFFEF  # full-width forms
-        or 0x20000 <= o <= 0x2FFFF  # extensions B+
-    )
+# CJK ideographs (basic, extension A, B+), CJK punctuation (，。《》…) and full-width forms.
+CJK_RE = re.compile("[\u4e00-\u9fff\u3400-\u4dbf\u3000-\u303f\uff00-\uffef\U00020000-\U0002ffff]")
+
+
+def count_cjk(text: str) -> int:
+    """Number of Chinese characters (ideographs, CJK punctuation, full-width forms) in a text."""
+    return len(CJK_RE.findall(text))
 
 
 def corpus_stats(split: str) -> dict:
@@ -77,5 +75,5 @@ def corpus_stats(split: str) -> dict:
         stats["docs"] += 1
         stats["chars"] += len(text)
         stats["poems"] += "author" in doc
-        stats["cjk_chars"] += sum(map(is_cjk, text))
+        stats["cjk_chars"] += count_cjk(text)
     return stats

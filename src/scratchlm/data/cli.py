@@ -1,0 +1,99 @@
+"""`scratchlm data ...`: look at the built-in corpus (`data info`) and write synthetic tasks (`data synth`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def data_info(args: argparse.Namespace) -> int:
+    """Print documents, characters and the Chinese/English share of each corpus split."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from scratchlm.data.corpus import CORPUS_DIR, SPLITS, corpus_stats
+
+    table = Table(title="built-in corpus")
+    for col in ("split", "docs", "chars", "poems", "zh share", "en share", "CJK chars"):
+        table.add_column(col, justify="left" if col == "split" else "right", no_wrap=True)
+    for split in SPLITS:
+        s = corpus_stats(split)
+        chars = max(s["chars"], 1)
+        share = {lang: s["by_lang"].get(lang, {"chars": 0})["chars"] / chars for lang in ("zh", "en")}
+        table.add_row(
+            split, f"{s['docs']:,}", f"{s['chars']:,}", f"{s['poems']:,}",
+            f"{share['zh']:.1%}", f"{share['en']:.1%}", f"{s['cjk_chars'] / chars:.1%}",
+        )
+    console = Console()
+    console.print(table)
+    console.print(f"zh/en share: of the characters, those in documents of that language; CJK chars: those that "
+                  f"are Chinese ideographs or CJK punctuation. Files and licences (NOTICE): {CORPUS_DIR}")
+    return 0
+
+
+def parse_tasks(spec: str | None) -> dict[str, tuple[int, int] | int] | None:
+    """`add2,next_line=500,author=300:100` → {"add2": default sizes, "next_line": 500, "author": (300, 100)}."""
+    if not spec:
+        return None
+    from scratchlm.data.synth import DEFAULT_TASKS
+
+    out: dict[str, tuple[int, int] | int] = {}
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        task, _, size = part.partition("=")
+        try:
+            if not size:
+                out[task] = DEFAULT_TASKS.get(task, (1000, 200))
+            elif ":" in size:
+                tr, va = size.split(":", 1)
+                out[task] = (int(tr), int(va))
+            else:
+                out[task] = int(size)
+        except ValueError:
+            raise ValueError(f"--tasks: bad size in {part!r}; expected TASK, TASK=N_TRAIN or TASK=N_TRAIN:N_VAL") from None
+    return out
+
+
+def data_synth(args: argparse.Namespace) -> int:
+    """Write the synthetic task files and print the counts per task."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from scratchlm.data.synth import build_synth, resolve_sizes
+
+    tasks = parse_tasks(args.tasks)
+    paths = build_synth(args.out, seed=args.seed, name=args.name, tasks=tasks, n_train=args.n_train, n_val=args.n_val)
+    sizes = resolve_sizes(tasks, args.n_train, args.n_val)
+    table = Table(title=f"synthetic tasks → {args.out} (seed {args.seed}, name {args.name!r})")
+    for col in ("task", "train", "held-out"):
+        table.add_column(col, justify="left" if col == "task" else "right")
+    for task, (tr, va) in sizes.items():
+        table.add_row(task, str(tr), str(va))
+    table.add_row("total", str(sum(t for t, _ in sizes.values())), str(sum(v for _, v in sizes.values())))
+    console = Console()
+    console.print(table)
+    console.print("files (one record per example in each format): " + ", ".join(p.name for p in paths.values()))
+    return 0
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Register `scratchlm data info` and `scratchlm data synth`."""
+    p = subparsers.add_parser("data", help="the built-in corpus and synthetic tasks")
+    sub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+    info = sub.add_parser("info", help="documents, characters and zh/en share of the built-in corpus")
+    info.set_defaults(func=data_info)
+
+    synth = sub.add_parser("synth", help="write synthetic tasks (SFT, preference, prompt+answer) with checkable answers")
+    synth.add_argument("--out", type=Path, required=True, help="output folder")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--name", default="scratchlm", help="the model's name in identity answers")
+    synth.add_argument("--n-train", type=int, default=None, help="training examples per task (overrides defaults)")
+    synth.add_argument("--n-val", type=int, default=None, help="held-out examples per task (overrides defaults)")
+    synth.add_argument("--tasks", default=None,
+                       help="comma list, each TASK[=N_TRAIN[:N_VAL]], e.g. add2=3000:200,identity,arith2 "
+                            "(default: add2,next_line,author,identity)")
+    synth.set_defaults(func=data_synth)

@@ -1,0 +1,491 @@
+"""Synthetic tasks with checkable answers, for SFT, preference training (DPO/reward) and GRPO/eval.
+
+Tasks (Chinese and English phrasing, chosen per example):
+- arithmetic, named `<op><digits>`: "add2" (2-digit addition, the demo's headline), "sub3", "mul1",
+  "arith2" (+, -, × mixed). Operands have exactly `digits` digits (0-9 for 1 digit).
+- "next_line": the line that follows a given line of a poem from the built-in corpus.
+- "author": who wrote a poem of the built-in corpus (titles shared by several poets are left out).
+- "identity": "who are you" / "你是谁" → an answer containing the configured model name.
+
+Poems come from the corpus *train* split, so the held-out questions ask about text the model read
+during pretraining: they measure recall, not guessing. Held-out items never overlap training items:
+arithmetic by operand pair (a+b and b+a fall on the same side), poems by (poem, line) for next_line
+and by title for author, identity by question phrasing (held-out phrasings never occur in training).
+The side is chosen by a stable hash of the item, so it does not depend on the seed or the sizes.
+
+Formats (DESIGN.md), one json object per line, each with "task" and "lang":
+  sft_{train,val}.jsonl         {"conversations": [{"role", "content"}, ...]}  (some with a system
+                                message, some multi-turn: a follow-up question of the same task)
+  preference_{train,val}.jsonl  {"chosen": [messages], "rejected": [messages]}  (rejected = a plausible
+                                wrong answer: a sum off by a few, another poem's line or author, another name)
+  prompt_{train,val}.jsonl      {"prompt": [messages], "answer": "..."}  (score with `check_answer`)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import unicodedata
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+# Default sizes (train, held-out) per task: a few thousand SFT examples, fine for a CPU demo.
+DEFAULT_TASKS: dict[str, tuple[int, int]] = {
+    "add2": (2000, 200),
+    "next_line": (1200, 200),
+    "author": (600, 200),
+    "identity": (600, 200),
+}
+FILES = [f"{kind}_{split}" for kind in ("sft", "preference", "prompt") for split in ("train", "val")]
+ARITH_RE = re.compile(r"^(add|sub|mul|arith)(\d+)$")
+ARITH_OPS = {"add": "+", "sub": "-", "mul": "×", "arith": "+-×"}
+MAX_ENUMERATED_PAIRS = 200_000  # operand spaces up to this size are enumerated, larger ones sampled
+
+
+@dataclass
+class Example:
+    """One question with its canonical answer, the reply to train on, and a plausible wrong reply."""
+
+    task: str
+    lang: str  # "zh" | "en"
+    question: str
+    answer: str  # canonical, short: what check_answer compares against
+    reply: str  # the assistant's right reply (contains answer)
+    wrong: str  # a plausible wrong reply (for "rejected")
+
+
+def _unit(key: str) -> float:
+    """A stable pseudo-random number in [0, 1) from a string (same on every machine and run)."""
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2**64
+
+
+def _held_out(key: str, frac: float) -> bool:
+    """True when an item belongs to the held-out side (decided by the item alone, never by the seed)."""
+    return _unit(key) < frac
+
+
+# ----------------------------------------------------------------------------------------------------
+# Arithmetic
+
+
+def _digits_range(digits: int) -> range:
+    """Operands with exactly `digits` digits (1 digit: 0-9)."""
+    if digits < 1 or digits > 18:
+        raise ValueError(f"arithmetic digits must be 1..18, got {digits}")
+    return range(0, 10) if digits == 1 else range(10 ** (digits - 1), 10**digits)
+
+
+_ARITH_TEMPLATES = {
+    "en": ["What is {a} {op} {b}?", "{a} {op} {b} = ?", "Compute {a} {op} {b}.", "Calculate {a}{op}{b}."],
+    "zh": ["{a}{op}{b}等于多少？", "计算：{a}{op}{b}", "{a}{op}{b}=？", "请算一下{a}{op}{b}。"],
+}
+
+
+class Arithmetic:
+    """`<op><digits>` arithmetic; held-out = a fixed ~10% of unordered operand pairs."""
+
+    val_frac = 0.1
+
+    def __init__(self, name: str):
+        m = ARITH_RE.match(name)
+        if not m:
+            raise ValueError(f"not an arithmetic task name: {name!r} (expected e.g. add2, sub3, mul1, arith2)")
+        self.name, self.ops, self.digits = name, ARITH_OPS[m.group(1)], int(m.group(2))
+        self.operands = _digits_range(self.digits)
+        self._pools: dict[bool, list[tuple[int, int, str]]] = {}
+
+    @staticmethod
+    def _key(a: int, b: int, op: str) -> str:
+        # Commutative ops hash the unordered pair, and subtraction is always big - small,
+        # so "a op b" and "b op a" land on the same side of the split.
+        lo, hi = sorted((a, b))
+        return f"arith:{op}:{lo}:{hi}"
+
+    def _canonical(self, a: int, b: int, op: str) -> tuple[int, int, str]:
+        return (max(a, b), min(a, b), op) if op == "-" else (a, b, op)
+
+    def _pool(self, val: bool) -> list[tuple[int, int, str]] | None:
+        """All (a, b, op) of one side when the space is small enough to list, else None."""
+        if val not in self._pools:
+            n = len(self.operands) ** 2 * len(self.ops)
+            if n > MAX_ENUMERATED_PAIRS:
+                return None
+            pool = {
+                self._canonical(a, b, op)
+                for op in self.ops
+                for a in self.operands
+                for b in self.operands
+                if _held_out(self._key(a, b, op), self.val_frac) == val
+            }
+            self._pools[val] = sorted(pool)
+        return self._pools[val]
+
+    def _draw(self, rng: random.Random, val: bool) -> tuple[int, int, str]:
+        pool = self._pool(val)
+        if pool is not None:
+            if not pool:
+                raise ValueError(f"task {self.name}: no operand pairs on the {'held-out' if val else 'train'} side")
+            return rng.choice(pool)
+        while True:  # large space: rejection-sample pairs that fall on the wanted side
+            a, b, op = rng.choice(self.operands), rng.choice(self.operands), rng.choice(self.ops)
+            if _held_out(self._key(a, b, op), self.val_frac) == val:
+                return self._canonical(a, b, op)
+
+    def sample(self, rng: random.Random, val: bool, lang: str) -> Example:
+        """One question of this task's `val` side."""
+        a, b, op = self._draw(rng, val)
+        result = a + b if op == "+" else a - b if op == "-" else a * b
+        shown_op = "*" if op == "×" and rng.random() < 0.3 else op
+        question = rng.choice(_ARITH_TEMPLATES[lang]).format(a=a, b=b, op=shown_op)
+        delta = rng.choice([-10, -3, -2, -1, 1, 1, 2, 3, 10])  # off-by-a-few, the mistakes models make
+        wrong = result + delta if result + delta >= 0 or result < 0 else result + abs(delta)
+        return Example(self.name, lang, question, str(result), str(result), str(wrong))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Poems
+
+_VERSE_END = tuple("。？！；，：")
+
+
+def _verse_lines(poem_text: str) -> list[list[str]]:
+    """The body of a poem as stanzas of verse lines (header lines, sub-headings and blanks dropped)."""
+    body = poem_text.split("\n")[2:]  # line 0 is 《title》, line 1 is 作者：author
+    stanzas, cur = [], []
+    for line in body:
+        line = line.strip()
+        if 4 <= len(line) <= 40 and line.endswith(_VERSE_END):
+            cur.append(line)
+        elif cur:
+            stanzas.append(cur)
+            cur = []
+    if cur:
+        stanzas.append(cur)
+    return stanzas
+
+
+_NEXT_TEMPLATES = {
+    "zh": [
+        "《{title}》中“{line}”的下一句是什么？",
+        "{author}的《{title}》里，“{line}”后面一句是什么？",
+        "接着背诵《{title}》：{line}",
+        "“{line}”的下一句是？（出自{author}《{title}》）",
+    ],
+    "en": [
+        'In the poem 《{title}》 by {author}, what line follows "{line}"?',
+        "Continue the poem 《{title}》: {line}",
+        'What comes after "{line}" in 《{title}》?',
+    ],
+}
+
+
+class NextLine:
+    """Next line of a poem; held-out = a fixed ~15% of (poem, line) items."""
+
+    name = "next_line"
+    val_frac = 0.15  # ~240 held-out items: enough for a couple of hundred distinct questions
+
+    def __init__(self, poems: list[dict]):
+        nexts: dict[tuple[str, str, str], set[str]] = defaultdict(set)
+        for p in poems:
+            for stanza in _verse_lines(p["text"]):
+                for line, nxt in zip(stanza, stanza[1:]):
+                    nexts[(p["title"], p["author"], line)].add(nxt)
+        # A (poem, line) with two different next lines (a repeated refrain) has no single answer.
+        items = sorted((k, next(iter(v))) for k, v in nexts.items() if len(v) == 1)
+        self.items = {
+            val: [it for it in items if _held_out(f"next_line:{it[0][0]}|{it[0][1]}|{it[0][2]}", self.val_frac) == val]
+            for val in (False, True)
+        }
+        self.all_lines = sorted({nxt for _, nxt in items})
+
+    def sample(self, rng: random.Random, val: bool, lang: str) -> Example:
+        """One question of the `val` side."""
+        if not self.items[val]:
+            raise ValueError("task next_line: no poem lines available (is the corpus built?)")
+        (title, author, line), nxt = rng.choice(self.items[val])
+        question = rng.choice(_NEXT_TEMPLATES[lang]).format(title=title, author=author, line=line)
+        wrong = nxt
+        while wrong == nxt:  # another poem's (or place's) line: same style, wrong content
+            wrong = rng.choice(self.all_lines)
+        return Example(self.name, lang, question, nxt, nxt, wrong)
+
+
+_AUTHOR_TEMPLATES = {
+    "zh": ["《{title}》的作者是谁？", "《{title}》是谁写的？", "谁写了《{title}》这首诗？", "“{first}”出自哪位诗人的《{title}》？"],
+    "en": ["Who wrote the poem 《{title}》?", "Who is the author of 《{title}》?", 'Which poet wrote 《{title}》, which begins "{first}"?'],
+}
+
+
+class Author:
+    """Author of a poem; held-out = a fixed ~30% of titles (whole poems)."""
+
+    name = "author"
+    val_frac = 0.3  # few poems (~360), and the held-out side needs a couple of hundred questions
+
+    def __init__(self, poems: list[dict]):
+        by_title: dict[str, set[str]] = defaultdict(set)
+        for p in poems:
+            by_title[p["title"]].add(p["author"])
+        items = []
+        for p in poems:
+            stanzas = _verse_lines(p["text"])
+            if len(by_title[p["title"]]) == 1 and stanzas:  # "《无题》 by whom?" has several answers
+                items.append((p["title"], p["author"], stanzas[0][0]))
+        items = sorted(set(items))
+        self.items = {val: [it for it in items if _held_out(f"author:{it[0]}", self.val_frac) == val] for val in (False, True)}
+        self.authors = sorted({it[1] for it in items})
+
+    def sample(self, rng: random.Random, val: bool, lang: str) -> Example:
+        """One question of the `val` side."""
+        if not self.items[val] or len(self.authors) < 2:
+            raise ValueError("task author: not enough poems (is the corpus built?)")
+        title, author, first = rng.choice(self.items[val])
+        question = rng.choice(_AUTHOR_TEMPLATES[lang]).format(title=title, first=first)
+        wrong = author
+        while wrong == author:
+            wrong = rng.choice(self.authors)
+        return Example(self.name, lang, question, author, author, wrong)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Identity
+
+# Held-out phrasings are never used in training, so held-out accuracy measures generalisation.
+_IDENTITY_QUESTIONS = {
+    ("en", False): ["Who are you?", "What is your name?", "What's your name?", "Introduce yourself.",
+                    "What should I call you?", "Are you a human?", "What are you?", "Who made you?"],
+    ("en", True): ["Tell me about yourself.", "Who am I talking to?", "Can you tell me your name?",
+                   "What kind of assistant are you?", "Please introduce yourself briefly.", "Identify yourself."],
+    ("zh", False): ["你是谁？", "你叫什么名字？", "介绍一下你自己。", "你是什么？", "我该怎么称呼你？",
+                    "你是人类吗？", "你是哪个模型？"],
+    ("zh", True): ["请问你是哪位？", "能说说你是谁吗？", "跟我介绍一下你自己吧。", "你的名字是什么？",
+                   "我在和谁说话？", "做个自我介绍。"],
+}
+_IDENTITY_PREFIXES = {
+    "en": ["", "Hi! ", "Hello. ", "Hey, ", "Quick question: ", "Excuse me, "],
+    "zh": ["", "你好，", "嗨！", "请问，", "打扰一下，"],
+}
+_IDENTITY_REPLIES = {
+    "en": ["I am {name}, a small language model trained from scratch.",
+           "My name is {name}. I'm a small language model trained from scratch.",
+           "I'm {name}, a small language model built from scratch. How can I help you?"],
+    "zh": ["我是{name}，一个从零开始训练的小型语言模型。",
+           "我叫{name}，是一个从零训练的小语言模型。",
+           "我是{name}，一个从头训练的小型语言模型，有什么可以帮你？"],
+}
+_OTHER_NAMES = ["ChatGPT", "Claude", "Llama", "Qwen", "MiniMind", "Gemini", "DeepSeek", "Mistral"]
+
+
+class Identity:
+    """Identity questions; held-out = question phrasings that training never uses."""
+
+    name = "identity"
+
+    def __init__(self, model_name: str):
+        if not model_name.strip():
+            raise ValueError("identity: the model name must not be empty")
+        self.model_name = model_name
+        low = model_name.lower()
+        # A wrong name must not contain the right one (else check_answer would accept the rejected reply).
+        self.others = [n for n in _OTHER_NAMES if low not in n.lower() and n.lower() not in low]
+
+    def questions(self, lang: str, val: bool) -> list[str]:
+        """Every phrasing of one side: prefix × core question × (as written | lower case, no final mark)."""
+        out = []
+        for core in _IDENTITY_QUESTIONS[(lang, val)]:
+            for prefix in _IDENTITY_PREFIXES[lang]:
+                q = core[0].lower() + core[1:] if prefix.endswith((", ", ": ", "，")) and lang == "en" else core
+                out.append(prefix + q)
+                out.append((prefix + q).lower().rstrip("?.!？。！"))
+        return sorted(set(out))
+
+    def sample(self, rng: random.Random, val: bool, lang: str) -> Example:
+        """One question of the `val` side."""
+        question = rng.choice(self.questions(lang, val))
+        template = rng.choice(_IDENTITY_REPLIES[lang])
+        wrong = template.format(name=rng.choice(self.others))
+        return Example(self.name, lang, question, self.model_name, template.format(name=self.model_name), wrong)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Building the files
+
+_SYSTEM = {
+    "en": ["You are a helpful assistant.", "You are {name}, a helpful assistant.", "Answer briefly."],
+    "zh": ["你是一个乐于助人的助手。", "你是{name}，一个乐于助人的助手。", "请简短回答。"],
+}
+
+
+def make_task(name: str, model_name: str = "scratchlm", poems: list[dict] | None = None):
+    """The task object for a task name (arithmetic names are `<add|sub|mul|arith><digits>`)."""
+    if ARITH_RE.match(name):
+        return Arithmetic(name)
+    if name in ("next_line", "author"):
+        if poems is None:
+            from scratchlm.data.corpus import poems as corpus_poems
+
+            poems = corpus_poems("train")
+        return NextLine(poems) if name == "next_line" else Author(poems)
+    if name == "identity":
+        return Identity(model_name)
+    raise ValueError(f"unknown synthetic task {name!r}; choose next_line, author, identity or <add|sub|mul|arith><digits> (e.g. add2)")
+
+
+def sample_examples(task, n: int, val: bool, rng: random.Random) -> list[Example]:
+    """n examples of one side of a task, unique where the item space allows (then repeats)."""
+    out, seen = [], set()
+    for _ in range(n):
+        for _attempt in range(30):  # prefer new (question, reply) pairs; accept a repeat when exhausted
+            ex = task.sample(rng, val, rng.choice(["en", "zh"]))
+            if (ex.question, ex.reply) not in seen:
+                break
+        seen.add((ex.question, ex.reply))
+        out.append(ex)
+    return out
+
+
+def _records(examples: list[Example], rng: random.Random, name: str, system_prob: float, multi_turn_prob: float):
+    """The SFT, preference and prompt records of a list of examples (same order)."""
+    sft, pref, prompt = [], [], []
+    by_lang: dict[str, list[Example]] = defaultdict(list)
+    for ex in examples:
+        by_lang[ex.lang].append(ex)
+    for ex in examples:
+        user = {"role": "user", "content": ex.question}
+        conv = [user, {"role": "assistant", "content": ex.reply}]
+        if rng.random() < multi_turn_prob and len(by_lang[ex.lang]) > 1:
+            follow = rng.choice(by_lang[ex.lang])  # same task, language and side: keeps the split clean
+            conv += [{"role": "user", "content": follow.question}, {"role": "assistant", "content": follow.reply}]
+        if rng.random() < system_prob:
+            conv.insert(0, {"role": "system", "content": rng.choice(_SYSTEM[ex.lang]).format(name=name)})
+        sft.append({"conversations": conv, "task": ex.task, "lang": ex.lang})
+        pref.append({
+            "chosen": [user, {"role": "assistant", "content": ex.reply}],
+            "rejected": [user, {"role": "assistant", "content": ex.wrong}],
+            "task": ex.task, "lang": ex.lang,
+        })
+        prompt.append({"prompt": [user], "answer": ex.answer, "task": ex.task, "lang": ex.lang})
+    return sft, pref, prompt
+
+
+def resolve_sizes(tasks=None, n_train: int | None = None, n_val: int | None = None) -> dict[str, tuple[int, int]]:
+    """Task → (n_train, n_val) from a list of names, a dict of sizes, and global overrides."""
+    if tasks is None:
+        sizes = dict(DEFAULT_TASKS)
+    elif isinstance(tasks, dict):
+        sizes = {}
+        for t, v in tasks.items():
+            tr, va = (v, DEFAULT_TASKS.get(t, (0, 200))[1]) if isinstance(v, int) else v
+            sizes[t] = (int(tr), int(va))
+    else:
+        sizes = {t: DEFAULT_TASKS.get(t, (1000, 200)) for t in tasks}
+    sizes = {t: (n_train if n_train is not None else tr, n_val if n_val is not None else va) for t, (tr, va) in sizes.items()}
+    for t, (tr, va) in sizes.items():
+        if tr < 0 or va < 0:
+            raise ValueError(f"task {t}: sizes must be >= 0, got n_train={tr}, n_val={va}")
+    return sizes
+
+
+def build_synth(
+    out_dir: str | Path,
+    seed: int = 0,
+    name: str = "scratchlm",
+    tasks: list[str] | dict[str, int | tuple[int, int]] | None = None,
+    n_train: int | None = None,
+    n_val: int | None = None,
+    poems: list[dict] | None = None,
+    system_prob: float = 0.15,
+    multi_turn_prob: float = 0.1,
+) -> dict[str, Path]:
+    """Write the synthetic task files into out_dir; return {"sft_train": path, ...} (six files).
+
+    `tasks`: names (default sizes) or {name: n_train | (n_train, n_val)}; `n_train`/`n_val` override every
+    task's size. `poems` defaults to the corpus train split's poems. Also writes meta.json (counts).
+    """
+    sizes = resolve_sizes(tasks, n_train, n_val)
+    if poems is None and any(t in ("next_line", "author") for t in sizes):
+        from scratchlm.data.corpus import poems as corpus_poems
+
+        poems = corpus_poems("train")
+    rows: dict[str, list[dict]] = {f: [] for f in FILES}
+    counts: dict[str, dict[str, int]] = {}
+    for task_name, (tr, va) in sizes.items():
+        task = make_task(task_name, name, poems)
+        for split, n, val in (("train", tr, False), ("val", va, True)):
+            # One stream per (seed, task, side): changing one task's size never changes another's data.
+            rng = random.Random(f"scratchlm-synth:{seed}:{task_name}:{split}")
+            examples = sample_examples(task, n, val, rng)
+            sft, pref, prompt = _records(examples, rng, name, system_prob, multi_turn_prob)
+            rows[f"sft_{split}"] += sft
+            rows[f"preference_{split}"] += pref
+            rows[f"prompt_{split}"] += prompt
+            counts.setdefault(task_name, {})[split] = n
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for f in FILES:
+        # Mix tasks within a file (training often reads in order); a fixed seed keeps it reproducible.
+        random.Random(f"scratchlm-synth:{seed}:{f}").shuffle(rows[f])
+        paths[f] = out / f"{f}.jsonl"
+        with open(paths[f], "w", encoding="utf-8") as fh:
+            for r in rows[f]:
+                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+    meta = {"seed": seed, "name": name, "counts": counts, "files": {f: len(rows[f]) for f in FILES}}
+    (out / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checking answers
+
+_SPECIAL_RE = re.compile(r"<\|[^|>]*\|>")
+_THINK_RE = re.compile(r"^.*</think>", re.S)
+_NUM_RE = re.compile(r"-?\d+")
+# Wrappers a correct short answer may come in ("作者是李白。", "The author is Li Bai.").
+_AUTHOR_PREFIXES = ("这首诗的作者是", "作者是", "是", "theauthoris", "itwaswrittenby", "writtenby", "answer")
+_AUTHOR_SUFFIXES = ("写的", "所作", "作")
+
+
+def _strip_completion(text: str) -> str:
+    """Drop special tokens and a leading reasoning trace: only the final answer is checked."""
+    return _THINK_RE.sub("", _SPECIAL_RE.sub("", text)).strip()
+
+
+def normalize(text: str) -> str:
+    """Compare form: NFKC, lower case, without whitespace, punctuation and symbols."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    return "".join(ch for ch in text if not (ch.isspace() or unicodedata.category(ch)[0] in "PS"))
+
+
+def _number(text: str) -> int | None:
+    """The number a completion answers with: the first number after the last '=' (or in the text)."""
+    text = unicodedata.normalize("NFKC", text)
+    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)  # 1,234 → 1234
+    if "=" in text:
+        text = text.rsplit("=", 1)[1]
+    m = _NUM_RE.search(text)
+    return int(m.group()) if m else None
+
+
+def check_answer(task: str, completion: str, answer: str) -> bool:
+    """True when a completion answers correctly (whitespace/punctuation-insensitive; see module doc)."""
+    completion = _strip_completion(completion)
+    if ARITH_RE.match(task):
+        got = _number(completion)
+        return got is not None and got == int(answer)
+    if task == "identity":
+        return normalize(answer) != "" and normalize(answer) in normalize(completion)
+    if task == "next_line":
+        return normalize(completion) == normalize(answer)
+    if task == "author":
+        got = normalize(completion)
+        for prefix in _AUTHOR_PREFIXES:
+            got = got.removeprefix(prefix)
+        for suffix in _AUTHOR_SUFFIXES:
+            got = got.removesuffix(suffix)
+        return got == normalize(answer)
+    raise ValueError(f"unknown synthetic task {task!r}; choose next_line, author, identity or <add|sub|mul|arith><digits>")
