@@ -1,0 +1,128 @@
+"""Run folders: where a trained model lives, and how any later stage loads it.
+
+A run folder holds config.toml, model.safetensors, tokenizer.json + tokenizer_config.json,
+metrics.jsonl, loss.png and checkpoints/step-N/. Weights are only ever read with safetensors.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from scratchlm.config import Config, ConfigError, load_run_config
+
+if TYPE_CHECKING:  # pragma: no cover
+    from scratchlm.tokenizer import Tokenizer
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def tied_aliases(model: torch.nn.Module) -> dict[str, str]:
+    """{alias: canonical} for parameters that are the same tensor under two names (tied embeddings)."""
+    seen: dict[int, str] = {}
+    aliases: dict[str, str] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            aliases[name] = seen[id(p)]
+        else:
+            seen[id(p)] = name
+    return aliases
+
+
+def save_weights(state: dict[str, torch.Tensor], path: str | Path, aliases: dict[str, str] | None = None) -> None:
+    """Write a state dict as safetensors, storing tied tensors once (aliases dropped), fsynced."""
+    aliases = aliases or {}
+    out = {k: v.detach().to("cpu").contiguous() for k, v in state.items() if k not in aliases}
+    path = Path(path)
+    save_file(out, str(path), metadata={"format": "pt"})
+    _fsync(path)
+
+
+def load_weights(model: torch.nn.Module, path: str | Path, strict: bool = True) -> None:
+    """Load safetensors weights into `model` (tied names restored from the model's own ties)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such weights file")
+    state = load_file(str(path))
+    for alias, canonical in tied_aliases(model).items():
+        if alias not in state and canonical in state:
+            state[alias] = state[canonical]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if strict and (missing or unexpected):
+        raise ValueError(
+            f"{path}: weights do not match the model (missing: {missing[:5]}{'...' if len(missing) > 5 else ''}; "
+            f"unexpected: {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}) — is the config the same?"
+        )
+
+
+def save_model(model: torch.nn.Module, path: str | Path) -> None:
+    """Save a model's weights to safetensors (tied weights stored once)."""
+    save_weights(model.state_dict(), path, tied_aliases(model))
+
+
+def build_model(cfg: Config) -> torch.nn.Module:
+    """A freshly initialised Transformer, seeded by train.seed so every process builds the same one."""
+    from scratchlm.model.transformer import Transformer
+
+    torch.manual_seed(cfg.train.seed)
+    return Transformer(cfg.model)
+
+
+def copy_tokenizer(src_dir: str | Path, dst_dir: str | Path) -> bool:
+    """Copy tokenizer.json + tokenizer_config.json between folders; False when `src_dir` has none."""
+    src, dst = Path(src_dir), Path(dst_dir)
+    if not (src / "tokenizer.json").exists():
+        return False
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        if (src / name).exists() and (src / name).resolve() != (dst / name).resolve():
+            shutil.copyfile(src / name, dst / name)
+    return True
+
+
+def save_run(run_dir: str | Path, model: torch.nn.Module, cfg: Config, tokenizer_dir: str | Path | None = None) -> Path:
+    """Write the final model of a run: model.safetensors, config.toml and the tokenizer files."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / "model.safetensors.tmp"
+    save_model(model, tmp)
+    tmp.replace(run_dir / "model.safetensors")  # atomic: a reader never sees half a file
+    cfg.save(run_dir / "config.toml")
+    if tokenizer_dir is not None:
+        copy_tokenizer(tokenizer_dir, run_dir)
+    return run_dir
+
+
+def load_run(run_dir: str | Path, device: str | torch.device | None = None) -> tuple[Any, "Tokenizer | None", Config]:
+    """(model in eval mode, tokenizer or None, config) from a run folder."""
+    from scratchlm.model.transformer import Transformer
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such run folder")
+    cfg = load_run_config(run_dir)
+    weights = run_dir / "model.safetensors"
+    if not weights.exists():
+        raise ConfigError(f"{run_dir}: run has no model.safetensors yet (still training, or interrupted? "
+                          f"resume with --resume)")
+    model = Transformer(cfg.model)
+    load_weights(model, weights)
+    if device is not None:
+        model.to(device)
+    model.eval()
+    tokenizer = None
+    if (run_dir / "tokenizer.json").exists():
+        from scratchlm.tokenizer import Tokenizer
+
+        tokenizer = Tokenizer.load(run_dir)
+    return model, tokenizer, cfg
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())

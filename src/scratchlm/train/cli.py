@@ -1,0 +1,128 @@
+"""`scratchlm train pretrain|sft|plot`: thin wrappers around plain functions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from scratchlm.config import Config, ConfigError, load_config, load_run_config, read_toml
+from scratchlm.train.loop import TrainResult, plot_metrics
+
+
+def resolve_train_config(
+    objective: str,
+    preset: str | None,
+    overrides: list[str] | None = None,
+    out: str | Path | None = None,
+    data: str | None = None,
+    init_from: str | Path | None = None,
+    resume: bool = False,
+) -> Config:
+    """The run's config: preset (or, on --resume without --config, the run's own config.toml),
+    the model shape of --init-from, then --data and --set overrides."""
+    base: dict[str, Any] = {"train": {"objective": objective}}
+    if init_from is not None:
+        # the weights decide the shape: a preset's model section must not silently disagree with them
+        base["model"] = load_run_config(init_from).to_dict()["model"]
+    if data is not None:
+        base["train"]["data"] = str(data)
+    if preset is None and resume and out is not None and (Path(out) / "config.toml").exists():
+        saved = read_toml(Path(out) / "config.toml")
+        saved.setdefault("train", {}).update(base["train"])
+        return load_config(None, overrides, base=saved)
+    return load_config(preset or "tiny", overrides, base=base)
+
+
+def find_tokenizer_dir(cfg: Config, init_from: str | Path | None, explicit: str | Path | None) -> Path | None:
+    """Where the run's tokenizer files come from: --tokenizer, the --init-from run, or the data's meta."""
+    cands: list[Path] = []
+    if explicit:
+        if not (Path(explicit) / "tokenizer.json").exists():
+            raise FileNotFoundError(f"--tokenizer {explicit}: no tokenizer.json there")
+        return Path(explicit)
+    if init_from:
+        cands.append(Path(init_from))
+    if cfg.train.data:
+        data = Path(cfg.train.data)
+        cands.append(data)
+        meta = data / "meta.json"
+        if meta.exists():
+            tok = json.loads(meta.read_text(encoding="utf-8")).get("tokenizer_dir") or json.loads(
+                meta.read_text(encoding="utf-8")).get("tokenizer")
+            if isinstance(tok, str):
+                cands.append(Path(tok))
+    for c in cands:
+        if (c / "tokenizer.json").exists():
+            return c
+    return None
+
+
+def run_train(
+    objective: str,
+    out: str | Path,
+    preset: str | None = None,
+    overrides: list[str] | None = None,
+    data: str | None = None,
+    init_from: str | Path | None = None,
+    resume: bool = False,
+    tokenizer: str | Path | None = None,
+    stop_at_step: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train one stage (`pretrain`, `sft`, ...) into run folder `out`."""
+    from scratchlm.run import build_model
+    from scratchlm.train.loop import train
+    from scratchlm.train.objectives import make_objective
+
+    cfg = resolve_train_config(objective, preset, overrides, out, data, init_from, resume)
+    tok_dir = find_tokenizer_dir(cfg, init_from, tokenizer)
+    obj = make_objective(cfg)
+    model = build_model(cfg)
+    return train(cfg, obj, out, model, init_from=None if resume else init_from, resume=resume,
+                 tokenizer_dir=tok_dir, stop_at_step=stop_at_step, progress=progress)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    result = run_train(args.stage, args.out, args.config, args.set, args.data, args.init_from, args.resume,
+                       args.tokenizer, args.stop_at_step, not args.no_progress)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
+        last = f"{result.losses[-1]:.4f}" if result.losses else "n/a"
+        val = f", val loss {result.val[-1][1]:.4f}" if result.val else ""
+        print(f"{result.status}: step {result.step}, loss {last}{val}, {result.tokens} tokens "
+              f"in {result.seconds:.1f}s → {result.out_dir}")
+    return 0 if result.status in ("done", "stopped") else 130
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    print(plot_metrics(args.run))
+    return 0
+
+
+def add_cli(subparsers: Any) -> None:
+    """Register `scratchlm train ...`."""
+    p = subparsers.add_parser("train", help="train a model: pretrain, sft; plot a run's loss")
+    sub = p.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    for stage, helptext in (("pretrain", "next-token pretraining on token shards"),
+                            ("sft", "supervised fine-tuning on ChatML conversations (assistant-only loss)")):
+        s = sub.add_parser(stage, help=helptext)
+        s.add_argument("--config", default=None, help="preset name or TOML path (default: tiny; "
+                       "on --resume: the run's own config.toml)")
+        s.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                       help="override a config field (repeatable)")
+        s.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
+        s.add_argument("--data", default=None, help="prepared shard folder (shortcut for --set train.data=DIR)")
+        s.add_argument("--init-from", default=None, metavar="RUN", help="start from this run's model.safetensors")
+        s.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+        s.add_argument("--tokenizer", default=None, metavar="DIR", help="tokenizer folder copied into the run")
+        s.add_argument("--stop-at-step", type=int, default=None, help="checkpoint and exit after this step")
+        s.add_argument("--no-progress", action="store_true", help="no progress bar")
+        s.set_defaults(func=_cmd_train)
+    pl = sub.add_parser("plot", help="draw RUN/loss.png from RUN/metrics.jsonl")
+    pl.add_argument("run")
+    pl.set_defaults(func=_cmd_plot)
+
+
+__all__ = ["run_train", "resolve_train_config", "find_tokenizer_dir", "add_cli", "ConfigError"]

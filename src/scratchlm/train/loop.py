@@ -1,0 +1,414 @@
+"""THE training loop. It does not know the model or the stage: an Objective turns data into a loss.
+
+The loop owns: device and dtype (scratchlm.device), DDP/FSDP2 (train/distributed.py), AdamW with
+decay/no-decay groups, the lr schedule (train/schedule.py), gradient accumulation, clipping,
+optional torch.compile, seeds, validation, metrics.jsonl, the progress bar, loss.png, tensorboard,
+checkpoints (train/checkpoint.py), exact resume, SIGINT/SIGTERM, and stopping on a NaN loss.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from scratchlm.config import Config, ConfigError
+from scratchlm.device import autocast, pick_device, pick_dtype
+from scratchlm.run import load_weights, save_run, tied_aliases
+from scratchlm.train import distributed as D
+from scratchlm.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, restore_rng, save_checkpoint
+from scratchlm.train.objectives import Objective, nan_step
+from scratchlm.train.schedule import lr_at
+
+
+class TrainingDiverged(ValueError):
+    """The loss became NaN or infinite; the run stopped without saving over good checkpoints."""
+
+
+@dataclass
+class TrainResult:
+    """What a call to `train` did."""
+
+    out_dir: Path
+    step: int  # optimizer steps completed in total (including before a resume)
+    status: str  # "done" | "interrupted" | "stopped" (stop_at_step reached)
+    losses: list[float] = field(default_factory=list)  # mean train loss of each step run in this call
+    val: list[tuple[int, float]] = field(default_factory=list)  # (step, val loss)
+    tokens: int = 0  # tokens processed in total (all processes)
+    seconds: float = 0.0  # wall time of this call's steps
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_optimizer(model: nn.Module, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; weight decay on matrices (dim ≥ 2: linears and the embedding, which is tied to the
+    output head), none on vectors (norm gains, DyT α/β, biases) — decaying a norm gain only pulls it
+    towards 0, which fights the normalisation."""
+    tc = cfg.train
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    is_dtensor = any(type(p).__name__ == "DTensor" for p in decay)
+    # fused AdamW is one kernel over all tensors (CPU and CUDA); DTensors (FSDP) use the default
+    fused = device.type in ("cpu", "cuda") and not is_dtensor
+    return torch.optim.AdamW(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.eps, fused=fused)
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag; the loop saves and exits after the current step. A second SIGINT
+    interrupts immediately."""
+
+    def __init__(self) -> None:
+        self.set = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopFlag":
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.set and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.set = True
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class _Metrics:
+    """metrics.jsonl (append, one JSON object per line) and optional tensorboard, on rank 0 only."""
+
+    def __init__(self, out_dir: Path, enabled: bool, resume_step: int | None, tensorboard: bool) -> None:
+        self.enabled = enabled
+        self.path = out_dir / "metrics.jsonl"
+        self.tb = None
+        if not enabled:
+            return
+        if resume_step is None:
+            self.path.write_text("", encoding="utf-8")
+        elif self.path.exists():
+            # drop lines logged after the checkpoint we resume from: they will be logged again
+            keep = [ln for ln in self.path.read_text(encoding="utf-8").splitlines()
+                    if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
+            self.path.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise ConfigError("train.tensorboard=true needs the tensorboard package: "
+                                  "pip install 'scratchlm[tensorboard]'") from e
+            self.tb = SummaryWriter(str(out_dir / "tensorboard"))
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def train(
+    cfg: Config,
+    objective: Objective,
+    out_dir: str | Path,
+    model: nn.Module,
+    *,
+    init_from: str | Path | None = None,
+    resume: bool = False,
+    tokenizer_dir: str | Path | None = None,
+    stop_at_step: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train `model` with `objective` into run folder `out_dir`; returns what happened.
+
+    `init_from`: a run folder whose model.safetensors initialises the weights (e.g. SFT from a
+    pretrained run). `resume`: continue exactly from the newest checkpoint in out_dir/checkpoints.
+    `stop_at_step`: save a checkpoint and return after this many steps (the schedule still spans
+    train.max_steps), e.g. to split a long run into jobs.
+    """
+    tc = cfg.train
+    out_dir = Path(out_dir)
+    info = D.setup_distributed(pick_device(tc.device))
+    device = info.device
+    dtype = pick_dtype(device, tc.dtype)
+    if tc.deepspeed:
+        _check_deepspeed(tc.deepspeed)
+    seed_everything(tc.seed)
+    ckpt_root = out_dir / "checkpoints"
+
+    ckpt = None
+    if resume:
+        path = latest_checkpoint(ckpt_root)
+        if path is None:
+            raise FileNotFoundError(f"--resume: {ckpt_root} has no complete checkpoint to resume from")
+        ckpt = load_checkpoint(path)
+    elif list_checkpoints(ckpt_root):
+        raise ConfigError(f"{out_dir} already holds checkpoints; pass --resume to continue that run, "
+                          f"or choose another --out")
+    elif init_from is not None:
+        load_weights(model, Path(init_from) / "model.safetensors")
+
+    model = objective.prepare_model(model)
+    if ckpt is not None:
+        _load_model_state(model, ckpt.model, ckpt.path)
+    model.to(device)
+    raw = model  # the plain module: state dicts come from here (FSDP2 shards it in place)
+    aliases = tied_aliases(raw)
+    model = D.wrap_model(raw, info, tc.parallel)
+    if tc.compile:
+        model = torch.compile(model)
+    optimizer = build_optimizer(raw, cfg, device)
+    objective.setup(info)
+
+    start_step, tokens_seen = 0, 0
+    if ckpt is not None:
+        D.load_optimizer_state(raw, optimizer, ckpt.optimizer)
+        objective.load_state_dict(ckpt.trainer.get("objective", {}))
+        start_step, tokens_seen = ckpt.step, int(ckpt.trainer.get("tokens", 0))
+        restore_rng(ckpt.trainer["rng"], ckpt.rng_tensors)
+
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(out_dir / "config.toml")
+    metrics = _Metrics(out_dir, info.is_main, start_step if ckpt is not None else None, tc.tensorboard)
+    result = TrainResult(out_dir=out_dir, step=start_step, status="done", tokens=tokens_seen)
+
+    def save(step: int) -> None:
+        model_state = D.full_model_state(raw)  # collective under FSDP: every rank calls it
+        optim_state = D.full_optimizer_state(raw, optimizer)
+        if info.is_main:
+            state = {"objective": objective.state_dict(), "tokens": result.tokens, "world_size": info.world_size,
+                     "schedule": {"step": step, "kind": tc.schedule}}
+            save_checkpoint(ckpt_root, step, model_state, optim_state, state, cfg, aliases, tc.keep_last)
+        D.barrier(info)
+
+    bar = _progress_bar(progress and info.is_main, start_step, tc.max_steps)
+    poison = nan_step()
+    last_saved = start_step if ckpt is not None else -1
+    end_step = min(tc.max_steps, stop_at_step) if stop_at_step is not None else tc.max_steps
+    t_start = time.perf_counter()
+    t_log, tok_log = t_start, 0
+    model.train()
+    try:
+        with _StopFlag() as stop:
+            for step in range(start_step, end_step):
+                lr = lr_at(step, tc)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                batches = objective.next_batches()
+                loss_sum, n_tok, parts = 0.0, 0, {}
+                bad = False
+                for i, batch in enumerate(batches):
+                    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                    with D.no_grad_sync(model, i == len(batches) - 1):
+                        with autocast(device, dtype):
+                            loss, m = objective.loss(model, batch)
+                        if poison is not None and step + 1 == poison:
+                            loss = loss * float("nan")
+                        value = float(loss.detach())
+                        bad = bad or not math.isfinite(value)
+                        (loss / len(batches)).backward()  # still run it when bad: DDP peers wait for it
+                    loss_sum += value / len(batches)
+                    n_tok += objective.tokens(batch)
+                    for k, v in m.items():
+                        parts[k] = parts.get(k, 0.0) + v / len(batches)
+                loss_sum, n_bad, n_stop, n_tok_all = D.all_reduce_sum(
+                    [loss_sum, float(bad), float(stop.set), float(n_tok)], info)
+                loss_mean = loss_sum / info.world_size
+                if n_bad:
+                    last = latest_checkpoint(ckpt_root)
+                    raise TrainingDiverged(
+                        f"step {step + 1}: the training loss is {loss_mean} (not finite); stopped without "
+                        f"saving. Last good checkpoint: {last if last else 'none'} (left untouched). "
+                        f"Try a lower train.lr, longer train.warmup_steps, or check the data.")
+                grad_norm = None
+                if tc.grad_clip > 0:
+                    grad_norm = nn.utils.clip_grad_norm_(raw.parameters(), tc.grad_clip)
+                    if hasattr(grad_norm, "full_tensor"):
+                        grad_norm = grad_norm.full_tensor()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+
+                done = step + 1
+                result.step = done
+                result.tokens += int(n_tok_all)
+                result.losses.append(loss_mean)
+                tok_log += int(n_tok_all)
+                if done % tc.log_every == 0 or done == end_step:
+                    now = time.perf_counter()
+                    rec = {"step": done, "loss": loss_mean, "lr": lr, "tokens": result.tokens,
+                           "tokens_per_s": tok_log / max(now - t_log, 1e-9), "elapsed_s": now - t_start}
+                    if grad_norm is not None:
+                        rec["grad_norm"] = float(grad_norm)
+                    rec.update({k: v for k, v in parts.items() if k != "ce_loss" or v != loss_mean})
+                    metrics.log(rec)
+                    t_log, tok_log = now, 0
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{loss_mean:.4f}", lr=f"{lr:.2e}", tok_s=f"{rec['tokens_per_s']:.0f}")
+                if bar is not None:
+                    bar.update(1)
+                if tc.eval_every and (done % tc.eval_every == 0 or done == tc.max_steps):
+                    val = validate(model, objective, info, device, dtype)
+                    if val is not None:
+                        result.val.append((done, val))
+                        metrics.log({"step": done, "val_loss": val, "val_ppl": math.exp(min(val, 50.0))})
+                        if bar is not None:
+                            bar.write(f"step {done}: val loss {val:.4f}  ppl {math.exp(min(val, 50.0)):.2f}")
+                if n_stop:
+                    result.status = "interrupted"
+                    break
+                if tc.save_every and done % tc.save_every == 0:
+                    save(done)
+                    last_saved = done
+            else:
+                if end_step < tc.max_steps:
+                    result.status = "stopped"
+        result.seconds = time.perf_counter() - t_start
+        if result.step != last_saved and result.step > 0:
+            save(result.step)
+        if info.is_main:
+            if result.status == "done":
+                save_run(out_dir, raw if not info.enabled else _full_copy(raw, cfg), cfg, tokenizer_dir)
+            if bar is not None:
+                bar.close()
+            if result.status == "interrupted":
+                print(f"interrupted at step {result.step}: checkpoint saved; continue with --resume")
+            try:
+                plot_metrics(out_dir)
+            except Exception as e:  # a plotting problem must never lose a finished run
+                print(f"warning: could not draw loss.png: {e}")
+        elif info.enabled and result.status == "done" and tc.parallel == "fsdp":
+            D.full_model_state(raw)  # matches rank 0's collective in _full_copy
+    finally:
+        metrics.close()
+        if bar is not None:
+            bar.close()
+    D.barrier(info)
+    return result
+
+
+def _full_copy(raw: nn.Module, cfg: Config) -> nn.Module:
+    """The final weights as a plain module (under FSDP the full state dict is gathered first)."""
+    if not any(type(p).__name__ == "DTensor" for p in raw.parameters()):
+        return raw
+    from scratchlm.run import build_model
+
+    plain = build_model(cfg)
+    _load_model_state(plain, D.full_model_state(raw), "fsdp state")
+    return plain
+
+
+def _load_model_state(model: nn.Module, state: dict[str, torch.Tensor], where: Any) -> None:
+    state = dict(state)
+    for alias, canonical in tied_aliases(model).items():
+        if alias not in state and canonical in state:
+            state[alias] = state[canonical]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{where}: checkpoint does not match the model (missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}) — was the model config changed?")
+
+
+@torch.no_grad()
+def validate(model: nn.Module, objective: Objective, info: D.DistInfo, device: torch.device,
+             dtype: torch.dtype) -> float | None:
+    """Mean next-token loss over the objective's validation batches (all processes), or None."""
+    model.eval()
+    nll, count = 0.0, 0
+    for batch in objective.val_batches():
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with autocast(device, dtype):
+            s, n = objective.evaluate(model, batch)
+        nll, count = nll + s, count + n
+    model.train()
+    nll, count = D.all_reduce_sum([nll, float(count)], info)
+    return nll / count if count else None
+
+
+def _progress_bar(enabled: bool, start: int, total: int) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+
+
+def plot_metrics(run_dir: str | Path) -> Path:
+    """Draw loss.png (train loss, and val loss when logged) from a run's metrics.jsonl."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no metrics to plot (is {run_dir} a run folder?)")
+    train_pts, val_pts = [], []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{n}: not JSON ({e})") from None
+        if "loss" in rec:
+            train_pts.append((rec["step"], rec["loss"]))
+        if "val_loss" in rec:
+            val_pts.append((rec["step"], rec["val_loss"]))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train_pts:
+        ax.plot(*zip(*train_pts), label="train loss", lw=1)
+    if val_pts:
+        ax.plot(*zip(*val_pts), "o-", label="val loss", ms=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(run_dir.name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = run_dir / "loss.png"
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def _check_deepspeed(path: str) -> None:
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"train.deepspeed={path!r} needs DeepSpeed, which is not installed: "
+                          f"pip install 'scratchlm[deepspeed]' (or leave train.deepspeed empty for DDP/FSDP2)") from None
+    if not Path(path).exists():
+        raise FileNotFoundError(f"train.deepspeed={path!r}: no such DeepSpeed config file")
+    raise ConfigError("train.deepspeed: DeepSpeed is installed but this version of scratchlm only trains with "
+                      "DDP or FSDP2 (train.parallel=fsdp, the ZeRO-3 equivalent); see README")

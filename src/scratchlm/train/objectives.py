@@ -1,0 +1,295 @@
+"""Objectives: one small class per training stage. Each turns data into (loss, metrics); the loop
+(train/loop.py) owns everything else.
+
+An objective owns its data: `next_batches()` returns this process's micro-batches for one optimizer
+step and advances a *global* data position (so a checkpoint resumes on any number of processes),
+`state_dict()` saves that position. Later stages (LoRA, DPO, PPO/GRPO, distill) subclass `Objective`:
+they may wrap the model in `prepare_model`, build pairs, or generate rollouts inside `next_batches`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from scratchlm.config import Config, ConfigError
+from scratchlm.train.distributed import DistInfo
+
+Batch = dict[str, torch.Tensor]
+IGNORE = -100  # target id the model's cross-entropy skips
+
+
+class Objective:
+    """Base class: the interface the loop drives. Subclasses fill in data and loss."""
+
+    name = "base"
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.info = DistInfo()
+
+    def setup(self, info: DistInfo) -> None:
+        """Called by the loop once the process group and device are known."""
+        self.info = info
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Hook to wrap or freeze the model before the optimizer is built (LoRA, value heads...)."""
+        return model
+
+    def next_batches(self) -> list[Batch]:
+        """This process's grad_accum micro-batches for the next optimizer step (CPU tensors)."""
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """(scalar loss to backprop, metrics as plain floats) for one micro-batch."""
+        raise NotImplementedError
+
+    def val_batches(self) -> Iterator[Batch]:
+        """This process's share of the fixed validation batches (empty when there is no val data)."""
+        return iter(())
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batch: Batch) -> tuple[float, int]:
+        """(summed next-token NLL, number of predicted tokens) on one validation batch."""
+        out = model(batch["input_ids"], targets=batch["targets"])
+        count = int((batch["targets"] != IGNORE).sum())
+        return float(out.ce_loss.detach()) * count, count
+
+    def tokens(self, batch: Batch) -> int:
+        """Tokens the model processes for this batch (for tokens/s)."""
+        return int(batch["input_ids"].numel())
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able data position."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the data position saved by `state_dict`."""
+
+
+def _open(path: str, field: str) -> Any:
+    from scratchlm.data.datasets import open_shards
+
+    if not path:
+        raise ConfigError(f"{field} is empty: point it at a prepared shard folder (scratchlm prepare --out DIR), "
+                          f"e.g. --data DIR or --set {field}=DIR")
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{field}={path!r}: no such folder (prepare it with `scratchlm prepare`)")
+    return open_shards(path)
+
+
+def _val_path(cfg: Config) -> str:
+    """train.val_data, else the `val/` sub-dataset that `scratchlm prepare --val-frac` writes."""
+    if cfg.train.val_data:
+        return cfg.train.val_data
+    cand = Path(cfg.train.data) / "val"
+    return str(cand) if (cand / "meta.json").exists() else ""
+
+
+class PackedWindows:
+    """Fixed-length windows of seq_len+1 tokens cut from the concatenated token stream, visited in a
+    fresh seeded permutation every epoch: window `pos` of the global order is a pure function of
+    (seed, pos), which is what makes resume exact."""
+
+    def __init__(self, shards: Any, seq_len: int, seed: int, shuffle: bool = True, where: str = "data") -> None:
+        self.shards, self.seq_len, self.seed, self.shuffle = shards, seq_len, seed, shuffle
+        self.n = (int(shards.n_tokens) - 1) // seq_len
+        if self.n < 1:
+            raise ConfigError(f"{where}: {shards.n_tokens} tokens is fewer than train.seq_len+1={seq_len + 1}; "
+                              f"lower train.seq_len or prepare more data")
+        self._epoch, self._perm = -1, np.arange(0)
+
+    def window(self, pos: int) -> int:
+        """Index of the window at global position `pos`."""
+        epoch, i = divmod(pos, self.n)
+        if not self.shuffle:
+            return i
+        if epoch != self._epoch:
+            self._epoch, self._perm = epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        return int(self._perm[i])
+
+    def get(self, pos: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """(tokens [T+1], loss mask [T+1] or None) of the window at global position `pos`."""
+        start = self.window(pos) * self.seq_len
+        ids = np.asarray(self.shards.read(start, self.seq_len + 1), dtype=np.int64)
+        mask = self.shards.read_mask(start, self.seq_len + 1)
+        return ids, (None if mask is None else np.asarray(mask))
+
+
+def _xy(ids: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs and shifted targets; tokens whose mask is 0 become IGNORE targets."""
+    x, y = ids[:-1], ids[1:].copy()
+    if mask is not None:
+        y[mask[1:] == 0] = IGNORE  # the mask marks tokens to *predict*, so it shifts with the targets
+    return x, y
+
+
+class Pretrain(Objective):
+    """Next-token prediction over packed windows of the token shards."""
+
+    name = "pretrain"
+    use_mask = False
+
+    def __init__(self, cfg: Config, shards: Any = None, val_shards: Any = None) -> None:
+        super().__init__(cfg)
+        tc = cfg.train
+        self.shards = shards if shards is not None else _open(tc.data, "train.data")
+        self._check_vocab(self.shards, tc.data or "data")
+        if val_shards is None and shards is None and _val_path(cfg):
+            val_shards = _open(_val_path(cfg), "train.val_data")
+        self.val_shards = val_shards
+        self.position = 0  # windows consumed, counted over all processes
+        self.windows = self._make_windows(self.shards, shuffle=True, where=tc.data or "data")
+
+    def _make_windows(self, shards: Any, shuffle: bool, where: str) -> Any:
+        return PackedWindows(shards, self.cfg.train.seq_len, self.cfg.train.seed, shuffle, where)
+
+    def _check_vocab(self, shards: Any, where: str) -> None:
+        vocab = int(getattr(shards, "meta", {}).get("vocab_size", 0) or 0)
+        if vocab > self.cfg.model.vocab_size:
+            raise ConfigError(f"{where}: tokens come from a {vocab}-token vocabulary but "
+                              f"model.vocab_size={self.cfg.model.vocab_size}; set --set model.vocab_size={vocab}")
+
+    def _build(self, source: Any, positions: range) -> Batch:
+        xs, ys = [], []
+        for pos in positions:
+            ids, mask = source.get(pos)
+            x, y = _xy(ids, mask if self.use_mask else None)
+            xs.append(x)
+            ys.append(y)
+        return {"input_ids": torch.from_numpy(np.stack(xs)), "targets": torch.from_numpy(np.stack(ys))}
+
+    def next_batches(self) -> list[Batch]:
+        """grad_accum micro-batches; micro m of rank r takes global slots (m·world + r)·B ... + B."""
+        tc, world, rank = self.cfg.train, self.info.world_size, self.info.rank
+        B = tc.batch_size
+        out = []
+        for m in range(tc.grad_accum):
+            first = self.position + (m * world + rank) * B
+            out.append(self._build(self.windows, range(first, first + B)))
+        self.position += B * tc.grad_accum * world
+        return out
+
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """The model's loss (CE + weighted MTP + MoE aux) with the parts as metrics."""
+        out = model(batch["input_ids"], targets=batch["targets"])
+        return out.loss, _parts(out)
+
+    def val_batches(self) -> Iterator[Batch]:
+        """Sequential (unshuffled) windows of the validation split; batch k goes to rank k % world."""
+        if self.val_shards is None:
+            return
+        tc = self.cfg.train
+        windows = self._make_windows(self.val_shards, shuffle=False, where=_val_path(self.cfg) or "val data")
+        n_batches = min(tc.eval_batches * self.info.world_size, windows.n // tc.batch_size)
+        n_batches -= n_batches % self.info.world_size  # every rank runs the same number of forwards
+        for k in range(self.info.rank, n_batches, self.info.world_size):
+            yield self._build(windows, range(k * tc.batch_size, (k + 1) * tc.batch_size))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"position": self.position, "seed": self.cfg.train.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.position = int(state["position"])
+
+
+class PaddedDocs:
+    """One conversation per row (truncated to seq_len+1 tokens), documents visited in a seeded
+    permutation per epoch; rows are right-padded to the longest in the batch."""
+
+    def __init__(self, shards: Any, seq_len: int, seed: int, shuffle: bool = True, where: str = "data") -> None:
+        self.shards, self.seq_len, self.seed, self.shuffle = shards, seq_len, seed, shuffle
+        starts = np.asarray(shards.doc_starts, dtype=np.int64)
+        if len(starts) == 0:
+            raise ConfigError(f"{where}: the dataset has no documents")
+        self.starts = starts
+        self.ends = np.append(starts[1:], int(shards.n_tokens))
+        self.n = len(starts)
+        self._epoch, self._perm = -1, np.arange(0)
+
+    def get(self, pos: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """(tokens, mask) of the conversation at global position `pos`, at most seq_len+1 long."""
+        epoch, i = divmod(pos, self.n)
+        if self.shuffle:
+            if epoch != self._epoch:
+                self._epoch, self._perm = epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            i = int(self._perm[i])
+        start = int(self.starts[i])
+        length = min(int(self.ends[i]) - start, self.seq_len + 1)
+        ids = np.asarray(self.shards.read(start, length), dtype=np.int64)
+        mask = self.shards.read_mask(start, length)
+        return ids, (None if mask is None else np.asarray(mask))
+
+
+class SFT(Pretrain):
+    """Supervised fine-tuning on ChatML conversations: loss on assistant tokens only (the shards'
+    mask), packed into full windows (train.packing=true) or one padded conversation per row."""
+
+    name = "sft"
+    use_mask = True
+
+    def __init__(self, cfg: Config, shards: Any = None, val_shards: Any = None) -> None:
+        super().__init__(cfg, shards, val_shards)
+        kind = getattr(self.shards, "kind", "sft")
+        if kind != "sft":
+            raise ConfigError(f"train.data={cfg.train.data!r} holds {kind!r} shards; SFT needs "
+                              f"`scratchlm prepare --kind sft`")
+
+    def _make_windows(self, shards: Any, shuffle: bool, where: str) -> Any:
+        if self.cfg.train.packing:
+            return PackedWindows(shards, self.cfg.train.seq_len, self.cfg.train.seed, shuffle, where)
+        return PaddedDocs(shards, self.cfg.train.seq_len, self.cfg.train.seed, shuffle, where)
+
+    def _build(self, source: Any, positions: range) -> Batch:
+        if self.cfg.train.packing:
+            return super()._build(source, positions)
+        rows = [_xy(*source.get(pos)) for pos in positions]
+        T = max(len(x) for x, _ in rows)
+        x = np.zeros((len(rows), T), dtype=np.int64)  # pad id is irrelevant: padded targets are ignored
+        y = np.full((len(rows), T), IGNORE, dtype=np.int64)
+        for r, (xr, yr) in enumerate(rows):
+            x[r, : len(xr)], y[r, : len(yr)] = xr, yr
+        return {"input_ids": torch.from_numpy(x), "targets": torch.from_numpy(y)}
+
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Masked next-token loss; a micro-batch without any assistant token contributes zero."""
+        out = model(batch["input_ids"], targets=batch["targets"])
+        n = int((batch["targets"] != IGNORE).sum())
+        if n == 0:  # 0/0 in the mean would be NaN; keep the graph so DDP still syncs
+            return out.logits.sum() * 0.0, {"assistant_tokens": 0.0}
+        return out.loss, dict(_parts(out), assistant_tokens=float(n))
+
+
+def _parts(out: Any) -> dict[str, float]:
+    m = {"ce_loss": float(out.ce_loss.detach())}
+    if getattr(out, "mtp_loss", None) is not None:
+        m["mtp_loss"] = float(out.mtp_loss.detach())
+    aux = getattr(out, "aux_loss", None)
+    if aux is not None and float(aux.detach()) != 0.0:
+        m["aux_loss"] = float(aux.detach())
+    return m
+
+
+OBJECTIVES: dict[str, type[Objective]] = {"pretrain": Pretrain, "sft": SFT}
+
+
+def make_objective(cfg: Config) -> Objective:
+    """The objective named by train.objective."""
+    name = cfg.train.objective
+    if name not in OBJECTIVES:
+        raise ConfigError(f"train.objective={name!r} is not implemented yet; available: {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[name](cfg)
+
+
+NAN_ENV = "SCRATCHLM_TEST_NAN_STEP"  # test hook read by the loop: poison the loss at this step
+
+
+def nan_step() -> int | None:
+    """The optimizer step (1-based) whose loss the NaN test hook poisons, if set."""
+    v = os.environ.get(NAN_ENV)
+    return int(v) if v else None
