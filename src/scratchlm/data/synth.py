@@ -19,6 +19,7 @@ Formats (DESIGN.md), one json object per line, each with "task" and "lang":
   preference_{train,val}.jsonl  {"chosen": [messages], "rejected": [messages]}  (rejected = a plausible
                                 wrong answer: a sum off by a few, another poem's line or author, another name)
   prompt_{train,val}.jsonl      {"prompt": [messages], "answer": "..."}  (score with `check_answer`)
+Line i of the three files of a split is the same example. meta.json records the seed, name and counts.
 """
 
 from __future__ import annotations
@@ -209,7 +210,7 @@ class NextLine:
         (title, author, line), nxt = rng.choice(self.items[val])
         question = rng.choice(_NEXT_TEMPLATES[lang]).format(title=title, author=author, line=line)
         wrong = nxt
-        while wrong == nxt:  # another poem's (or place's) line: same style, wrong content
+        while normalize(wrong) == normalize(nxt):  # another poem's line: same style, wrong content
             wrong = rng.choice(self.all_lines)
         return Example(self.name, lang, question, nxt, nxt, wrong)
 
@@ -358,7 +359,9 @@ def _records(examples: list[Example], rng: random.Random, name: str, system_prob
         user = {"role": "user", "content": ex.question}
         conv = [user, {"role": "assistant", "content": ex.reply}]
         if rng.random() < multi_turn_prob and len(by_lang[ex.lang]) > 1:
-            follow = rng.choice(by_lang[ex.lang])  # same task, language and side: keeps the split clean
+            follow = ex
+            while follow is ex:  # same task, language and side: keeps the split clean
+                follow = rng.choice(by_lang[ex.lang])
             conv += [{"role": "user", "content": follow.question}, {"role": "assistant", "content": follow.reply}]
         if rng.random() < system_prob:
             conv.insert(0, {"role": "system", "content": rng.choice(_SYSTEM[ex.lang]).format(name=name)})
@@ -428,8 +431,9 @@ def build_synth(
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     for f in FILES:
-        # Mix tasks within a file (training often reads in order); a fixed seed keeps it reproducible.
-        random.Random(f"scratchlm-synth:{seed}:{f}").shuffle(rows[f])
+        # Mix tasks within a file (training often reads in order). The permutation depends on the split
+        # only, so line i of sft_train, preference_train and prompt_train is the same example.
+        random.Random(f"scratchlm-synth:{seed}:{f.rsplit('_', 1)[1]}").shuffle(rows[f])
         paths[f] = out / f"{f}.jsonl"
         with open(paths[f], "w", encoding="utf-8") as fh:
             for r in rows[f]:

@@ -1,0 +1,209 @@
+"""Synthetic tasks: deterministic by seed, held-out disjoint from training, valid formats, checkable answers."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+from scratchlm.data.synth import (
+    FILES,
+    Arithmetic,
+    Identity,
+    build_synth,
+    check_answer,
+    make_task,
+    resolve_sizes,
+    sample_examples,
+)
+
+SIZES = {"add2": (300, 100), "next_line": (200, 100), "author": (200, 100), "identity": (200, 100), "arith3": (60, 30)}
+
+
+def read(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> dict[str, list[dict]]:
+    out = tmp_path_factory.mktemp("synth")
+    paths = build_synth(out, seed=0, tasks=SIZES)
+    assert set(paths) == set(FILES)
+    return {name: read(p) for name, p in paths.items()}
+
+
+def user_questions(records: list[dict], key: str) -> set[tuple[str, str]]:
+    """(task, user message) of every user turn in the records."""
+    out = set()
+    for r in records:
+        for m in r[key]:
+            if m["role"] == "user":
+                out.add((r["task"], m["content"]))
+    return out
+
+
+def operands(question: str) -> tuple[int, int]:
+    a, b = map(int, re.findall(r"\d+", question)[:2])
+    return tuple(sorted((a, b)))
+
+
+def test_deterministic_by_seed(tmp_path):
+    small = {"add2": (40, 10), "next_line": (30, 10), "author": (30, 10), "identity": (30, 10)}
+    a = build_synth(tmp_path / "a", seed=3, tasks=small)
+    b = build_synth(tmp_path / "b", seed=3, tasks=small)
+    c = build_synth(tmp_path / "c", seed=4, tasks=small)
+    for f in FILES:
+        assert a[f].read_bytes() == b[f].read_bytes(), f
+    assert a["sft_train"].read_bytes() != c["sft_train"].read_bytes()
+
+
+def test_counts_per_task_and_file(built, tmp_path):
+    for split, idx in (("train", 0), ("val", 1)):
+        for kind in ("sft", "preference", "prompt"):
+            rows = built[f"{kind}_{split}"]
+            for task, sizes in SIZES.items():
+                assert sum(r["task"] == task for r in rows) == sizes[idx], (kind, split, task)
+    meta = json.loads((Path(build_synth(tmp_path, tasks={"add2": 5}, n_val=2)["sft_train"]).parent / "meta.json").read_text())
+    assert meta["counts"] == {"add2": {"train": 5, "val": 2}}
+
+
+@pytest.mark.parametrize("kind,key", [("prompt", "prompt"), ("sft", "conversations"), ("preference", "chosen")])
+def test_held_out_never_overlaps_training(built, kind, key):
+    train, val = user_questions(built[f"{kind}_train"], key), user_questions(built[f"{kind}_val"], key)
+    for task in SIZES:
+        t = {q for tk, q in train if tk == task}
+        v = {q for tk, q in val if tk == task}
+        assert t and v, task
+        assert not (t & v), f"{task}: {sorted(t & v)[:3]}"
+        if task in ("add2", "arith3"):  # no operand pair (in either order) is on both sides
+            assert not ({operands(q) for q in t} & {operands(q) for q in v}), task
+
+
+def test_poem_items_disjoint():
+    """next_line: no (poem, line) on both sides; author: no poem on both sides."""
+    nl, au = make_task("next_line"), make_task("author")
+    assert not set(nl.items[False]) & set(nl.items[True])
+    assert {t for t, _, _ in au.items[False]}.isdisjoint({t for t, _, _ in au.items[True]})
+    assert len(nl.items[True]) >= 200 and len(au.items[True]) >= 80  # enough distinct held-out items
+
+
+def test_identity_held_out_uses_new_phrasings():
+    ident = Identity("scratchlm")
+    for lang in ("en", "zh"):
+        train, val = set(ident.questions(lang, False)), set(ident.questions(lang, True))
+        assert train and val and not (train & val)
+    assert "who are you" in ident.questions("en", False) and "你是谁？" in ident.questions("zh", False)
+
+
+def test_formats_follow_design(built):
+    for split in ("train", "val"):
+        for r in built[f"sft_{split}"]:
+            conv = r["conversations"]
+            assert r["lang"] in ("zh", "en") and r["task"] in SIZES
+            roles = [m["role"] for m in conv]
+            if roles[0] == "system":
+                roles = roles[1:]
+            assert roles and roles == ["user", "assistant"] * (len(roles) // 2)
+            assert all(isinstance(m["content"], str) and m["content"] for m in conv)
+        for r in built[f"preference_{split}"]:
+            assert r["chosen"][:-1] == r["rejected"][:-1] and r["chosen"][-1]["role"] == r["rejected"][-1]["role"] == "assistant"
+            assert r["chosen"][-1]["content"] != r["rejected"][-1]["content"]
+        for r in built[f"prompt_{split}"]:
+            assert r["prompt"][-1]["role"] == "user" and isinstance(r["answer"], str) and r["answer"]
+    sft = built["sft_train"]
+    assert any(r["conversations"][0]["role"] == "system" for r in sft)  # some have a system message
+    assert any(len([m for m in r["conversations"] if m["role"] == "user"]) > 1 for r in sft)  # some multi-turn
+    assert {r["lang"] for r in sft} == {"zh", "en"}
+
+
+def test_generated_answers_check_and_rejected_fail(built):
+    for split in ("train", "val"):
+        prompts, prefs, sfts = built[f"prompt_{split}"], built[f"preference_{split}"], built[f"sft_{split}"]
+        # Line i of the three files of a split is the same example.
+        for p, pref, sft in zip(prompts, prefs, sfts, strict=True):
+            assert p["task"] == pref["task"] == sft["task"] and p["prompt"][0] == pref["chosen"][0]
+            assert pref["chosen"][0] in sft["conversations"]
+            assert check_answer(p["task"], p["answer"], p["answer"])
+            assert check_answer(p["task"], pref["chosen"][-1]["content"], p["answer"]), p
+            assert not check_answer(p["task"], pref["rejected"][-1]["content"], p["answer"]), pref
+            first_reply = next(m for m in sft["conversations"] if m["role"] == "assistant")
+            assert check_answer(p["task"], first_reply["content"], p["answer"])
+
+
+def test_arithmetic_is_correct_and_near_misses_are_wrong():
+    rng = random.Random(0)
+    for name in ("add2", "sub2", "mul1", "arith2"):
+        for ex in sample_examples(Arithmetic(name), 50, False, rng):
+            a, b = map(int, re.findall(r"\d+", ex.question)[:2])
+            op = re.search(r"[-+×*]", ex.question.split(str(a), 1)[1]).group()
+            expected = {"+": a + b, "-": a - b, "×": a * b, "*": a * b}[op]
+            assert int(ex.answer) == expected >= 0
+            assert 0 < abs(int(ex.wrong) - expected) <= 10  # plausible: off by a few
+            lo = 0 if name == "mul1" else 10
+            assert lo <= a <= (9 if name == "mul1" else 99) and lo <= b
+    # A space too big to list is sampled, and its sides are still disjoint.
+    big = Arithmetic("add9")
+    assert big._pool(True) is None
+    t = {operands(e.question) for e in sample_examples(big, 100, False, rng)}
+    v = {operands(e.question) for e in sample_examples(big, 100, True, rng)}
+    assert not t & v and all(len(str(x)) == 9 for p in t | v for x in p)
+
+
+def test_check_answer_normalises():
+    assert check_answer("add2", "57", "57")
+    assert check_answer("add2", " 57。", "57")
+    assert check_answer("add2", "23+34=57", "57")
+    assert check_answer("add2", "The answer is 57.", "57")
+    assert check_answer("add2", "<think>23+34: 20+30=50, 3+4=7</think>57<|im_end|>", "57")
+    assert check_answer("mul3", "1,234", "1234")
+    assert not check_answer("add2", "58", "57")
+    assert not check_answer("add2", "", "57")
+    assert not check_answer("add2", "157", "57")
+    assert check_answer("identity", "i am SCRATCHLM, a small model.", "scratchlm")
+    assert check_answer("identity", "我是scratchlm。", "scratchlm")
+    assert not check_answer("identity", "I am ChatGPT.", "scratchlm")
+    assert check_answer("author", "李白", "李白")
+    assert check_answer("author", "作者是李白。", "李白")
+    assert check_answer("author", " 李白 ", "李白")
+    assert not check_answer("author", "杜甫", "李白")
+    assert not check_answer("author", "李白杜甫王维", "李白")  # listing names is not an answer
+    assert check_answer("next_line", "举头望明月，低头思故乡。", "举头望明月，低头思故乡。")
+    assert check_answer("next_line", "举头望明月 低头思故乡", "举头望明月，低头思故乡。")
+    assert not check_answer("next_line", "举头望明月，", "举头望明月，低头思故乡。")
+    with pytest.raises(ValueError, match="unknown synthetic task 'poetry'"):
+        check_answer("poetry", "x", "y")
+
+
+def test_identity_uses_configured_name(tmp_path):
+    paths = build_synth(tmp_path, name="Nova", tasks={"identity": (50, 20)})
+    for r in read(paths["sft_train"]):
+        assert all("Nova" in m["content"] for m in r["conversations"] if m["role"] == "assistant")
+    for r in read(paths["preference_val"]):
+        assert "Nova" not in r["rejected"][-1]["content"]
+    assert {r["answer"] for r in read(paths["prompt_val"])} == {"Nova"}
+    # A wrong name never contains the right one (else the rejected reply would pass check_answer).
+    assert all("gpt" not in n.lower() for n in Identity("GPT").others)
+
+
+def test_bad_task_names_and_sizes(tmp_path):
+    with pytest.raises(ValueError, match="unknown synthetic task 'poems'"):
+        build_synth(tmp_path, tasks=["poems"])
+    with pytest.raises(ValueError, match="sizes must be >= 0"):
+        resolve_sizes({"add2": -1})
+    with pytest.raises(ValueError, match="digits must be 1..18"):
+        Arithmetic("add0")
+    assert resolve_sizes(["add2", "identity"], n_train=7) == {"add2": (7, 200), "identity": (7, 200)}
+
+
+def test_data_synth_command(tmp_path, capsys):
+    from scratchlm.cli import main
+
+    rc = main(["data", "synth", "--out", str(tmp_path), "--seed", "1", "--tasks", "add2=20:5,identity=10:4", "--name", "Nova"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "add2" in out and "identity" in out
+    assert len(read(tmp_path / "sft_train.jsonl")) == 30 and len(read(tmp_path / "prompt_val.jsonl")) == 9
