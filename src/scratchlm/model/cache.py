@@ -78,6 +78,9 @@ class KVCache:
         """How many positions the buffers hold now (≤ capacity)."""
         return min(self.pos, self.capacity)
 
+    def _all_valid(self, T: int) -> torch.Tensor:
+        return torch.ones(self.batch_size, T, dtype=torch.bool, device=self.device)
+
     def plan(self, T: int, new_valid: Optional[torch.Tensor]) -> tuple[AttnPlan, torch.Tensor]:
         """Attention plan for T new tokens, and their RoPE positions ([T] or per row [B, T])."""
         start = self.pos
@@ -91,7 +94,7 @@ class KVCache:
         self.has_pad = self.has_pad or pad_now
         q_pos = torch.arange(start, start + T, device=self.device)
         if self.has_pad:
-            new_valid = new_valid if new_valid is not None else torch.ones_like(self.valid[:, :T])
+            new_valid = new_valid if new_valid is not None else self._all_valid(T)
             pads = self.n_pad[:, None] + (~new_valid).long().cumsum(1)  # [B, T] padding at or before each token
             rope_pos = (q_pos[None, :] - pads).clamp(min=0)
         else:
@@ -107,7 +110,7 @@ class KVCache:
         if self.ring or self.has_pad or banded or (T > 1 and start > 0):
             k_valid = None
             if self.has_pad or self.ring:
-                nv = new_valid if new_valid is not None else torch.ones_like(self.valid[:, :T])
+                nv = new_valid if new_valid is not None else self._all_valid(T)
                 k_valid = torch.cat((old_valid, nv), dim=1)
             plan = AttnPlan(build_mask(q_pos, k_pos, k_valid, self.window), is_causal=False)
         else:
@@ -133,7 +136,7 @@ class KVCache:
     def advance(self, T: int) -> None:
         """Commit T new tokens (after every layer has called `update`): move pos, record padding."""
         start, new_valid = self._start, self._new_valid
-        nv = new_valid if new_valid is not None else torch.ones_like(self.valid[:, :T])
+        nv = new_valid if new_valid is not None else self._all_valid(T)
         if self.ring:
             n = min(T, self.capacity)
             slots = torch.arange(start + T - n, start + T, device=self.device) % self.capacity
