@@ -13,7 +13,6 @@ from scratchlm.tokenizer import (
     MIN_VOCAB_SIZE,
     RESERVED_TOKENS,
     SPECIAL_TOKENS,
-    TAG_TOKENS,
     Tokenizer,
     iter_records,
     train_tokenizer,
@@ -342,6 +341,7 @@ def test_cli_train_and_stats(data, tmp_path, capsys):
         assert word in printed
     assert main(["tokenizer", "train", "--out", str(out), "--vocab-size", "10", "--input", str(data["jsonl"])]) == 1
     assert "too small" in capsys.readouterr().err
+    assert main(["tokenizer"]) == 2  # a group without a subcommand prints its help
 
 
 def test_stats_numbers(tok, data):

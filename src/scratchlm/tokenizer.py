@@ -407,6 +407,8 @@ def _print_stats(tok: Tokenizer, stats: dict[str, dict[str, float]], title: str)
 
 def cmd_train(args: argparse.Namespace) -> int:
     """`scratchlm tokenizer train`."""
+    src = ", ".join(args.input) if args.input else "the built-in corpus (train split)"
+    print(f"training byte-level BPE, vocab {args.vocab_size:,}, on {src}", flush=True)
     t0 = time.perf_counter()
     out = train_tokenizer(args.out, vocab_size=args.vocab_size, inputs=args.input)
     tok = Tokenizer.load(out)
