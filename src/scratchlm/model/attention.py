@@ -130,6 +130,10 @@ class Attention(nn.Module):
         return self.resid_dropout(self.wo(y))
 
 
+# DeepSeek's latent norms (q_norm, kv_norm) use RMSNorm's default eps whatever the model's norm_eps is.
+LATENT_NORM_EPS = 1e-6
+
+
 class MLA(nn.Module):
     """DeepSeek-V2 multi-head latent attention with decoupled RoPE.
 
@@ -151,12 +155,12 @@ class MLA(nn.Module):
         qk_dim = self.nope + self.rope_dim
         if cfg.q_lora_rank > 0:
             self.wq_a = nn.Linear(cfg.d_model, cfg.q_lora_rank, bias=False)
-            self.q_norm = RMSNorm(cfg.q_lora_rank, cfg.norm_eps)
+            self.q_norm = RMSNorm(cfg.q_lora_rank, LATENT_NORM_EPS)
             self.wq_b = nn.Linear(cfg.q_lora_rank, self.n_heads * qk_dim, bias=False)
         else:
             self.wq = nn.Linear(cfg.d_model, self.n_heads * qk_dim, bias=False)
         self.wkv_a = nn.Linear(cfg.d_model, self.kv_lora_rank + self.rope_dim, bias=False)
-        self.kv_norm = RMSNorm(self.kv_lora_rank, cfg.norm_eps)
+        self.kv_norm = RMSNorm(self.kv_lora_rank, LATENT_NORM_EPS)
         self.wkv_b = nn.Linear(self.kv_lora_rank, self.n_heads * (self.nope + self.v_dim), bias=False)
         self.wo = nn.Linear(self.n_heads * self.v_dim, cfg.d_model, bias=False)
         self.resid_dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()

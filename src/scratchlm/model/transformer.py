@@ -63,7 +63,10 @@ class Block(nn.Module):
 
 
 class MTPModule(nn.Module):
-    """DeepSeek-V3 multi-token prediction depth k: Block(proj([norm(h); norm(emb(token t+k))])) → h for t+k+1."""
+    """DeepSeek-V3 multi-token prediction depth k: Block(proj([norm(emb(token t+k)); norm(h)])) → h for t+k+1.
+
+    The concat order (embedding first) is DeepSeek-V3's `eh_proj` order, so its weights map without a split.
+    """
 
     def __init__(self, cfg: ModelConfig, depth: int):
         super().__init__()
@@ -75,7 +78,7 @@ class MTPModule(nn.Module):
     def forward(
         self, h: torch.Tensor, emb: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], plan: AttnPlan
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        x = self.proj(torch.cat((self.h_norm(h), self.emb_norm(emb)), dim=-1))
+        x = self.proj(torch.cat((self.emb_norm(emb), self.h_norm(h)), dim=-1))  # [B, T, 2D] → [B, T, D]
         return self.block(x, rope, plan)
 
 
