@@ -1,0 +1,222 @@
+"""The one training loop: learning, exact resume, NaN stop, accumulation, SFT masks, run folders."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from scratchlm.config import ConfigError, load_config
+from scratchlm.run import build_model, load_run
+from scratchlm.train.checkpoint import list_checkpoints
+from scratchlm.train.loop import TrainingDiverged, train
+from scratchlm.train.objectives import IGNORE, SFT, Objective, Pretrain
+
+SMALL = ["train.batch_size=2", "train.seq_len=16", "train.log_every=1", "train.eval_every=0",
+         "train.save_every=0", "train.warmup_steps=2"]
+
+
+class ArrayShards:
+    """Token shards held in memory, with the same read API as scratchlm.data.datasets.Shards."""
+
+    def __init__(self, ids, mask=None, doc_starts=(0,), kind="pretrain", vocab_size=512):
+        self.ids = np.asarray(ids, dtype=np.uint16)
+        self.mask = None if mask is None else np.asarray(mask, dtype=np.uint8)
+        self.doc_starts = np.asarray(doc_starts, dtype=np.int64)
+        self.kind, self.n_tokens = kind, len(self.ids)
+        self.meta = {"kind": kind, "vocab_size": vocab_size}
+
+    def read(self, start, length):
+        return self.ids[start:start + length]
+
+    def read_mask(self, start, length):
+        return None if self.mask is None else self.mask[start:start + length]
+
+
+def _shards(n=4000, seed=0):
+    # a repeating random "text": learnable, so the loss visibly falls
+    base = np.random.default_rng(seed).integers(0, 512, size=97)
+    return ArrayShards(np.tile(base, n // 97 + 1)[:n])
+
+
+def _cfg(*extra):
+    return load_config("debug", SMALL + list(extra))
+
+
+def _run(cfg, out, shards=None, **kw):
+    shards = shards or _shards()
+    return train(cfg, Pretrain(cfg, shards, kw.pop("val", None)), out, build_model(cfg), progress=False, **kw)
+
+
+class FixedBatch(Objective):
+    """Always the same batch: the loss must fall as the model memorises it."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, cfg.model.vocab_size, (2, 17), generator=g)
+        self.batch = {"input_ids": ids[:, :-1], "targets": ids[:, 1:]}
+
+    def next_batches(self):
+        return [self.batch]
+
+    def loss(self, model, batch):
+        return model(batch["input_ids"], targets=batch["targets"]).loss, {}
+
+
+def test_loss_decreases_on_fixed_batch(tmp_path):
+    cfg = _cfg("train.max_steps=15", "train.schedule=constant", "train.lr=3e-3")
+    res = train(cfg, FixedBatch(cfg), tmp_path / "run", build_model(cfg), progress=False)
+    assert res.status == "done" and len(res.losses) == 15
+    assert res.losses[-1] < 0.5 * res.losses[0]
+    assert (tmp_path / "run" / "model.safetensors").exists() and (tmp_path / "run" / "loss.png").exists()
+
+
+def test_resume_continues_exactly(tmp_path):
+    # dropout on, so the restored torch RNG matters too
+    cfg = _cfg("train.max_steps=8", "model.dropout=0.1")
+    full = _run(cfg, tmp_path / "full")
+    first = _run(cfg, tmp_path / "split", stop_at_step=4)
+    assert first.status == "stopped" and [s for s, _ in list_checkpoints(tmp_path / "split" / "checkpoints")] == [4]
+    # the resumed model starts from different random weights: everything must come from the checkpoint
+    other = load_config("debug", SMALL + ["train.max_steps=8", "model.dropout=0.1", "train.seed=99"])
+    second = train(cfg, Pretrain(cfg, _shards()), tmp_path / "split", build_model(other), resume=True, progress=False)
+    assert second.status == "done" and second.step == 8
+    np.testing.assert_allclose(first.losses + second.losses, full.losses, rtol=0, atol=1e-6)
+    a, _, _ = load_run(tmp_path / "full")
+    b, _, _ = load_run(tmp_path / "split")
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(va, vb, rtol=0, atol=1e-6, msg=k)
+    steps = [json.loads(ln)["step"] for ln in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))  # no duplicated lines after the resume
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    cfg = _cfg("train.max_steps=8", "train.save_every=2")
+    ref = _run(cfg, tmp_path / "ref", stop_at_step=4)
+    assert ref.step == 4
+    monkeypatch.setenv("SCRATCHLM_TEST_NAN_STEP", "5")
+    with pytest.raises(TrainingDiverged, match="step 5.*not finite.*step-4"):
+        _run(cfg, tmp_path / "run")
+    ckpts = list_checkpoints(tmp_path / "run" / "checkpoints")
+    assert [s for s, _ in ckpts] == [2, 4]
+    assert not list((tmp_path / "run" / "checkpoints").glob(".tmp-*"))
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+    # the last good checkpoint is byte-for-byte the one a clean run writes at step 4
+    good = (tmp_path / "ref" / "checkpoints" / "step-4" / "model.safetensors").read_bytes()
+    assert (ckpts[-1][1] / "model.safetensors").read_bytes() == good
+
+
+def test_grad_accumulation_matches_bigger_batch(tmp_path):
+    big = _run(_cfg("train.max_steps=4", "train.batch_size=4"), tmp_path / "big")
+    acc = _run(_cfg("train.max_steps=4", "train.batch_size=2", "train.grad_accum=2"), tmp_path / "acc")
+    np.testing.assert_allclose(acc.losses, big.losses, rtol=0, atol=1e-5)
+
+
+def test_validation_logs_loss_and_ppl(tmp_path):
+    cfg = _cfg("train.max_steps=4", "train.eval_every=2", "train.eval_batches=2")
+    res = _run(cfg, tmp_path / "run", val=_shards(500, seed=1))
+    assert [s for s, _ in res.val] == [2, 4]
+    recs = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    vals = [r for r in recs if "val_loss" in r]
+    assert vals and all(abs(r["val_ppl"] - np.exp(r["val_loss"])) < 1e-6 * r["val_ppl"] for r in vals)
+
+
+def test_existing_checkpoints_need_resume(tmp_path):
+    cfg = _cfg("train.max_steps=2")
+    _run(cfg, tmp_path / "run")
+    with pytest.raises(ConfigError, match="--resume"):
+        _run(cfg, tmp_path / "run")
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        _run(cfg, tmp_path / "empty", resume=True)
+
+
+def test_too_little_data_is_a_clear_error():
+    with pytest.raises(ConfigError, match="fewer than train.seq_len"):
+        Pretrain(_cfg(), ArrayShards(np.arange(10)))
+
+
+# -- SFT ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    from scratchlm.tokenizer import Tokenizer, train_tokenizer
+
+    d = tmp_path_factory.mktemp("tok")
+    src = d / "text.txt"
+    src.write_text("\n\n".join(f"user asks {i} and the assistant answers {i * 7}" for i in range(300)))
+    return Tokenizer.load(train_tokenizer(d / "tok", vocab_size=400, inputs=[src], show_progress=False))
+
+
+def _sft_shards(tok):
+    convs = [[{"role": "user", "content": f"what is {i} + {i}?"},
+              {"role": "assistant", "content": f"{2 * i}"}] for i in range(12)]
+    convs.append([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+                  {"role": "assistant", "content": "hello"}, {"role": "user", "content": "bye"},
+                  {"role": "assistant", "content": "see you"}])
+    ids, mask, starts = [], [], []
+    for c in convs:
+        i, m = tok.encode_chat(c)
+        starts.append(len(ids))
+        ids += i
+        mask += m
+    return ArrayShards(ids, mask, starts, kind="sft", vocab_size=tok.vocab_size), convs
+
+
+def test_sft_packed_targets_are_exactly_the_masked_tokens(tok):
+    shards, _ = _sft_shards(tok)
+    T = 24
+    cfg = load_config("debug", ["train.batch_size=3", f"train.seq_len={T}", "train.packing=true"])
+    obj = SFT(cfg, shards)
+    obj.windows.shuffle = False  # window k then covers stream tokens [k·T, k·T + T + 1)
+    n_counted = 0
+    for step in range(2):
+        (batch,) = obj.next_batches()
+        for r in range(3):
+            k = step * 3 + r
+            stream, mask = shards.ids[k * T: k * T + T + 1].astype(np.int64), shards.mask[k * T: k * T + T + 1]
+            assert batch["input_ids"][r].tolist() == stream[:-1].tolist()
+            want = np.where(mask[1:] == 1, stream[1:], IGNORE)  # counted iff the predicted token is masked in
+            assert batch["targets"][r].tolist() == want.tolist()
+            n_counted += int(mask[1:].sum())
+    assert n_counted > 0
+
+
+def test_sft_padded_rows_are_one_conversation_each(tok):
+    shards, convs = _sft_shards(tok)
+    cfg = load_config("debug", ["train.batch_size=4", "train.seq_len=64", "train.packing=false"])
+    obj = SFT(cfg, shards)
+    obj.windows.shuffle = False
+    (batch,) = obj.next_batches()
+    for r in range(4):
+        ids, mask = tok.encode_chat(convs[r])
+        got = [t for t in batch["targets"][r].tolist() if t != IGNORE]
+        assert got == [t for t, m in zip(ids[1:], mask[1:]) if m]
+        assert tok.decode(got) == f"{2 * r}<|im_end|>"  # assistant content and its closing token only
+        assert batch["input_ids"][r, : len(ids) - 1].tolist() == ids[:-1]
+        assert (batch["targets"][r, len(ids) - 1:] == IGNORE).all()  # right padding is never a target
+    # the multi-turn conversation: both assistant turns count, nothing else
+    last = len(convs) - 1
+    obj.position = last
+    (batch,) = obj.next_batches()
+    got = [t for t in batch["targets"][0].tolist() if t != IGNORE]
+    assert tok.decode(got) == "hello<|im_end|>see you<|im_end|>"
+
+
+def test_sft_rejects_pretrain_shards():
+    with pytest.raises(ConfigError, match="prepare --kind sft"):
+        SFT(_cfg(), _shards())
+
+
+def test_sft_trains_from_a_pretrained_run(tok, tmp_path):
+    shards, _ = _sft_shards(tok)
+    cfg = _cfg("train.max_steps=3", f"model.vocab_size={tok.vocab_size}", "train.objective=sft",
+               "train.packing=false")
+    pre = train(cfg, Pretrain(cfg, ArrayShards(shards.ids, vocab_size=tok.vocab_size)), tmp_path / "pre",
+                build_model(cfg), progress=False)
+    assert pre.status == "done"
+    res = train(cfg, SFT(cfg, shards), tmp_path / "sft", build_model(cfg), init_from=tmp_path / "pre",
+                progress=False)
+    assert res.status == "done" and all(np.isfinite(res.losses))
