@@ -354,6 +354,34 @@ def _feed(model: torch.nn.Module, cache, tokens: list[int], device: torch.device
     return model(x, cache=cache).logits[0]
 
 
+def verify_proposals(
+    p: torch.Tensor, q: torch.Tensor, proposals: list[int], greedy: bool, generator: torch.Generator | None = None
+) -> tuple[int, int]:
+    """Accept draft proposals left to right → (number accepted, the target's own next token).
+
+    p [k+1, V]: target probabilities at each proposal and one past them; q [k, V]: the draft's.
+    Greedy: accept while a proposal is the target's argmax. Sampling: accept x with probability
+    min(1, p(x)/q(x)); on the first rejection draw from norm(max(0, p - q)), which makes every
+    emitted token distributed exactly as the target's p; if all pass, draw a bonus token from p[k].
+    """
+    k = len(proposals)
+    for i, tok in enumerate(proposals):
+        if greedy:
+            ok = int(p[i].argmax()) == tok
+        else:
+            ratio = p[i, tok] / q[i, tok].clamp_min(1e-20)
+            ok = bool(torch.rand((), generator=generator, device=p.device) < ratio)
+        if not ok:
+            if greedy:
+                return i, int(p[i].argmax())
+            residual = (p[i] - q[i]).clamp_min(0)
+            if residual.sum() <= 0:  # p == q numerically: the rejection had probability ~0
+                residual = p[i]
+            return i, int(torch.multinomial(residual / residual.sum(), 1, generator=generator))
+    bonus = int(p[k].argmax()) if greedy else int(torch.multinomial(p[k], 1, generator=generator))
+    return k, bonus
+
+
 @torch.inference_mode()
 def speculative_generate(
     target: torch.nn.Module,
@@ -424,27 +452,8 @@ def speculative_generate(
         p = dist(_feed(target, t_cache, seq + proposals, device)[-(kk + 1):])  # [kk+1, V]
         forwards += 1
         proposed += kk
-        n_ok = 0
-        extra: int
-        for i, tok in enumerate(proposals):
-            if params.greedy:
-                ok = int(p[i].argmax()) == tok
-            else:
-                ratio = (p[i, tok] / q_rows[i][tok].clamp_min(1e-20)).clamp(max=1.0)
-                ok = bool(torch.rand((), generator=gen, device=device) < ratio)
-            if not ok:
-                break
-            n_ok += 1
+        n_ok, extra = verify_proposals(p, torch.stack(q_rows), proposals, params.greedy, gen)
         accepted += n_ok
-        if n_ok < kk:
-            if params.greedy:
-                extra = int(p[n_ok].argmax())
-            else:
-                residual = (p[n_ok] - q_rows[n_ok]).clamp_min(0)
-                residual = residual if residual.sum() > 0 else p[n_ok]
-                extra = int(torch.multinomial(residual / residual.sum(), 1, generator=gen))
-        else:
-            extra = int(p[kk].argmax()) if params.greedy else int(torch.multinomial(p[kk], 1, generator=gen))
         for tok in proposals[:n_ok] + [extra]:
             if len(new) >= params.max_new_tokens:
                 break
