@@ -165,7 +165,7 @@ def test_capacity_drops_hand_computed_assignments():
     # cap = ceil(1.0 · 8 tokens · 2 / 4) = 4. Expert 0 is routed 5 first choices (tokens 0-4) and 3 second
     # choices (tokens 5-7): first choices take priority, so token 4's first and tokens 5-7's second
     # choices are dropped: 4 drops. Expert 1 gets exactly 4; experts 2 and 3 get 2 each.
-    m = identity_router_moe(capacity_factor=1.0)
+    m = identity_router_moe(capacity_factor=1.0).train()
     assert m.capacity(8) == 4
     x = routed_input(FIRST, SECOND)
     y, _ = m(x)
@@ -180,7 +180,7 @@ def test_dropped_assignments_contribute_nothing():
     # cap = ceil(0.5 · 8 · 2 / 4) = 2. Expert 0 keeps tokens 0, 1 (first choices); expert 1 keeps token 5
     # (first choice) then token 0 (earliest second choice); experts 2 and 3 keep their 2 each.
     # Token 2 loses both slots: with no shared expert its output is exactly zero (the residual carries it).
-    m = identity_router_moe(capacity_factor=0.5, n_shared_experts=0)
+    m = identity_router_moe(capacity_factor=0.5, n_shared_experts=0).train()
     x = routed_input(FIRST, SECOND)
     y, _ = m(x)
     assert m.last_stats["tokens_per_expert"] == [2, 2, 2, 2]
@@ -191,8 +191,18 @@ def test_dropped_assignments_contribute_nothing():
     assert y[0, [0, 1, 3, 4, 5, 6, 7]].abs().sum(-1).gt(0).all()
 
 
+def test_capacity_is_off_at_inference():
+    # A token's output must not depend on its batch-mates at inference (cached decoding, batched prompts).
+    m = identity_router_moe(capacity_factor=0.5).eval()
+    x = routed_input(FIRST, SECOND)
+    y, _ = m(x)
+    assert m.last_stats["dropped"] == 0
+    torch.testing.assert_close(y, naive_moe(m, x), atol=1e-6, rtol=0)
+    torch.testing.assert_close(y[:, 2:3], m(x[:, 2:3])[0], atol=1e-6, rtol=0)
+
+
 def test_large_capacity_drops_nothing():
-    m = make_moe(capacity_factor=8.0)
+    m = make_moe(capacity_factor=8.0).train()
     x = torch.randn(2, 6, 16)
     y, _ = m(x)
     assert m.last_stats["dropped"] == 0

@@ -7,7 +7,8 @@ Ideas, and where they come from:
 - the expert-level load-balancing auxiliary loss (Switch Transformer, DeepSeek);
 - aux-loss-free balancing: a per-expert bias added to the scores only to *choose* experts, nudged after
   each training step toward under-loaded experts (DeepSeek-V3);
-- an expert capacity: assignments over ceil(cf·T·k/E) per expert are dropped (GShard, Switch).
+- an expert capacity in training: assignments over ceil(cf·T·k/E) per expert are dropped (GShard, Switch);
+  a dropped slot adds nothing, the token keeps its other slots, the shared expert and the residual.
 
 Dispatch groups the (token, slot) assignments by expert with one stable argsort, runs each expert once on
 its contiguous slice, and scatters the weighted outputs back with a single `index_add_`: there is a Python
@@ -59,6 +60,11 @@ class MoE(nn.Module):
         f_i = (number of (token, slot) assignments routed to expert i) / (N·k)   (uniform → 1/E; no grad)
         P_i = (1/N) Σ_t p_t,i,  p_t = s_t / Σ_j s_t,j   (the softmax itself; sigmoid scores normalised)
     so a perfectly uniform router gives aux = coef. f_i counts assignments before capacity drops.
+
+    Capacity (`capacity_factor` > 0, training only): each expert takes at most ceil(cf·N·k/E) assignments,
+    first choices before second choices, then in token order; the rest are dropped (weights not renormalised).
+    Bias balancing (`bias_balancing`, training only): after the forward, gate.bias += rate·sign(mean − load)
+    with load = assignments routed per expert (summed over ranks under torch.distributed).
 
     `.last_stats` (plain Python values, refreshed every forward):
         tokens_per_expert: list[int], assignments each expert processed (after capacity drops)
@@ -131,7 +137,9 @@ class MoE(nn.Module):
         sorted_token = flat_token[order]
         sorted_weight = flat_weight[order]
 
-        cap = self.capacity(n_tokens)
+        # Capacity applies in training only: at inference a token's output must not depend on which other
+        # tokens share its batch, or cached decoding and batched prompts would disagree with a full forward.
+        cap = self.capacity(n_tokens) if self.training else None
         if cap is not None:
             # Position of each assignment inside its expert's group; keep the first `cap` of each group.
             starts = torch.cumsum(routed, 0) - routed  # [E]
@@ -141,7 +149,7 @@ class MoE(nn.Module):
             kept = routed.clamp(max=cap)
         else:
             kept = routed
-        kept_list = kept.tolist()
+        kept_list, routed_list = torch.stack([kept, routed]).tolist()  # one device sync for both
 
         # One gather, E contiguous slices, one scatter-add. Every expert runs, even on 0 rows, so all expert
         # parameters are in the graph (zero grads, not None) and DDP needs no find_unused_parameters.
@@ -153,7 +161,6 @@ class MoE(nn.Module):
         if self.shared is not None:
             y = y + self.shared(x)
 
-        routed_list = routed.tolist()
         self.last_stats = {
             "tokens_per_expert": kept_list,
             "routed_per_expert": routed_list,
