@@ -1,0 +1,77 @@
+"""torchrun: 2-process gloo DDP and FSDP2 match one process with the same global batch; their
+checkpoints load on one process and resume there."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from scratchlm.run import load_run
+from scratchlm.train.checkpoint import latest_checkpoint, load_checkpoint
+from scratchlm.train.cli import run_train
+
+pytestmark = pytest.mark.slow  # each torchrun start costs seconds; the parity test also runs in CI
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from scratchlm.data.prepare import prepare
+    from scratchlm.tokenizer import train_tokenizer
+
+    d = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    words = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran", "far", "away", "and", "then", "slept"]
+    text = d / "text.txt"
+    text.write_text("\n\n".join(" ".join(rng.choice(words, size=30)) for _ in range(300)))
+    tok = train_tokenizer(d / "tok", vocab_size=300, inputs=[text], show_progress=False)
+    prepare("pretrain", tok, [text], d / "shards", val_frac=0.1, dedup=False)
+    return d / "shards"
+
+
+def _sets(batch_size, *extra):
+    return ["model.vocab_size=300", "train.max_steps=4", "train.seq_len=32", f"train.batch_size={batch_size}",
+            "train.log_every=1", "train.save_every=2", "train.eval_every=0", "train.warmup_steps=1", *extra]
+
+
+def _torchrun(data, out, *sets, stop_at=None):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "scratchlm.cli", "train", "pretrain", "--config", "debug", "--data", str(data),
+           "--out", str(out), "--no-progress"]
+    for s in sets:
+        cmd += ["--set", s]
+    if stop_at:
+        cmd += ["--stop-at-step", str(stop_at)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def _losses(run):
+    return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+@pytest.mark.ci
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_match_one_with_same_global_batch(data, tmp_path, parallel):
+    one = run_train("pretrain", tmp_path / "one", "debug", _sets(8), str(data), progress=False)
+    _torchrun(data, tmp_path / "two", *_sets(4, f"train.parallel={parallel}"))
+    np.testing.assert_allclose(_losses(tmp_path / "two"), one.losses, rtol=0, atol=1e-5)
+    # the checkpoint written by 2 processes is a plain full state dict: it loads on this one
+    ckpt = load_checkpoint(latest_checkpoint(tmp_path / "two" / "checkpoints"))
+    assert ckpt.step == 4 and ckpt.trainer["world_size"] == 2
+    model, _, _ = load_run(tmp_path / "two")
+    ref, _, _ = load_run(tmp_path / "one")
+    for (k, a), b in zip(model.state_dict().items(), ref.state_dict().values()):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=1e-5, err_msg=k)
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_resume_on_one_process_from_two(data, tmp_path, parallel):
+    full = run_train("pretrain", tmp_path / "full", "debug", _sets(8), str(data), progress=False)
+    _torchrun(data, tmp_path / "run", *_sets(4, f"train.parallel={parallel}"), stop_at=2)
+    rest = run_train("pretrain", tmp_path / "run", "debug", _sets(8), str(data), resume=True, progress=False)
+    assert rest.step == 4
+    np.testing.assert_allclose(_losses(tmp_path / "run"), full.losses, rtol=0, atol=1e-5)
