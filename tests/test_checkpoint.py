@@ -100,3 +100,50 @@ def test_load_weights_shape_mismatch_names_the_file(tmp_path):
     other = build_model(load_config("debug", ["model.n_layers=3"]))
     with pytest.raises(ValueError, match="m.safetensors.*unexpected|m.safetensors.*missing"):
         load_weights(other, tmp_path / "m.safetensors")
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_sigkill_while_saving_resumes_from_previous_checkpoint(tmp_path):
+    """Kill -9 a training process in the middle of writing a checkpoint: the previous checkpoint is
+    intact, the half-written one is never used, and resuming reproduces an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from scratchlm.data.prepare import prepare
+    from scratchlm.tokenizer import train_tokenizer
+    from scratchlm.train.cli import run_train
+
+    text = tmp_path / "text.txt"
+    rng = np.random.default_rng(0)
+    text.write_text("\n\n".join(" ".join(rng.choice(["a", "bc", "def", "gh", "ij"], size=40)) for _ in range(200)))
+    tok = train_tokenizer(tmp_path / "tok", vocab_size=300, inputs=[text], show_progress=False)
+    prepare("pretrain", tok, [text], tmp_path / "data", dedup=False)
+    sets = ["model.vocab_size=300", "train.max_steps=6", "train.save_every=2", "train.seq_len=16",
+            "train.batch_size=2", "train.log_every=1", "train.eval_every=0"]
+    out = tmp_path / "run"
+    run_train("pretrain", out, "debug", sets, str(tmp_path / "data"), stop_at_step=2, progress=False)
+    good = {p.name: p.read_bytes() for p in (out / "checkpoints" / "step-2").iterdir()}
+
+    cmd = [sys.executable, "-m", "scratchlm.cli", "train", "pretrain", "--config", "debug", "--resume",
+           "--data", str(tmp_path / "data"), "--out", str(out), "--no-progress"] + sum((["--set", s] for s in sets), [])
+    proc = subprocess.Popen(cmd, env=dict(os.environ, SCRATCHLM_TEST_SAVE_SLEEP="60"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    half = out / "checkpoints" / ".tmp-step-4" / "model.safetensors"
+    deadline = time.time() + 120
+    while not half.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert half.exists(), proc.communicate()[0].decode()[-2000:] if proc.poll() is not None else "timeout"
+    proc.send_signal(signal.SIGKILL)  # in the middle of the save: weights written, optimizer not
+    proc.wait()
+
+    assert latest_checkpoint(out / "checkpoints").name == "step-2"
+    assert {p.name: p.read_bytes() for p in (out / "checkpoints" / "step-2").iterdir()} == good
+    rest = run_train("pretrain", out, "debug", sets, str(tmp_path / "data"), resume=True, progress=False)
+    assert rest.step == 6 and not list((out / "checkpoints").glob(".tmp-*"))
+    full = run_train("pretrain", tmp_path / "full", "debug", sets, str(tmp_path / "data"), progress=False)
+    logged = [json.loads(ln)["loss"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    np.testing.assert_allclose(logged, full.losses, rtol=0, atol=1e-6)
