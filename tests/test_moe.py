@@ -278,6 +278,41 @@ def test_bias_frozen_in_eval_and_when_balancing_off():
     assert torch.equal(m.gate.bias, torch.zeros(4))
 
 
+def test_bias_frozen_in_training_mode_under_no_grad():
+    # e.g. RL rollouts generated with the policy in train mode: not a training step
+    m = identity_router_moe(bias_balancing=True).train()
+    with torch.no_grad():
+        m(routed_input(FIRST, SECOND))
+    assert torch.equal(m.gate.bias, torch.zeros(4))
+
+
+def _bias_rank(rank: int, world: int, init_file: str, out: str) -> None:
+    """One gloo rank: route rank-specific tokens, save the bias after one training forward."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        m = identity_router_moe(bias_balancing=True, bias_update_rate=0.01).train()
+        # local loads: rank 0 [2, 0, 0, 2], rank 1 [0, 1, 1, 0]
+        x = routed_input([0, 0], [3, 3]) if rank == 0 else routed_input([1], [2])
+        m(x)
+        torch.save(m.gate.bias, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_bias_update_uses_global_load_under_torch_distributed(tmp_path):
+    # rank 0 routes [2, 0, 0, 2], rank 1 routes [0, 1, 1, 0]: global load [2, 1, 1, 2], mean 1.5, so
+    # both ranks must add rate · [-1, +1, +1, -1] even though rank 1 alone would see expert 3 as idle.
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "bias")
+    mp.spawn(_bias_rank, args=(2, str(tmp_path / "init"), out), nprocs=2, join=True)
+    expected = torch.tensor([-0.01, 0.01, 0.01, -0.01])
+    for rank in (0, 1):
+        torch.testing.assert_close(torch.load(f"{out}.{rank}"), expected)
+
+
 def test_bias_changes_choice_but_not_weights():
     m = identity_router_moe(norm_topk_prob=False)
     x = routed_input(FIRST, SECOND).reshape(-1, 4)

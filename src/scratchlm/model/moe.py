@@ -63,8 +63,9 @@ class MoE(nn.Module):
 
     Capacity (`capacity_factor` > 0, training only): each expert takes at most ceil(cf·N·k/E) assignments,
     first choices before second choices, then in token order; the rest are dropped (weights not renormalised).
-    Bias balancing (`bias_balancing`, training only): after the forward, gate.bias += rate·sign(mean − load)
-    with load = assignments routed per expert (summed over ranks under torch.distributed).
+    Bias balancing (`bias_balancing`, training forwards with grad enabled): after the forward,
+    gate.bias += rate·sign(mean − load) with load = assignments routed per expert, summed over ranks under
+    torch.distributed so every rank keeps the same bias (all ranks must run the same MoE forwards).
 
     `.last_stats` (plain Python values, refreshed every forward):
         tokens_per_expert: list[int], assignments each expert processed (after capacity drops)
@@ -172,7 +173,9 @@ class MoE(nn.Module):
             frac = routed.float() / (n_tokens * k)  # f_i [E], a count: no gradient
             probs = scores if self.scoring == "softmax" else scores / scores.sum(-1, keepdim=True)
             aux = self.aux_loss_coef * n_exp * (frac * probs.mean(0)).sum()
-        if self.training and self.bias_balancing:
+        # Only forwards that build a graph count as training steps: rollouts generated under no_grad must
+        # neither move the bias nor enter the all_reduce (ranks may generate different numbers of tokens).
+        if self.training and self.bias_balancing and torch.is_grad_enabled():
             self._update_bias(routed)
         return y.view(shape), aux
 
