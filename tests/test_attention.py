@@ -94,3 +94,20 @@ def test_attend_reference_handles_rectangular_causal():
     assert torch.allclose(attend(q, k, v, AttnPlan(None, True), 0.3, "reference"), explicit, atol=1e-6)
     assert torch.allclose(attend(q, k, v, AttnPlan(build_mask(pos_q, pos_k, None, 0), False), 0.3, "sdpa"),
                           explicit, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "reference"])
+def test_mla_absorbed_equals_expanded(impl):
+    # Decoding with a cached prefix uses the weight-absorbed form; it must equal re-expanding with wkv_b.
+    torch.manual_seed(0)
+    cfg = load_config("debug", ["model.attention=mla", f"model.attn_impl={impl}"]).model
+    mla = MLA(cfg, 0).eval()
+    B, H, T, S = 2, cfg.n_heads, 3, 9
+    q_nope, q_rope = torch.randn(B, H, T, cfg.qk_nope_head_dim), torch.randn(B, H, T, cfg.qk_rope_head_dim)
+    c_kv, k_rope = torch.randn(B, S, cfg.kv_lora_rank), torch.randn(B, S, cfg.qk_rope_head_dim)
+    plan = AttnPlan(build_mask(torch.arange(S - T, S), torch.arange(S), None, 0), is_causal=False)
+    kv = mla.wkv_b(c_kv).view(B, S, H, -1).transpose(1, 2)
+    k_nope, v = kv.split([cfg.qk_nope_head_dim, cfg.v_head_dim], dim=-1)
+    k = torch.cat((k_nope, k_rope[:, None].expand(B, H, S, -1)), dim=-1)
+    expanded = attend(torch.cat((q_nope, q_rope), -1), k, v, plan, mla.scale, impl)
+    assert torch.allclose(mla._absorbed(q_nope, q_rope, c_kv, k_rope, plan, 0.0), expanded, atol=1e-5)

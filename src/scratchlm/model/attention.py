@@ -139,8 +139,9 @@ class MLA(nn.Module):
 
     Queries: wq (d → H·(nope+rope)) or low-rank wq_a → q_norm → wq_b. Keys/values: wkv_a projects to a latent
     c_kv [kv_lora_rank] (normalised by kv_norm) plus one roped key k_rope [qk_rope_head_dim] shared by all
-    heads; wkv_b expands c_kv to per-head [k_nope | v]. The cache stores only c_kv and k_rope, and attention
-    re-expands the cached latents with wkv_b at every step (the plain, not the weight-absorbed, form).
+    heads; wkv_b expands c_kv to per-head [k_nope | v]. The cache stores only c_kv and k_rope. Without a
+    cached prefix (training, first prefill) the latents are expanded with wkv_b; when new tokens attend to a
+    cached prefix (decoding), the weight-absorbed form attends in latent space instead (see `_absorbed`).
     Weight layouts match transformers' DeepseekV3Attention with rope_interleave=False.
     """
 
@@ -189,10 +190,36 @@ class MLA(nn.Module):
         if cache is not None:
             c_kv, k_rope = cache.update(self.layer_idx, c_kv, k_rope)  # [B, S, r], [B, S, rope]
         S = c_kv.shape[1]
-        kv = self.wkv_b(c_kv).view(B, S, self.n_heads, self.nope + self.v_dim).transpose(1, 2)
-        k_nope, v = kv.split([self.nope, self.v_dim], dim=-1)  # [B, H, S, nope], [B, H, S, v]
-        k = torch.cat((k_nope, k_rope.unsqueeze(1).expand(B, self.n_heads, S, self.rope_dim)), dim=-1)
-        q = torch.cat((q_nope, q_rope), dim=-1)
-        y = attend(q, k, v, plan, self.scale, self.impl, self.dropout if self.training else 0.0)
+        dropout = self.dropout if self.training else 0.0
+        if S > T:  # appending to a cached prefix: attend in latent space, never re-expanding S latents
+            y = self._absorbed(q_nope, q_rope, c_kv, k_rope, plan, dropout)
+        else:
+            kv = self.wkv_b(c_kv).view(B, S, self.n_heads, self.nope + self.v_dim).transpose(1, 2)
+            k_nope, v = kv.split([self.nope, self.v_dim], dim=-1)  # [B, H, S, nope], [B, H, S, v]
+            k = torch.cat((k_nope, k_rope.unsqueeze(1).expand(B, self.n_heads, S, self.rope_dim)), dim=-1)
+            q = torch.cat((q_nope, q_rope), dim=-1)
+            y = attend(q, k, v, plan, self.scale, self.impl, dropout)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.v_dim)
         return self.resid_dropout(self.wo(y))
+
+    def _absorbed(
+        self,
+        q_nope: torch.Tensor,
+        q_rope: torch.Tensor,
+        c_kv: torch.Tensor,
+        k_rope: torch.Tensor,
+        plan: AttnPlan,
+        dropout: float,
+    ) -> torch.Tensor:
+        """Weight-absorbed MLA (DeepSeek-V2 §2.1.2): same result as expanding the latents with wkv_b.
+
+        q_nope·(W_uk c) = (W_ukᵀ q_nope)·c and P·(W_uv c) = W_uv (P·c), so attention runs as MQA with one
+        "head" of keys [c | k_rope] and values c over the cached latents; W_uv is applied after.
+        """
+        w = self.wkv_b.weight.view(self.n_heads, self.nope + self.v_dim, self.kv_lora_rank)
+        w_uk, w_uv = w[:, : self.nope], w[:, self.nope :]  # [H, nope, r], [H, v, r]
+        q_lat = torch.einsum("bhtn,hnr->bhtr", q_nope, w_uk)  # [B, H, T, r]
+        q = torch.cat((q_lat, q_rope), dim=-1)  # [B, H, T, r+rope]
+        k = torch.cat((c_kv, k_rope), dim=-1).unsqueeze(1)  # [B, 1, S, r+rope]
+        o_lat = attend(q, k, c_kv.unsqueeze(1), plan, self.scale, self.impl, dropout)  # [B, H, T, r]
+        return torch.einsum("bhtr,hvr->bhtv", o_lat, w_uv)  # [B, H, T, v]
