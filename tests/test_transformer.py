@@ -234,3 +234,31 @@ def test_errors_on_bad_input():
         model(torch.zeros(2, 4, dtype=torch.long), attention_mask=torch.ones(2, 3))
     with pytest.raises(ValueError, match="batch, time"):
         model(torch.zeros(4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("variant", ["gqa", "mla"])
+@torch.no_grad()
+def test_cache_rollback_then_continue_equals_full(variant):
+    # Speculative decoding rolls the cache back by setting pos; what follows must equal a fresh forward.
+    model = _model(VARIANTS[variant])
+    ids = _ids(model, 1, 16)
+    cache = model.new_cache(1, 16)
+    model(ids[:, :10], cache=cache)
+    model(_ids(model, 1, 4, seed=5), cache=cache)  # rejected draft tokens at positions 10..13
+    cache.pos = 10
+    rest = model(ids[:, 10:], cache=cache).logits
+    assert torch.allclose(rest, model(ids).logits[:, 10:], atol=1e-4)
+    with pytest.raises(ValueError, match="only move back"):
+        cache.pos = 17
+
+
+@torch.no_grad()
+def test_ring_rollback_limits():
+    model = _model(["model.sliding_window=4"])
+    ids = _ids(model, 1, 12)
+    cache = model.new_cache(1, 12)
+    model(ids[:, :9], cache=cache)
+    cache.pos = 8  # one back is still within the ring
+    assert torch.allclose(model(ids[:, 8:], cache=cache).logits, model(ids).logits[:, 8:], atol=1e-4)
+    with pytest.raises(ValueError, match="sliding-window ring"):
+        cache.pos = 5

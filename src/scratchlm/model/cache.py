@@ -52,7 +52,7 @@ class KVCache:
         self.window = cfg.sliding_window
         self.ring = 0 < self.window < max_len
         self.capacity = self.window if self.ring else max_len  # slots per layer
-        self.pos = 0  # tokens consumed per row (padding included)
+        self._pos = 0  # tokens consumed per row (padding included)
         dtype = dtype or torch.float32
         n_layers = cfg.n_layers if n_layers is None else n_layers
         C = self.capacity
@@ -68,6 +68,27 @@ class KVCache:
         self.n_pad = torch.zeros(batch_size, dtype=torch.long, device=device)  # padding consumed per row
         self.has_pad = False
         self._start = 0  # pos at the start of the current forward
+
+    @property
+    def pos(self) -> int:
+        """Positions consumed so far; the next forward appends at this slot position."""
+        return self._pos
+
+    @pos.setter
+    def pos(self, value: int) -> None:
+        # Rolling back (speculative decoding rejects draft tokens) just forgets the tail: later writes overwrite
+        # it. A ring has already overwritten the oldest positions a rolled-back window would need again.
+        if not 0 <= value <= self._pos:
+            raise ValueError(f"KVCache.pos can only move back (0 ≤ pos ≤ {self._pos}), got {value}")
+        if self.ring and value < self._pos:
+            # The next query at `value` needs keys back to value-W+1; the ring holds pos-W onwards.
+            if self._pos > self.capacity and value < self._pos - 1:
+                raise ValueError(
+                    f"KVCache: cannot roll a sliding-window ring back from {self._pos} to {value}: positions "
+                    f"before {self._pos - self.capacity} were already overwritten (window {self.window})"
+                )
+            self.slot_pos[self.slot_pos >= value] = -1
+        self._pos = value
 
     @property
     def device(self) -> torch.device:
@@ -146,11 +167,11 @@ class KVCache:
             self.valid[:, start : start + T] = nv
             self.slot_pos[start : start + T] = torch.arange(start, start + T, device=self.device)
         self.n_pad += (~nv).long().sum(1)
-        self.pos = start + T
+        self._pos = start + T
 
     def reset(self) -> None:
         """Forget everything (buffers are reused, not reallocated)."""
-        self.pos = 0
+        self._pos = 0
         self.valid.zero_()
         self.slot_pos.fill_(-1)
         self.n_pad.zero_()
