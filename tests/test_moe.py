@@ -157,6 +157,17 @@ def test_output_keeps_input_dtype():
     assert y.dtype == torch.bfloat16 and aux.dtype == torch.float32
 
 
+def test_router_stays_float32_under_autocast():
+    m = make_moe()
+    x = torch.randn(5, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = m.gate(x)
+        y, _ = m(x.unsqueeze(0))
+    assert logits.dtype == torch.float32
+    torch.testing.assert_close(logits, x @ m.gate.weight.T)
+    assert y.dtype == x.dtype  # experts run in autocast's dtype; the output follows the residual stream
+
+
 # ---------------------------------------------------------------------------------------------------
 # Capacity
 

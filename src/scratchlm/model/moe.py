@@ -41,7 +41,9 @@ class Router(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Router logits [N, E] in float32 (routing decisions are precision-sensitive, as in DeepSeek-V3)."""
-        return F.linear(x.float(), self.weight.float())
+        # autocast would cast the float32 operands back to bf16/fp16 for the matmul, so step outside it.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return F.linear(x.float(), self.weight.float())
 
 
 class MoE(nn.Module):
