@@ -1,0 +1,255 @@
+"""`scratchlm demo`: the whole pipeline on the built-in corpus, on a CPU, in minutes.
+
+tokenizer → prepare (corpus for pretraining, synthetic tasks for SFT) → pretrain → SFT → evaluate
+(held-out task accuracy with greedy decoding; validation perplexity next to a unigram model's) →
+summary table and sample chats. Every stage leaves a folder under --out (runs/demo by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+@dataclass
+class DemoSettings:
+    """What the demo trains; the defaults fit ~15 minutes on 2 CPU cores (see README)."""
+
+    vocab_size: int = 6400
+    preset: str = "tiny"
+    model: list[str] = field(default_factory=list)  # extra --set model.* overrides
+    pretrain_steps: int = 1000
+    pretrain_batch: int = 16
+    pretrain_seq_len: int = 128
+    pretrain_lr: float = 3e-3
+    sft_steps: int = 600
+    sft_batch: int = 32
+    sft_seq_len: int = 96
+    sft_lr: float = 1e-3
+    synth_sizes: dict[str, tuple[int, int]] = field(default_factory=lambda: {
+        "add2": (6000, 200), "next_line": (1200, 200), "author": (600, 200), "identity": (600, 200)})
+    eval_per_task: int = 200
+    max_new_tokens: int = 32
+    seed: int = 0
+
+
+def quick_settings() -> DemoSettings:
+    """A ~1-minute version for tests: a small model, few steps, few eval prompts."""
+    return DemoSettings(
+        vocab_size=1024, preset="debug", model=["model.vocab_size=1024", "model.max_seq_len=128"],
+        pretrain_steps=30, pretrain_batch=8, pretrain_seq_len=64, sft_steps=30, sft_batch=8, sft_seq_len=64,
+        synth_sizes={"add2": (300, 20), "next_line": (100, 20), "author": (100, 20), "identity": (100, 20)},
+        eval_per_task=10, max_new_tokens=12,
+    )
+
+
+def _say(msg: str) -> None:
+    print(f"[demo] {msg}", flush=True)
+
+
+def _stage_sets(s: DemoSettings, steps: int, batch: int, seq_len: int, lr: float) -> list[str]:
+    return [f"model.vocab_size={s.vocab_size}", *s.model, f"train.max_steps={steps}", f"train.batch_size={batch}",
+            f"train.seq_len={seq_len}", f"train.lr={lr}", f"train.warmup_steps={max(1, steps // 20)}",
+            f"train.eval_every={max(1, steps // 5)}", "train.eval_batches=10", f"train.save_every={steps}",
+            "train.keep_last=1", f"train.log_every={max(1, steps // 100)}", f"train.seed={s.seed}"]
+
+
+def prepare_demo_data(out: Path, s: DemoSettings) -> dict[str, Path]:
+    """Tokenizer, pretrain shards (corpus train + validation splits) and SFT shards from synthetic tasks."""
+    from scratchlm.data.corpus import iter_corpus
+    from scratchlm.data.prepare import prepare
+    from scratchlm.data.synth import build_synth
+    from scratchlm.tokenizer import train_tokenizer
+
+    data = out / "data"
+    tok_dir = out / "tokenizer"
+    if not (tok_dir / "tokenizer.json").exists():
+        _say(f"training a {s.vocab_size}-token byte-level BPE tokenizer on the built-in corpus")
+        train_tokenizer(tok_dir, vocab_size=s.vocab_size, show_progress=False)
+    val_text = data / "corpus_validation.jsonl"
+    data.mkdir(parents=True, exist_ok=True)
+    with val_text.open("w", encoding="utf-8") as f:
+        for rec in iter_corpus("validation"):
+            f.write(json.dumps({"text": rec["text"]}, ensure_ascii=False) + "\n")
+    _say("preparing pretraining shards (built-in corpus: train and validation splits)")
+    prepare("pretrain", tok_dir, None, data / "pretrain")
+    prepare("pretrain", tok_dir, [val_text], data / "pretrain_val", dedup=False)
+    _say("building synthetic tasks and SFT shards")
+    files = build_synth(data / "synth", seed=s.seed, tasks=dict(s.synth_sizes))
+    prepare("sft", tok_dir, [files["sft_train"]], data / "sft", dedup=False)
+    prepare("sft", tok_dir, [files["sft_val"]], data / "sft_val", dedup=False)
+    return {"tokenizer": tok_dir, "pretrain": data / "pretrain", "pretrain_val": data / "pretrain_val",
+            "sft": data / "sft", "sft_val": data / "sft_val", "prompt_val": files["prompt_val"]}
+
+
+def _train_stage(kind: str, out: Path, s: DemoSettings, paths: dict[str, Path], sets: list[str],
+                 init_from: Path | None, progress: bool) -> Any:
+    from scratchlm.train.cli import run_train
+
+    val = paths["pretrain_val"] if kind == "pretrain" else paths["sft_val"]
+    return run_train(kind, out, s.preset, sets + [f"train.val_data={val}"], str(paths[kind]),
+                     init_from=init_from, tokenizer=paths["tokenizer"], progress=progress)
+
+
+@torch.no_grad()
+def perplexities(model: torch.nn.Module, train_dir: Path, val_dir: Path, seq_len: int,
+                 max_windows: int = 400) -> tuple[float, float]:
+    """(model ppl, add-one unigram ppl fitted on the training shards), both over the same predicted
+    tokens of consecutive validation windows."""
+    from scratchlm.data.datasets import open_shards
+
+    train, val = open_shards(train_dir), open_shards(val_dir)
+    V = int(model.config.vocab_size)
+    counts = np.bincount(np.asarray(train.read(0, train.n_tokens), dtype=np.int64), minlength=V)[:V]
+    logp_uni = np.log((counts + 1.0) / (counts.sum() + V))
+    n_win = min(max_windows, (val.n_tokens - 1) // seq_len)
+    nll, uni, n = 0.0, 0.0, 0
+    for start in range(0, n_win, 16):
+        rows = [np.asarray(val.read(w * seq_len, seq_len + 1), dtype=np.int64) for w in range(start, min(n_win, start + 16))]
+        ids = torch.from_numpy(np.stack(rows))
+        out = model(ids[:, :-1], targets=ids[:, 1:])
+        k = ids[:, 1:].numel()
+        nll += float(out.ce_loss) * k
+        uni += -float(logp_uni[ids[:, 1:].numpy()].sum())
+        n += k
+    return math.exp(nll / n), math.exp(uni / n)
+
+
+def evaluate_tasks(model: torch.nn.Module, tokenizer: Any, prompt_file: Path, per_task: int,
+                   max_new_tokens: int, batch: int = 50) -> tuple[dict[str, tuple[int, int]], list[dict]]:
+    """Greedy answers to held-out prompts: {task: (correct, total)} and the graded samples."""
+    from scratchlm.data.synth import check_answer
+    from scratchlm.generate import Engine, SamplingParams
+
+    by_task: dict[str, list[dict]] = defaultdict(list)
+    for line in prompt_file.read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line)
+        if len(by_task[rec["task"]]) < per_task:
+            by_task[rec["task"]].append(rec)
+    engine = Engine(model, tokenizer)
+    params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
+    scores: dict[str, tuple[int, int]] = {}
+    graded: list[dict] = []
+    for task, recs in sorted(by_task.items()):
+        correct = 0
+        for i in range(0, len(recs), batch):
+            chunk = recs[i:i + batch]
+            prompts = [list(tokenizer.encode_chat(r["prompt"], add_generation_prompt=True)[0]) for r in chunk]
+            for r, ids in zip(chunk, engine.generate(prompts, params)):
+                reply = tokenizer.decode(ids, skip_special_tokens=True)
+                ok = check_answer(task, reply, r["answer"])
+                correct += ok
+                graded.append({"task": task, "prompt": r["prompt"][-1]["content"], "reply": reply,
+                               "answer": r["answer"], "ok": ok})
+        scores[task] = (correct, len(recs))
+    return scores, graded
+
+
+def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoSettings | None = None,
+             progress: bool = True) -> dict[str, Any]:
+    """Run the whole demo into `out`; returns the summary (also written to out/summary.json)."""
+    from scratchlm.run import load_run
+
+    s = settings or (quick_settings() if quick else DemoSettings())
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(s.seed)
+    t0 = time.perf_counter()
+    times: dict[str, float] = {}
+    paths = prepare_demo_data(out, s)
+    times["data"] = time.perf_counter() - t0
+
+    for stage in ("pretrain", "sft"):
+        run_dir = out / stage
+        if (run_dir / "model.safetensors").exists():
+            _say(f"{run_dir} already trained; delete it to train again")
+            continue
+        if (run_dir / "checkpoints").exists():
+            import shutil
+
+            shutil.rmtree(run_dir)  # a half-finished earlier demo: start the stage over
+        t = time.perf_counter()
+        if stage == "pretrain":
+            sets = _stage_sets(s, s.pretrain_steps, s.pretrain_batch, s.pretrain_seq_len, s.pretrain_lr)
+            _say(f"pretraining the {s.preset!r} model for {s.pretrain_steps} steps → {run_dir}")
+            _train_stage("pretrain", run_dir, s, paths, sets, None, progress)
+        else:
+            sets = _stage_sets(s, s.sft_steps, s.sft_batch, s.sft_seq_len, s.sft_lr) + ["train.packing=false"]
+            _say(f"SFT on the synthetic tasks for {s.sft_steps} steps → {run_dir}")
+            _train_stage("sft", run_dir, s, paths, sets, out / "pretrain", progress)
+        times[stage] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    _say("evaluating: held-out task accuracy (greedy) and validation perplexity")
+    pre_model, _, pre_cfg = load_run(out / "pretrain")
+    model, tokenizer, cfg = load_run(out / "sft")
+    seq = min(cfg.model.max_seq_len, s.pretrain_seq_len)
+    ppl_pre, ppl_uni = perplexities(pre_model, paths["pretrain"], paths["pretrain_val"], seq)
+    ppl_sft, _ = perplexities(model, paths["pretrain"], paths["pretrain_val"], seq)
+    scores, graded = evaluate_tasks(model, tokenizer, paths["prompt_val"], s.eval_per_task, s.max_new_tokens)
+    times["eval"] = time.perf_counter() - t
+    times["total"] = time.perf_counter() - t0
+
+    summary = {
+        "settings": asdict(s),
+        "params": int(model.num_params()),
+        "accuracy": {k: c / n for k, (c, n) in scores.items()},
+        "counts": {k: [c, n] for k, (c, n) in scores.items()},
+        "val_ppl_pretrain": ppl_pre, "val_ppl_sft": ppl_sft, "val_ppl_unigram": ppl_uni,
+        "seconds": times, "torch_threads": torch.get_num_threads(),
+        "samples": [g for g in graded if g["task"] in ("add2", "identity", "next_line", "author")][::max(1, len(graded) // 8)][:8],
+    }
+    (out / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
+    print_summary(summary, out)
+    return summary
+
+
+def print_summary(summary: dict[str, Any], out: Path) -> None:
+    """The summary table and a few sample chats (rich)."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"scratchlm demo — {summary['params']:,} parameters, {summary['seconds']['total'] / 60:.1f} min")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for task, acc in sorted(summary["accuracy"].items()):
+        c, n = summary["counts"][task]
+        table.add_row(f"held-out accuracy: {task}", f"{acc:.3f} ({c}/{n})")
+    table.add_row("val perplexity: pretrained model", f"{summary['val_ppl_pretrain']:.1f}")
+    table.add_row("val perplexity: after SFT", f"{summary['val_ppl_sft']:.1f}")
+    table.add_row("val perplexity: unigram model", f"{summary['val_ppl_unigram']:.1f}")
+    table.add_row("ratio (pretrained / unigram)", f"{summary['val_ppl_pretrain'] / summary['val_ppl_unigram']:.3f}")
+    for k, v in summary["seconds"].items():
+        table.add_row(f"time: {k}", f"{v:.0f} s")
+    console.print(table)
+    console.print("[bold]sample chats[/bold] (held-out prompts, greedy):")
+    for g in summary["samples"]:
+        mark = "✓" if g["ok"] else "✗"
+        console.print(escape(f"  [{g['task']}] user: {g['prompt']}\n      assistant: {g['reply']}  {mark}"))
+    console.print(f"everything is in {out}/ (pretrain/, sft/, tokenizer/, data/, summary.json); "
+                  f"chat with: scratchlm generate {out}/sft --chat --prompt 'who are you?'")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    run_demo(args.out, quick=args.quick, progress=not args.no_progress)
+    return 0
+
+
+def add_cli(subparsers: Any) -> None:
+    """Register `scratchlm demo`."""
+    p = subparsers.add_parser("demo", help="end to end on the built-in corpus: tokenizer → pretrain → SFT → eval")
+    p.add_argument("--out", default="runs/demo", help="folder for every stage (default runs/demo)")
+    p.add_argument("--quick", action="store_true", help="a ~1-minute version (tiny model, few steps)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_demo)
