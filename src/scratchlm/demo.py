@@ -27,11 +27,11 @@ class DemoSettings:
     vocab_size: int = 6400
     preset: str = "tiny"
     model: list[str] = field(default_factory=list)  # extra --set model.* overrides
-    pretrain_steps: int = 1000
+    pretrain_steps: int = 600
     pretrain_batch: int = 16
     pretrain_seq_len: int = 128
     pretrain_lr: float = 3e-3
-    sft_steps: int = 600
+    sft_steps: int = 400
     sft_batch: int = 32
     sft_seq_len: int = 96
     sft_lr: float = 1e-3
