@@ -27,11 +27,11 @@ class DemoSettings:
     vocab_size: int = 6400
     preset: str = "tiny"
     model: list[str] = field(default_factory=list)  # extra --set model.* overrides
-    pretrain_steps: int = 600
+    pretrain_steps: int = 500
     pretrain_batch: int = 16
     pretrain_seq_len: int = 128
     pretrain_lr: float = 3e-3
-    sft_steps: int = 400
+    sft_steps: int = 300
     sft_batch: int = 32
     sft_seq_len: int = 96
     sft_lr: float = 1e-3
@@ -93,11 +93,18 @@ def prepare_demo_data(out: Path, s: DemoSettings) -> dict[str, Path]:
 
 def _train_stage(kind: str, out: Path, s: DemoSettings, paths: dict[str, Path], sets: list[str],
                  init_from: Path | None, progress: bool) -> Any:
+    from scratchlm.train.checkpoint import list_checkpoints
     from scratchlm.train.cli import run_train
 
     val = paths["pretrain_val"] if kind == "pretrain" else paths["sft_val"]
-    return run_train(kind, out, s.preset, sets + [f"train.val_data={val}"], str(paths[kind]),
-                     init_from=init_from, tokenizer=paths["tokenizer"], progress=progress)
+    resume = bool(list_checkpoints(out / "checkpoints"))  # an interrupted earlier demo continues
+    if resume:
+        _say(f"resuming {out} from its last checkpoint")
+    result = run_train(kind, out, s.preset, sets + [f"train.val_data={val}"], str(paths[kind]),
+                       init_from=init_from, resume=resume, tokenizer=paths["tokenizer"], progress=progress)
+    if result.status != "done":
+        raise KeyboardInterrupt  # stopped by a signal: the checkpoint is saved, rerun the demo to continue
+    return result
 
 
 @torch.no_grad()
@@ -173,10 +180,6 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoS
         if (run_dir / "model.safetensors").exists():
             _say(f"{run_dir} already trained; delete it to train again")
             continue
-        if (run_dir / "checkpoints").exists():
-            import shutil
-
-            shutil.rmtree(run_dir)  # a half-finished earlier demo: start the stage over
         t = time.perf_counter()
         if stage == "pretrain":
             sets = _stage_sets(s, s.pretrain_steps, s.pretrain_batch, s.pretrain_seq_len, s.pretrain_lr)
