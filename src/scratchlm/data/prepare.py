@@ -489,14 +489,15 @@ def print_report(meta: dict) -> None:
     counts = meta["counts"]
     table = Table(title=f"prepare {meta['kind']}: {meta['n_docs']:,} docs, {meta['n_tokens']:,} tokens "
                         f"({meta['dtype']}) in {meta['seconds']:.1f}s")
-    table.add_column("input")
+    # One row per count, one column per input: stays readable in a narrow terminal.
+    cols = list(counts["per_input"].items())
+    if len(cols) > 1:
+        cols.append(("total", counts))
+    table.add_column("count")
+    for name, _c in cols:
+        table.add_column(Path(name).name, justify="right")
     for k in COUNT_KEYS:
-        table.add_column(k.replace("dropped_", "").replace("bad_lines_skipped", "bad"), justify="right")
-    rows = list(counts["per_input"].items())
-    if len(rows) > 1:
-        rows.append(("total", counts))
-    for name, c in rows:
-        table.add_row(name, *(f"{c[k]:,}" for k in COUNT_KEYS))
+        table.add_row(k, *(f"{c[k]:,}" for _name, c in cols))
     console = Console()
     console.print(table)
     if "mix" in meta:
