@@ -306,3 +306,52 @@ def test_speculative_errors(model):
         speculative_generate(model, other_vocab, [1, 2], SamplingParams())
     with pytest.raises(ValueError, match="exceeds model.max_seq_len"):
         speculative_generate(model, model, [1] * 120, SamplingParams(max_new_tokens=20))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A run folder with a tiny tokenizer trained on a few lines and a random debug model."""
+    from scratchlm.run import save_run
+    from scratchlm.tokenizer import train_tokenizer
+
+    root = tmp_path_factory.mktemp("gen")
+    text = root / "text.txt"
+    text.write_text("\n".join(["hello world", "the cat sat on the mat", "床前明月光"] * 20), encoding="utf-8")
+    tok_dir = train_tokenizer(root / "tok", vocab_size=300, inputs=[text], show_progress=False)
+    cfg = load_config("debug", ["model.vocab_size=300"])
+    torch.manual_seed(0)
+    return save_run(root / "run", Transformer(cfg.model), cfg, tok_dir)
+
+
+def test_real_tokenizer_eos_and_chat_prompt(run_dir):
+    from scratchlm.run import load_run
+
+    model, tok, _ = load_run(run_dir)
+    engine = Engine(model, tok)
+    ids = engine.encode_prompt("hello", chat=True)
+    assert tok.decode(ids).endswith("<|im_start|>assistant\n")
+    assert tok.eos_id in engine._stop_ids(SamplingParams())
+    text = engine.generate_text("hello", SamplingParams(temperature=0, max_new_tokens=6), chat=True)
+    assert isinstance(text, str)
+
+
+@pytest.mark.parametrize("extra", [[], ["--chat", "--stream"]], ids=["plain", "chat-stream"])
+def test_cli_generate(run_dir, capsys, extra):
+    from scratchlm.cli import main
+
+    from scratchlm.run import load_run
+
+    args = ["generate", str(run_dir), "--prompt", "hello", "--temperature", "0", "--max-new-tokens", "6", *extra]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    model, tok, _ = load_run(run_dir)
+    engine = Engine(model, tok)
+    expected = engine.generate_text("hello", SamplingParams(temperature=0, max_new_tokens=6), chat="--chat" in extra)
+    assert out.rstrip("\n") == expected.rstrip("\n")
+
+
+def test_cli_generate_errors(tmp_path, capsys):
+    from scratchlm.cli import main
+
+    assert main(["generate", str(tmp_path / "nope"), "--prompt", "x"]) == 1
+    assert "no such run folder" in capsys.readouterr().err

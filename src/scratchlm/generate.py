@@ -475,43 +475,12 @@ def speculative_generate(
 
 
 def load_for_generate(run_dir: str | Path, device: str = "auto"):
-    """(model, tokenizer) from a run folder: `scratchlm.run.load_run` when available, else read the
-    folder directly (config.toml + model.safetensors + tokenizer.json)."""
+    """(model in eval mode, tokenizer or None) from a run folder, on the chosen device."""
     from scratchlm.device import pick_device
+    from scratchlm.run import load_run
 
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir}: no such run folder")
-    dev = pick_device(device)
-    try:
-        from scratchlm.run import load_run
-    except ImportError:
-        load_run = None
-    if load_run is not None:
-        model, tokenizer, _ = load_run(run_dir, device=dev)
-        return model.eval(), tokenizer
-    from safetensors.torch import load_file
-
-    from scratchlm.config import load_run_config
-    from scratchlm.model.transformer import Transformer
-
-    cfg = load_run_config(run_dir)
-    weights = run_dir / "model.safetensors"
-    if not weights.exists():
-        raise FileNotFoundError(f"{run_dir}: no model.safetensors")
-    model = Transformer(cfg.model)
-    state = load_file(str(weights))
-    # a tied lm_head may have been saved once (as embed) only
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not (k == "lm_head.weight" and cfg.model.tie_embeddings)]
-    if missing or unexpected:
-        raise ValueError(f"{weights}: weights do not match config.toml (missing {missing[:5]}, unexpected {unexpected[:5]})")
-    tokenizer = None
-    if (run_dir / "tokenizer.json").exists():
-        from scratchlm.tokenizer import Tokenizer
-
-        tokenizer = Tokenizer.load(run_dir)
-    return model.to(dev).eval(), tokenizer
+    model, tokenizer, _ = load_run(run_dir, device=pick_device(device))
+    return model, tokenizer
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
