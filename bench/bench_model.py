@@ -1,6 +1,6 @@
 """Training-step throughput: our Transformer vs transformers' LlamaForCausalLM with the same weights.
 
-    python bench/bench_model.py [--preset minimind-26m] [--batch 4] [--seq 256] [--steps 5]
+    python bench/bench_model.py [--preset minimind-26m] [--batch 4] [--seq 256] [--steps 5] [--threads N]
 
 One step = forward + cross-entropy + backward + AdamW step, fp32, on the default device (CPU here). Both
 models are timed in alternation in the same process, so the printed ratio (ours / transformers tokens/s)
@@ -53,7 +53,10 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = pick_device("auto")
     torch.manual_seed(0)

@@ -45,9 +45,10 @@ def test_swiglu_formula_and_names():
     ffn = SwiGLU(8, 24)
     assert {n for n, _ in ffn.named_parameters()} == {"w1.weight", "w2.weight", "w3.weight"}
     assert all(m.bias is None for m in (ffn.w1, ffn.w2, ffn.w3))
-    x = torch.randn(4, 8)
-    expected = ffn.w2.weight @ (torch.nn.functional.silu(ffn.w1.weight @ x.T) * (ffn.w3.weight @ x.T))
-    assert torch.allclose(ffn(x), expected.T, atol=1e-6)
+    for rows in (4, 100):  # few rows: separate matmuls; many rows: one matmul over [w1; w3]
+        x = torch.randn(rows, 8)
+        expected = ffn.w2.weight @ (torch.nn.functional.silu(ffn.w1.weight @ x.T) * (ffn.w3.weight @ x.T))
+        assert torch.allclose(ffn(x), expected.T, atol=1e-6)
 
 
 def _score(cfg, dim, q, k, i, j, length=64):

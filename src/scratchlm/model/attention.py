@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from scratchlm.config import ModelConfig
-from scratchlm.model.layers import RMSNorm, apply_rope, yarn_mscale
+from scratchlm.model.layers import FUSE_MIN_ROWS, RMSNorm, apply_rope, yarn_mscale
 
 if TYPE_CHECKING:
     from scratchlm.model.cache import KVCache
@@ -118,9 +118,17 @@ class Attention(nn.Module):
         cache: Optional["KVCache"] = None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
-        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, hd]
-        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if B * T >= FUSE_MIN_ROWS:
+            # One matmul for q, k, v (and one for their input gradient): the weight concat is a small copy
+            # next to a large matmul. Parameters stay separate so names match Llama's q/k/v_proj.
+            nq, nkv = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+            w = torch.cat((self.wq.weight, self.wk.weight, self.wv.weight))  # [nq + 2·nkv, D]
+            q, k, v = F.linear(x, w).split([nq, nkv, nkv], dim=-1)
+        else:  # decoding: a concat per step would cost as much as the matmuls themselves
+            q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
+        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, hd]
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         cos, sin = (t.to(q.dtype) for t in rope)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:

@@ -14,6 +14,10 @@ import torch.nn.functional as F
 
 from scratchlm.config import ModelConfig
 
+# Below this many rows (tokens), projections that share an input run as separate matmuls instead of one
+# matmul over concatenated weights (the concat copies the weights every call).
+FUSE_MIN_ROWS = 64
+
 
 class RMSNorm(nn.Module):
     """Root-mean-square norm: x / rms(x) · weight (no mean subtraction, no bias)."""
@@ -61,7 +65,12 @@ class SwiGLU(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+        if x.numel() >= FUSE_MIN_ROWS * x.shape[-1]:
+            # gate and up in one matmul (weights concatenated, parameters kept separate for their names)
+            gate, up = F.linear(x, torch.cat((self.w1.weight, self.w3.weight))).chunk(2, dim=-1)
+        else:  # few rows (decoding, a lightly used expert): the weight concat would dominate
+            gate, up = self.w1(x), self.w3(x)
+        return self.dropout(self.w2(F.silu(gate) * up))
 
 
 # ----------------------------------------------------------------------------------------------------
