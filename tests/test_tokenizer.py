@@ -365,3 +365,15 @@ def test_default_corpus_train_and_stats(tmp_path, capsys):
     assert main(["tokenizer", "stats", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "zh" in printed and "en" in printed
+
+
+def test_training_text_is_cleaned_like_prepare(tmp_path):
+    # Fullwidth letters fold to ASCII under NFKC (prepare's default), so merges are learnt on "ABCD";
+    # with normalize="none" they are learnt on the fullwidth bytes instead.
+    src = tmp_path / "fw.txt"
+    src.write_text("ＡＢＣＤ ＡＢＣＤ\n" * 200, encoding="utf-8")
+    nfkc = Tokenizer.load(train_tokenizer(tmp_path / "nfkc", vocab_size=300, inputs=[src], show_progress=False))
+    raw = Tokenizer.load(train_tokenizer(tmp_path / "raw", vocab_size=300, inputs=[src], show_progress=False, normalize="none"))
+    assert len(nfkc.encode("ABCD")) == 1 and len(nfkc.encode("ＡＢＣＤ")) > 1
+    assert len(raw.encode("ＡＢＣＤ")) == 1
+    assert nfkc.decode(nfkc.encode("ＡＢＣＤ")) == "ＡＢＣＤ"  # the tokenizer itself stays lossless

@@ -126,8 +126,15 @@ def train_tokenizer(
     vocab_size: int = 6400,
     inputs: Sequence[str | Path] | None = None,
     show_progress: bool = True,
+    normalize: str = "NFKC",
 ) -> Path:
-    """Train byte-level BPE on `inputs` (default: the built-in corpus' train split); save to out_dir."""
+    """Train byte-level BPE on `inputs` (default: the built-in corpus' train split); save to out_dir.
+
+    The training text is cleaned with `prepare`'s default (`clean_text`, NFKC) so that the merges are
+    learnt on the same strings the shards will hold; the tokenizer itself has no normalizer (lossless).
+    """
+    from scratchlm.data.clean import clean_text
+
     if vocab_size < MIN_VOCAB_SIZE:
         raise ValueError(
             f"vocab_size={vocab_size} is too small: byte-level BPE needs at least {MIN_VOCAB_SIZE} "
@@ -157,6 +164,7 @@ def train_tokenizer(
     def counted(it: Iterable[str]) -> Iterator[str]:
         nonlocal n_chars
         for t in it:
+            t = clean_text(t, normalize)
             n_chars += len(t)
             yield t
 
@@ -410,7 +418,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     src = ", ".join(args.input) if args.input else "the built-in corpus (train split)"
     print(f"training byte-level BPE, vocab {args.vocab_size:,}, on {src}", flush=True)
     t0 = time.perf_counter()
-    out = train_tokenizer(args.out, vocab_size=args.vocab_size, inputs=args.input)
+    out = train_tokenizer(args.out, vocab_size=args.vocab_size, inputs=args.input, normalize=args.normalize)
     tok = Tokenizer.load(out)
     print(f"trained vocab of {tok.vocab_size:,} (asked {args.vocab_size:,}) in {time.perf_counter() - t0:.1f}s → {out}")
     if tok.vocab_size < args.vocab_size:
@@ -440,6 +448,10 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--out", required=True, help="output folder (tokenizer.json + tokenizer_config.json)")
     t.add_argument("--vocab-size", type=int, default=6400, help="total ids incl. special tokens (default 6400)")
     t.add_argument("--input", nargs="+", metavar="FILE", help=".txt or .jsonl ('text' field) files, .gz ok")
+    t.add_argument(
+        "--normalize", choices=("NFKC", "NFC", "none"), default="NFKC",
+        help="clean training text like `prepare --normalize` (default NFKC, prepare's default)",
+    )
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("stats", help="characters per token on the validation split, zh and en apart")
