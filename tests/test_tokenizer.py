@@ -377,3 +377,11 @@ def test_training_text_is_cleaned_like_prepare(tmp_path):
     assert len(nfkc.encode("ABCD")) == 1 and len(nfkc.encode("ＡＢＣＤ")) > 1
     assert len(raw.encode("ＡＢＣＤ")) == 1
     assert nfkc.decode(nfkc.encode("ＡＢＣＤ")) == "ＡＢＣＤ"  # the tokenizer itself stays lossless
+
+
+def test_digits_are_single_tokens(tok):
+    # Every number is spelled digit by digit, so arithmetic sees one scheme for all operands.
+    for text in ("38", "94", "1234567890", "x=26+71"):
+        ids = tok.encode(text)
+        digits = [i for i in ids if tok.decode([i]).strip().isdigit()]
+        assert [tok.decode([i]) for i in digits] == [c for c in text if c.isdigit()]

@@ -151,7 +151,14 @@ def train_tokenizer(
 
     tok = HFTokenizer(models.BPE())
     # No normalizer: any normalisation would make decode(encode(x)) != x.
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    # Digits one by one (as Llama and DeepSeek do): "38" and "94" then share a single scheme, which a small
+    # model needs to learn arithmetic that generalises to operand pairs it has not seen.
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
