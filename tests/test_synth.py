@@ -11,6 +11,7 @@ import pytest
 
 from scratchlm.data.synth import (
     FILES,
+    addition_trace,
     Arithmetic,
     Identity,
     build_synth,
@@ -142,7 +143,13 @@ def test_arithmetic_is_correct_and_near_misses_are_wrong():
             op = re.search(r"[-+×*]", ex.question.split(str(a), 1)[1]).group()
             expected = {"+": a + b, "-": a - b, "×": a * b, "*": a * b}[op]
             assert int(ex.answer) == expected >= 0
-            assert 0 < abs(int(ex.wrong) - expected) <= 10  # plausible: off by a few
+            if op == "+" and name != "mul1":  # traced: the reply and the wrong one share the column trace
+                trace, dropped = addition_trace(a, b)
+                assert ex.reply == f"{trace}{expected}" and ex.wrong.startswith(trace)
+                wrong = int(ex.wrong.removeprefix(trace))
+                assert wrong == dropped if dropped != expected else 0 < abs(wrong - expected) <= 10
+            else:
+                assert 0 < abs(int(ex.wrong) - expected) <= 10  # plausible: off by a few
             lo = 0 if name == "mul1" else 10
             assert lo <= a <= (9 if name == "mul1" else 99) and lo <= b
     # A space too big to list is sampled, and its sides are still disjoint.
@@ -207,3 +214,19 @@ def test_data_synth_command(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "add2" in out and "identity" in out
     assert len(read(tmp_path / "sft_train.jsonl")) == 30 and len(read(tmp_path / "prompt_val.jsonl")) == 9
+
+
+@pytest.mark.parametrize(
+    "a, b, trace, dropped",
+    [
+        (34, 57, "<think>4+7=11 3+5+1=9</think>", 81),
+        (99, 99, "<think>9+9=18 9+9+1=19</think>", 188),
+        (95, 5, "<think>5+5=10 9+0+1=10</think>", 90),
+        (10, 20, "<think>0+0=0 1+2=3</think>", 30),
+        (0, 0, "<think>0+0=0</think>", 0),
+    ],
+)
+def test_addition_trace_columns_units_first(a, b, trace, dropped):
+    got, got_dropped = addition_trace(a, b)
+    assert (got, got_dropped) == (trace, dropped)
+    assert check_answer("add2", f"{got}{a + b}", str(a + b))  # the trace never confuses the checker

@@ -134,6 +134,7 @@ def perplexities(model: torch.nn.Module, train_dir: Path, val_dir: Path, seq_len
 def evaluate_tasks(model: torch.nn.Module, tokenizer: Any, prompt_file: Path, per_task: int,
                    max_new_tokens: int, batch: int = 50) -> tuple[dict[str, tuple[int, int]], list[dict]]:
     """Greedy answers to held-out prompts: {task: (correct, total)} and the graded samples."""
+    from scratchlm.data.clean import clean_messages
     from scratchlm.data.synth import check_answer
     from scratchlm.generate import Engine, SamplingParams
 
@@ -150,7 +151,9 @@ def evaluate_tasks(model: torch.nn.Module, tokenizer: Any, prompt_file: Path, pe
         correct = 0
         for i in range(0, len(recs), batch):
             chunk = recs[i:i + batch]
-            prompts = [list(tokenizer.encode_chat(r["prompt"], add_generation_prompt=True)[0]) for r in chunk]
+            # Cleaned like the SFT shards were (prepare's NFKC), so held-out prompts look like training ones.
+            prompts = [list(tokenizer.encode_chat(clean_messages(r["prompt"]), add_generation_prompt=True)[0])
+                       for r in chunk]
             for r, ids in zip(chunk, engine.generate(prompts, params)):
                 reply = tokenizer.decode(ids, skip_special_tokens=True)
                 ok = check_answer(task, reply, r["answer"])

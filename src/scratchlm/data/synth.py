@@ -143,7 +143,27 @@ class Arithmetic:
         question = rng.choice(_ARITH_TEMPLATES[lang]).format(a=a, b=b, op=shown_op)
         delta = rng.choice([-10, -3, -2, -1, 1, 1, 2, 3, 10])  # off-by-a-few, the mistakes models make
         wrong = result + delta if result + delta >= 0 or result < 0 else result + abs(delta)
+        if op == "+" and self.digits > 1:
+            # Multi-digit sums come with a column-by-column trace: a small model learns the 100 one-digit
+            # facts and the carry far faster than whole sums, and the final answer is then a copy.
+            trace, carry_dropped = addition_trace(a, b)
+            if carry_dropped != result:
+                wrong = carry_dropped  # the classic mistake: forgetting a carry
+            return Example(self.name, lang, question, str(result), f"{trace}{result}", f"{trace}{wrong}")
         return Example(self.name, lang, question, str(result), str(result), str(wrong))
+
+
+def addition_trace(a: int, b: int) -> tuple[str, int]:
+    """("<think>4+7=11 3+5+1=9</think>", the sum with every carry dropped) for a + b ≥ 0, units first."""
+    steps, sums, carry = [], [], 0
+    while a or b or not steps:  # the last column's total is written whole: "9+9+1=19" → 19…
+        x, y = a % 10, b % 10
+        total = x + y + carry
+        steps.append(f"{x}+{y}+{carry}={total}" if carry else f"{x}+{y}={total}")
+        sums.append(x + y)
+        carry, a, b = total // 10, a // 10, b // 10
+    dropped = sum((c % 10) * 10**i for i, c in enumerate(sums[:-1])) + sums[-1] * 10 ** (len(sums) - 1)
+    return f"<think>{' '.join(steps)}</think>", dropped
 
 
 # ----------------------------------------------------------------------------------------------------
