@@ -35,6 +35,7 @@ class DemoSettings:
     sft_batch: int = 32
     sft_seq_len: int = 96
     sft_lr: float = 1e-3
+    sft_packing: bool = True  # pack conversations into full rows: ~2x the examples per second of padding
     synth_sizes: dict[str, tuple[int, int]] = field(default_factory=lambda: {
         "add2": (6000, 200), "next_line": (1200, 200), "author": (600, 200), "identity": (600, 200)})
     eval_per_task: int = 200
@@ -189,7 +190,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoS
             _say(f"pretraining the {s.preset!r} model for {s.pretrain_steps} steps → {run_dir}")
             _train_stage("pretrain", run_dir, s, paths, sets, None, progress)
         else:
-            sets = _stage_sets(s, s.sft_steps, s.sft_batch, s.sft_seq_len, s.sft_lr) + ["train.packing=false"]
+            sets = _stage_sets(s, s.sft_steps, s.sft_batch, s.sft_seq_len, s.sft_lr) + [f"train.packing={str(s.sft_packing).lower()}"]
             _say(f"SFT on the synthetic tasks for {s.sft_steps} steps → {run_dir}")
             _train_stage("sft", run_dir, s, paths, sets, out / "pretrain", progress)
         times[stage] = time.perf_counter() - t
