@@ -333,6 +333,9 @@ def test_real_tokenizer_eos_and_chat_prompt(run_dir):
     assert tok.eos_id in engine._stop_ids(SamplingParams())
     text = engine.generate_text("hello", SamplingParams(temperature=0, max_new_tokens=6), chat=True)
     assert isinstance(text, str)
+    # Prompts are cleaned like the training shards: full-width punctuation folds to ASCII (NFKC).
+    assert engine.encode_prompt("你好？", chat=True) == engine.encode_prompt("你好?", chat=True)
+    assert tok.decode(engine.encode_prompt("你好？")) == "你好?"
 
 
 @pytest.mark.parametrize("extra", [[], ["--chat", "--stream"]], ids=["plain", "chat-stream"])

@@ -322,7 +322,14 @@ class Engine:
         return self.tokenizer.decode(self.generate([ids], params)[0], skip_special_tokens=True)
 
     def encode_prompt(self, prompt: str, chat: bool = False) -> list[int]:
-        """Prompt text → ids; chat=True wraps it as a user turn and opens the assistant turn."""
+        """Prompt text → ids; chat=True wraps it as a user turn and opens the assistant turn.
+
+        The text is cleaned as `prepare` cleans training data (NFKC: "你是谁？" → "你是谁?"), so a prompt
+        looks like what the model was trained on.
+        """
+        from scratchlm.data.clean import clean_text
+
+        prompt = clean_text(prompt)
         if chat:
             ids, _ = self.tokenizer.encode_chat([{"role": "user", "content": prompt}], add_generation_prompt=True)
             return list(ids)
