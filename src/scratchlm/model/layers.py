@@ -28,10 +28,40 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in fp32 (as Llama does) so bf16 activations don't lose the small rms terms.
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+                return _RMSNormFn.apply(x, self.weight, self.eps)  # training: fewer passes over x
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # inference: one fused kernel
+        # Low precision (autocast): normalise in fp32 (as Llama does) so bf16 activations don't lose the
+        # small rms terms; like Llama, the fp32 weight makes the output fp32.
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * xf.to(x.dtype)
+
+
+class _RMSNormFn(torch.autograd.Function):
+    """fp32 RMSNorm with a hand-written backward: autograd through the op chain (pow, mean, rsqrt, two muls)
+    makes about twice as many passes over the activations as the closed form below.
+
+    y = x̂·w with x̂ = x·r, r = rsqrt(mean(x²) + eps):  dw = Σ_rows g·x̂,  dx = r·(g·w − x̂·mean(g·w·x̂)).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)  # [..., 1]
+        xhat = x * r
+        ctx.save_for_backward(xhat, r, weight)
+        return xhat * weight
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        xhat, r, weight = ctx.saved_tensors
+        dw = (g * xhat).reshape(-1, xhat.shape[-1]).sum(0) if ctx.needs_input_grad[1] else None
+        dx = None
+        if ctx.needs_input_grad[0]:
+            gw = g * weight
+            dx = (gw - xhat * (gw * xhat).mean(-1, keepdim=True)) * r
+        return dx, dw, None
 
 
 class DyT(nn.Module):
@@ -121,7 +151,8 @@ def rope_inv_freq(cfg: ModelConfig, dim: int) -> tuple[torch.Tensor, float]:
 def rope_cache(
     cfg: ModelConfig, dim: int, max_len: int, apply_mscale: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Precomputed (cos, sin), each [max_len, dim], in the rotate-half layout (freqs repeated twice).
+    """Precomputed (cos, sin), each [max_len, dim], in the rotate-half layout (freqs repeated twice), with
+    the sign of rotate_half folded into sin: its first half is negated (see `apply_rope`).
 
     apply_mscale=False leaves YaRN's temperature out of cos/sin (MLA puts it in the softmax scale instead).
     """
@@ -129,8 +160,8 @@ def rope_cache(
     mscale = mscale if apply_mscale else 1.0
     pos = torch.arange(max_len, dtype=torch.float32)
     freqs = torch.outer(pos, inv_freq)  # [max_len, dim/2]
-    emb = torch.cat((freqs, freqs), dim=-1)  # [max_len, dim]
-    return emb.cos() * mscale, emb.sin() * mscale
+    sin = freqs.sin() * mscale
+    return torch.cat((freqs, freqs), dim=-1).cos() * mscale, torch.cat((-sin, sin), dim=-1)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -139,6 +170,15 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def swap_halves(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2) → (x2, x1) over the two halves of the last dim (rotate_half without its minus sign)."""
+    return x.unflatten(-1, (2, -1)).flip(-2).flatten(-2)
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [B, H, T, d] by cos/sin broadcastable to it (e.g. [B, 1, T, d] or [T, d])."""
-    return (x * cos) + (rotate_half(x) * sin)
+    """Rotate x [B, H, T, d] by cos/sin from `rope_cache`, broadcastable to it (e.g. [B, 1, T, d] or [T, d]).
+
+    This is Llama's x·cos + rotate_half(x)·sin: rope_cache's sin carries rotate_half's sign, so the rotation
+    is one swap of halves and one fused multiply-add (three passes over x instead of six).
+    """
+    return torch.addcmul(x * cos, swap_halves(x), sin)
