@@ -102,8 +102,9 @@ class KVCache:
     def _all_valid(self, T: int) -> torch.Tensor:
         return torch.ones(self.batch_size, T, dtype=torch.bool, device=self.device)
 
-    def plan(self, T: int, new_valid: Optional[torch.Tensor]) -> tuple[AttnPlan, torch.Tensor]:
-        """Attention plan for T new tokens, and their RoPE positions ([T] or per row [B, T])."""
+    def plan(self, T: int, new_valid: Optional[torch.Tensor]) -> tuple[AttnPlan, torch.Tensor | int]:
+        """Attention plan for T new tokens, and their RoPE positions: per row [B, T] after left padding,
+        else the int `start` (every row at positions start … start+T-1: the model slices its RoPE tables)."""
         start = self.pos
         if start + T > self.max_len:
             raise ValueError(
@@ -111,15 +112,21 @@ class KVCache:
                 "allocate a larger cache with model.new_cache(batch_size, max_len)"
             )
         self._start = start
+        self._new_valid = new_valid
         pad_now = new_valid is not None and not bool(new_valid.all())
         self.has_pad = self.has_pad or pad_now
+        banded = self.window and start + T > self.window
+        if not (self.ring or self.has_pad or banded or (T > 1 and start > 0)):
+            # The common cases, kept free of tensor ops (one-token decode runs this every step): a prefill
+            # into an empty cache is plain causal; one new token sees every cached key.
+            return AttnPlan(None, is_causal=start == 0 and T > 1), start
         q_pos = torch.arange(start, start + T, device=self.device)
         if self.has_pad:
             new_valid = new_valid if new_valid is not None else self._all_valid(T)
             pads = self.n_pad[:, None] + (~new_valid).long().cumsum(1)  # [B, T] padding at or before each token
             rope_pos = (q_pos[None, :] - pads).clamp(min=0)
         else:
-            rope_pos = q_pos
+            rope_pos = start
         # Keys this forward attends over: the whole prefix of the linear buffer, or ring + new tokens.
         if self.ring:
             k_pos = torch.cat((self.slot_pos, q_pos))
@@ -127,17 +134,11 @@ class KVCache:
         else:
             k_pos = torch.arange(start + T, device=self.device)
             old_valid = self.valid[:, :start]
-        banded = self.window and start + T > self.window
-        if self.ring or self.has_pad or banded or (T > 1 and start > 0):
-            k_valid = None
-            if self.has_pad or self.ring:
-                nv = new_valid if new_valid is not None else self._all_valid(T)
-                k_valid = torch.cat((old_valid, nv), dim=1)
-            plan = AttnPlan(build_mask(q_pos, k_pos, k_valid, self.window), is_causal=False)
-        else:
-            plan = AttnPlan(None, is_causal=start == 0 and T > 1)
-        self._new_valid = new_valid
-        return plan, rope_pos
+        k_valid = None
+        if self.has_pad or self.ring:
+            nv = new_valid if new_valid is not None else self._all_valid(T)
+            k_valid = torch.cat((old_valid, nv), dim=1)
+        return AttnPlan(build_mask(q_pos, k_pos, k_valid, self.window), is_causal=False), rope_pos
 
     def update(self, layer: int, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store layer's new (k, v) or (c_kv, k_rope) for this forward; return all keys/values to attend to."""
@@ -157,6 +158,11 @@ class KVCache:
     def advance(self, T: int) -> None:
         """Commit T new tokens (after every layer has called `update`): move pos, record padding."""
         start, new_valid = self._start, self._new_valid
+        if not self.ring and new_valid is None:  # no padding: a single fill (decode runs this every step)
+            self.valid[:, start : start + T] = True
+            self.slot_pos[start : start + T] = torch.arange(start, start + T, device=self.device)
+            self._pos = start + T
+            return
         nv = new_valid if new_valid is not None else self._all_valid(T)
         if self.ring:
             n = min(T, self.capacity)

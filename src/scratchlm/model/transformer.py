@@ -141,8 +141,11 @@ class Transformer(nn.Module):
 
     # -- forward ----------------------------------------------------------------------------------------
 
-    def _rope(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin for positions [T] → [T, d], or per row [B, T] → [B, 1, T, d] (broadcast over heads)."""
+    def _rope(self, pos: torch.Tensor | int, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin for positions pos … pos+T-1 (int) → [T, d] views of the tables, for positions [T] → [T, d],
+        or per row [B, T] → [B, 1, T, d] (broadcast over heads)."""
+        if isinstance(pos, int):
+            return self.rope_cos.narrow(0, pos, T), self.rope_sin.narrow(0, pos, T)
         cos, sin = self.rope_cos[pos], self.rope_sin[pos]
         if pos.dim() == 2:
             cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
@@ -151,15 +154,16 @@ class Transformer(nn.Module):
     def _plan(self, T: int, attention_mask: Optional[torch.Tensor], device: torch.device):
         """Attention plan and RoPE positions for a forward without a cache."""
         window = self.config.sliding_window
-        pos = torch.arange(T, device=device)
         if attention_mask is not None and not bool(attention_mask.all()):
+            pos = torch.arange(T, device=device)
             valid = attention_mask.bool()
             # Left padding: a row's first real token gets RoPE position 0.
             rope_pos = (valid.long().cumsum(1) - 1).clamp(min=0)  # [B, T]
             return AttnPlan(build_mask(pos, pos, valid, window), is_causal=False), rope_pos
         if window and T > window:
-            return AttnPlan(build_mask(pos, pos, None, window), is_causal=False), pos
-        return AttnPlan(None, is_causal=True), pos
+            pos = torch.arange(T, device=device)
+            return AttnPlan(build_mask(pos, pos, None, window), is_causal=False), 0
+        return AttnPlan(None, is_causal=True), 0
 
     def forward(
         self,
@@ -193,7 +197,7 @@ class Transformer(nn.Module):
             plan, rope_pos = cache.plan(T, attention_mask.bool() if attention_mask is not None else None)
         else:
             plan, rope_pos = self._plan(T, attention_mask, input_ids.device)
-        rope = self._rope(rope_pos)
+        rope = self._rope(rope_pos, T)
 
         x = self.drop(self.embed(input_ids))  # [B, T, D]
         aux_losses = []
@@ -218,7 +222,7 @@ class Transformer(nn.Module):
                 # Depth k at position i sees token i+k and predicts token i+k+1 = targets[:, i+k].
                 n = T - k
                 plan_k, pos_k = self._plan(n, None, input_ids.device)
-                h, aux = module(h[:, :n], self.embed(input_ids[:, k:]), self._rope(pos_k), plan_k)
+                h, aux = module(h[:, :n], self.embed(input_ids[:, k:]), self._rope(pos_k, n), plan_k)
                 if aux is not None:
                     aux_losses.append(aux)
                 mtp_logits = self.lm_head(self.norm(h))
