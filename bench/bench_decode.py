@@ -16,6 +16,8 @@ are comparable on a loaded machine; absolute tokens/s are not.
 
 from __future__ import annotations
 
+import scratchlm  # noqa: F401  (first: sets OpenMP's wait policy before torch loads it, see scratchlm/__init__.py)
+
 import argparse
 import statistics
 import time

@@ -9,6 +9,8 @@ is comparable even on a busy machine; absolute numbers are not.
 
 from __future__ import annotations
 
+import scratchlm  # noqa: F401  (first: sets OpenMP's wait policy before torch loads it, see scratchlm/__init__.py)
+
 import argparse
 import statistics
 import time

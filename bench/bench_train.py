@@ -13,6 +13,8 @@ thread count. The machine may be shared: numbers are as measured, ratios are wha
 
 from __future__ import annotations
 
+import scratchlm  # noqa: F401  (first: sets OpenMP's wait policy before torch loads it, see scratchlm/__init__.py)
+
 import argparse
 import json
 import statistics

@@ -1,4 +1,8 @@
-"""The one place that picks devices and dtypes: fp32 on CPU, bf16 autocast on CUDA."""
+"""The one place that picks devices and dtypes: fp32 on CPU, bf16 autocast on CUDA.
+
+CPU threads: torch's default count (one per core); scratchlm/__init__.py makes OpenMP threads wait passively
+(OMP_WAIT_POLICY=PASSIVE) because spinning threads collapse throughput on shared cores.
+"""
 
 from __future__ import annotations
 
