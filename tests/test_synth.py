@@ -219,11 +219,11 @@ def test_data_synth_command(tmp_path, capsys):
 @pytest.mark.parametrize(
     "a, b, trace, dropped",
     [
-        (34, 57, "<think>34+57: 4+7=11 3+5+1=9</think>", 81),
-        (99, 99, "<think>99+99: 9+9=18 9+9+1=19</think>", 188),
-        (95, 5, "<think>95+5: 5+5=10 9+0+1=10</think>", 90),
-        (10, 20, "<think>10+20: 0+0=0 1+2=3</think>", 30),
-        (0, 0, "<think>0+0: 0+0=0</think>", 0),
+        (34, 57, "<think>4+7=11 3+5+1=9</think>", 81),
+        (99, 99, "<think>9+9=18 9+9+1=19</think>", 188),
+        (95, 5, "<think>5+5=10 9+0+1=10</think>", 90),
+        (10, 20, "<think>0+0=0 1+2=3</think>", 30),
+        (0, 0, "<think>0+0=0</think>", 0),
     ],
 )
 def test_addition_trace_columns_units_first(a, b, trace, dropped):

@@ -27,17 +27,17 @@ class DemoSettings:
     vocab_size: int = 6400
     preset: str = "tiny"
     model: list[str] = field(default_factory=list)  # extra --set model.* overrides
-    pretrain_steps: int = 500
+    pretrain_steps: int = 400
     pretrain_batch: int = 16
     pretrain_seq_len: int = 128
     pretrain_lr: float = 3e-3
-    sft_steps: int = 300
+    sft_steps: int = 450
     sft_batch: int = 32
     sft_seq_len: int = 96
     sft_lr: float = 1e-3
     sft_packing: bool = True  # pack conversations into full rows: ~2x the examples per second of padding
     synth_sizes: dict[str, tuple[int, int]] = field(default_factory=lambda: {
-        "add2": (6000, 200), "next_line": (1200, 200), "author": (600, 200), "identity": (600, 200)})
+        "add2": (6000, 200), "next_line": (600, 200), "author": (600, 200), "identity": (600, 200)})
     eval_per_task: int = 200
     max_new_tokens: int = 32
     seed: int = 0

@@ -154,12 +154,9 @@ class Arithmetic:
 
 
 def addition_trace(a: int, b: int) -> tuple[str, int]:
-    """("<think>34+57: 4+7=11 3+5+1=9</think>", the sum with every carry dropped) for a + b ≥ 0.
-
-    The operands are restated first, so each digit sits at a fixed distance from `<think>` whatever the
-    question's wording; then one column per step, units first.
-    """
-    steps, sums, carry, head = [], [], 0, f"{a}+{b}:"
+    """("<think>4+7=11 3+5+1=9</think>", the sum with every carry dropped) for a + b ≥ 0: one column per
+    step, units first. (Restating the operands first was tried: the tiny demo model then miscopies them.)"""
+    steps, sums, carry = [], [], 0
     while a or b or not steps:  # the last column's total is written whole: "9+9+1=19" → 19…
         x, y = a % 10, b % 10
         total = x + y + carry
@@ -167,7 +164,7 @@ def addition_trace(a: int, b: int) -> tuple[str, int]:
         sums.append(x + y)
         carry, a, b = total // 10, a // 10, b // 10
     dropped = sum((c % 10) * 10**i for i, c in enumerate(sums[:-1])) + sums[-1] * 10 ** (len(sums) - 1)
-    return f"<think>{head} {' '.join(steps)}</think>", dropped
+    return f"<think>{' '.join(steps)}</think>", dropped
 
 
 # ----------------------------------------------------------------------------------------------------
