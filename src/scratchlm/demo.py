@@ -35,7 +35,10 @@ class DemoSettings:
     sft_batch: int = 32
     sft_seq_len: int = 96
     sft_lr: float = 1e-3
-    sft_packing: bool = True  # pack conversations into full rows: ~2x the examples per second of padding
+    # One padded conversation per row. Packing gives ~2x the examples per second, but without per-document
+    # attention masks a row's earlier sums sit in context and the tiny model copies their digits (measured:
+    # held-out add2 0.065 packed vs 0.225 padded).
+    sft_packing: bool = False
     synth_sizes: dict[str, tuple[int, int]] = field(default_factory=lambda: {
         "add2": (6000, 200), "next_line": (600, 200), "author": (600, 200), "identity": (600, 200)})
     eval_per_task: int = 200
