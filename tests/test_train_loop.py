@@ -165,23 +165,63 @@ def _sft_shards(tok):
     return ArrayShards(ids, mask, starts, kind="sft", vocab_size=tok.vocab_size), convs
 
 
-def test_sft_packed_targets_are_exactly_the_masked_tokens(tok):
-    shards, _ = _sft_shards(tok)
-    T = 24
-    cfg = load_config("debug", ["train.batch_size=3", f"train.seq_len={T}", "train.packing=true"])
+def test_sft_packed_rows_hold_whole_conversations_with_exact_targets(tok):
+    shards, convs = _sft_shards(tok)
+    T = 56  # two short conversations fit in a row; the multi-turn one (60 tokens) is truncated
+    cfg = load_config("debug", ["train.batch_size=2", f"train.seq_len={T}", "train.packing=true"])
     obj = SFT(cfg, shards)
-    obj.windows.shuffle = False  # window k then covers stream tokens [k·T, k·T + T + 1)
-    n_counted = 0
-    for step in range(2):
+    encoded = [tuple(part[:T + 1] for part in tok.encode_chat(c)) for c in convs]  # long ones are truncated
+    assert len(tok.encode_chat(convs[-1])[0]) > T + 1
+    seen = []
+    for _ in range(obj.windows.n // 2):
         (batch,) = obj.next_batches()
-        for r in range(3):
-            k = step * 3 + r
-            stream, mask = shards.ids[k * T: k * T + T + 1].astype(np.int64), shards.mask[k * T: k * T + T + 1]
-            assert batch["input_ids"][r].tolist() == stream[:-1].tolist()
-            want = np.where(mask[1:] == 1, stream[1:], IGNORE)  # counted iff the predicted token is masked in
-            assert batch["targets"][r].tolist() == want.tolist()
-            n_counted += int(mask[1:].sum())
-    assert n_counted > 0
+        for r in range(2):
+            x, y, d = batch["input_ids"][r], batch["targets"][r], batch["doc_ids"][r]
+            docs = [int(v) for v in dict.fromkeys(d.tolist()) if v >= 0]  # conversations in row order
+            assert len(docs) >= 1 and sum(len(encoded[k][0]) for k in docs) <= T + 1
+            pos = 0
+            for k in docs:
+                ids, mask = encoded[k]
+                n = len(ids) - (1 if k == docs[-1] else 0)  # the row's last token is a target, not an input
+                assert x[pos:pos + n].tolist() == ids[:n] and (d[pos:pos + n] == k).all()
+                want = [t if m else IGNORE for t, m in zip(ids[1:], mask[1:])] + [IGNORE]  # never the next doc
+                assert y[pos:pos + n].tolist() == want[:n]
+                pos += n
+            assert (y[pos:] == IGNORE).all() and (d[pos:] == -1).all()  # right padding
+            seen += docs
+    assert sorted(seen) == sorted(set(seen)) and len(seen) > len(convs) // 2  # each conversation at most once
+    assert obj.windows.n < len(convs)  # rows really hold several conversations
+
+
+def test_packed_rows_are_a_pure_function_of_position(tok):
+    shards, convs = _sft_shards(tok)
+    cfg = load_config("debug", ["train.batch_size=3", "train.seq_len=56", "train.packing=true"])
+    a = SFT(cfg, shards)
+    first = [a.next_batches()[0] for _ in range(12)]  # several epochs
+    per_epoch = [a.windows._rows(e) for e in range(3)]
+    for rows in per_epoch:  # every epoch visits every conversation exactly once
+        assert sorted(int(k) for row in rows for k in row) == list(range(len(convs)))
+    b = SFT(cfg, shards)
+    b.load_state_dict({"position": 3 * 7})  # a resumed run jumps straight to step 8
+    for want in first[7:]:
+        got = b.next_batches()[0]
+        assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_pretrain_windows_ignore_targets_across_documents():
+    ids = np.arange(100) % 500
+    shards = ArrayShards(ids, doc_starts=(0, 30, 55))
+    cfg = _cfg("train.batch_size=1", "train.seq_len=40")
+    obj = Pretrain(cfg, shards)
+    obj.windows.shuffle = False
+    (batch,) = obj.next_batches()  # stream tokens 0..40: documents 0 (0-29) and 1 (30-54)
+    assert batch["doc_ids"][0].tolist() == [0] * 30 + [1] * 10
+    y = batch["targets"][0]
+    assert y[29] == IGNORE and y[:29].tolist() == list(range(1, 30)) and y[30:].tolist() == list(range(31, 41))
+    off = Pretrain(_cfg("train.batch_size=1", "train.seq_len=40", "train.doc_mask=false"), shards)
+    off.windows.shuffle = False
+    (plain,) = off.next_batches()
+    assert "doc_ids" not in plain and plain["targets"][0].tolist() == list(range(1, 41))
 
 
 def test_sft_padded_rows_are_one_conversation_each(tok):
@@ -203,6 +243,17 @@ def test_sft_padded_rows_are_one_conversation_each(tok):
     (batch,) = obj.next_batches()
     got = [t for t in batch["targets"][0].tolist() if t != IGNORE]
     assert tok.decode(got) == "hello<|im_end|>see you<|im_end|>"
+
+
+def test_sft_grad_accumulation_weights_micro_batches_by_their_targets(tok, tmp_path):
+    # Packed rows hold different numbers of assistant tokens: the step loss must be the mean over all of
+    # them, so 2 micro-batches of 2 rows give the same losses as 1 batch of 4.
+    shards, _ = _sft_shards(tok)
+    sets = ["train.max_steps=3", f"model.vocab_size={tok.vocab_size}", "train.objective=sft", "train.seq_len=56"]
+    big_cfg, acc_cfg = _cfg(*sets, "train.batch_size=4"), _cfg(*sets, "train.batch_size=2", "train.grad_accum=2")
+    big = train(big_cfg, SFT(big_cfg, shards), tmp_path / "big", build_model(big_cfg), progress=False)
+    acc = train(acc_cfg, SFT(acc_cfg, shards), tmp_path / "acc", build_model(acc_cfg), progress=False)
+    np.testing.assert_allclose(acc.losses, big.losses, rtol=0, atol=1e-5)
 
 
 def test_sft_rejects_pretrain_shards():

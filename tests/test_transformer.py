@@ -108,6 +108,48 @@ def test_batched_left_padded_prompts_equal_rows_alone(variant):
             assert torch.allclose(steps[t][i, 0], alone[len(p) + t], atol=1e-4)
 
 
+PACKED_VARIANTS = {**VARIANTS, "window": ["model.sliding_window=4"], "mtp": ["model.mtp_depth=1"]}
+
+
+@pytest.mark.parametrize("variant", list(PACKED_VARIANTS))
+@torch.no_grad()
+def test_packed_documents_equal_each_document_alone(variant):
+    model = _model(PACKED_VARIANTS[variant])
+    lens = [[5, 8, 3], [11, 5]]  # two rows of packed documents (second row ends in 0-padding as doc -1)
+    T = 16
+    ids = _ids(model, 2, T, seed=3)
+    doc_ids = torch.full((2, T), -1)
+    for r, row in enumerate(lens):
+        starts = [sum(row[:i]) for i in range(len(row))]
+        for d, (s0, n) in enumerate(zip(starts, row)):
+            doc_ids[r, s0:s0 + n] = d
+    packed = model(ids, doc_ids=doc_ids).logits
+    for r, row in enumerate(lens):
+        s0 = 0
+        for n in row:
+            alone = model(ids[r:r + 1, s0:s0 + n]).logits[0]
+            assert torch.allclose(packed[r, s0:s0 + n], alone, atol=1e-4), (variant, r, s0)
+            s0 += n
+    # Without doc_ids the later documents see the earlier ones (what the mask prevents).
+    assert not torch.allclose(model(ids).logits[0, 5:13], model(ids[:1, 5:13]).logits[0], atol=1e-6)
+
+
+@torch.no_grad()
+def test_packed_mtp_loss_ignores_other_documents():
+    model = _model(PACKED_VARIANTS["mtp"])
+    ids = _ids(model, 1, 12, seed=4)
+    doc_ids = torch.tensor([[0] * 6 + [1] * 6])
+    targets = ids.roll(-1, 1)
+    targets[:, 5], targets[:, 11] = -100, -100  # the last token of each document predicts nothing
+    out = model(ids, targets=targets, doc_ids=doc_ids)
+    changed = ids.clone()
+    changed[:, :6] = (changed[:, :6] + 3) % model.config.vocab_size  # rewrite document 0 entirely
+    out2 = model(changed, targets=targets, doc_ids=doc_ids)
+    # Document 1's logits do not move when document 0 changes, packed or not.
+    assert torch.allclose(out.logits[:, 6:], out2.logits[:, 6:], atol=1e-5)
+    assert torch.isfinite(out.mtp_loss)
+
+
 @pytest.mark.parametrize("variant", ["gqa", "mla"])
 @torch.no_grad()
 def test_causality(variant):
@@ -234,6 +276,10 @@ def test_errors_on_bad_input():
         model(torch.zeros(2, 4, dtype=torch.long), attention_mask=torch.ones(2, 3))
     with pytest.raises(ValueError, match="batch, time"):
         model(torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="doc_ids shape"):
+        model(torch.zeros(2, 4, dtype=torch.long), doc_ids=torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="cannot be combined with a KV cache"):
+        model(torch.zeros(1, 2, dtype=torch.long), cache=model.new_cache(1, 4), doc_ids=torch.zeros(1, 2, dtype=torch.long))
 
 
 @pytest.mark.parametrize("variant", ["gqa", "mla"])

@@ -158,7 +158,8 @@ class TrainConfig:
     parallel: Literal["ddp", "fsdp"] = "ddp"  # used under torchrun
     deepspeed: str = ""  # path to a DeepSpeed ZeRO json config (optional extra)
     tensorboard: bool = False
-    packing: bool = True  # SFT: pack conversations into full sequences (else pad)
+    packing: bool = True  # SFT: pack whole conversations into each row (else one padded conversation per row)
+    doc_mask: bool = True  # packed rows: tokens attend only within their own document, RoPE restarts per doc
     # LoRA
     lora_rank: int = 8
     lora_alpha: float = 16.0

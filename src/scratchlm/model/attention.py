@@ -55,6 +55,28 @@ def build_mask(
     return allowed[:, None]  # [B|1, 1, T, S]
 
 
+def document_positions(doc_ids: torch.Tensor) -> torch.Tensor:
+    """Position of each token inside its own document, for doc_ids [B, T] → [B, T] (0 at every doc start)."""
+    B, T = doc_ids.shape
+    idx = torch.arange(T, device=doc_ids.device).expand(B, T)
+    starts = torch.ones_like(doc_ids, dtype=torch.bool)
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    first = torch.where(starts, idx, torch.zeros_like(idx)).cummax(dim=1).values  # index where each doc began
+    return idx - first
+
+
+def build_document_mask(doc_ids: torch.Tensor, window: int) -> torch.Tensor:
+    """Block-diagonal causal mask [B, 1, T, T] for packed rows: a query sees earlier keys of its own document
+    only (doc_ids [B, T], equal ids = same document; runs of one id must be contiguous)."""
+    T = doc_ids.shape[1]
+    pos = torch.arange(T, device=doc_ids.device)
+    diff = pos[:, None] - pos[None, :]  # [T, S]
+    allowed = (diff >= 0)[None] & (doc_ids[:, :, None] == doc_ids[:, None, :])  # [B, T, S]
+    if window:
+        allowed &= (diff < window)[None]
+    return allowed[:, None]
+
+
 def attend(
     q: torch.Tensor,
     k: torch.Tensor,

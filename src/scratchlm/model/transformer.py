@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from scratchlm.config import ModelConfig
-from scratchlm.model.attention import MLA, Attention, AttnPlan, build_mask
+from scratchlm.model.attention import MLA, Attention, AttnPlan, build_document_mask, build_mask, document_positions
 from scratchlm.model.cache import KVCache
 from scratchlm.model.layers import RMSNorm, SwiGLU, make_norm, rope_cache
 
@@ -151,9 +151,14 @@ class Transformer(nn.Module):
             cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         return cos, sin
 
-    def _plan(self, T: int, attention_mask: Optional[torch.Tensor], device: torch.device):
+    def _plan(self, T: int, attention_mask: Optional[torch.Tensor], device: torch.device,
+              doc_ids: Optional[torch.Tensor] = None):
         """Attention plan and RoPE positions for a forward without a cache."""
         window = self.config.sliding_window
+        if doc_ids is not None and bool((doc_ids != doc_ids[:, :1]).any()):
+            # Packed documents: each attends only to itself and its RoPE positions restart at 0, so every
+            # document gets exactly the logits it would get alone in a row.
+            return AttnPlan(build_document_mask(doc_ids, window), is_causal=False), document_positions(doc_ids)
         if attention_mask is not None and not bool(attention_mask.all()):
             pos = torch.arange(T, device=device)
             valid = attention_mask.bool()
@@ -172,8 +177,11 @@ class Transformer(nn.Module):
         loss_mask: Optional[torch.Tensor] = None,
         cache: Optional[KVCache] = None,
         attention_mask: Optional[torch.Tensor] = None,
+        doc_ids: Optional[torch.Tensor] = None,
     ) -> ModelOutput:
-        """input_ids [B, T] → ModelOutput; targets[:, t] is the token after input_ids[:, t] (-100 = ignore)."""
+        """input_ids [B, T] → ModelOutput; targets[:, t] is the token after input_ids[:, t] (-100 = ignore).
+
+        doc_ids [B, T] (training on packed rows): tokens with different ids never attend to each other."""
         cfg = self.config
         if input_ids.dim() != 2:
             raise ValueError(f"Transformer.forward: input_ids must be [batch, time], got shape {tuple(input_ids.shape)}")
@@ -191,12 +199,19 @@ class Transformer(nn.Module):
                     f"(new tokens) or [{B}, {start + T}] (cached + new)"
                 )
             attention_mask = attention_mask[:, -T:]
+        if doc_ids is not None:
+            if doc_ids.shape != input_ids.shape:
+                raise ValueError(f"Transformer.forward: doc_ids shape {tuple(doc_ids.shape)} must equal "
+                                 f"input_ids shape {tuple(input_ids.shape)}")
+            if cache is not None or attention_mask is not None:
+                raise ValueError("Transformer.forward: doc_ids is for training on packed rows; it cannot be "
+                                 "combined with a KV cache or an attention_mask")
         if cache is not None:
             if cache.batch_size != B:
                 raise ValueError(f"Transformer.forward: cache has batch_size={cache.batch_size}, input has {B} rows")
             plan, rope_pos = cache.plan(T, attention_mask.bool() if attention_mask is not None else None)
         else:
-            plan, rope_pos = self._plan(T, attention_mask, input_ids.device)
+            plan, rope_pos = self._plan(T, attention_mask, input_ids.device, doc_ids)
         rope = self._rope(rope_pos, T)
 
         x = self.drop(self.embed(input_ids))  # [B, T, D]
@@ -221,7 +236,7 @@ class Transformer(nn.Module):
                     break
                 # Depth k at position i sees token i+k and predicts token i+k+1 = targets[:, i+k].
                 n = T - k
-                plan_k, pos_k = self._plan(n, None, input_ids.device)
+                plan_k, pos_k = self._plan(n, None, input_ids.device, None if doc_ids is None else doc_ids[:, k:])
                 h, aux = module(h[:, :n], self.embed(input_ids[:, k:]), self._rope(pos_k, n), plan_k)
                 if aux is not None:
                     aux_losses.append(aux)

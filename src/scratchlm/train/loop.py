@@ -225,9 +225,16 @@ def train(
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 batches = objective.next_batches()
+                # Each micro-batch counts by its share of the step's targets over all processes, so the step
+                # loss is the mean over every counted token whatever the split into ranks and micro-batches
+                # (SFT masks and document boundaries make the counts differ). DDP averages gradients over
+                # ranks, hence the world_size factor.
+                weights = [objective.weight(b) for b in batches]
+                (total,) = D.all_reduce_sum([sum(weights)], info)
+                shares = [w / total if total > 0 else 1.0 / (len(batches) * info.world_size) for w in weights]
                 loss_sum, n_tok, parts = 0.0, 0, {}
                 bad = False
-                for i, batch in enumerate(batches):
+                for i, (batch, share) in enumerate(zip(batches, shares)):
                     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                     with D.no_grad_sync(model, i == len(batches) - 1):
                         with autocast(device, dtype):
@@ -236,14 +243,13 @@ def train(
                             loss = loss * float("nan")
                         value = float(loss.detach())
                         bad = bad or not math.isfinite(value)
-                        (loss / len(batches)).backward()  # still run it when bad: DDP peers wait for it
-                    loss_sum += value / len(batches)
+                        (loss * (share * info.world_size)).backward()  # still run it when bad: DDP peers wait
+                    loss_sum += value * share
                     n_tok += objective.tokens(batch)
                     for k, v in m.items():
-                        parts[k] = parts.get(k, 0.0) + v / len(batches)
-                loss_sum, n_bad, n_stop, n_tok_all = D.all_reduce_sum(
+                        parts[k] = parts.get(k, 0.0) + v * share * info.world_size
+                loss_mean, n_bad, n_stop, n_tok_all = D.all_reduce_sum(
                     [loss_sum, float(bad), float(stop.set), float(n_tok)], info)
-                loss_mean = loss_sum / info.world_size
                 if n_bad:
                     last = latest_checkpoint(ckpt_root)
                     raise TrainingDiverged(

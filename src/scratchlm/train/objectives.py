@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -56,9 +56,13 @@ class Objective:
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batch: Batch) -> tuple[float, int]:
         """(summed next-token NLL, number of predicted tokens) on one validation batch."""
-        out = model(batch["input_ids"], targets=batch["targets"])
+        out = _forward(model, batch)
         count = int((batch["targets"] != IGNORE).sum())
         return float(out.ce_loss.detach()) * count, count
+
+    def weight(self, batch: Batch) -> float:
+        """How much this micro-batch counts in the step's mean loss: its number of counted targets."""
+        return float((batch["targets"] != IGNORE).sum())
 
     def tokens(self, batch: Batch) -> int:
         """Tokens the model processes for this batch (for tokens/s)."""
@@ -91,6 +95,16 @@ def _val_path(cfg: Config) -> str:
     return str(cand) if (cand / "meta.json").exists() else ""
 
 
+def _forward(model: nn.Module, batch: Batch) -> Any:
+    """The model on a batch: packed batches carry doc_ids, which keep documents from seeing each other."""
+    return model(batch["input_ids"], targets=batch["targets"], doc_ids=batch.get("doc_ids"))
+
+
+def _epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    """The order items are visited in during one epoch: a permutation seeded by (seed, epoch)."""
+    return np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+
+
 class PackedWindows:
     """Fixed-length windows of seq_len+1 tokens cut from the concatenated token stream, visited in a
     fresh seeded permutation every epoch: window `pos` of the global order is a pure function of
@@ -110,23 +124,40 @@ class PackedWindows:
         if not self.shuffle:
             return i
         if epoch != self._epoch:
-            self._epoch, self._perm = epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            self._epoch, self._perm = epoch, _epoch_order(self.n, self.seed, epoch, True)
         return int(self._perm[i])
 
-    def get(self, pos: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """(tokens [T+1], loss mask [T+1] or None) of the window at global position `pos`."""
+    def get(self, pos: int) -> Row:
+        """The window at global position `pos`: T+1 tokens, their document ids from the shards' index."""
         start = self.window(pos) * self.seq_len
         ids = np.asarray(self.shards.read(start, self.seq_len + 1), dtype=np.int64)
         mask = self.shards.read_mask(start, self.seq_len + 1)
-        return ids, (None if mask is None else np.asarray(mask))
+        starts = getattr(self.shards, "doc_starts", None)
+        docs = None
+        if starts is not None and len(starts):
+            docs = np.searchsorted(starts, np.arange(start, start + len(ids)), side="right") - 1
+        return Row(ids, None if mask is None else np.asarray(mask), docs)
 
 
-def _xy(ids: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Inputs and shifted targets; tokens whose mask is 0 become IGNORE targets."""
-    x, y = ids[:-1], ids[1:].copy()
-    if mask is not None:
-        y[mask[1:] == 0] = IGNORE  # the mask marks tokens to *predict*, so it shifts with the targets
-    return x, y
+class Row(NamedTuple):
+    """T+1 tokens of one training row, with the SFT loss mask and per-token document ids (None = absent)."""
+
+    ids: np.ndarray
+    mask: np.ndarray | None
+    docs: np.ndarray | None
+
+
+def _xy(row: Row, use_mask: bool, use_docs: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Inputs, shifted targets and the inputs' document ids (None unless use_docs). Targets become IGNORE
+    where the mask is 0, and, with use_docs, where the next token starts another document."""
+    x, y = row.ids[:-1], row.ids[1:].copy()
+    if use_mask and row.mask is not None:
+        y[row.mask[1:] == 0] = IGNORE  # the mask marks tokens to *predict*, so it shifts with the targets
+    docs = None
+    if use_docs and row.docs is not None:
+        docs = row.docs[:-1]
+        y[row.docs[1:] != docs] = IGNORE  # another document's first token is not predictable from this one
+    return x, y, docs
 
 
 class Pretrain(Objective):
@@ -149,6 +180,10 @@ class Pretrain(Objective):
     def _make_windows(self, shards: Any, shuffle: bool, where: str) -> Any:
         return PackedWindows(shards, self.cfg.train.seq_len, self.cfg.train.seed, shuffle, where)
 
+    def _use_docs(self) -> bool:
+        """Whether rows carry document ids (so documents packed into one row never see each other)."""
+        return self.cfg.train.doc_mask
+
     def _check_vocab(self, shards: Any, where: str) -> None:
         vocab = int(getattr(shards, "meta", {}).get("vocab_size", 0) or 0)
         if vocab > self.cfg.model.vocab_size:
@@ -156,13 +191,20 @@ class Pretrain(Objective):
                               f"model.vocab_size={self.cfg.model.vocab_size}; set --set model.vocab_size={vocab}")
 
     def _build(self, source: Any, positions: range) -> Batch:
-        xs, ys = [], []
-        for pos in positions:
-            ids, mask = source.get(pos)
-            x, y = _xy(ids, mask if self.use_mask else None)
-            xs.append(x)
-            ys.append(y)
-        return {"input_ids": torch.from_numpy(np.stack(xs)), "targets": torch.from_numpy(np.stack(ys))}
+        """Rows at these global positions, right-padded to the longest (padding is never a target)."""
+        rows = [_xy(source.get(pos), self.use_mask, self._use_docs()) for pos in positions]
+        T = max(len(x) for x, _, _ in rows)
+        x = np.zeros((len(rows), T), dtype=np.int64)  # pad id is irrelevant: padded targets are ignored
+        y = np.full((len(rows), T), IGNORE, dtype=np.int64)
+        docs = np.full((len(rows), T), -1, dtype=np.int64)  # padding is a document of its own
+        for r, (xr, yr, dr) in enumerate(rows):
+            x[r, : len(xr)], y[r, : len(yr)] = xr, yr
+            if dr is not None:
+                docs[r, : len(dr)] = dr
+        batch = {"input_ids": torch.from_numpy(x), "targets": torch.from_numpy(y)}
+        if rows[0][2] is not None:
+            batch["doc_ids"] = torch.from_numpy(docs)
+        return batch
 
     def next_batches(self) -> list[Batch]:
         """grad_accum micro-batches; micro m of rank r takes global slots (m·world + r)·B ... + B."""
@@ -177,7 +219,7 @@ class Pretrain(Objective):
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """The model's loss (CE + weighted MTP + MoE aux) with the parts as metrics."""
-        out = model(batch["input_ids"], targets=batch["targets"])
+        out = _forward(model, batch)
         return out.loss, _parts(out)
 
     def val_batches(self) -> Iterator[Batch]:
@@ -198,37 +240,70 @@ class Pretrain(Objective):
         self.position = int(state["position"])
 
 
-class PaddedDocs:
-    """One conversation per row (truncated to seq_len+1 tokens), documents visited in a seeded
-    permutation per epoch; rows are right-padded to the longest in the batch."""
+class PackedDocs:
+    """Whole conversations (each truncated to seq_len+1 tokens) in a seeded permutation per epoch, laid
+    into rows: one conversation per row (pack=False), or as many whole conversations as fit in seq_len+1
+    tokens, in visiting order (pack=True; no conversation is ever split across rows). Row `pos` of the
+    global order is a pure function of (seed, pos), which keeps resume exact."""
 
-    def __init__(self, shards: Any, seq_len: int, seed: int, shuffle: bool = True, where: str = "data") -> None:
-        self.shards, self.seq_len, self.seed, self.shuffle = shards, seq_len, seed, shuffle
+    def __init__(self, shards: Any, seq_len: int, seed: int, shuffle: bool = True, where: str = "data",
+                 pack: bool = True) -> None:
+        self.shards, self.seq_len, self.seed, self.shuffle, self.pack = shards, seq_len, seed, shuffle, pack
         starts = np.asarray(shards.doc_starts, dtype=np.int64)
         if len(starts) == 0:
             raise ConfigError(f"{where}: the dataset has no documents")
         self.starts = starts
-        self.ends = np.append(starts[1:], int(shards.n_tokens))
-        self.n = len(starts)
-        self._epoch, self._perm = -1, np.arange(0)
+        self.lens = np.minimum(np.append(starts[1:], int(shards.n_tokens)) - starts, seq_len + 1)
+        self._epoch_rows: dict[tuple[int, bool], list[np.ndarray]] = {}  # (epoch, shuffle) → rows of doc indices
 
-    def get(self, pos: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """(tokens, mask) of the conversation at global position `pos`, at most seq_len+1 long."""
-        epoch, i = divmod(pos, self.n)
-        if self.shuffle:
-            if epoch != self._epoch:
-                self._epoch, self._perm = epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n)
-            i = int(self._perm[i])
-        start = int(self.starts[i])
-        length = min(int(self.ends[i]) - start, self.seq_len + 1)
-        ids = np.asarray(self.shards.read(start, length), dtype=np.int64)
-        mask = self.shards.read_mask(start, length)
-        return ids, (None if mask is None else np.asarray(mask))
+    @property
+    def n(self) -> int:
+        """Rows in the first epoch (packed epochs differ slightly in length)."""
+        return len(self._rows(0))
+
+    def _rows(self, epoch: int) -> list[np.ndarray]:
+        key = (epoch, self.shuffle)
+        if key not in self._epoch_rows:
+            order = _epoch_order(len(self.starts), self.seed, epoch, self.shuffle)
+            if not self.pack:
+                rows = [order[i:i + 1] for i in range(len(order))]
+            else:
+                # Greedy in visiting order: start a new row when the next conversation does not fit.
+                ends = np.cumsum(self.lens[order])
+                rows, first, base = [], 0, 0
+                for i, end in enumerate(ends):
+                    if end - base > self.seq_len + 1:
+                        rows.append(order[first:i])
+                        first, base = i, int(ends[i - 1])
+                rows.append(order[first:])
+            self._epoch_rows = {k: r for k, r in self._epoch_rows.items() if k[0] in (0, epoch - 1)}  # bounded
+            self._epoch_rows[key] = rows
+        return self._epoch_rows[key]
+
+    def _locate(self, pos: int) -> np.ndarray:
+        epoch = 0
+        while pos >= len(self._rows(epoch)):
+            pos -= len(self._rows(epoch))
+            epoch += 1
+        return self._rows(epoch)[pos]
+
+    def get(self, pos: int) -> Row:
+        """The row at global position `pos`: its conversations back to back, each with its own doc id."""
+        parts, masks, docs = [], [], []
+        for d in self._locate(pos):
+            start, length = int(self.starts[d]), int(self.lens[d])
+            parts.append(np.asarray(self.shards.read(start, length), dtype=np.int64))
+            m = self.shards.read_mask(start, length)
+            masks.append(None if m is None else np.asarray(m))
+            docs.append(np.full(length, d, dtype=np.int64))
+        mask = None if any(m is None for m in masks) else np.concatenate(masks)
+        return Row(np.concatenate(parts), mask, np.concatenate(docs))
 
 
 class SFT(Pretrain):
     """Supervised fine-tuning on ChatML conversations: loss on assistant tokens only (the shards'
-    mask), packed into full windows (train.packing=true) or one padded conversation per row."""
+    mask); whole conversations packed into rows (train.packing=true, with train.doc_mask keeping them
+    from attending to each other) or one padded conversation per row."""
 
     name = "sft"
     use_mask = True
@@ -241,24 +316,16 @@ class SFT(Pretrain):
                               f"`scratchlm prepare --kind sft`")
 
     def _make_windows(self, shards: Any, shuffle: bool, where: str) -> Any:
-        if self.cfg.train.packing:
-            return PackedWindows(shards, self.cfg.train.seq_len, self.cfg.train.seed, shuffle, where)
-        return PaddedDocs(shards, self.cfg.train.seq_len, self.cfg.train.seed, shuffle, where)
+        tc = self.cfg.train
+        return PackedDocs(shards, tc.seq_len, tc.seed, shuffle, where, pack=tc.packing)
 
-    def _build(self, source: Any, positions: range) -> Batch:
-        if self.cfg.train.packing:
-            return super()._build(source, positions)
-        rows = [_xy(*source.get(pos)) for pos in positions]
-        T = max(len(x) for x, _ in rows)
-        x = np.zeros((len(rows), T), dtype=np.int64)  # pad id is irrelevant: padded targets are ignored
-        y = np.full((len(rows), T), IGNORE, dtype=np.int64)
-        for r, (xr, yr) in enumerate(rows):
-            x[r, : len(xr)], y[r, : len(yr)] = xr, yr
-        return {"input_ids": torch.from_numpy(x), "targets": torch.from_numpy(y)}
+    def _use_docs(self) -> bool:
+        # One conversation per row needs no document mask: causal attention never reaches right padding.
+        return self.cfg.train.doc_mask and self.cfg.train.packing
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """Masked next-token loss; a micro-batch without any assistant token contributes zero."""
-        out = model(batch["input_ids"], targets=batch["targets"])
+        out = _forward(model, batch)
         n = int((batch["targets"] != IGNORE).sum())
         if n == 0:  # 0/0 in the mean would be NaN; keep the graph so DDP still syncs
             return out.logits.sum() * 0.0, {"assistant_tokens": 0.0}
