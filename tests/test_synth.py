@@ -98,6 +98,16 @@ def test_identity_held_out_uses_new_phrasings():
         train, val = set(ident.questions(lang, False)), set(ident.questions(lang, True))
         assert train and val and not (train & val)
     assert "who are you" in ident.questions("en", False) and "你是谁？" in ident.questions("zh", False)
+    # No held-out core question is asked in training in any casing or punctuation.
+    from scratchlm.data.synth import _IDENTITY_QUESTIONS
+
+    def norm(q):
+        return "".join(ch for ch in q.lower() if ch.isalnum())
+
+    for lang in ("en", "zh"):
+        train_cores = {norm(q) for q in _IDENTITY_QUESTIONS[(lang, False)]}
+        assert not train_cores & {norm(q) for q in _IDENTITY_QUESTIONS[(lang, True)]}
+        assert len(train_cores) >= 20  # many phrasings: what lets a small model generalise to new ones
 
 
 def test_formats_follow_design(built):

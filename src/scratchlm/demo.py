@@ -32,13 +32,14 @@ class DemoSettings:
     pretrain_seq_len: int = 128
     pretrain_lr: float = 3e-3
     sft_steps: int = 450
-    sft_batch: int = 32
-    sft_seq_len: int = 96
+    sft_batch: int = 24
+    sft_seq_len: int = 128
     sft_lr: float = 1e-3
-    # One padded conversation per row. Packing gives ~2x the examples per second, but without per-document
-    # attention masks a row's earlier sums sit in context and the tiny model copies their digits (measured:
-    # held-out add2 0.065 packed vs 0.225 padded).
-    sft_packing: bool = False
+    # Whole conversations packed into each row, kept apart by the document mask: ~2x the conversations per
+    # second of one padded conversation per row (measured: held-out add2 0.585 padded → 0.91 packed, same
+    # steps). Packing *without* the mask was worse than padding (0.065): the tiny model copied digits from
+    # the earlier sums in its row.
+    sft_packing: bool = True
     synth_sizes: dict[str, tuple[int, int]] = field(default_factory=lambda: {
         "add2": (6000, 200), "next_line": (600, 200), "author": (600, 200), "identity": (600, 200)})
     eval_per_task: int = 200

@@ -277,13 +277,21 @@ class Author:
 # Identity
 
 # Held-out phrasings are never used in training, so held-out accuracy measures generalisation.
+# Many training phrasings: a small model only answers a new way of asking if it has seen many. The held-out
+# phrasings (True) are asked in no form during training; a test checks that no core question is shared.
 _IDENTITY_QUESTIONS = {
     ("en", False): ["Who are you?", "What is your name?", "What's your name?", "Introduce yourself.",
-                    "What should I call you?", "Are you a human?", "What are you?", "Who made you?"],
+                    "What should I call you?", "Are you a human?", "What are you?", "Who made you?",
+                    "Tell me who you are.", "Describe yourself.", "Who am I chatting with?", "What model are you?",
+                    "Do you have a name?", "Say your name.", "Are you an AI?", "Who built you?",
+                    "Please tell me about you.", "What assistant is this?", "Who is this?", "Your name, please.",
+                    "Can you introduce yourself?", "Give me a short introduction of yourself."],
     ("en", True): ["Tell me about yourself.", "Who am I talking to?", "Can you tell me your name?",
                    "What kind of assistant are you?", "Please introduce yourself briefly.", "Identify yourself."],
     ("zh", False): ["你是谁？", "你叫什么名字？", "介绍一下你自己。", "你是什么？", "我该怎么称呼你？",
-                    "你是人类吗？", "你是哪个模型？"],
+                    "你是人类吗？", "你是哪个模型？", "你是谁呀？", "请介绍一下你自己。", "说说你自己吧。",
+                    "你有名字吗？", "告诉我你的名字。", "我在跟谁聊天？", "你是什么模型？", "你是机器人吗？",
+                    "谁创造了你？", "简单介绍一下你自己。", "你能介绍一下自己吗？", "自我介绍一下吧。", "你是做什么的？"],
     ("zh", True): ["请问你是哪位？", "能说说你是谁吗？", "跟我介绍一下你自己吧。", "你的名字是什么？",
                    "我在和谁说话？", "做个自我介绍。"],
 }
