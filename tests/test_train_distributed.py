@@ -49,15 +49,23 @@ def _torchrun(data, out, *sets, stop_at=None):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
+def _how(parallel):
+    """The --set that picks DDP, FSDP2 or DeepSpeed ZeRO-2 (skipped when DeepSpeed is not installed)."""
+    if parallel == "zero2":
+        pytest.importorskip("deepspeed")
+        return "train.deepspeed=configs/deepspeed_zero2.json"
+    return f"train.parallel={parallel}"
+
+
 def _losses(run):
     return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
 
 
 @pytest.mark.ci
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp", "zero2"])
 def test_two_processes_match_one_with_same_global_batch(data, tmp_path, parallel):
     one = run_train("pretrain", tmp_path / "one", "debug", _sets(8), str(data), progress=False)
-    _torchrun(data, tmp_path / "two", *_sets(4, f"train.parallel={parallel}"))
+    _torchrun(data, tmp_path / "two", *_sets(4, _how(parallel)))
     np.testing.assert_allclose(_losses(tmp_path / "two"), one.losses, rtol=0, atol=1e-5)
     # the checkpoint written by 2 processes is a plain full state dict: it loads on this one
     ckpt = load_checkpoint(latest_checkpoint(tmp_path / "two" / "checkpoints"))
@@ -68,10 +76,10 @@ def test_two_processes_match_one_with_same_global_batch(data, tmp_path, parallel
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=1e-5, err_msg=k)
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp", "zero2"])
 def test_resume_on_one_process_from_two(data, tmp_path, parallel):
     full = run_train("pretrain", tmp_path / "full", "debug", _sets(8), str(data), progress=False)
-    _torchrun(data, tmp_path / "run", *_sets(4, f"train.parallel={parallel}"), stop_at=2)
+    _torchrun(data, tmp_path / "run", *_sets(4, _how(parallel)), stop_at=2)
     rest = run_train("pretrain", tmp_path / "run", "debug", _sets(8), str(data), resume=True, progress=False)
     assert rest.step == 4
     np.testing.assert_allclose(_losses(tmp_path / "run"), full.losses, rtol=0, atol=1e-5)

@@ -271,15 +271,3 @@ def test_sft_trains_from_a_pretrained_run(tok, tmp_path):
     res = train(cfg, SFT(cfg, shards), tmp_path / "sft", build_model(cfg), init_from=tmp_path / "pre",
                 progress=False)
     assert res.status == "done" and all(np.isfinite(res.losses))
-
-
-def test_deepspeed_without_the_package_is_a_clear_error(tmp_path):
-    pytest.importorskip("torch")
-    try:
-        import deepspeed  # noqa: F401
-        pytest.skip("deepspeed is installed here")
-    except ImportError:
-        pass
-    cfg = _cfg("train.max_steps=1", "train.deepspeed=configs/deepspeed_zero2.json")
-    with pytest.raises(ConfigError, match=r"needs DeepSpeed.*scratchlm\[deepspeed\]"):
-        _run(cfg, tmp_path / "run")

@@ -26,6 +26,7 @@ from scratchlm.config import Config, ConfigError
 from scratchlm.device import autocast, pick_device, pick_dtype
 from scratchlm.run import load_weights, save_run, tied_aliases
 from scratchlm.train import distributed as D
+from scratchlm.train import zero
 from scratchlm.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, restore_rng, save_checkpoint
 from scratchlm.train.objectives import Objective, nan_step
 from scratchlm.train.schedule import lr_at
@@ -160,8 +161,12 @@ def train(
     info = D.setup_distributed(pick_device(tc.device))
     device = info.device
     dtype = pick_dtype(device, tc.dtype)
+    ds_config = None
     if tc.deepspeed:
-        _check_deepspeed(tc.deepspeed)
+        ds_config = zero.resolve_config(zero.require_deepspeed(tc.deepspeed), cfg, info.world_size)
+        if tc.compile:
+            raise ConfigError("train.compile=true with train.deepspeed: DeepSpeed wraps the model itself; "
+                              "drop one of them")
     seed_everything(tc.seed)
     ckpt_root = out_dir / "checkpoints"
 
@@ -183,15 +188,23 @@ def train(
     model.to(device)
     raw = model  # the plain module: state dicts come from here (FSDP2 shards it in place)
     aliases = tied_aliases(raw)
-    model = D.wrap_model(raw, info, tc.parallel)
-    if tc.compile:
-        model = torch.compile(model)
-    optimizer = build_optimizer(raw, cfg, device)
+    engine = None  # the DeepSpeed engine, which then owns backward, clipping and the optimizer step
+    if ds_config is not None:
+        model = engine = zero.initialize(raw, build_optimizer(raw, cfg, device), ds_config, info)
+        optimizer = engine.optimizer
+    else:
+        model = D.wrap_model(raw, info, tc.parallel)
+        if tc.compile:
+            model = torch.compile(model)
+        optimizer = build_optimizer(raw, cfg, device)
     objective.setup(info)
 
     start_step, tokens_seen = 0, 0
     if ckpt is not None:
-        D.load_optimizer_state(raw, optimizer, ckpt.optimizer)
+        if engine is not None:
+            zero.scatter_optimizer_state(raw, engine, ckpt.optimizer)
+        else:
+            D.load_optimizer_state(raw, optimizer, ckpt.optimizer)
         objective.load_state_dict(ckpt.trainer.get("objective", {}))
         start_step, tokens_seen = ckpt.step, int(ckpt.trainer.get("tokens", 0))
         restore_rng(ckpt.trainer["rng"], ckpt.rng_tensors)
@@ -204,7 +217,10 @@ def train(
 
     def save(step: int) -> None:
         model_state = D.full_model_state(raw)  # collective under FSDP: every rank calls it
-        optim_state = D.full_optimizer_state(raw, optimizer)
+        if engine is not None:
+            optim_state = zero.gather_optimizer_state(raw, engine)  # collective: gathers the ZeRO shards
+        else:
+            optim_state = D.full_optimizer_state(raw, optimizer)
         if info.is_main:
             state = {"objective": objective.state_dict(), "tokens": result.tokens, "world_size": info.world_size,
                      "schedule": {"step": step, "kind": tc.schedule}}
@@ -236,14 +252,20 @@ def train(
                 bad = False
                 for i, (batch, share) in enumerate(zip(batches, shares)):
                     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                    with D.no_grad_sync(model, i == len(batches) - 1):
+                    sync = engine is not None or i == len(batches) - 1  # DeepSpeed syncs at its own boundary
+                    with D.no_grad_sync(model, sync):
                         with autocast(device, dtype):
                             loss, m = objective.loss(model, batch)
                         if poison is not None and step + 1 == poison:
                             loss = loss * float("nan")
                         value = float(loss.detach())
                         bad = bad or not math.isfinite(value)
-                        (loss * (share * info.world_size)).backward()  # still run it when bad: DDP peers wait
+                        scaled = loss * (share * info.world_size)  # still run backward when bad: peers wait
+                        if engine is not None:
+                            engine.backward(scaled * len(batches))  # it divides by the accumulation steps itself
+                            engine.step()  # steps the optimizer (after clipping) only at the last micro-batch
+                        else:
+                            scaled.backward()
                     loss_sum += value * share
                     n_tok += objective.tokens(batch)
                     for k, v in m.items():
@@ -257,12 +279,15 @@ def train(
                         f"saving. Last good checkpoint: {last if last else 'none'} (left untouched). "
                         f"Try a lower train.lr, longer train.warmup_steps, or check the data.")
                 grad_norm = None
-                if tc.grad_clip > 0:
-                    grad_norm = nn.utils.clip_grad_norm_(raw.parameters(), tc.grad_clip)
-                    if hasattr(grad_norm, "full_tensor"):
-                        grad_norm = grad_norm.full_tensor()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                if engine is not None:
+                    grad_norm = engine.get_global_grad_norm()
+                else:
+                    if tc.grad_clip > 0:
+                        grad_norm = nn.utils.clip_grad_norm_(raw.parameters(), tc.grad_clip)
+                        if hasattr(grad_norm, "full_tensor"):
+                            grad_norm = grad_norm.full_tensor()
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
 
                 done = step + 1
                 result.step = done
@@ -406,15 +431,3 @@ def plot_metrics(run_dir: str | Path) -> Path:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
-
-
-def _check_deepspeed(path: str) -> None:
-    try:
-        import deepspeed  # noqa: F401
-    except ImportError:
-        raise ConfigError(f"train.deepspeed={path!r} needs DeepSpeed, which is not installed: "
-                          f"pip install 'scratchlm[deepspeed]' (or leave train.deepspeed empty for DDP/FSDP2)") from None
-    if not Path(path).exists():
-        raise FileNotFoundError(f"train.deepspeed={path!r}: no such DeepSpeed config file")
-    raise ConfigError("train.deepspeed: DeepSpeed is installed but this version of scratchlm only trains with "
-                      "DDP or FSDP2 (train.parallel=fsdp, the ZeRO-3 equivalent); see README")
