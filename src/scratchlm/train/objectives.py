@@ -254,16 +254,24 @@ class PackedDocs:
             raise ConfigError(f"{where}: the dataset has no documents")
         self.starts = starts
         self.lens = np.minimum(np.append(starts[1:], int(shards.n_tokens)) - starts, seq_len + 1)
-        self._epoch_rows: dict[tuple[int, bool], list[np.ndarray]] = {}  # (epoch, shuffle) → rows of doc indices
+        self._counts: dict[tuple[int, bool], int] = {}  # (epoch, shuffle) → rows in that epoch
+        self._cached: tuple[tuple[int, bool], list[np.ndarray]] | None = None  # one epoch's rows
 
     @property
     def n(self) -> int:
         """Rows in the first epoch (packed epochs differ slightly in length)."""
-        return len(self._rows(0))
+        return self._count(0)
+
+    def _count(self, epoch: int) -> int:
+        key = (epoch, self.shuffle)
+        if key not in self._counts:
+            self._counts[key] = len(self._rows(epoch))
+        return self._counts[key]
 
     def _rows(self, epoch: int) -> list[np.ndarray]:
+        """Document indices of every row of one epoch (the last epoch asked for is kept)."""
         key = (epoch, self.shuffle)
-        if key not in self._epoch_rows:
+        if self._cached is None or self._cached[0] != key:
             order = _epoch_order(len(self.starts), self.seed, epoch, self.shuffle)
             if not self.pack:
                 rows = [order[i:i + 1] for i in range(len(order))]
@@ -276,14 +284,14 @@ class PackedDocs:
                         rows.append(order[first:i])
                         first, base = i, int(ends[i - 1])
                 rows.append(order[first:])
-            self._epoch_rows = {k: r for k, r in self._epoch_rows.items() if k[0] in (0, epoch - 1)}  # bounded
-            self._epoch_rows[key] = rows
-        return self._epoch_rows[key]
+            self._cached = (key, rows)
+            self._counts[key] = len(rows)
+        return self._cached[1]
 
     def _locate(self, pos: int) -> np.ndarray:
         epoch = 0
-        while pos >= len(self._rows(epoch)):
-            pos -= len(self._rows(epoch))
+        while pos >= self._count(epoch):  # counts are kept for every epoch, rows for the current one
+            pos -= self._count(epoch)
             epoch += 1
         return self._rows(epoch)[pos]
 
