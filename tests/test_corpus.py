@@ -163,7 +163,7 @@ def test_corpus_api_errors(tmp_path, monkeypatch):
         corpus_path("train")
     with gzip.open(tmp_path / "train.jsonl.gz", "wt", encoding="utf-8") as f:
         f.write('{"text": "ok", "lang": "en", "source": "x"}\n{"text": broken\n')
-    with pytest.raises(ValueError, match=r"train\.jsonl\.gz:2: malformed json"):
+    with pytest.raises(ValueError, match=r"train\.jsonl\.gz:2: invalid JSON"):
         list(iter_corpus("train"))
 
 

@@ -2,7 +2,6 @@
 aux-loss-free bias balancing, noisy gating, shared experts, router gradients, DeepSeek-V3 parity."""
 
 import copy
-import math
 
 import pytest
 import torch

@@ -1,7 +1,6 @@
 """The one training loop: learning, exact resume, NaN stop, accumulation, SFT masks, run folders."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

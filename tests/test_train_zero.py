@@ -6,7 +6,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from scratchlm.config import ConfigError, load_config
 from scratchlm.run import build_model

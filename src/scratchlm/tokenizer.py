@@ -26,6 +26,8 @@ from typing import Any
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from scratchlm.data.jsonl import iter_text_records
+
 CONTROL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 TAG_TOKENS = [
     "<think>",
@@ -96,16 +98,7 @@ def iter_records(paths: Sequence[str | Path], chunk_chars: int = 8192) -> Iterat
                     if buf:
                         yield {"text": "".join(buf)}
                     continue
-                for lineno, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"{p}:{lineno}: invalid JSON ({e.msg})") from None
-                    if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
-                        raise ValueError(f"{p}:{lineno}: expected an object with a string 'text' field")
-                    yield rec
+                yield from iter_text_records(f, p)
         except UnicodeDecodeError as e:
             raise ValueError(f"{p}: not valid UTF-8 at byte {e.start}") from None
 

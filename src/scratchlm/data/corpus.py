@@ -9,10 +9,11 @@ The files in data/corpus/ are built by scripts/build_corpus.py from the Debian p
 from __future__ import annotations
 
 import gzip
-import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
+
+from scratchlm.data.jsonl import iter_text_records
 
 CORPUS_DIR = Path(__file__).parent / "corpus"
 SPLITS = ("train", "validation")
@@ -34,13 +35,7 @@ def iter_corpus(split: str = "train", lang: str | None = None) -> Iterator[dict]
         raise ValueError(f"unknown corpus lang {lang!r}; choose zh or en (or None for both)")
     path = corpus_path(split)
     with gzip.open(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            try:
-                doc = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: malformed json ({e.msg})") from None
-            if not isinstance(doc, dict) or not isinstance(doc.get("text"), str):
-                raise ValueError(f"{path}:{lineno}: expected an object with a 'text' string")
+        for doc in iter_text_records(f, path):
             if lang is None or doc.get("lang") == lang:
                 yield doc
 

@@ -13,7 +13,6 @@ import math
 import random
 import signal
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 
 from scratchlm.config import Config, ConfigError
+from scratchlm.data.jsonl import iter_jsonl
 from scratchlm.device import autocast, pick_device, pick_dtype
 from scratchlm.run import load_weights, save_run, tied_aliases
 from scratchlm.train import distributed as D
@@ -405,13 +405,7 @@ def plot_metrics(run_dir: str | Path) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no metrics to plot (is {run_dir} a run folder?)")
     train_pts, val_pts = [], []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: not JSON ({e})") from None
+    for _, rec in iter_jsonl(path.read_text(encoding="utf-8").splitlines(), path):
         if "loss" in rec:
             train_pts.append((rec["step"], rec["loss"]))
         if "val_loss" in rec:
