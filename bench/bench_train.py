@@ -60,28 +60,31 @@ def matmul_peak(n: int = 2048, reps: int = 5, dtype: torch.dtype = torch.float32
     return 2 * n**3 / best
 
 
-def hf_tokens_per_s(model: torch.nn.Module, batch: int, seq: int, steps: int) -> float:
+def hf_tokens_per_s(model: torch.nn.Module, batch: int, seq: int, steps: int, compile: bool = False) -> float:
     """Median tokens/s of a bare transformers training step (fwd + CE + bwd + AdamW)."""
     hf = hf_model(model).train()
+    if compile:
+        hf = torch.compile(hf)
     opt = torch.optim.AdamW(hf.parameters(), lr=1e-4, weight_decay=0.1)
     ids = torch.randint(0, model.config.vocab_size, (batch, seq + 1))
     times = []
-    for i in range(steps + 1):
+    warm = 3 if compile else 1  # compiled: the first steps trace and compile
+    for i in range(steps + warm):
         t = time.perf_counter()
         logits = hf(input_ids=ids[:, :-1], use_cache=False).logits
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if i:  # the first step warms up allocations and AdamW state
+        if i >= warm:  # the first step warms up allocations and AdamW state
             times.append(time.perf_counter() - t)
     return batch * seq / statistics.median(times)
 
 
-def ours_tokens_per_s(preset: str, batch: int, seq: int, steps: int) -> float:
+def ours_tokens_per_s(preset: str, batch: int, seq: int, steps: int, compile: bool = False) -> float:
     """Median tokens/s of scratchlm's loop, read from its own metrics.jsonl (first 2 steps skipped)."""
     sets = [f"train.batch_size={batch}", f"train.seq_len={seq}", f"train.max_steps={steps + 2}", "train.log_every=1",
-            "train.eval_every=0", "train.save_every=0", "train.warmup_steps=1"]
+            "train.eval_every=0", "train.save_every=0", "train.warmup_steps=1", f"train.compile={str(compile).lower()}"]
     cfg = load_config(preset, sets)
     shards = ArrayShards(batch * seq * (steps + 3) + 1, cfg.model.vocab_size)
     with tempfile.TemporaryDirectory() as d:
@@ -97,19 +100,21 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--compile", action="store_true", help="torch.compile both models (ours via train.compile)")
     args = ap.parse_args()
     cfg = load_config(args.preset)
     threads = torch.get_num_threads()
     peak = matmul_peak()
     train_flops = 3 * flops_per_token(cfg.model, args.seq // 2)  # forward + backward (2×)
     model = build_model(cfg)
-    hf_a = hf_tokens_per_s(model, args.batch, args.seq, args.steps)
-    ours = ours_tokens_per_s(args.preset, args.batch, args.seq, args.steps)
-    hf_b = hf_tokens_per_s(model, args.batch, args.seq, args.steps)
+    hf_a = hf_tokens_per_s(model, args.batch, args.seq, args.steps, args.compile)
+    ours = ours_tokens_per_s(args.preset, args.batch, args.seq, args.steps, args.compile)
+    hf_b = hf_tokens_per_s(model, args.batch, args.seq, args.steps, args.compile)
     hf = (hf_a + hf_b) / 2  # measured before and after ours: drift on a shared machine averages out
     peak_after = matmul_peak()
     peak = max(peak, peak_after)
     print(f"preset {args.preset}, batch {args.batch}×{args.seq}, fp32, {threads} threads, "
+          f"{'torch.compile, ' if args.compile else 'eager, '}"
           f"{model.num_params() / 1e6:.1f}M params, {train_flops / 1e6:.0f} MFLOP/token (train)")
     print(f"matmul peak (torch.mm 2048², best of before/after): {peak / 1e9:.1f} GFLOP/s")
     print(f"ours  (whole loop):          {ours:8.0f} tok/s   MFU {ours * train_flops / peak:.3f}")

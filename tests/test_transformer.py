@@ -150,6 +150,34 @@ def test_packed_mtp_loss_ignores_other_documents():
     assert torch.isfinite(out.mtp_loss)
 
 
+@pytest.mark.parametrize("variant", ["gqa", "mla", "moe", "mtp"])
+def test_head_on_counted_positions_only_gives_the_same_loss_and_gradients(variant):
+    model = _model(PACKED_VARIANTS[variant]).train()
+    ids = _ids(model, 2, 16, seed=5)
+    targets = ids.roll(-1, 1)
+    targets[:, :9] = -100  # SFT-like: only the "assistant" tail counts
+    mask = torch.ones_like(targets)
+    mask[1, 12:] = 0
+    grads = []
+    for full in (True, False):
+        model.zero_grad()
+        torch.manual_seed(0)  # MoE router noise, if any, draws the same
+        out = model(ids, targets=targets, loss_mask=mask, full_logits=full)
+        out.loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        if full:
+            ref = out
+    assert out.logits.shape == (int(((targets != -100) & (mask == 1)).sum()), model.config.vocab_size)
+    assert torch.allclose(out.loss, ref.loss, atol=1e-6) and torch.allclose(out.ce_loss, ref.ce_loss, atol=1e-6)
+    for n in grads[0]:
+        assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6), n
+    # Nothing counted: zero loss, and every weight still gets a (zero) gradient, as DDP requires.
+    model.zero_grad()
+    out = model(ids, targets=torch.full_like(targets, -100), full_logits=False)
+    out.loss.backward()
+    assert float(out.ce_loss.detach()) == 0.0 and all(p.grad is not None for p in model.parameters())
+
+
 @pytest.mark.parametrize("variant", ["gqa", "mla"])
 @torch.no_grad()
 def test_causality(variant):

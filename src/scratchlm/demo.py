@@ -31,7 +31,7 @@ class DemoSettings:
     pretrain_batch: int = 16
     pretrain_seq_len: int = 128
     pretrain_lr: float = 3e-3
-    sft_steps: int = 450
+    sft_steps: int = 550
     sft_batch: int = 24
     sft_seq_len: int = 128
     sft_lr: float = 1e-3

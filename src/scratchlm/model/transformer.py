@@ -25,7 +25,7 @@ from scratchlm.model.layers import RMSNorm, SwiGLU, make_norm, rope_cache
 class ModelOutput:
     """What a forward returns; the loss fields are None without targets."""
 
-    logits: torch.Tensor  # [B, T, V]
+    logits: torch.Tensor  # [B, T, V]; [N, V] at the N counted positions when forward(full_logits=False)
     loss: Optional[torch.Tensor] = None  # ce_loss + mtp_loss_weight·mtp_loss + aux_loss: what to backprop
     ce_loss: Optional[torch.Tensor] = None  # next-token cross-entropy only
     aux_loss: Optional[torch.Tensor] = None  # MoE load balancing (already × coef); 0.0 when dense
@@ -178,10 +178,13 @@ class Transformer(nn.Module):
         cache: Optional[KVCache] = None,
         attention_mask: Optional[torch.Tensor] = None,
         doc_ids: Optional[torch.Tensor] = None,
+        full_logits: bool = True,
     ) -> ModelOutput:
         """input_ids [B, T] → ModelOutput; targets[:, t] is the token after input_ids[:, t] (-100 = ignore).
 
-        doc_ids [B, T] (training on packed rows): tokens with different ids never attend to each other."""
+        doc_ids [B, T] (training on packed rows): tokens with different ids never attend to each other.
+        full_logits=False (with targets): the output head runs only where a target is counted, which is all
+        a training loss needs (in SFT about a third of the positions; the head is a large matmul)."""
         cfg = self.config
         if input_ids.dim() != 2:
             raise ValueError(f"Transformer.forward: input_ids must be [batch, time], got shape {tuple(input_ids.shape)}")
@@ -222,11 +225,13 @@ class Transformer(nn.Module):
                 aux_losses.append(aux)
         if cache is not None:
             cache.advance(T)
-        logits = self.lm_head(self.norm(x))  # [B, T, V]
-        if targets is None:
-            return ModelOutput(logits=logits)
-
-        ce_loss = self._ce(logits, targets, loss_mask)
+        if targets is not None and not full_logits:
+            logits, ce_loss = self._counted_ce(x, targets, loss_mask)
+        else:
+            logits = self.lm_head(self.norm(x))  # [B, T, V]
+            if targets is None:
+                return ModelOutput(logits=logits)
+            ce_loss = self._ce(logits, targets, loss_mask)
         mtp_loss = None
         if self.mtp and cache is None:
             mtp_losses = []
@@ -250,15 +255,33 @@ class Transformer(nn.Module):
             loss = loss + cfg.mtp_loss_weight * mtp_loss
         return ModelOutput(logits=logits, loss=loss, ce_loss=ce_loss, aux_loss=aux_loss, mtp_loss=mtp_loss)
 
+    def _counted_ce(self, x: torch.Tensor, targets: torch.Tensor,
+                    loss_mask: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [N, V], mean CE) with the head applied only at the N counted positions of x [B, T, D]."""
+        targets = self._masked_targets(x.shape[:2], targets, loss_mask)
+        keep = targets != -100  # [B, T]
+        if not bool(keep.any()):
+            keep = torch.zeros_like(keep)
+            keep[0, 0] = True  # nothing counted: one ignored position keeps every weight in the graph (DDP)
+        logits = self.lm_head(self.norm(x[keep]))  # [N, V]
+        total = F.cross_entropy(logits.float(), targets[keep], ignore_index=-100, reduction="sum")
+        return logits, total / (targets != -100).sum().clamp(min=1)
+
     @staticmethod
-    def _ce(logits: torch.Tensor, targets: torch.Tensor, loss_mask: Optional[torch.Tensor]) -> torch.Tensor:
-        """Mean next-token cross-entropy over counted tokens (targets != -100 and loss_mask == 1)."""
-        if targets.shape != logits.shape[:2]:
-            raise ValueError(f"targets shape {tuple(targets.shape)} must equal input_ids shape {tuple(logits.shape[:2])}")
+    def _masked_targets(shape: torch.Size, targets: torch.Tensor, loss_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """targets with positions whose loss_mask is 0 set to -100 (shapes checked against input_ids)."""
+        if targets.shape != shape:
+            raise ValueError(f"targets shape {tuple(targets.shape)} must equal input_ids shape {tuple(shape)}")
         if loss_mask is not None:
             if loss_mask.shape != targets.shape:
                 raise ValueError(f"loss_mask shape {tuple(loss_mask.shape)} must equal targets shape {tuple(targets.shape)}")
             targets = targets.masked_fill(loss_mask == 0, -100)
+        return targets
+
+    @classmethod
+    def _ce(cls, logits: torch.Tensor, targets: torch.Tensor, loss_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """Mean next-token cross-entropy over counted tokens (targets != -100 and loss_mask == 1)."""
+        targets = cls._masked_targets(logits.shape[:2], targets, loss_mask)
         counted = (targets != -100).sum().clamp(min=1)
         total = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
         return total / counted

@@ -95,9 +95,10 @@ def _val_path(cfg: Config) -> str:
     return str(cand) if (cand / "meta.json").exists() else ""
 
 
-def _forward(model: nn.Module, batch: Batch) -> Any:
-    """The model on a batch: packed batches carry doc_ids, which keep documents from seeing each other."""
-    return model(batch["input_ids"], targets=batch["targets"], doc_ids=batch.get("doc_ids"))
+def _forward(model: nn.Module, batch: Batch, full_logits: bool = False) -> Any:
+    """The model on a batch: packed batches carry doc_ids, which keep documents from seeing each other; the
+    output head runs only where a target counts unless full_logits."""
+    return model(batch["input_ids"], targets=batch["targets"], doc_ids=batch.get("doc_ids"), full_logits=full_logits)
 
 
 def _epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
