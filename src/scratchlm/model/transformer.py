@@ -264,8 +264,7 @@ class Transformer(nn.Module):
             keep = torch.zeros_like(keep)
             keep[0, 0] = True  # nothing counted: one ignored position keeps every weight in the graph (DDP)
         logits = self.lm_head(self.norm(x[keep]))  # [N, V]
-        total = F.cross_entropy(logits.float(), targets[keep], ignore_index=-100, reduction="sum")
-        return logits, total / (targets != -100).sum().clamp(min=1)
+        return logits, self._ce(logits[None], targets[keep][None], None)  # as one row of N positions
 
     @staticmethod
     def _masked_targets(shape: torch.Size, targets: torch.Tensor, loss_mask: Optional[torch.Tensor]) -> torch.Tensor:

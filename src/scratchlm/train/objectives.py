@@ -106,6 +106,14 @@ def _epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
 
 
+class Row(NamedTuple):
+    """T+1 tokens of one training row, with the SFT loss mask and per-token document ids (None = absent)."""
+
+    ids: np.ndarray
+    mask: np.ndarray | None
+    docs: np.ndarray | None
+
+
 class PackedWindows:
     """Fixed-length windows of seq_len+1 tokens cut from the concatenated token stream, visited in a
     fresh seeded permutation every epoch: window `pos` of the global order is a pure function of
@@ -138,14 +146,6 @@ class PackedWindows:
         if starts is not None and len(starts):
             docs = np.searchsorted(starts, np.arange(start, start + len(ids)), side="right") - 1
         return Row(ids, None if mask is None else np.asarray(mask), docs)
-
-
-class Row(NamedTuple):
-    """T+1 tokens of one training row, with the SFT loss mask and per-token document ids (None = absent)."""
-
-    ids: np.ndarray
-    mask: np.ndarray | None
-    docs: np.ndarray | None
 
 
 def _xy(row: Row, use_mask: bool, use_docs: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
