@@ -1,4 +1,4 @@
-"""Norms, SwiGLU and RoPE: definitions, invariants, and agreement with transformers' RoPE numbers."""
+"""Norms, SwiGLU, RoPE and the cross-entropy: definitions, invariants, and agreement with transformers' RoPE numbers."""
 
 import math
 
@@ -11,6 +11,7 @@ from scratchlm.model.layers import (
     RMSNorm,
     SwiGLU,
     apply_rope,
+    cross_entropy_sum,
     make_norm,
     rope_cache,
     rope_inv_freq,
@@ -25,6 +26,29 @@ def test_rmsnorm_unit_rms_and_scale_invariance():
     y = norm(x)
     assert torch.allclose(y.pow(2).mean(-1), torch.ones(3, 5), atol=1e-4)
     assert torch.allclose(norm(x * 3.5), y, atol=1e-5)  # rms normalisation removes any positive scale
+
+
+@pytest.mark.parametrize("scale", [0.37, -2.0, 0.0])
+def test_cross_entropy_sum_equals_torch_with_ignored_rows(scale):
+    torch.manual_seed(0)
+    logits = torch.randn(12, 50) * 4
+    targets = torch.randint(0, 50, (12,))
+    for ignored in ([], [0, 5, 11]):
+        t = targets.clone()
+        t[ignored] = -100
+        ours_in, ref_in = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+        ours = cross_entropy_sum(ours_in, t)
+        ref = torch.nn.functional.cross_entropy(ref_in, t, ignore_index=-100, reduction="sum")
+        (ours * scale).backward()
+        (ref * scale).backward()
+        assert torch.allclose(ours, ref, atol=1e-5)
+        assert torch.allclose(ours_in.grad, ref_in.grad, atol=1e-6)
+        if ignored:
+            assert ours_in.grad[ignored].abs().max() == 0
+    all_ignored = torch.full((12,), -100)
+    assert cross_entropy_sum(logits, all_ignored) == 0
+    with pytest.raises(ValueError, match=r"\[N, V\]"):
+        cross_entropy_sum(logits[None], targets)
 
 
 def test_dyt_definition_and_make_norm():

@@ -13,12 +13,11 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from scratchlm.config import ModelConfig
 from scratchlm.model.attention import MLA, Attention, AttnPlan, build_document_mask, build_mask, document_positions
 from scratchlm.model.cache import KVCache
-from scratchlm.model.layers import RMSNorm, SwiGLU, make_norm, rope_cache
+from scratchlm.model.layers import RMSNorm, SwiGLU, cross_entropy_sum, make_norm, rope_cache
 
 
 @dataclass
@@ -282,5 +281,5 @@ class Transformer(nn.Module):
         """Mean next-token cross-entropy over counted tokens (targets != -100 and loss_mask == 1)."""
         targets = cls._masked_targets(logits.shape[:2], targets, loss_mask)
         counted = (targets != -100).sum().clamp(min=1)
-        total = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
+        total = cross_entropy_sum(logits.flatten(0, 1).float(), targets.flatten())
         return total / counted
