@@ -36,6 +36,10 @@ class DemoSettings:
     sft_batch: int = 24
     sft_seq_len: int = 128
     sft_lr: float = 1e-3  # add2 at 450 steps, one run each: 6e-4 → 0.31, 1e-3 → 0.905, 2e-3 → 0.71
+    # Warmup-stable-decay: the peak lr until the last 20% of steps, then a linear decay. Held-out add2 rises
+    # mostly during the decay (0.42 → 0.94 over the last 50 steps of one run). Measured with two data orders
+    # each, same pretrained model: cosine 0.855 / 0.675, WSD 0.935 / 0.89.
+    sft_schedule: str = "wsd"
     # Whole conversations packed into each row, kept apart by the document mask: ~2x the conversations per
     # second of one padded conversation per row (measured: held-out add2 0.585 padded → 0.91 packed, same
     # steps). Packing *without* the mask was worse than padding (0.065): the tiny model copied digits from
@@ -224,7 +228,8 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoS
             _say(f"pretraining the {s.preset!r} model for {s.pretrain_steps} steps → {run_dir}")
             _train_stage("pretrain", run_dir, s, paths, sets, None, progress)
         else:
-            sets = _stage_sets(s, s.sft_steps, s.sft_batch, s.sft_seq_len, s.sft_lr) + [f"train.packing={str(s.sft_packing).lower()}"]
+            sets = _stage_sets(s, s.sft_steps, s.sft_batch, s.sft_seq_len, s.sft_lr) + [
+                f"train.packing={str(s.sft_packing).lower()}", f"train.schedule={s.sft_schedule}"]
             _say(f"SFT on the synthetic tasks for {s.sft_steps} steps → {run_dir}")
             _train_stage("sft", run_dir, s, paths, sets, out / "pretrain", progress)
         times[stage] = time.perf_counter() - t
@@ -283,7 +288,9 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    run_demo(args.out, quick=args.quick, progress=not args.no_progress)
+    s = quick_settings() if args.quick else DemoSettings()
+    s.seed = args.seed
+    run_demo(args.out, settings=s, progress=not args.no_progress)
     return 0
 
 
@@ -293,4 +300,6 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--out", default="runs/demo", help="folder for every stage (default runs/demo)")
     p.add_argument("--quick", action="store_true", help="a ~1-minute version (tiny model, few steps)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the synthetic data, the tokenizer's text, initialisation and data order (default 0)")
     p.set_defaults(func=_cmd_demo)
