@@ -49,6 +49,10 @@ def test_cross_entropy_sum_equals_torch_with_ignored_rows(scale):
     assert cross_entropy_sum(logits, all_ignored) == 0
     with pytest.raises(ValueError, match=r"\[N, V\]"):
         cross_entropy_sum(logits[None], targets)
+    loss = cross_entropy_sum(logits.clone().requires_grad_(), targets)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="one backward pass"):  # its buffer became the gradient
+        loss.backward()
 
 
 def test_dyt_definition_and_make_norm():

@@ -86,17 +86,21 @@ class _CrossEntropySumFn(torch.autograd.Function):
         valid = targets != ignore_index  # [N]
         picked = logp.gather(1, targets.masked_fill(~valid, 0)[:, None]).squeeze(1)  # [N]
         ctx.save_for_backward(logp, targets, valid)
-        ctx.all_valid = bool(valid.all())
+        ctx.spent = False
         return -(picked * valid).sum()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g: torch.Tensor):
+        if ctx.spent:  # the saved buffer already holds a gradient: a second pass would be silently wrong
+            raise RuntimeError("cross_entropy_sum supports one backward pass per forward (retain_graph=True "
+                               "with a second backward is not supported); recompute the loss instead")
+        ctx.spent = True
         logp, targets, valid = ctx.saved_tensors
-        grad = logp.exp_()  # softmax, in the saved buffer (used once: once_differentiable)
+        grad = logp.exp_()  # softmax, in the saved buffer
         grad.scatter_add_(1, targets.masked_fill(~valid, 0)[:, None], grad.new_full((grad.shape[0], 1), -1.0))
-        scale = g if ctx.all_valid else g * valid.to(grad.dtype)[:, None]  # ignored rows: no gradient
-        return grad.mul_(scale), None, None
+        # g·valid [N, 1]: ignored rows get no gradient (no data-dependent branch: no device sync, no graph break)
+        return grad.mul_(g * valid.to(grad.dtype)[:, None]), None, None
 
 
 class DyT(nn.Module):
