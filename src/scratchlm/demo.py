@@ -45,8 +45,10 @@ class DemoSettings:
     # steps). Packing *without* the mask was worse than padding (0.065): the tiny model copied digits from
     # the earlier sums in its row.
     sft_packing: bool = True
+    # next_line and author stay near 0 at this size (they need the poems memorised), so they get few SFT chats:
+    # 600 → 200 each raised held-out add2 from 0.80 / 0.835 to 0.83 / 0.895 (same two pretrained models).
     synth_sizes: dict[str, tuple[int, int]] = field(default_factory=lambda: {
-        "add2": (6000, 200), "next_line": (600, 200), "author": (600, 200), "identity": (600, 200)})
+        "add2": (6000, 200), "next_line": (200, 200), "author": (200, 200), "identity": (600, 200)})
     eval_per_task: int = 200
     max_new_tokens: int = 32
     seed: int = 0
@@ -78,7 +80,7 @@ def write_tokenizer_text(path: Path, sft_train: Path) -> None:
     template encodes it ("role\\ncontent" between control tokens, tag tokens split off).
 
     With the chats in its text the tokenizer has merges for the template and the task phrasings
-    ("assistant", "等于多少"): measured 13% fewer tokens in the SFT chats (46 → 41 per add2 chat), so each
+    ("assistant", "等于多少"): measured 46 → 41 tokens per add2 chat and 52 → 33 per identity chat, so each
     SFT step sees more conversations."""
     from scratchlm.data.corpus import corpus_texts
     from scratchlm.data.jsonl import iter_jsonl
