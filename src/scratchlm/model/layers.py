@@ -84,8 +84,9 @@ class _CrossEntropySumFn(torch.autograd.Function):
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, ignore_index: int) -> torch.Tensor:
         logp = torch.log_softmax(logits, dim=-1)  # [N, V], owned here: backward may overwrite it
         valid = targets != ignore_index  # [N]
-        picked = logp.gather(1, targets.masked_fill(~valid, 0)[:, None]).squeeze(1)  # [N]
-        ctx.save_for_backward(logp, targets, valid)
+        safe = targets.masked_fill(~valid, 0)[:, None]  # [N, 1]: ignored rows point at class 0, then count 0
+        picked = logp.gather(1, safe).squeeze(1)  # [N]
+        ctx.save_for_backward(logp, safe, valid)
         ctx.spent = False
         return -(picked * valid).sum()
 
@@ -96,9 +97,9 @@ class _CrossEntropySumFn(torch.autograd.Function):
             raise RuntimeError("cross_entropy_sum supports one backward pass per forward (retain_graph=True "
                                "with a second backward is not supported); recompute the loss instead")
         ctx.spent = True
-        logp, targets, valid = ctx.saved_tensors
+        logp, safe, valid = ctx.saved_tensors
         grad = logp.exp_()  # softmax, in the saved buffer
-        grad.scatter_add_(1, targets.masked_fill(~valid, 0)[:, None], grad.new_full((grad.shape[0], 1), -1.0))
+        grad.scatter_add_(1, safe, grad.new_full(safe.shape, -1.0))
         # g·valid [N, 1]: ignored rows get no gradient (no data-dependent branch: no device sync, no graph break)
         return grad.mul_(g * valid.to(grad.dtype)[:, None]), None, None
 
