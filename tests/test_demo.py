@@ -25,18 +25,15 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     assert 'schedule = "wsd"' in sft_cfg
 
 
-def test_tokenizer_text_holds_the_corpus_and_the_chats_as_the_template_encodes_them(tmp_path):
-    from scratchlm.data.corpus import corpus_texts
-    from scratchlm.demo import write_tokenizer_text
+def test_chat_pieces_are_what_the_template_encodes_between_control_tokens(tmp_path):
+    from scratchlm.demo import write_chat_pieces
 
     chats = tmp_path / "sft_train.jsonl"
     chats.write_text(json.dumps({"conversations": [
         {"role": "user", "content": "12+34等于多少？"},
         {"role": "assistant", "content": "<think>2+4=6 1+3=4</think>46"}]}, ensure_ascii=False) + "\n")
     out = tmp_path / "text.jsonl"
-    write_tokenizer_text(out, chats)
+    write_chat_pieces(out, chats)
     texts = [json.loads(line)["text"] for line in out.read_text(encoding="utf-8").splitlines()]
-    n = len(corpus_texts("train"))
-    assert texts[:n] == corpus_texts("train")
     # "role\ncontent" pieces, split at tag tokens (encode_chat encodes the tags as their own ids)
-    assert texts[n:] == ["user\n12+34等于多少？", "assistant\n", "2+4=6 1+3=4", "46"]
+    assert texts == ["user\n12+34等于多少？", "assistant\n", "2+4=6 1+3=4", "46"]

@@ -75,32 +75,28 @@ def _stage_sets(s: DemoSettings, steps: int, batch: int, seq_len: int, lr: float
             "train.keep_last=1", f"train.log_every={max(1, steps // 100)}", f"train.seed={s.seed}"]
 
 
-def write_tokenizer_text(path: Path, sft_train: Path) -> None:
-    """The demo tokenizer's training text: the corpus' train split, then every SFT message as the chat
-    template encodes it ("role\\ncontent" between control tokens, tag tokens split off).
+def write_chat_pieces(path: Path, sft_train: Path) -> None:
+    """Every SFT message as the chat template encodes it ("role\\ncontent" between control tokens, tag tokens
+    split off), one {"text"} record each: the demo tokenizer learns from these after the corpus.
 
     With the chats in its text the tokenizer has merges for the template and the task phrasings
     ("assistant", "等于多少"): measured 46 → 41 tokens per add2 chat and 52 → 33 per identity chat, so each
     SFT step sees more conversations."""
-    from scratchlm.data.corpus import corpus_texts
     from scratchlm.data.jsonl import iter_jsonl
     from scratchlm.tokenizer import TAG_TOKENS
 
     tags = re.compile("|".join(map(re.escape, TAG_TOKENS)))
-    with path.open("w", encoding="utf-8") as f:
-        for text in corpus_texts("train"):
-            f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
-        with sft_train.open(encoding="utf-8") as lines:
-            for _, rec in iter_jsonl(lines, sft_train):
-                for m in rec["conversations"]:
-                    for piece in tags.split(f"{m['role']}\n{m['content']}"):
-                        if piece:
-                            f.write(json.dumps({"text": piece}, ensure_ascii=False) + "\n")
+    with path.open("w", encoding="utf-8") as f, sft_train.open(encoding="utf-8") as lines:
+        for _, rec in iter_jsonl(lines, sft_train):
+            for m in rec["conversations"]:
+                for piece in tags.split(f"{m['role']}\n{m['content']}"):
+                    if piece:
+                        f.write(json.dumps({"text": piece}, ensure_ascii=False) + "\n")
 
 
 def prepare_demo_data(out: Path, s: DemoSettings) -> dict[str, Path]:
     """Tokenizer, pretrain shards (corpus train + validation splits) and SFT shards from synthetic tasks."""
-    from scratchlm.data.corpus import iter_corpus
+    from scratchlm.data.corpus import corpus_path
     from scratchlm.data.prepare import prepare
     from scratchlm.data.synth import build_synth
     from scratchlm.tokenizer import train_tokenizer
@@ -112,16 +108,12 @@ def prepare_demo_data(out: Path, s: DemoSettings) -> dict[str, Path]:
     files = build_synth(data / "synth", seed=s.seed, tasks=dict(s.synth_sizes))
     if not (tok_dir / "tokenizer.json").exists():
         _say(f"training a {s.vocab_size}-token byte-level BPE tokenizer on the built-in corpus and the SFT chats")
-        tok_text = data / "tokenizer_text.jsonl"
-        write_tokenizer_text(tok_text, files["sft_train"])
-        train_tokenizer(tok_dir, vocab_size=s.vocab_size, inputs=[tok_text], show_progress=False)
-    val_text = data / "corpus_validation.jsonl"
-    with val_text.open("w", encoding="utf-8") as f:
-        for rec in iter_corpus("validation"):
-            f.write(json.dumps({"text": rec["text"]}, ensure_ascii=False) + "\n")
+        chats = data / "tokenizer_chats.jsonl"
+        write_chat_pieces(chats, files["sft_train"])
+        train_tokenizer(tok_dir, vocab_size=s.vocab_size, inputs=[corpus_path("train"), chats], show_progress=False)
     _say("preparing pretraining shards (built-in corpus: train and validation splits) and SFT shards")
     prepare("pretrain", tok_dir, None, data / "pretrain")
-    prepare("pretrain", tok_dir, [val_text], data / "pretrain_val", dedup=False)
+    prepare("pretrain", tok_dir, [corpus_path("validation")], data / "pretrain_val", dedup=False)
     prepare("sft", tok_dir, [files["sft_train"]], data / "sft", dedup=False)
     prepare("sft", tok_dir, [files["sft_val"]], data / "sft_val", dedup=False)
     return {"tokenizer": tok_dir, "pretrain": data / "pretrain", "pretrain_val": data / "pretrain_val",
