@@ -12,6 +12,7 @@ from scratchlm.run import build_model
 from scratchlm.train.loop import train
 from scratchlm.train.objectives import Pretrain
 from scratchlm.train.zero import resolve_config
+from test_train_loop import ArrayShards
 
 SMALL = ["model.vocab_size=512", "model.max_seq_len=64", "train.seq_len=32", "train.batch_size=4",
          "train.warmup_steps=2", "train.log_every=1", "train.eval_every=0", "train.save_every=2", "train.seed=7"]
@@ -74,22 +75,9 @@ def test_without_the_package_is_a_clear_error(tmp_path, monkeypatch):
         train(cfg, Pretrain(cfg, _shards()), tmp_path / "run", build_model(cfg), progress=False)
 
 
-class _Shards:
-    def __init__(self, ids):
-        self.ids = np.asarray(ids, dtype=np.uint16)
-        self.n_tokens, self.kind, self.meta = len(self.ids), "pretrain", {"vocab_size": 512}
-        self.doc_starts = np.array([0, 700, 1500])
-
-    def read(self, start, length):
-        return self.ids[start:start + length]
-
-    def read_mask(self, start, length):
-        return None
-
-
 def _shards():
     base = np.random.default_rng(0).integers(0, 512, size=97)
-    return _Shards(np.tile(base, 40)[:3000])
+    return ArrayShards(np.tile(base, 40)[:3000], doc_starts=(0, 700, 1500))
 
 
 def _train(cfg, out, **kw):
