@@ -37,3 +37,19 @@ def test_chat_pieces_are_what_the_template_encodes_between_control_tokens(tmp_pa
     texts = [json.loads(line)["text"] for line in out.read_text(encoding="utf-8").splitlines()]
     # "role\ncontent" pieces, split at tag tokens (encode_chat encodes the tags as their own ids)
     assert texts == ["user\n12+34等于多少？", "assistant\n", "2+4=6 1+3=4", "46"]
+
+
+def test_demo_flags_set_steps_and_seed_and_reject_bad_counts():
+    from scratchlm.cli import build_parser
+    from scratchlm.demo import DemoSettings, settings_from_args
+
+    parse = build_parser().parse_args
+    default = settings_from_args(parse(["demo"]))
+    assert (default.pretrain_steps, default.sft_steps, default.seed) == (
+        DemoSettings.pretrain_steps, DemoSettings.sft_steps, 0)
+    s = settings_from_args(parse(["demo", "--sft-steps", "600", "--pretrain-steps", "350", "--seed", "3"]))
+    assert (s.pretrain_steps, s.sft_steps, s.seed, s.preset) == (350, 600, 3, "tiny")
+    quick = settings_from_args(parse(["demo", "--quick", "--sft-steps", "5"]))
+    assert (quick.preset, quick.sft_steps) == ("debug", 5)
+    with pytest.raises(SystemExit, match="--sft-steps must be at least 1, got 0"):
+        settings_from_args(parse(["demo", "--sft-steps", "0"]))
