@@ -53,3 +53,17 @@ def test_demo_flags_set_steps_and_seed_and_reject_bad_counts():
     assert (quick.preset, quick.sft_steps) == ("debug", 5)
     with pytest.raises(SystemExit, match="--sft-steps must be at least 1, got 0"):
         settings_from_args(parse(["demo", "--sft-steps", "0"]))
+
+
+def test_demo_refuses_a_stage_folder_started_with_another_step_count(tmp_path):
+    from scratchlm.demo import quick_settings, run_demo
+
+    out = tmp_path / "demo"
+    (out / "pretrain").mkdir(parents=True)
+    cfg = out / "pretrain" / "config.toml"
+    cfg.write_text("[train]\nmax_steps = 400\n")
+    s = quick_settings()
+    with pytest.raises(SystemExit, match=r"max_steps = 400, but this demo asks for 30 \(--pretrain-steps\)"):
+        run_demo(out, settings=s, progress=False)
+    assert cfg.read_text() == "[train]\nmax_steps = 400\n"  # nothing of the earlier run was touched
+    assert not (out / "pretrain" / "checkpoints").exists()

@@ -193,6 +193,21 @@ def evaluate_tasks(model: torch.nn.Module, tokenizer: Any, prompt_file: Path, pe
     return scores, graded
 
 
+def _check_stage_steps(run_dir: Path, steps: int) -> None:
+    """Refuse to reuse or resume a stage folder that was started with another step count: its model (or its
+    lr schedule) would not be the one the settings and summary describe."""
+    from scratchlm.config import read_toml
+
+    cfg_file = run_dir / "config.toml"
+    if not cfg_file.is_file():
+        return
+    had = read_toml(cfg_file).get("train", {}).get("max_steps")
+    if had != steps:
+        flag = "--pretrain-steps" if run_dir.name == "pretrain" else "--sft-steps"
+        raise SystemExit(f"scratchlm demo: {cfg_file} has train.max_steps = {had}, but this demo asks for {steps} "
+                         f"({flag}); delete {run_dir} (and the stages after it) or pass another --out")
+
+
 def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoSettings | None = None,
              progress: bool = True) -> dict[str, Any]:
     """Run the whole demo into `out`; returns the summary (also written to out/summary.json)."""
@@ -209,6 +224,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoS
 
     for stage in ("pretrain", "sft"):
         run_dir = out / stage
+        _check_stage_steps(run_dir, s.pretrain_steps if stage == "pretrain" else s.sft_steps)
         if (run_dir / "model.safetensors").exists():
             _say(f"{run_dir} already trained; delete it to train again")
             continue
