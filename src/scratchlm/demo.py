@@ -328,6 +328,6 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--pretrain-steps", type=int, default=None, metavar="N",
                    help=f"pretraining steps (default {DemoSettings.pretrain_steps}; fewer weaken val perplexity)")
     p.add_argument("--sft-steps", type=int, default=None, metavar="N",
-                   help=f"SFT steps (default {DemoSettings.sft_steps}, ~1 s each on 2 cores; more SFT steps raise held-out "
-                        "add2 accuracy, see README)")
+                   help=f"SFT steps (default {DemoSettings.sft_steps}, ~1 s each on 2 cores; more steps raise "
+                        "held-out add2 accuracy, see README)")
     p.set_defaults(func=_cmd_demo)
