@@ -23,6 +23,7 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     assert summary["settings"]["sft_schedule"] == "wsd"
     sft_cfg = (out / "sft" / "config.toml").read_text()
     assert 'schedule = "wsd"' in sft_cfg
+    assert f"wsd_decay_frac = {summary['settings']['sft_decay_frac']}" in sft_cfg
 
 
 def test_chat_pieces_are_what_the_template_encodes_between_control_tokens(tmp_path):

@@ -42,6 +42,7 @@ class DemoSettings:
     # mostly during the decay (0.42 → 0.94 over the last 50 steps of one run). Measured with two data orders
     # each, same pretrained model: cosine 0.855 / 0.675, WSD 0.935 / 0.89.
     sft_schedule: str = "wsd"
+    sft_decay_frac: float = 0.2  # WSD: share of the SFT steps spent decaying the lr at the end
     # Whole conversations packed into each row, kept apart by the document mask: ~2x the conversations per
     # second of one padded conversation per row (measured: held-out add2 0.585 padded → 0.91 packed, same
     # steps). Packing *without* the mask was worse than padding (0.065): the tiny model copied digits from
@@ -241,7 +242,8 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoS
             _train_stage("pretrain", run_dir, s, paths, sets, None, progress)
         else:
             sets = _stage_sets(s, s.sft_steps, s.sft_batch, s.sft_seq_len, s.sft_lr) + [
-                f"train.packing={str(s.sft_packing).lower()}", f"train.schedule={s.sft_schedule}"]
+                f"train.packing={str(s.sft_packing).lower()}", f"train.schedule={s.sft_schedule}",
+                f"train.wsd_decay_frac={s.sft_decay_frac}"]
             _say(f"SFT on the synthetic tasks for {s.sft_steps} steps → {run_dir}")
             _train_stage("sft", run_dir, s, paths, sets, out / "pretrain", progress)
         times[stage] = time.perf_counter() - t
