@@ -74,11 +74,22 @@ def _say(msg: str) -> None:
     print(f"[demo] {msg}", flush=True)
 
 
-def _stage_sets(s: DemoSettings, steps: int, batch: int, seq_len: int, lr: float) -> list[str]:
+def stage_sets(s: DemoSettings, stage: str) -> list[str]:
+    """The `--set` overrides that train demo stage "pretrain" or "sft" with settings `s`."""
+    if stage == "pretrain":
+        steps, batch, seq_len, lr = s.pretrain_steps, s.pretrain_batch, s.pretrain_seq_len, s.pretrain_lr
+        # Plain causal windows across document boundaries, like the perplexity windows of the evaluation. With
+        # the document mask the model never sees such windows: val ppl 291 vs 229 measured (add2 after SFT was
+        # 0.755, inside the large run-to-run spread of 0.575-0.92 without it).
+        extra = ["train.doc_mask=false"]
+    else:
+        steps, batch, seq_len, lr = s.sft_steps, s.sft_batch, s.sft_seq_len, s.sft_lr
+        extra = [f"train.packing={str(s.sft_packing).lower()}", f"train.schedule={s.sft_schedule}",
+                 f"train.wsd_decay_frac={s.sft_decay_frac}"]
     return [f"model.vocab_size={s.vocab_size}", *s.model, f"train.max_steps={steps}", f"train.batch_size={batch}",
             f"train.seq_len={seq_len}", f"train.lr={lr}", f"train.warmup_steps={max(1, steps // 20)}",
             f"train.eval_every={max(1, steps // 5)}", "train.eval_batches=10", f"train.save_every={steps}",
-            "train.keep_last=1", f"train.log_every={max(1, steps // 100)}", f"train.seed={s.seed}"]
+            "train.keep_last=1", f"train.log_every={max(1, steps // 100)}", f"train.seed={s.seed}", *extra]
 
 
 def write_chat_pieces(path: Path, sft_train: Path) -> None:
@@ -236,19 +247,11 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoS
             continue
         t = time.perf_counter()
         if stage == "pretrain":
-            # Plain causal windows across document boundaries, like the perplexity windows below. With the
-            # document mask the model never sees such windows: val ppl 291 vs 229 measured (add2 after SFT was
-            # 0.755, inside the large run-to-run spread of 0.575-0.92 without it).
-            sets = _stage_sets(s, s.pretrain_steps, s.pretrain_batch, s.pretrain_seq_len, s.pretrain_lr) + [
-                "train.doc_mask=false"]
             _say(f"pretraining the {s.preset!r} model for {s.pretrain_steps} steps → {run_dir}")
-            _train_stage("pretrain", run_dir, s, paths, sets, None, progress)
+            _train_stage("pretrain", run_dir, s, paths, stage_sets(s, stage), None, progress)
         else:
-            sets = _stage_sets(s, s.sft_steps, s.sft_batch, s.sft_seq_len, s.sft_lr) + [
-                f"train.packing={str(s.sft_packing).lower()}", f"train.schedule={s.sft_schedule}",
-                f"train.wsd_decay_frac={s.sft_decay_frac}"]
             _say(f"SFT on the synthetic tasks for {s.sft_steps} steps → {run_dir}")
-            _train_stage("sft", run_dir, s, paths, sets, out / "pretrain", progress)
+            _train_stage("sft", run_dir, s, paths, stage_sets(s, stage), out / "pretrain", progress)
         times[stage] = time.perf_counter() - t
 
     t = time.perf_counter()
