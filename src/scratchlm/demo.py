@@ -29,8 +29,8 @@ class DemoSettings:
     preset: str = "tiny"
     model: list[str] = field(default_factory=list)  # extra --set model.* overrides
     # Held-out add2 climbs with SFT steps, and 500 was not enough for every seed: at 350 + 500, seeds 0-5 (one
-    # thread each) scored 0.98 / 0.955 / 0.905 / 1.0 / 0.98 / 0.745; seed 5's pretrained model went 0.745 → 1.0
-    # with 600 SFT steps (and earlier 450 → 600 lifted seeds 0 / 1 from 0.83 / 0.895 to 0.935 / 1.0).
+    # thread each) scored 0.98 / 0.955 / 0.905 / 1.0 / 0.98 / 0.745; with 600 SFT steps the same pretrained models
+    # of seeds 2 and 5 scored 1.0 and 1.0 (and earlier 450 → 600 lifted seeds 0 / 1 from 0.83 / 0.895 to 0.935 / 1.0).
     pretrain_steps: int = 350
     pretrain_batch: int = 16
     pretrain_seq_len: int = 128
