@@ -79,3 +79,5 @@ def test_stage_settings_reach_the_training_config():
     assert (sft.batch_size, sft.seq_len, sft.lr, sft.warmup_steps) == (s.sft_batch, s.sft_seq_len, s.sft_lr, 2)
     pre = load_config(s.preset, stage_sets(s, "pretrain")).train
     assert (pre.max_steps, pre.doc_mask, pre.lr, pre.seed) == (30, False, s.pretrain_lr, 7)
+    with pytest.raises(ValueError, match="stage must be 'pretrain' or 'sft', got 'dpo'"):
+        stage_sets(s, "dpo")

@@ -82,10 +82,12 @@ def stage_sets(s: DemoSettings, stage: str) -> list[str]:
         # the document mask the model never sees such windows: val ppl 291 vs 229 measured (add2 after SFT was
         # 0.755, inside the large run-to-run spread of 0.575-0.92 without it).
         extra = ["train.doc_mask=false"]
-    else:
+    elif stage == "sft":
         steps, batch, seq_len, lr = s.sft_steps, s.sft_batch, s.sft_seq_len, s.sft_lr
         extra = [f"train.packing={str(s.sft_packing).lower()}", f"train.schedule={s.sft_schedule}",
                  f"train.wsd_decay_frac={s.sft_decay_frac}"]
+    else:
+        raise ValueError(f"stage_sets: stage must be 'pretrain' or 'sft', got {stage!r}")
     return [f"model.vocab_size={s.vocab_size}", *s.model, f"train.max_steps={steps}", f"train.batch_size={batch}",
             f"train.seq_len={seq_len}", f"train.lr={lr}", f"train.warmup_steps={max(1, steps // 20)}",
             f"train.eval_every={max(1, steps // 5)}", "train.eval_batches=10", f"train.save_every={steps}",
