@@ -13,15 +13,19 @@ from scratchlm.data.synth import (
     FILES,
     addition_trace,
     Arithmetic,
+    OPEN_TASKS,
     Identity,
     build_synth,
+    is_checkable,
     check_answer,
     make_task,
     resolve_sizes,
     sample_examples,
 )
 
-SIZES = {"add2": (300, 100), "next_line": (200, 100), "author": (200, 100), "identity": (200, 100), "arith3": (60, 30)}
+SIZES = {"add2": (300, 100), "next_line": (200, 100), "author": (200, 100), "identity": (200, 100), "arith3": (60, 30),
+         "fortune": (60, 20), "recite": (60, 20), "continue": (60, 20)}
+ARITH = ("add2", "arith3")
 
 
 def read(path: Path) -> list[dict]:
@@ -67,9 +71,13 @@ def test_counts_per_task_and_file(built, tmp_path):
         for kind in ("sft", "preference", "prompt"):
             rows = built[f"{kind}_{split}"]
             for task, sizes in SIZES.items():
-                assert sum(r["task"] == task for r in rows) == sizes[idx], (kind, split, task)
+                # Arithmetic's held-out side comes twice: training phrasings, then unseen ones.
+                copies = 2 if split == "val" and task in ARITH else 1
+                assert sum(r["task"] == task for r in rows) == sizes[idx] * copies, (kind, split, task)
+                if copies == 2:
+                    assert sum(r["task"] == task and r.get("phrasing") == "unseen" for r in rows) == sizes[idx]
     meta = json.loads((Path(build_synth(tmp_path, tasks={"add2": 5}, n_val=2)["sft_train"]).parent / "meta.json").read_text())
-    assert meta["counts"] == {"add2": {"train": 5, "val": 2}}
+    assert meta["counts"] == {"add2": {"train": 5, "val": 2, "val_unseen_phrasing": 2}}
 
 
 @pytest.mark.parametrize("kind,key", [("prompt", "prompt"), ("sft", "conversations"), ("preference", "chosen")])
@@ -80,7 +88,7 @@ def test_held_out_never_overlaps_training(built, kind, key):
         v = {q for tk, q in val if tk == task}
         assert t and v, task
         assert not (t & v), f"{task}: {sorted(t & v)[:3]}"
-        if task in ("add2", "arith3"):  # no operand pair (in either order) is on both sides
+        if task in ARITH:  # no operand pair (in either order) is on both sides
             assert not ({operands(q) for q in t} & {operands(q) for q in v}), task
 
 
@@ -108,6 +116,53 @@ def test_identity_held_out_uses_new_phrasings():
         train_cores = {norm(q) for q in _IDENTITY_QUESTIONS[(lang, False)]}
         assert not train_cores & {norm(q) for q in _IDENTITY_QUESTIONS[(lang, True)]}
         assert len(train_cores) >= 20  # many phrasings: what lets a small model generalise to new ones
+
+
+def test_arithmetic_unseen_phrasings_never_occur_in_training(built):
+    """The held-out phrasings of arithmetic are asked in no form during training (like identity's)."""
+    from scratchlm.data.synth import _ARITH_TEMPLATES
+
+    def pattern(template: str) -> re.Pattern:
+        parts = re.split(r"\{(?:a|b|op|opw)\}", template)
+        return re.compile(".+?".join(map(re.escape, parts)) + "$")
+
+    for lang in ("en", "zh"):
+        train, held = _ARITH_TEMPLATES[(lang, False)], _ARITH_TEMPLATES[(lang, True)]
+        assert len(train) >= 15 and len(held) >= 5 and not set(train) & set(held)
+    unseen = [pattern(t) for lang in ("en", "zh") for t in _ARITH_TEMPLATES[(lang, True)]]
+    seen = [pattern(t) for lang in ("en", "zh") for t in _ARITH_TEMPLATES[(lang, False)]]
+    train_qs = [q for tk, q in user_questions(built["sft_train"], "conversations") if tk in ARITH]
+    assert train_qs and not [q for q in train_qs if any(p.search(q) for p in unseen)]
+    val = [r for r in built["prompt_val"] if r["task"] in ARITH]
+    for r in val:  # every held-out question is in a phrasing of the side its column names
+        q = r["prompt"][-1]["content"]
+        assert any(p.search(q) for p in (unseen if r.get("phrasing") == "unseen" else seen)), q
+    with pytest.raises(ValueError, match="held-out operand pairs only"):
+        Arithmetic("add2").sample(random.Random(0), False, "en", unseen_phrasing=True)
+
+
+def test_open_tasks_are_corpus_chats():
+    """fortune / recite / continue: replies from the corpus, held-out prompts in new phrasings, not checkable."""
+    from scratchlm.data.corpus import corpus_texts
+
+    texts = corpus_texts("train") + corpus_texts("validation")
+    rng = random.Random(0)
+    for name in OPEN_TASKS:
+        task = make_task(name)
+        assert not is_checkable(name)
+        for val in (False, True):
+            for ex in sample_examples(task, 20, val, rng):
+                assert ex.reply and ex.reply != ex.wrong
+                if name == "fortune":
+                    assert ex.reply in texts
+                elif name == "continue":
+                    # question = template + head, reply = the rest of one corpus text (whitespace aside)
+                    q, r = "".join(ex.question.split()), "".join(ex.reply.split())
+                    flat = ("".join(t.split()) for t in texts)
+                    assert any(t.endswith(r) and len(t) > len(r) and q.endswith(t[: len(t) - len(r)]) for t in flat), ex
+                else:
+                    assert ex.reply.startswith("《") and ex.reply.split("》")[0][1:] in ex.question or "《" not in ex.question
+    assert is_checkable("add2") and is_checkable("identity")
 
 
 def test_formats_follow_design(built):
@@ -138,6 +193,8 @@ def test_generated_answers_check_and_rejected_fail(built):
         for p, pref, sft in zip(prompts, prefs, sfts, strict=True):
             assert p["task"] == pref["task"] == sft["task"] and p["prompt"][0] == pref["chosen"][0]
             assert pref["chosen"][0] in sft["conversations"]
+            if not is_checkable(p["task"]):
+                continue
             assert check_answer(p["task"], p["answer"], p["answer"])
             assert check_answer(p["task"], pref["chosen"][-1]["content"], p["answer"]), p
             assert not check_answer(p["task"], pref["rejected"][-1]["content"], p["answer"]), pref
@@ -150,8 +207,11 @@ def test_arithmetic_is_correct_and_near_misses_are_wrong():
     for name in ("add2", "sub2", "mul1", "arith2"):
         for ex in sample_examples(Arithmetic(name), 50, False, rng):
             a, b = map(int, re.findall(r"\d+", ex.question)[:2])
-            op = re.search(r"[-+×*]", ex.question.split(str(a), 1)[1]).group()
-            expected = {"+": a + b, "-": a - b, "×": a * b, "*": a * b}[op]
+            between = ex.question.split(str(a), 1)[1].split(str(b), 1)[0]
+            op = re.search(r"[-+×*]|plus|minus|times|加|减|乘以", between).group()
+            expected = {"+": a + b, "-": a - b, "×": a * b, "*": a * b, "plus": a + b, "minus": a - b,
+                        "times": a * b, "加": a + b, "减": a - b, "乘以": a * b}[op]
+            op = {"plus": "+", "加": "+"}.get(op, op)
             assert int(ex.answer) == expected >= 0
             if op == "+" and name != "mul1":  # traced: the reply and the wrong one share the column trace
                 trace, dropped = addition_trace(a, b)
@@ -223,7 +283,8 @@ def test_data_synth_command(tmp_path, capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert "add2" in out and "identity" in out
-    assert len(read(tmp_path / "sft_train.jsonl")) == 30 and len(read(tmp_path / "prompt_val.jsonl")) == 9
+    # add2's 5 held-out pairs come in training phrasings and again in unseen ones: 5 + 5 + 4.
+    assert len(read(tmp_path / "sft_train.jsonl")) == 30 and len(read(tmp_path / "prompt_val.jsonl")) == 14
 
 
 @pytest.mark.parametrize(

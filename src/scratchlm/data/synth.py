@@ -1,4 +1,4 @@
-"""Synthetic tasks with checkable answers, for SFT, preference training (DPO/reward) and GRPO/eval.
+"""Synthetic tasks (most with checkable answers) for SFT, preference training (DPO/reward) and GRPO/eval.
 
 Tasks (Chinese and English phrasing, chosen per example):
 - arithmetic, named `<op><digits>`: "add2" (2-digit addition, the demo's headline), "sub3", "mul1",
@@ -6,6 +6,8 @@ Tasks (Chinese and English phrasing, chosen per example):
 - "next_line": the line that follows a given line of a poem from the built-in corpus.
 - "author": who wrote a poem of the built-in corpus (titles shared by several poets are left out).
 - "identity": "who are you" / "你是谁" → an answer containing the configured model name.
+- open-ended chats from the corpus (not checkable): "fortune" (tell me a fortune / 说一句名言), "recite"
+  (a poem by an author, or by title) and "continue" (the rest of a text).
 
 Poems come from the corpus *train* split, so the held-out questions ask about text the model read
 during pretraining: they measure recall, not guessing. Held-out items never overlap training items:
@@ -20,6 +22,9 @@ Formats (DESIGN.md), one json object per line, each with "task" and "lang":
                                 wrong answer: a sum off by a few, another poem's line or author, another name)
   prompt_{train,val}.jsonl      {"prompt": [messages], "answer": "..."}  (score with `check_answer`)
 Line i of the three files of a split is the same example. meta.json records the seed, name and counts.
+Arithmetic's held-out side comes twice: in training phrasings, and again (as many examples, column
+"phrasing": "unseen") in phrasings that training never uses. The open-ended tasks ("fortune", "recite",
+"continue") are chats built from the corpus with no single right answer (`is_checkable` is False).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # Default sizes (train, held-out) per task: a few thousand SFT examples, fine for a CPU demo.
 DEFAULT_TASKS: dict[str, tuple[int, int]] = {
@@ -79,10 +85,29 @@ def _digits_range(digits: int) -> range:
     return range(0, 10) if digits == 1 else range(10 ** (digits - 1), 10**digits)
 
 
+# Phrasings of an arithmetic question: {op} is the symbol, {opw} the operator as a word. The held-out
+# phrasings (True) are asked in no form during training: the demo measures held-out operand pairs in them as a
+# number of its own, which shows whether the model learnt arithmetic or four wordings (a test checks that no
+# held-out template is a training one). Many training phrasings are what lets a small model read new ones.
 _ARITH_TEMPLATES = {
-    "en": ["What is {a} {op} {b}?", "{a} {op} {b} = ?", "Compute {a} {op} {b}.", "Calculate {a}{op}{b}."],
-    "zh": ["{a}{op}{b}等于多少？", "计算：{a}{op}{b}", "{a}{op}{b}=？", "请算一下{a}{op}{b}。"],
+    ("en", False): ["What is {a} {op} {b}?", "{a} {op} {b} = ?", "Compute {a} {op} {b}.", "Calculate {a}{op}{b}.",
+                    "What is {a} {opw} {b}?", "What's {a} {op} {b}?", "Please compute {a} {op} {b}.",
+                    "Work out {a} {op} {b}.", "Find {a} {op} {b}.", "How much is {a} {opw} {b}?", "Solve: {a} {op} {b}",
+                    "{a} {opw} {b} equals what?", "Can you calculate {a} {op} {b}?", "Evaluate {a} {op} {b}.",
+                    "Tell me the result of {a} {op} {b}.", "{a}{op}{b}=?", "what is {a}{op}{b}",
+                    "Calculate the value of {a} {opw} {b}."],
+    ("en", True): ["What do you get from {a} {op} {b}?", "Quick math: {a} {op} {b}", "I need the answer to {a} {op} {b}.",
+                   "Give me {a} {opw} {b}.", "Help me with {a} {op} {b}, please.", "What does {a} {op} {b} come to?"],
+    ("zh", False): ["{a}{op}{b}等于多少？", "计算：{a}{op}{b}", "{a}{op}{b}=？", "请算一下{a}{op}{b}。", "{a}{opw}{b}等于几？",
+                    "{a}{opw}{b}是多少？", "算一算{a}{op}{b}。", "{a}{op}{b}的结果是多少？", "帮我算{a}{op}{b}。",
+                    "求{a}{op}{b}的值。", "{a}{op}{b}得多少？", "请计算{a}{opw}{b}。", "{a}{op}{b}等于？", "口算：{a}{op}{b}",
+                    "你能算出{a}{op}{b}吗？", "{a}{opw}{b}，结果是？", "{a} {op} {b} 等于多少", "计算{a}{opw}{b}的结果。"],
+    ("zh", True): ["请告诉我{a}{op}{b}的答案。", "{a}{op}{b}，答案是什么？", "我想知道{a}{opw}{b}等于多少。",
+                   "麻烦算下{a}{op}{b}。", "考考你：{a}{op}{b}=？", "{a}{op}{b}会得到什么？"],
 }
+_ARITH_WORDS = {"en": {"+": "plus", "-": "minus", "×": "times", "*": "times"},
+                "zh": {"+": "加", "-": "减", "×": "乘以", "*": "乘以"}}
+_ARITH_PREFIXES = {"en": ["", "", "", "Hi! ", "Hey, ", "Quick question: "], "zh": ["", "", "", "你好，", "请问，", "嗨！"]}
 
 
 class Arithmetic:
@@ -135,12 +160,16 @@ class Arithmetic:
             if _held_out(self._key(a, b, op), self.val_frac) == val:
                 return self._canonical(a, b, op)
 
-    def sample(self, rng: random.Random, val: bool, lang: str) -> Example:
-        """One question of this task's `val` side."""
+    def sample(self, rng: random.Random, val: bool, lang: str, unseen_phrasing: bool = False) -> Example:
+        """One question of this task's `val` side, in a training phrasing or (unseen_phrasing) a held-out one."""
+        if unseen_phrasing and not val:
+            raise ValueError(f"task {self.name}: held-out phrasings are for held-out operand pairs only")
         a, b, op = self._draw(rng, val)
         result = a + b if op == "+" else a - b if op == "-" else a * b
         shown_op = "*" if op == "×" and rng.random() < 0.3 else op
-        question = rng.choice(_ARITH_TEMPLATES[lang]).format(a=a, b=b, op=shown_op)
+        template = rng.choice(_ARITH_TEMPLATES[(lang, unseen_phrasing)])
+        prefix = rng.choice(_ARITH_PREFIXES[lang])
+        question = prefix + template.format(a=a, b=b, op=shown_op, opw=_ARITH_WORDS[lang][shown_op])
         delta = rng.choice([-10, -3, -2, -1, 1, 1, 2, 3, 10])  # off-by-a-few, the mistakes models make
         wrong = result + delta if result + delta >= 0 or result < 0 else result + abs(delta)
         if op == "+" and self.digits > 1:
@@ -342,6 +371,118 @@ class Identity:
 
 
 # ----------------------------------------------------------------------------------------------------
+# Open-ended chats from the corpus: no single right answer, so they train and show the chat model, but no
+# held-out accuracy is computed for them (`is_checkable`). Training chats use the corpus train split; the
+# held-out prompts use held-out phrasings (and, for "continue", texts of the validation split).
+
+_FORTUNE_QUESTIONS = {
+    ("en", False): ["Tell me a fortune.", "Give me a fortune.", "Tell me a saying.", "Share a quote with me.",
+                    "Say something wise.", "Give me a quote.", "Tell me something funny.", "I'd like a fortune cookie.",
+                    "Tell me a joke or a saying.", "Share some wisdom.", "Quote something for me.", "fortune please"],
+    ("en", True): ["Got a fortune for me?", "Any words of wisdom?", "Cheer me up with a quote."],
+    ("zh", False): ["给我讲一句格言。", "说一句名言。", "讲一句有道理的话。", "给我一句箴言吧。", "说句至理名言。",
+                    "来一句古人的话。", "讲一句经典名句。", "分享一句话给我。", "说一句论语里的话。", "来一句名言警句。"],
+    ("zh", True): ["有什么人生格言吗？", "送我一句话吧。", "说点有智慧的话。"],
+}
+_RECITE_QUESTIONS = {
+    ("en", False): ["Recite a poem by {author}.", "Can you recite a poem by {author}?", "Recite 《{title}》.",
+                    "Say a poem written by {author}.", "Please recite the poem 《{title}》."],
+    ("en", True): ["Do you know a poem by {author}? Recite it.", "Let me hear 《{title}》."],
+    ("zh", False): ["背诵一首{author}的诗。", "请背一首{author}的诗。", "背诵《{title}》。", "请背诵{author}的《{title}》。",
+                    "念一首{author}的诗给我听。", "你会背《{title}》吗？"],
+    ("zh", True): ["{author}写过什么诗？背一首。", "来一首《{title}》。"],
+}
+_CONTINUE_QUESTIONS = {
+    ("en", False): ["Continue this text: {head}", "Continue: {head}", "Finish this: {head}", "Complete the text: {head}"],
+    ("en", True): ["How does this go on? {head}"],
+    ("zh", False): ["续写：{head}", "接着写下去：{head}", "把这句话补全：{head}", "继续：{head}"],
+    ("zh", True): ["后面是什么？{head}"],
+}
+OPEN_TASKS = ("fortune", "recite", "continue")
+_OPEN_MAX_CHARS = {"en": 160, "zh": 72}  # replies short enough for the demo's 128-token SFT rows
+
+
+class _CorpusTask:
+    """Base of the open-ended tasks: corpus documents of one language per side (train split / another)."""
+
+    name = "open"
+
+    def __init__(self, docs: dict[bool, list[dict]]):
+        self.docs = {val: [d for d in ds if self.usable(d)] for val, ds in docs.items()}
+
+    def usable(self, doc: dict) -> bool:
+        """Whether a document can be a reply of this task."""
+        return 12 <= len(doc["text"].strip()) <= _OPEN_MAX_CHARS[doc["lang"]]
+
+    def pick(self, rng: random.Random, val: bool, lang: str) -> dict:
+        pool = [d for d in self.docs[val] if d["lang"] == lang] or self.docs[val]
+        if not pool:
+            raise ValueError(f"task {self.name}: no usable corpus documents (is the corpus built?)")
+        return rng.choice(pool)
+
+
+class Fortune(_CorpusTask):
+    """"Tell me a fortune" → a short fortune / saying of the asked language."""
+
+    name = "fortune"
+
+    def usable(self, doc: dict) -> bool:
+        return "author" not in doc and doc["source"] not in ("ascii-art", "translate-me") and super().usable(doc)
+
+    def sample(self, rng: random.Random, val: bool, lang: str) -> Example:
+        """One request of the `val` side (held-out = held-out phrasings)."""
+        reply = self.pick(rng, False, lang)["text"].strip()
+        wrong = self.pick(rng, False, "zh" if lang == "en" else "en")["text"].strip()  # the other language
+        question = rng.choice(_FORTUNE_QUESTIONS[(lang, val)])
+        return Example(self.name, lang, question, reply, reply, wrong)
+
+
+class Recite(_CorpusTask):
+    """"Recite a poem by AUTHOR" / "recite 《TITLE》" → the poem (short poems of the train split)."""
+
+    name = "recite"
+
+    def usable(self, doc: dict) -> bool:
+        return "author" in doc and "title" in doc and super().usable(doc)
+
+    def sample(self, rng: random.Random, val: bool, lang: str) -> Example:
+        """One request of the `val` side (held-out = held-out phrasings)."""
+        poem = self.pick(rng, False, "zh")
+        body = "\n".join(line for st in _verse_lines(poem["text"]) for line in st)
+        reply = f"《{poem['title']}》\n{body}"
+        others = [d for d in self.docs[False] if d["author"] != poem["author"]]
+        wrong_poem = rng.choice(others) if others else poem
+        wrong = f"《{wrong_poem['title']}》\n" + "\n".join(line for st in _verse_lines(wrong_poem["text"]) for line in st)
+        question = rng.choice(_RECITE_QUESTIONS[(lang, val)]).format(author=poem["author"], title=poem["title"])
+        return Example(self.name, lang, question, reply, reply, wrong)
+
+
+class Continue(_CorpusTask):
+    """"Continue this text: HEAD" → the rest of a corpus document (validation-split texts when held out)."""
+
+    name = "continue"
+
+    def usable(self, doc: dict) -> bool:
+        return "author" not in doc and len(doc["text"].strip()) >= 24 and super().usable(doc)
+
+    def sample(self, rng: random.Random, val: bool, lang: str) -> Example:
+        """One request of the `val` side: its text is cut at a space (English) or a character (Chinese)."""
+        text = " ".join(self.pick(rng, val, lang)["text"].split()) if lang == "en" else self.pick(rng, val, lang)["text"].strip()
+        cut = int(len(text) * rng.uniform(0.3, 0.6))
+        if lang == "en" and " " in text[cut:]:
+            cut = text.index(" ", cut)
+        head, tail = text[:cut].strip(), text[cut:].strip()
+        wrong = self.pick(rng, False, lang)["text"].strip()  # a different text: no continuation of this one
+        question = rng.choice(_CONTINUE_QUESTIONS[(lang, val)]).format(head=head)
+        return Example(self.name, lang, question, tail, tail, wrong)
+
+
+def is_checkable(task: str) -> bool:
+    """Whether `check_answer` can grade a task (the open-ended corpus chats have no single right answer)."""
+    return task not in OPEN_TASKS
+
+
+# ----------------------------------------------------------------------------------------------------
 # Building the files
 
 _SYSTEM = {
@@ -362,15 +503,22 @@ def make_task(name: str, model_name: str = "scratchlm", poems: list[dict] | None
         return NextLine(poems) if name == "next_line" else Author(poems)
     if name == "identity":
         return Identity(model_name)
-    raise ValueError(f"unknown synthetic task {name!r}; choose next_line, author, identity or <add|sub|mul|arith><digits> (e.g. add2)")
+    if name in OPEN_TASKS:
+        from scratchlm.data.corpus import iter_corpus
+
+        docs = {False: list(iter_corpus("train")), True: list(iter_corpus("validation"))}
+        return {"fortune": Fortune, "recite": Recite, "continue": Continue}[name](docs)
+    raise ValueError(f"unknown synthetic task {name!r}; choose next_line, author, identity, {', '.join(OPEN_TASKS)} "
+                     "or <add|sub|mul|arith><digits> (e.g. add2)")
 
 
-def sample_examples(task, n: int, val: bool, rng: random.Random) -> list[Example]:
-    """n examples of one side of a task, unique where the item space allows (then repeats)."""
+def sample_examples(task, n: int, val: bool, rng: random.Random, **kw: Any) -> list[Example]:
+    """n examples of one side of a task, unique where the item space allows (then repeats); `kw` goes to
+    the task's `sample` (arithmetic: unseen_phrasing)."""
     out, seen = [], set()
     for _ in range(n):
         for _attempt in range(30):  # prefer new (question, reply) pairs; accept a repeat when exhausted
-            ex = task.sample(rng, val, rng.choice(["en", "zh"]))
+            ex = task.sample(rng, val, rng.choice(["en", "zh"]), **kw)
             if (ex.question, ex.reply) not in seen:
                 break
         seen.add((ex.question, ex.reply))
@@ -378,8 +526,10 @@ def sample_examples(task, n: int, val: bool, rng: random.Random) -> list[Example
     return out
 
 
-def _records(examples: list[Example], rng: random.Random, name: str, system_prob: float, multi_turn_prob: float):
-    """The SFT, preference and prompt records of a list of examples (same order)."""
+def _records(examples: list[Example], rng: random.Random, name: str, system_prob: float, multi_turn_prob: float,
+             columns: dict[str, str] | None = None):
+    """The SFT, preference and prompt records of a list of examples (same order), each with `columns`."""
+    extra = columns or {}
     sft, pref, prompt = [], [], []
     by_lang: dict[str, list[Example]] = defaultdict(list)
     for ex in examples:
@@ -394,13 +544,13 @@ def _records(examples: list[Example], rng: random.Random, name: str, system_prob
             conv += [{"role": "user", "content": follow.question}, {"role": "assistant", "content": follow.reply}]
         if rng.random() < system_prob:
             conv.insert(0, {"role": "system", "content": rng.choice(_SYSTEM[ex.lang]).format(name=name)})
-        sft.append({"conversations": conv, "task": ex.task, "lang": ex.lang})
+        sft.append({"conversations": conv, "task": ex.task, "lang": ex.lang, **extra})
         pref.append({
             "chosen": [user, {"role": "assistant", "content": ex.reply}],
             "rejected": [user, {"role": "assistant", "content": ex.wrong}],
-            "task": ex.task, "lang": ex.lang,
+            "task": ex.task, "lang": ex.lang, **extra,
         })
-        prompt.append({"prompt": [user], "answer": ex.answer, "task": ex.task, "lang": ex.lang})
+        prompt.append({"prompt": [user], "answer": ex.answer, "task": ex.task, "lang": ex.lang, **extra})
     return sft, pref, prompt
 
 
@@ -450,12 +600,21 @@ def build_synth(
         for split, n, val in (("train", tr, False), ("val", va, True)):
             # One stream per (seed, task, side): changing one task's size never changes another's data.
             rng = random.Random(f"scratchlm-synth:{seed}:{task_name}:{split}")
-            examples = sample_examples(task, n, val, rng)
-            sft, pref, prompt = _records(examples, rng, name, system_prob, multi_turn_prob)
-            rows[f"sft_{split}"] += sft
-            rows[f"preference_{split}"] += pref
-            rows[f"prompt_{split}"] += prompt
+            sides = [({}, {})]
+            if val and isinstance(task, Arithmetic):
+                # The same number again in held-out phrasings (column "phrasing": "unseen"), its own stream.
+                sides.append(({"unseen_phrasing": True}, {"phrasing": "unseen"}))
+            for kw, columns in sides:
+                if columns:
+                    rng = random.Random(f"scratchlm-synth:{seed}:{task_name}:{split}:unseen-phrasing")
+                examples = sample_examples(task, n, val, rng, **kw)
+                sft, pref, prompt = _records(examples, rng, name, system_prob, multi_turn_prob, columns)
+                rows[f"sft_{split}"] += sft
+                rows[f"preference_{split}"] += pref
+                rows[f"prompt_{split}"] += prompt
             counts.setdefault(task_name, {})[split] = n
+            if len(sides) > 1:
+                counts[task_name]["val_unseen_phrasing"] = n
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
