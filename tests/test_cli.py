@@ -1,11 +1,12 @@
 """The command-line front: every command is listed, has help, and user errors exit 1 with a message."""
 
+import json
 import subprocess
 import sys
 
 import pytest
 
-from scratchlm.cli import build_parser, main
+from scratchlm.cli import COMMAND_MODULES, build_parser, main
 
 COMMANDS = ["demo", "data", "tokenizer", "prepare", "model", "train", "generate"]
 
@@ -19,12 +20,15 @@ def test_help_lists_every_command(capsys):
         assert f"    {cmd}" in out
 
 
-@pytest.mark.parametrize(
-    "argv",
-    [[c] for c in COMMANDS if c not in ("data", "tokenizer", "model", "train")]
-    + [["data", "info"], ["data", "synth"], ["tokenizer", "train"], ["tokenizer", "stats"], ["model", "info"],
-       ["train", "pretrain"], ["train", "sft"], ["train", "plot"]],
-)
+HELP_ARGVS = [[c] for c in COMMANDS if c not in ("data", "tokenizer", "model", "train")] + [
+    ["data", "info"], ["data", "synth"], ["tokenizer", "train"], ["tokenizer", "stats"], ["model", "info"],
+    ["train", "pretrain"], ["train", "sft"], ["train", "plot"],
+]
+# What `scratchlm --help` must not load (torch alone is ~1.3 s); the commands import them when they run.
+HEAVY_MODULES = ("torch", "numpy", "tokenizers", "transformers")
+
+
+@pytest.mark.parametrize("argv", HELP_ARGVS)
 def test_every_command_has_help(argv, capsys):
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args([*argv, "--help"])
@@ -48,3 +52,34 @@ def test_console_script_module_entry():
     r = subprocess.run([sys.executable, "-m", "scratchlm.cli", "model", "info", "debug"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "debug" in r.stdout or "param" in r.stdout.lower()
+
+
+def _heavy_loaded(code: str) -> list[str]:
+    """The HEAVY_MODULES that are in sys.modules after running `code` in a fresh interpreter."""
+    probe = f"{code}\nimport json, sys\nprint(json.dumps([m for m in {HEAVY_MODULES!r} if m in sys.modules]))"
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_help_imports_no_torch():
+    # `scratchlm --help` and every `scratchlm CMD --help`: a sys.modules check, not a timing.
+    code = f"""
+import contextlib, io
+from scratchlm.cli import build_parser
+build_parser()
+for argv in [[], *{HELP_ARGVS!r}]:
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            build_parser().parse_args([*argv, "--help"])
+        except SystemExit:
+            pass
+"""
+    assert _heavy_loaded(code) == []
+
+
+@pytest.mark.parametrize("module", COMMAND_MODULES)
+def test_command_module_registers_without_heavy_imports(module):
+    # One module per interpreter, so that a failure names the module that imports too much at its top.
+    code = f"import argparse, importlib\nimportlib.import_module({module!r}).add_cli(argparse.ArgumentParser().add_subparsers())"
+    assert _heavy_loaded(code) == []

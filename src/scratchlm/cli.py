@@ -8,7 +8,8 @@ import importlib
 import os
 import sys
 
-# Modules that contribute commands, in the order `--help` lists them.
+# Modules that contribute commands, in the order `--help` lists them. Every `scratchlm` call imports them all,
+# so they import torch, numpy and `tokenizers` inside the functions that run a command, not at the top.
 COMMAND_MODULES = [
     "scratchlm.demo",
     "scratchlm.data.cli",
@@ -16,7 +17,7 @@ COMMAND_MODULES = [
     "scratchlm.data.prepare",
     "scratchlm.model.info",
     "scratchlm.train.cli",
-    "scratchlm.generate",
+    "scratchlm.generate_cli",
 ]
 
 

@@ -21,12 +21,12 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
-
-from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import decoders, models, pre_tokenizers, trainers
+from typing import TYPE_CHECKING, Any
 
 from scratchlm.data.jsonl import iter_text_records
+
+if TYPE_CHECKING:  # `tokenizers` loads when a tokenizer is trained or loaded, not on `scratchlm --help`
+    from tokenizers import Tokenizer as HFTokenizer
 
 CONTROL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 TAG_TOKENS = [
@@ -126,7 +126,11 @@ def train_tokenizer(
     The training text is cleaned with `prepare`'s default (`clean_text`, NFKC) so that the merges are
     learnt on the same strings the shards will hold; the tokenizer itself has no normalizer (lossless).
     """
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
     from scratchlm.data.clean import clean_text
+    from scratchlm.progress import is_interactive, progress
 
     if vocab_size < MIN_VOCAB_SIZE:
         raise ValueError(
@@ -157,8 +161,10 @@ def train_tokenizer(
         vocab_size=vocab_size,
         special_tokens=SPECIAL_TOKENS,  # listed first, so they take ids 0..15 in this order
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes → nothing is unknown
-        show_progress=show_progress,
+        # The Rust bars draw nothing without a terminal: there the documents read are reported as plain lines.
+        show_progress=show_progress and is_interactive(),
     )
+    bar = progress(length, desc="tokenizer", unit="doc", enabled=show_progress and not is_interactive())
     n_chars = 0
 
     def counted(it: Iterable[str]) -> Iterator[str]:
@@ -166,9 +172,15 @@ def train_tokenizer(
         for t in it:
             t = clean_text(t, normalize)
             n_chars += len(t)
+            bar.update(1)
             yield t
+        bar.set_postfix_str("all read; learning the merges")
+        bar.close()
 
-    tok.train_from_iterator(counted(texts), trainer=trainer, length=length)
+    try:
+        tok.train_from_iterator(counted(texts), trainer=trainer, length=length)
+    finally:
+        bar.close()
     if n_chars == 0:
         raise ValueError(f"no training text in {list(map(str, inputs)) if inputs else 'the corpus'}")
 
@@ -209,6 +221,8 @@ class Tokenizer:
         for i, s in enumerate(SPECIAL_TOKENS):
             if tok.token_to_id(s) != i:
                 raise ValueError(f"tokenizer has {s!r} at id {tok.token_to_id(s)}, expected {i}")
+        from tokenizers import Tokenizer as HFTokenizer
+
         self._tok = tok  # parses control tokens out of text: for the template's own markers
         # Same model with control tokens treated as text (tags, not "special", are still matched).
         self._plain = HFTokenizer.from_str(tok.to_str())
@@ -235,6 +249,8 @@ class Tokenizer:
         max_len = DEFAULT_MODEL_MAX_LENGTH
         if cfg_file.is_file():
             max_len = int(json.loads(cfg_file.read_text(encoding="utf-8")).get("model_max_length", max_len))
+        from tokenizers import Tokenizer as HFTokenizer
+
         return cls(HFTokenizer.from_file(str(file)), model_max_length=max_len)
 
     def save(self, out_dir: str | Path) -> Path:

@@ -31,15 +31,16 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from scratchlm.data.clean import NORMALIZE_FORMS, clean_messages, clean_text, dedup_key, in_val_split
-from scratchlm.data.datasets import open_shards
-from scratchlm.data.neardup import NearDupIndex
-from scratchlm.data.shard_writer import ShardWriter, new_run_id, remove_stale
 from scratchlm.data.sources import BUILTIN, KINDS, DataError, Source, iter_raw, parse_record, resolve_source
+
+if TYPE_CHECKING:  # numpy and the shard modules load when data is prepared, not on `scratchlm --help`
+    import numpy as np
+
+    from scratchlm.data.neardup import NearDupIndex
+    from scratchlm.data.shard_writer import ShardWriter
 
 DEFAULT_SHARD_TOKENS = 50_000_000
 DEFAULT_NEAR_DUP = 0.8
@@ -63,6 +64,8 @@ class Encoded:
 
     def select(self, items: np.ndarray) -> "Encoded":
         """The sub-batch of the items where `items` (bool [n_items]) is True."""
+        import numpy as np
+
         docs = np.repeat(items, self.docs_per_item)
         toks = np.repeat(docs, self.doc_lens)
         side = None if self.side is None else list(itertools.compress(self.side, docs.tolist()))
@@ -71,6 +74,8 @@ class Encoded:
 
     def item_starts(self) -> np.ndarray:
         """[n_items + 1] token offsets of the items."""
+        import numpy as np
+
         ends = np.cumsum(self.doc_lens)[self.docs_per_item - 1 :: self.docs_per_item]
         return np.concatenate([[0], ends]).astype(np.int64)
 
@@ -184,6 +189,8 @@ def _batches(kind: str, src: Source, opts: "_Options", counts: Counter, seen: se
 
 def _encode(kind: str, tok: Any, items: list[Any]) -> Encoded:
     """Token ids (+ masks / side lines) of a batch of cleaned items."""
+    import numpy as np
+
     if kind == "pretrain":
         ids = tok.encode_batch(items)
         lens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
@@ -229,11 +236,10 @@ def _load_tokenizer(path: str | Path) -> tuple[Any, str]:
 
 
 def _progress(total: int | None, enabled: bool) -> Any:
-    """A tqdm bar over input bytes (shows MB/s); a no-op object when disabled."""
-    from tqdm.auto import tqdm
+    """A progress bar over input bytes (shows MB/s); plain lines without a terminal; a no-op when disabled."""
+    from scratchlm.progress import progress
 
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="prepare",
-                disable=not enabled, dynamic_ncols=True)
+    return progress(total, desc="prepare", unit="B", unit_scale=True, enabled=enabled)
 
 
 def parse_mix(specs: Sequence[str]) -> list[tuple[str, float]]:
@@ -275,6 +281,10 @@ def prepare(
     inputs means the built-in corpus. `near_dup_threshold` None = 0.8 for pretrain, off otherwise;
     0 = off. `max_chars` 0 = no limit. `dedup=False` turns off exact and near-dup removal.
     """
+    from scratchlm.data.datasets import open_shards
+    from scratchlm.data.neardup import NearDupIndex
+    from scratchlm.data.shard_writer import ShardWriter, new_run_id, remove_stale
+
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r} is not allowed; choose one of: {', '.join(KINDS)}")
     if normalize not in NORMALIZE_FORMS:
@@ -378,6 +388,8 @@ class _NoWriter:
 
 def _publish(main_w: ShardWriter, val_w: Any, meta: dict, out: Path) -> dict:
     """Finish val/ first, then the main meta.json (which points at val/), then drop a stale val/."""
+    from scratchlm.data.shard_writer import ShardWriter
+
     parent = {"parent_run": main_w.run_name}
     if isinstance(val_w, ShardWriter):
         val_meta = val_w.finish({**parent, "counts": {"kept": val_w.n_docs // (2 if main_w.kind == "preference" else 1)}})
@@ -397,6 +409,8 @@ def _sum_counts(per_input: dict[str, Counter]) -> dict[str, int]:
 def _run_source(kind: str, src: Source, tok: Any, opts: _Options, counts: Counter, seen: set[int] | None,
                 near: NearDupIndex | None, train_w: ShardWriter, val_w: Any, bar: Any, t0: float) -> None:
     """Stream one input through clean → encode (overlapped) → near-dup → writers."""
+    import numpy as np
+
 
     def finish(keys: list[int], fut: Future) -> None:
         enc: Encoded = fut.result()
@@ -434,6 +448,8 @@ def _run_source(kind: str, src: Source, tok: Any, opts: _Options, counts: Counte
 
 def _mix(staged: list[Any], names: list[str], weights: list[float], out_w: ShardWriter, seed: int) -> dict:
     """Write the items of the staged inputs with token shares = weights (see module doc); returns stats."""
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     dpi = 2 if out_w.kind == "preference" else 1
     item_tokens = []

@@ -6,10 +6,12 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scratchlm.config import Config, ConfigError, load_config, load_run_config, read_toml
-from scratchlm.train.loop import TrainResult, plot_metrics
+
+if TYPE_CHECKING:  # the loop imports torch: only the commands that train load it, not `--help`
+    from scratchlm.train.loop import TrainResult
 
 
 def resolve_train_config(
@@ -97,6 +99,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
+    from scratchlm.train.loop import plot_metrics
+
     print(plot_metrics(args.run))
     return 0
 

@@ -388,9 +388,9 @@ def validate(model: nn.Module, objective: Objective, info: D.DistInfo, device: t
 def _progress_bar(enabled: bool, start: int, total: int) -> Any:
     if not enabled:
         return None
-    from tqdm.auto import tqdm
+    from scratchlm.progress import progress
 
-    return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+    return progress(total, initial=start, desc="train", unit="step")
 
 
 def plot_metrics(run_dir: str | Path) -> Path:
