@@ -270,3 +270,59 @@ def test_sft_trains_from_a_pretrained_run(tok, tmp_path):
     res = train(cfg, SFT(cfg, shards), tmp_path / "sft", build_model(cfg), init_from=tmp_path / "pre",
                 progress=False)
     assert res.status == "done" and all(np.isfinite(res.losses))
+
+
+@pytest.mark.parametrize("share", [0.25, 0.3, 0.5])
+def test_pretrain_mix_reaches_sft_batches_in_the_configured_share(tok, share):
+    """train.pretrain_mix: that share of the rows are pretraining windows, every token a target, no doc ids."""
+    shards, _ = _sft_shards(tok)
+    pre_ids = np.arange(1000, dtype=np.int64) % 300 + 20  # recognisable: never an SFT token sequence
+    mix = ArrayShards(pre_ids, doc_starts=(0, 400, 700), vocab_size=tok.vocab_size)
+    B, T = 4, 56
+    cfg = load_config("debug", [f"train.batch_size={B}", f"train.seq_len={T}", "train.packing=true",
+                                f"train.pretrain_mix={share}", f"model.vocab_size={tok.vocab_size}"])
+    obj = SFT(cfg, shards, mix_shards=mix)
+    n_steps, pre_rows, slots = 10, 0, 0
+    for step in range(n_steps):
+        (batch,) = obj.next_batches()
+        for r in range(B):
+            x, y, d = batch["input_ids"][r], batch["targets"][r], batch["doc_ids"][r]
+            start = int(x[0]) - 20
+            window = (np.arange(start, start + T + 1) % 300 + 20).tolist()
+            is_pre = x.tolist() == window[:-1]
+            if is_pre:  # a consecutive window of the stream, across its documents, every next token a target
+                assert y.tolist() == window[1:] and (d == d[0]).all()
+            else:
+                assert (y == IGNORE).any()  # an SFT row: prompts and padding are never targets
+            pre_rows += is_pre
+            slots += 1
+        # running share within one row of the configured one at every step
+        assert abs(pre_rows - share * slots) <= 1
+    assert pre_rows == int(share * slots)
+    # resume: the slot layout is a pure function of the position
+    again = SFT(cfg, shards, mix_shards=mix)
+    again.load_state_dict({"position": 5 * B})
+    first = SFT(cfg, shards, mix_shards=mix)
+    want = [first.next_batches()[0] for _ in range(8)][5:]
+    for w in want:
+        got = again.next_batches()[0]
+        assert all(torch.equal(got[k], w[k]) for k in w)
+
+
+def test_pretrain_mix_keeps_the_sft_rows_and_checks_its_data(tok):
+    shards, _ = _sft_shards(tok)
+    mix = ArrayShards(np.arange(500) % 300 + 20, vocab_size=tok.vocab_size)
+    sets = ["train.batch_size=2", "train.seq_len=56", f"model.vocab_size={tok.vocab_size}"]
+    plain = SFT(load_config("debug", sets), shards)
+    mixed = SFT(load_config("debug", sets + ["train.pretrain_mix=0.5"]), shards, mix_shards=mix)
+    sft_rows = [mixed._row(p) for p in range(20)]
+    sft_rows = [r for r in sft_rows if r.mask is not None]
+    # The SFT rows come in the same order as without the mix (the mix only interleaves).
+    for i, row in enumerate(sft_rows):
+        assert np.array_equal(row.ids, plain._row(i).ids)
+    with pytest.raises(ConfigError, match="needs train.pretrain_mix_data"):
+        SFT(load_config("debug", sets + ["train.pretrain_mix=0.2"]), shards)
+    with pytest.raises(ConfigError, match="prepare --kind pretrain"):
+        SFT(load_config("debug", sets + ["train.pretrain_mix=0.2"]), shards, mix_shards=shards)
+    with pytest.raises(ConfigError, match="out of range"):
+        load_config("debug", ["train.pretrain_mix=1.0"])

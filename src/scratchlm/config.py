@@ -160,6 +160,10 @@ class TrainConfig:
     tensorboard: bool = False
     packing: bool = True  # SFT: pack whole conversations into each row (else one padded conversation per row)
     doc_mask: bool = True  # packed rows: tokens attend only within their own document, RoPE restarts per doc
+    # SFT: this share of every batch's rows are pretraining windows (loss on all their tokens) from the prepared
+    # pretrain shards in pretrain_mix_data, so the chat model keeps the corpus it was pretrained on.
+    pretrain_mix: float = 0.0
+    pretrain_mix_data: str = ""
     # LoRA
     lora_rank: int = 8
     lora_alpha: float = 16.0
@@ -236,6 +240,7 @@ _LIMITS: dict[str, tuple[float | None, float | None]] = {
     "train.min_lr_ratio": (0, 1),
     "train.warmup_steps": (0, None),
     "train.wsd_decay_frac": (0, 1),
+    "train.pretrain_mix": (0, 0.9),
     "train.weight_decay": (0, None),
     "train.beta1": (0, 1),
     "train.beta2": (0, 1),

@@ -9,6 +9,7 @@ they may wrap the model in `prepare_model`, build pairs, or generate rollouts in
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
@@ -191,9 +192,13 @@ class Pretrain(Objective):
             raise ConfigError(f"{where}: tokens come from a {vocab}-token vocabulary but "
                               f"model.vocab_size={self.cfg.model.vocab_size}; set --set model.vocab_size={vocab}")
 
-    def _build(self, source: Any, positions: range) -> Batch:
-        """Rows at these global positions, right-padded to the longest (padding is never a target)."""
-        rows = [_xy(source.get(pos), self.use_mask, self._use_docs()) for pos in positions]
+    def _row(self, pos: int) -> Row:
+        """The training row at global position `pos`."""
+        return self.windows.get(pos)
+
+    def _build(self, source_rows: list[Row]) -> Batch:
+        """These rows as a batch, right-padded to the longest (padding is never a target)."""
+        rows = [_xy(row, self.use_mask, self._use_docs()) for row in source_rows]
         T = max(len(x) for x, _, _ in rows)
         x = np.zeros((len(rows), T), dtype=np.int64)  # pad id is irrelevant: padded targets are ignored
         y = np.full((len(rows), T), IGNORE, dtype=np.int64)
@@ -203,7 +208,7 @@ class Pretrain(Objective):
             if dr is not None:
                 docs[r, : len(dr)] = dr
         batch = {"input_ids": torch.from_numpy(x), "targets": torch.from_numpy(y)}
-        if rows[0][2] is not None:
+        if any(dr is not None for _, _, dr in rows):
             batch["doc_ids"] = torch.from_numpy(docs)
         return batch
 
@@ -214,7 +219,7 @@ class Pretrain(Objective):
         out = []
         for m in range(tc.grad_accum):
             first = self.position + (m * world + rank) * B
-            out.append(self._build(self.windows, range(first, first + B)))
+            out.append(self._build([self._row(pos) for pos in range(first, first + B)]))
         self.position += B * tc.grad_accum * world
         return out
 
@@ -232,7 +237,7 @@ class Pretrain(Objective):
         n_batches = min(tc.eval_batches * self.info.world_size, windows.n // tc.batch_size)
         n_batches -= n_batches % self.info.world_size  # every rank runs the same number of forwards
         for k in range(self.info.rank, n_batches, self.info.world_size):
-            yield self._build(windows, range(k * tc.batch_size, (k + 1) * tc.batch_size))
+            yield self._build([windows.get(pos) for pos in range(k * tc.batch_size, (k + 1) * tc.batch_size)])
 
     def state_dict(self) -> dict[str, Any]:
         return {"position": self.position, "seed": self.cfg.train.seed}
@@ -309,20 +314,56 @@ class PackedDocs:
         return Row(np.concatenate(parts), mask, np.concatenate(docs))
 
 
+def mix_slot(g: int, share: float) -> tuple[bool, int]:
+    """(is a pretraining row, index in its own stream) of global row slot g when `share` of the rows are
+    pretraining rows: slot g is one when floor((g+1)·share) > floor(g·share), so every run of slots holds
+    the share to within one row, and the position alone (no state) says which row comes, as resume needs."""
+    before = math.floor(g * share)  # pretraining rows in slots 0..g-1
+    if math.floor((g + 1) * share) > before:
+        return True, before
+    return False, g - before
+
+
 class SFT(Pretrain):
     """Supervised fine-tuning on ChatML conversations: loss on assistant tokens only (the shards'
     mask); whole conversations packed into rows (train.packing=true, with train.doc_mask keeping them
-    from attending to each other) or one padded conversation per row."""
+    from attending to each other) or one padded conversation per row. With train.pretrain_mix > 0, that
+    share of the rows are windows of pretraining shards (loss on every token): the model keeps its corpus."""
 
     name = "sft"
     use_mask = True
 
-    def __init__(self, cfg: Config, shards: Any = None, val_shards: Any = None) -> None:
+    def __init__(self, cfg: Config, shards: Any = None, val_shards: Any = None, mix_shards: Any = None) -> None:
         super().__init__(cfg, shards, val_shards)
+        tc = cfg.train
         kind = getattr(self.shards, "kind", "sft")
         if kind != "sft":
-            raise ConfigError(f"train.data={cfg.train.data!r} holds {kind!r} shards; SFT needs "
+            raise ConfigError(f"train.data={tc.data!r} holds {kind!r} shards; SFT needs "
                               f"`scratchlm prepare --kind sft`")
+        self.mix: PackedWindows | None = None
+        if tc.pretrain_mix > 0:
+            if mix_shards is None:
+                if not tc.pretrain_mix_data:
+                    raise ConfigError(f"train.pretrain_mix={tc.pretrain_mix} needs train.pretrain_mix_data: a folder "
+                                      "of pretraining shards (`scratchlm prepare --kind pretrain --out DIR`)")
+                mix_shards = _open(tc.pretrain_mix_data, "train.pretrain_mix_data")
+            mix_kind = getattr(mix_shards, "kind", "pretrain")
+            if mix_kind != "pretrain":
+                raise ConfigError(f"train.pretrain_mix_data={tc.pretrain_mix_data!r} holds {mix_kind!r} shards; "
+                                  "the mix needs `scratchlm prepare --kind pretrain`")
+            self._check_vocab(mix_shards, tc.pretrain_mix_data or "pretrain_mix_data")
+            # Its own seed stream: the SFT rows' order is the same with or without the mix.
+            self.mix = PackedWindows(mix_shards, tc.seq_len, tc.seed + 1, True, tc.pretrain_mix_data or "mix data")
+
+    def _row(self, pos: int) -> Row:
+        if self.mix is None:
+            return self.windows.get(pos)
+        is_pretrain, i = mix_slot(pos, self.cfg.train.pretrain_mix)
+        if not is_pretrain:
+            return self.windows.get(i)
+        # A plain causal window across document boundaries (no mask, no doc ids): the way the demo pretrains and
+        # the way perplexity is measured; in a packed batch the whole row is one document of its own.
+        return Row(self.mix.get(i).ids, None, None)
 
     def _make_windows(self, shards: Any, shuffle: bool, where: str) -> Any:
         tc = self.cfg.train
