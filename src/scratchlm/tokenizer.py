@@ -40,6 +40,8 @@ TAG_TOKENS = [
 RESERVED_TOKENS = [f"<|reserved_{i}|>" for i in range(7)]
 # Order = id: <|endoftext|>=0, <|im_start|>=1, <|im_end|>=2, <think>=3, ..., <|reserved_6|>=15.
 SPECIAL_TOKENS = CONTROL_TOKENS + TAG_TOKENS + RESERVED_TOKENS
+# The strings `encode(text, allow_special=True)` turns into their tokens; plain `encode` keeps them text.
+SPECIAL_STRINGS = CONTROL_TOKENS + RESERVED_TOKENS
 N_BYTES = 256
 MIN_VOCAB_SIZE = N_BYTES + len(SPECIAL_TOKENS)
 DEFAULT_MODEL_MAX_LENGTH = 32768
@@ -233,7 +235,7 @@ class Tokenizer:
         self.eos_id = 2  # <|im_end|>: the end of every turn, so generation stops there
         self.pad_id = self.endoftext_id
         self.stop_ids = [self.eos_id, self.endoftext_id]
-        self.special_ids = [tok.token_to_id(s) for s in CONTROL_TOKENS + RESERVED_TOKENS]
+        self.special_ids = [tok.token_to_id(s) for s in SPECIAL_STRINGS]
         self._newline = self._plain.encode("\n", add_special_tokens=False).ids
 
     # --- files -----------------------------------------------------------------------------------

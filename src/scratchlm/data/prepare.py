@@ -7,6 +7,11 @@ The stream, per input, in batches (memory stays flat whatever the input size):
     → train or val split (by the item's hash) → shards (`ShardWriter`).
 Pretrain documents end with `<|endoftext|>`; chat kinds are ChatML via `Tokenizer.encode_chat`.
 
+Control-token strings in pretraining text (`<|im_start|>…<|im_end|>`, as in MiniMind's pretrain_hq.jsonl)
+are plain text by default, like everywhere else; `--special-tokens-in-text` parses them as the tokens.
+Documents holding them are counted either way, and without the option prepare warns with the count.
+Chat kinds never parse them: a message that contains "<|im_end|>" cannot end its turn.
+
 Mixing (`--mix a.jsonl:0.7 b.jsonl:0.3`): weights are shares of the output's *tokens*. The output
 has as many tokens as all inputs together after cleaning (T); input i contributes w_i/Σw · T tokens:
 every one of its items `floor(r)` times (r = target / its tokens) plus a seeded random subset for
@@ -24,7 +29,9 @@ import argparse
 import hashlib
 import itertools
 import json
+import re
 import shutil
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -35,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from scratchlm.data.clean import NORMALIZE_FORMS, clean_messages, clean_text, dedup_key, in_val_split
 from scratchlm.data.sources import BUILTIN, KINDS, DataError, Source, iter_raw, parse_record, resolve_source
+from scratchlm.tokenizer import SPECIAL_STRINGS
 
 if TYPE_CHECKING:  # numpy and the shard modules load when data is prepared, not on `scratchlm --help`
     import numpy as np
@@ -48,8 +56,11 @@ BATCH_CHARS = 500_000  # per encode_batch call: enough for Rust to use all cores
 BATCH_ITEMS = 8192
 COUNT_KEYS = (
     "read", "kept", "dropped_empty", "dropped_too_short", "dropped_too_long",
-    "exact_dups", "near_dups", "bad_lines_skipped", "val",
+    "exact_dups", "near_dups", "bad_lines_skipped", "val", "control_string_docs", "control_strings",
 )
+CONTROL_COUNT_KEYS = ("control_string_docs", "control_strings")  # pretrain only
+SPECIAL_TOKENS_OPTION = "--special-tokens-in-text"
+_CONTROL_RE = re.compile("|".join(map(re.escape, SPECIAL_STRINGS)))
 
 
 @dataclass
@@ -117,6 +128,11 @@ def _clean_item(kind: str, item: Any, normalize: str) -> Any:
     return {**item, "prompt": clean_messages(item["prompt"], normalize), "answer": clean_text(item["answer"], normalize)}
 
 
+def count_control_strings(text: str) -> int:
+    """How many control-token strings (`<|im_start|>`, `<|endoftext|>`, ...) `text` holds."""
+    return len(_CONTROL_RE.findall(text)) if "<|" in text else 0  # the substring test keeps the common case cheap
+
+
 def _parse_fast(kind: str, src: Source, line: int, payload: Any) -> Any:
     """parse_record with a fast path for the common pretrain line (errors still come from parse_record)."""
     if kind == "pretrain":
@@ -170,6 +186,11 @@ def _batches(kind: str, src: Source, opts: "_Options", counts: Counter, seen: se
                 counts["exact_dups"] += 1
                 continue
             seen.add(h)
+        if kind == "pretrain":
+            n_control = count_control_strings(item)
+            if n_control:
+                counts["control_string_docs"] += 1
+                counts["control_strings"] += n_control
         items.append(item)
         keys.append(dedup_key(item) if opts.val_frac > 0 else 0)
         chars += size
@@ -187,12 +208,12 @@ def _batches(kind: str, src: Source, opts: "_Options", counts: Counter, seen: se
 # Encoding (the worker thread: Rust releases the GIL)
 
 
-def _encode(kind: str, tok: Any, items: list[Any]) -> Encoded:
+def _encode(kind: str, tok: Any, items: list[Any], special_tokens_in_text: bool = False) -> Encoded:
     """Token ids (+ masks / side lines) of a batch of cleaned items."""
     import numpy as np
 
     if kind == "pretrain":
-        ids = tok.encode_batch(items)
+        ids = tok.encode_batch(items, allow_special=special_tokens_in_text)
         lens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
         flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.uint32, count=int(lens.sum()))
         # Every document ends with <|endoftext|>: insert one after each document's last token.
@@ -223,6 +244,7 @@ class _Options:
     max_chars: int
     normalize: str
     val_frac: float
+    special_tokens_in_text: bool = False
 
 
 def _load_tokenizer(path: str | Path) -> tuple[Any, str]:
@@ -274,12 +296,14 @@ def prepare(
     val_frac: float = 0.0,
     seed: int = 0,
     progress: bool = False,
+    special_tokens_in_text: bool = False,
 ) -> dict:
     """Prepare a dataset folder from input files; returns its meta.json as a dict (counts included).
 
     `inputs` (or `mix`, as (path, weight) pairs; not both) are files or "builtin"; for pretrain, no
     inputs means the built-in corpus. `near_dup_threshold` None = 0.8 for pretrain, off otherwise;
     0 = off. `max_chars` 0 = no limit. `dedup=False` turns off exact and near-dup removal.
+    `special_tokens_in_text` (pretrain only): control-token strings in the text become those tokens.
     """
     from scratchlm.data.datasets import open_shards
     from scratchlm.data.neardup import NearDupIndex
@@ -293,6 +317,11 @@ def prepare(
         raise ValueError(f"val_frac={val_frac} must be in [0, 1)")
     if min_chars < 0 or max_chars < 0 or (max_chars and max_chars < min_chars):
         raise ValueError(f"bad length limits: min_chars={min_chars}, max_chars={max_chars} (0 = no max)")
+    if special_tokens_in_text and kind != "pretrain":
+        raise ValueError(
+            f"special_tokens_in_text ({SPECIAL_TOKENS_OPTION}) is for kind 'pretrain' only: in {kind!r} data the "
+            "chat template writes the markers, and message text that looks like one must stay text"
+        )
     if inputs and mix:
         raise ValueError("give inputs either as --input (concatenated) or as --mix FILE:WEIGHT, not both")
     if near_dup_threshold is None:
@@ -319,7 +348,7 @@ def prepare(
     out.mkdir(parents=True, exist_ok=True)
     remove_stale(out, keep=_current_run(out))  # leftovers of a killed run; the current dataset stays
 
-    opts = _Options(skip_bad, min_chars, max_chars, normalize, val_frac)
+    opts = _Options(skip_bad, min_chars, max_chars, normalize, val_frac, special_tokens_in_text)
     run_id = new_run_id()
     with_mask, with_side = kind in ("sft", "preference"), kind == "prompt"
     vocab = tok.vocab_size
@@ -347,6 +376,9 @@ def prepare(
                         stage_ws.append(train_w)
                 bar.close()
                 total = _sum_counts(per_input)
+                if kind == "pretrain" and not special_tokens_in_text and total["control_string_docs"]:
+                    # stderr, after the bar is gone: shown with --quiet too, and kept out of piped stdout
+                    print(control_string_warning(total), file=sys.stderr, flush=True)
                 meta = {
                     "tokenizer_hash": tok_hash,
                     "tokenizer": str(tokenizer),
@@ -354,7 +386,8 @@ def prepare(
                     "counts": {**total, "per_input": {k: dict(v) for k, v in per_input.items()}},
                     "settings": {"dedup": dedup, "near_dup_threshold": near_dup_threshold if near else 0.0,
                                  "min_chars": min_chars, "max_chars": max_chars, "normalize": normalize,
-                                 "val_frac": val_frac, "seed": seed, "shard_tokens": shard_tokens},
+                                 "val_frac": val_frac, "seed": seed, "shard_tokens": shard_tokens,
+                                 "special_tokens_in_text": special_tokens_in_text},
                     "seconds": round(time.perf_counter() - t0, 3),
                 }
                 if mix:
@@ -366,6 +399,15 @@ def prepare(
     finally:
         bar.close()
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def control_string_warning(counts: dict) -> str:
+    """The warning for pretraining text that holds control-token strings while they are kept as text."""
+    checked = counts["kept"] + counts["near_dups"] + counts["val"]  # every document that reached the encoder
+    return (f"warning: {counts['control_string_docs']:,} of {checked:,} documents "
+            f"contain control-token strings ({counts['control_strings']:,} in all, e.g. <|im_start|>, <|im_end|>, "
+            f"<|endoftext|>); they were tokenised as plain text. If they mark turns or document ends (MiniMind's "
+            f"pretrain_hq.jsonl format), prepare again with {SPECIAL_TOKENS_OPTION} to make them the tokens.")
 
 
 def _current_run(out: Path) -> str | None:
@@ -434,7 +476,7 @@ def _run_source(kind: str, src: Source, tok: Any, opts: _Options, counts: Counte
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode") as pool:
         pending: tuple[list[int], Future] | None = None
         for items, keys in _batches(kind, src, opts, counts, seen, bar):
-            fut = pool.submit(_encode, kind, tok, items)
+            fut = pool.submit(_encode, kind, tok, items, opts.special_tokens_in_text)
             if pending is not None:
                 finish(*pending)  # overlaps with the encoding of this batch
             pending = (keys, fut)
@@ -513,6 +555,8 @@ def print_report(meta: dict) -> None:
     for name, _c in cols:
         table.add_column(Path(name).name, justify="right")
     for k in COUNT_KEYS:
+        if k in CONTROL_COUNT_KEYS and meta["kind"] != "pretrain":
+            continue
         table.add_row(k, *(f"{c[k]:,}" for _name, c in cols))
     console = Console()
     console.print(table)
@@ -534,6 +578,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         skip_bad=args.skip_bad, min_chars=args.min_chars, max_chars=args.max_chars,
         dedup=not args.no_dedup, near_dup_threshold=args.near_dup_threshold, normalize=args.normalize,
         shard_tokens=args.shard_tokens, val_frac=args.val_frac, seed=args.seed, progress=not args.quiet,
+        special_tokens_in_text=args.special_tokens_in_text,
     )
     if not args.quiet:
         print_report(meta)
@@ -562,5 +607,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, help="tokens per shard file")
     p.add_argument("--val-frac", type=float, default=0.0, help="fraction of items for the val/ split (by hash)")
     p.add_argument("--seed", type=int, default=0, help="seed of mixing and MinHash")
+    p.add_argument(SPECIAL_TOKENS_OPTION, action="store_true",
+                   help="pretrain only: control-token strings in the text (<|im_start|>, <|im_end|>, <|endoftext|>) "
+                        "become those tokens, as MiniMind trains on its pretrain_hq.jsonl (default: plain text)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or report table")
     p.set_defaults(func=cmd_prepare)
