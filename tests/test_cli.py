@@ -81,5 +81,6 @@ for argv in [[], *{HELP_ARGVS!r}]:
 @pytest.mark.parametrize("module", COMMAND_MODULES)
 def test_command_module_registers_without_heavy_imports(module):
     # One module per interpreter, so that a failure names the module that imports too much at its top.
-    code = f"import argparse, importlib\nimportlib.import_module({module!r}).add_cli(argparse.ArgumentParser().add_subparsers())"
+    code = (f"import argparse, importlib\n"
+            f"importlib.import_module({module!r}).add_cli(argparse.ArgumentParser().add_subparsers())")
     assert _heavy_loaded(code) == []
