@@ -13,7 +13,11 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["accuracy"]) == {"add2", "next_line", "author", "identity"}
+    assert set(summary["accuracy"]) == {"add2", "add2 (unseen phrasings)", "next_line", "author", "identity"}
+    # open-ended corpus chats are answered in the sample chats, not scored
+    open_samples = [g for g in summary["samples"] if g["task"] in ("fortune", "recite", "continue")]
+    assert {g["task"] for g in open_samples} == {"fortune", "recite", "continue"}
+    assert all(g["ok"] is None for g in open_samples)
     assert all(0.0 <= a <= 1.0 for a in summary["accuracy"].values())
     # even a 30-step model must beat the unigram model on held-out text
     assert summary["val_ppl_pretrain"] < summary["val_ppl_unigram"]
@@ -23,6 +27,7 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     assert summary["settings"]["sft_schedule"] == "wsd"
     sft_cfg = (out / "sft" / "config.toml").read_text()
     assert 'schedule = "wsd"' in sft_cfg
+    assert f"pretrain_mix = {summary['settings']['sft_pretrain_mix']}" in sft_cfg and "pretrain_mix_data" in sft_cfg
 
 
 def test_chat_pieces_are_what_the_template_encodes_between_control_tokens(tmp_path):
@@ -63,7 +68,7 @@ def test_demo_refuses_a_stage_folder_started_with_another_step_count(tmp_path):
     cfg = out / "pretrain" / "config.toml"
     cfg.write_text("[train]\nmax_steps = 400\n")
     s = quick_settings()
-    with pytest.raises(SystemExit, match=r"max_steps = 400, but this demo asks for 30 \(--pretrain-steps\)"):
+    with pytest.raises(SystemExit, match=r"max_steps = 400, but this demo asks for 40 \(--pretrain-steps\)"):
         run_demo(out, settings=s, progress=False)
     assert cfg.read_text() == "[train]\nmax_steps = 400\n"  # nothing of the earlier run was touched
     assert not (out / "pretrain" / "checkpoints").exists()
@@ -73,9 +78,11 @@ def test_stage_settings_reach_the_training_config():
     from scratchlm.config import load_config
     from scratchlm.demo import DemoSettings, stage_sets
 
-    s = DemoSettings(sft_steps=40, sft_decay_frac=0.35, sft_schedule="wsd", pretrain_steps=30, seed=7)
+    s = DemoSettings(sft_steps=40, sft_decay_frac=0.35, sft_schedule="wsd", pretrain_steps=30, seed=7,
+                     sft_pretrain_mix=0.3)
     sft = load_config(s.preset, stage_sets(s, "sft")).train
     assert (sft.max_steps, sft.wsd_decay_frac, sft.schedule, sft.packing, sft.seed) == (40, 0.35, "wsd", True, 7)
+    assert sft.pretrain_mix == 0.3
     assert (sft.batch_size, sft.seq_len, sft.lr, sft.warmup_steps) == (s.sft_batch, s.sft_seq_len, s.sft_lr, 2)
     pre = load_config(s.preset, stage_sets(s, "pretrain")).train
     assert (pre.max_steps, pre.doc_mask, pre.lr, pre.seed) == (30, False, s.pretrain_lr, 7)
