@@ -246,10 +246,38 @@ class Pretrain(Objective):
         self.position = int(state["position"])
 
 
+OPEN_ROWS = 8  # rows first-fit packing keeps open: 8 fill the demo's 129-token rows to 91% (greedy in order: 83%)
+
+
+def first_fit_rows(order: np.ndarray, lens: np.ndarray, capacity: int, open_rows: int = OPEN_ROWS) -> list[np.ndarray]:
+    """Documents (visited in `order`, lengths `lens` ≤ capacity) laid into rows of `capacity` tokens: each goes
+    into the first of the last `open_rows` rows with room, else starts a row; the oldest open row is closed when
+    there are more. Fewer wasted positions than starting a new row whenever the next document does not fit,
+    and still a pure function of the order (so of the seed and epoch)."""
+    done: list[list[int]] = []
+    rows: list[list[int]] = []  # open rows' documents
+    room: list[int] = []  # their free tokens
+    for d in order.tolist():
+        n = int(lens[d])
+        for k, free in enumerate(room):
+            if n <= free:
+                rows[k].append(d)
+                room[k] -= n
+                break
+        else:
+            rows.append([d])
+            room.append(capacity - n)
+            if len(rows) > open_rows:
+                done.append(rows.pop(0))
+                room.pop(0)
+    done += rows
+    return [np.asarray(r, dtype=np.int64) for r in done]
+
+
 class PackedDocs:
     """Whole conversations (each truncated to seq_len+1 tokens) in a seeded permutation per epoch, laid
-    into rows: one conversation per row (pack=False), or as many whole conversations as fit in seq_len+1
-    tokens, in visiting order (pack=True; no conversation is ever split across rows). Row `pos` of the
+    into rows: one conversation per row (pack=False), or several whole conversations per row of seq_len+1
+    tokens by first-fit packing (pack=True; no conversation is ever split across rows). Row `pos` of the
     global order is a pure function of (seed, pos), which keeps resume exact."""
 
     def __init__(self, shards: Any, seq_len: int, seed: int, shuffle: bool = True, where: str = "data",
@@ -282,14 +310,7 @@ class PackedDocs:
             if not self.pack:
                 rows = [order[i:i + 1] for i in range(len(order))]
             else:
-                # Greedy in visiting order: start a new row when the next conversation does not fit.
-                ends = np.cumsum(self.lens[order])
-                rows, first, base = [], 0, 0
-                for i, end in enumerate(ends):
-                    if end - base > self.seq_len + 1:
-                        rows.append(order[first:i])
-                        first, base = i, int(ends[i - 1])
-                rows.append(order[first:])
+                rows = first_fit_rows(order, self.lens, self.seq_len + 1)
             self._cached = (key, rows)
             self._counts[key] = len(rows)
         return self._cached[1]
