@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "scratchlm.model.info",
     "scratchlm.train.cli",
     "scratchlm.generate_cli",
+    "scratchlm.rag.cli",
 ]
 
 

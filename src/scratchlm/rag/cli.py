@@ -1,0 +1,144 @@
+"""`scratchlm rag index | search | ask | eval`: the command front. It imports nothing heavy at import
+time (every `scratchlm` call registers it); the work lives in the other rag modules."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _open(args: argparse.Namespace, create: bool):
+    """(store, embedder): the embedder named by --embedder, else the one recorded in the database."""
+    from pathlib import Path
+
+    from scratchlm.rag.embedders import get_embedder
+    from scratchlm.rag.store import VectorStore
+
+    if create:
+        embedder = get_embedder(args.embedder or "e5")
+        return VectorStore(args.db, embedder.name, embedder.dim, args.metric, create=True), embedder
+    if not Path(args.db).exists():
+        raise FileNotFoundError(f"{args.db}: no such rag database (build one with `scratchlm rag index DOCS --db {args.db}`)")
+    store = VectorStore(args.db, create=False)
+    spec = args.embedder or _spec_for(store.embedder, args.db)
+    embedder = None if getattr(args, "mode", "") == "bm25" else get_embedder(spec)
+    if embedder is not None and (embedder.name != store.embedder or embedder.dim != store.dim):
+        store.close()
+        raise ValueError(f"{args.db}: built with embedder {store.embedder!r} (dim {store.dim}), not {embedder.name!r} "
+                         f"(dim {embedder.dim}); drop --embedder or pass the one that built it")
+    return store, embedder
+
+
+def _spec_for(name: str, db: str) -> str:
+    """The --embedder spec that rebuilds the embedder recorded as `name`."""
+    known = {"all-MiniLM-L6-v2": "minilm", "multilingual-e5-small-q4": "e5", "hash-256": "hash"}
+    if name in known:
+        return known[name]
+    raise ValueError(f"{db}: built with embedder {name!r}; pass it again with --embedder run:PATH")
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    from scratchlm.rag.index import index_paths
+
+    store, embedder = _open(args, create=True)
+    with store:
+        rep = index_paths(store, embedder, args.docs, size=args.chunk_size, overlap=args.overlap,
+                          show_progress=not args.quiet)
+        total = store.count()
+    rate = rep.chunks / rep.seconds if rep.seconds > 0 else 0.0
+    print(f"{args.db}: indexed {len(rep.indexed)} files ({rep.chunks} chunks, {rate:.0f} chunks/s), "
+          f"skipped {len(rep.skipped)} unchanged; {total} chunks in the database ({embedder.name}, {store.metric})")
+    return 0
+
+
+def _print_hits(hits, width: int = 160) -> None:
+    for rank, h in enumerate(hits, 1):
+        text = " ".join(h.text.split())
+        print(f"{rank:2d}. [{h.ref}] {h.score:.4f}  {text[:width]}{'…' if len(text) > width else ''}")
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from scratchlm.rag.retrieve import Retriever
+
+    store, embedder = _open(args, create=False)
+    with store:
+        hits = Retriever(store, embedder).search(args.query, k=args.k, metric=args.metric, mode=args.mode)
+    if not hits:
+        print("(no matching chunks)")
+    _print_hits(hits)
+    return 0
+
+
+def _cmd_ask(args: argparse.Namespace) -> int:
+    from scratchlm.generate import Engine, load_for_generate
+    from scratchlm.rag.answer import answer_question
+    from scratchlm.rag.retrieve import Retriever
+
+    store, embedder = _open(args, create=False)
+    with store:
+        hits = Retriever(store, embedder).search(args.question, k=args.k, metric=args.metric, mode=args.mode)
+    model, tokenizer = load_for_generate(args.run, args.device)
+    if tokenizer is None:
+        raise ValueError(f"{args.run}: no tokenizer.json in the run folder")
+    ans = answer_question(Engine(model, tokenizer), args.question, hits, max_new_tokens=args.max_new_tokens)
+    if args.show_context:
+        print(ans.prompt, end="\n\n", file=sys.stderr)
+    print(ans.with_citations())
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from scratchlm.rag.evalset import run_eval
+
+    run_eval(args.embedders, args.workdir, n_per_kind=args.n, run=args.run, k=args.k, seed=args.seed)
+    return 0
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Register `scratchlm rag` and its subcommands."""
+    p = subparsers.add_parser("rag", help="retrieval-augmented answers over your own documents (sqlite-vec + BM25)")
+    sub = p.add_subparsers(dest="rag_command", metavar="SUBCOMMAND")
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+    def common(q: argparse.ArgumentParser, search: bool) -> None:
+        q.add_argument("--db", required=True, help="the database file (one SQLite file)")
+        q.add_argument("--embedder", default=None,
+                       help="hash | minilm | e5 | run:PATH (index default: e5; search/ask: the one that built --db)")
+        q.add_argument("--metric", default=None, choices=["cosine", "l2", "l1"],
+                       help="distance (index: the one vec0 indexes, default cosine; search: default the db's)")
+        if search:
+            q.add_argument("--k", type=int, default=5, help="how many chunks to return")
+            q.add_argument("--bm25", dest="mode", action="store_const", const="hybrid", default="dense",
+                           help="fuse the vector ranking with BM25 by reciprocal rank")
+            q.add_argument("--bm25-only", dest="mode", action="store_const", const="bm25", help="BM25 alone")
+
+    q = sub.add_parser("index", help="index .txt/.md/.jsonl files or folders (incremental: unchanged files are skipped)")
+    q.add_argument("docs", nargs="+", metavar="DOCS", help="files or folders")
+    common(q, search=False)
+    q.add_argument("--chunk-size", type=int, default=400, help="characters per chunk at most")
+    q.add_argument("--overlap", type=int, default=80, help="characters two neighbouring chunks may share")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.set_defaults(func=_cmd_index)
+
+    q = sub.add_parser("search", help="top-k chunks for a query")
+    q.add_argument("query")
+    common(q, search=True)
+    q.set_defaults(func=_cmd_search)
+
+    q = sub.add_parser("ask", help="answer a question from retrieved chunks with a run, citing [source#chunk]")
+    q.add_argument("run", metavar="RUN", help="run folder (config.toml, model.safetensors, tokenizer.json)")
+    q.add_argument("question")
+    common(q, search=True)
+    q.add_argument("--max-new-tokens", type=int, default=64)
+    q.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    q.add_argument("--show-context", action="store_true", help="print the prompt given to the model (stderr)")
+    q.set_defaults(func=_cmd_ask, k=3)
+
+    q = sub.add_parser("eval", help="recall@k on held-out questions built from the built-in corpus (EN and ZH apart)")
+    q.add_argument("--embedders", nargs="+", default=["hash", "minilm", "e5"], help="hash minilm e5 run:PATH ...")
+    q.add_argument("--workdir", default="runs/rag-eval", help="where the corpus file and one db per embedder go")
+    q.add_argument("--n", type=int, default=100, help="questions per kind (4 kinds: 2 English, 2 Chinese)")
+    q.add_argument("--k", type=int, default=5)
+    q.add_argument("--run", default=None, help="also measure answer accuracy of this run with RAG vs without")
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=_cmd_eval)
