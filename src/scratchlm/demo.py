@@ -59,7 +59,7 @@ class DemoSettings:
         "add2": (6000, 200), "next_line": (200, 200), "author": (200, 200), "identity": (600, 200),
         "fortune": (300, 20), "recite": (300, 20), "continue": (400, 20)})
     eval_per_task: int = 200
-    max_new_tokens: int = 32
+    max_new_tokens: int = 32  # checkable answers are short; open-ended sample chats get 3x as many
     seed: int = 0
 
 
@@ -202,21 +202,22 @@ def evaluate_tasks(model: Any, tokenizer: Any, prompt_file: Path, per_task: int,
     from scratchlm.generate import Engine, SamplingParams
 
     by_task: dict[str, list[dict]] = defaultdict(list)
-    context = int(model.config.max_seq_len) - max_new_tokens
+    new_tokens = {True: max_new_tokens, False: 3 * max_new_tokens}  # by is_checkable: a poem needs more
     for line in prompt_file.read_text(encoding="utf-8").splitlines():
         rec = json.loads(line)
         key = rec["task"] + (UNSEEN if rec.get("phrasing") == "unseen" else "")
+        context = int(model.config.max_seq_len) - new_tokens[is_checkable(rec["task"])]
         if len(by_task[key]) < (per_task if is_checkable(rec["task"]) else OPEN_SAMPLES):
             # Cleaned like the SFT shards were (prepare's NFKC), so held-out prompts look like training ones.
             rec["ids"] = list(tokenizer.encode_chat(clean_messages(rec["prompt"]), add_generation_prompt=True)[0])
             if len(rec["ids"]) <= context:  # a long "continue this text" may not fit a small model's window
                 by_task[key].append(rec)
     engine = Engine(model, tokenizer)
-    params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
     scores: dict[str, tuple[int, int]] = {}
     graded: list[dict] = []
     for key, recs in sorted(by_task.items()):
         task, correct = recs[0]["task"], 0
+        params = SamplingParams(temperature=0.0, max_new_tokens=new_tokens[is_checkable(task)])
         for i in range(0, len(recs), batch):
             chunk = recs[i:i + batch]
             for r, ids in zip(chunk, engine.generate([r["ids"] for r in chunk], params)):
