@@ -1,0 +1,106 @@
+"""The rag vector store at 10k and 100k chunks: index throughput, query latency p50/p99, and sqlite-vec's
+search time as a ratio to the exact numpy reference (scratchlm.rag.similarity) on the same vectors.
+
+Vectors are random (normal, 384 dims like MiniLM / e5; the maths does not care what made them), so
+the 100k scale needs no hours of embedding. Index throughput here is the store alone (chunks and
+vectors written, one transaction per "file" of 1,000 chunks); the embedders' own throughput on real
+corpus text is printed separately, since on a CPU the embedder is what indexing waits for.
+sqlite-vec answers with the db's metric through vec0's KNN query and with the other two by scanning
+with vec_distance_*; both are exact, and the bench checks they return the reference's top-k.
+
+    python bench/bench_rag.py [--sizes 10000 100000] [--queries 30] [--dim 384] [--embedders e5 minilm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from scratchlm.rag.chunking import Chunk
+from scratchlm.rag.similarity import top_k
+from scratchlm.rag.store import VectorStore
+
+
+def build(path: Path, V: np.ndarray, metric: str, per_file: int = 1000) -> float:
+    """Write V into a fresh store in files of `per_file` chunks → chunks/s."""
+    store = VectorStore(path, "random", V.shape[1], metric)
+    t0 = time.perf_counter()
+    for f in range(0, len(V), per_file):
+        part = V[f:f + per_file]
+        chunks = [Chunk(f"f{f}.txt", i, 0, 1, f"chunk {f + i}") for i in range(len(part))]
+        store.replace_file(path.parent / f"f{f}.txt", f"f{f}.txt", "sha", chunks, part)
+    dt = time.perf_counter() - t0
+    store.close()
+    return len(V) / dt
+
+
+def latencies(fn, queries: np.ndarray) -> np.ndarray:
+    """Seconds per call of fn(q) for each query."""
+    out = []
+    for q in queries:
+        t0 = time.perf_counter()
+        fn(q)
+        out.append(time.perf_counter() - t0)
+    return np.array(out)
+
+
+def bench_size(n: int, dim: int, n_queries: int, k: int, tmp: Path) -> None:
+    rng = np.random.default_rng(n)
+    V = rng.normal(size=(n, dim)).astype(np.float32)
+    Q = rng.normal(size=(n_queries, dim)).astype(np.float32)
+    V64 = V.astype(np.float64)  # the reference's working precision, converted once outside the timing
+    rate = build(tmp / f"b{n}.db", V, "cosine")
+    size_mb = (tmp / f"b{n}.db").stat().st_size / 2**20
+    print(f"\n{n:,} chunks x {dim} dims: index {rate:,.0f} chunks/s (store only), db {size_mb:.0f} MB")
+    print(f"  {'search (k=' + str(k) + ')':<28}{'p50 ms':>9}{'p99 ms':>9}{'numpy p50':>11}{'sqlite-vec/numpy':>18}  same top-k")
+    with VectorStore(tmp / f"b{n}.db", create=False) as store:
+        ids = np.array([r[0] for r in store.db.execute("SELECT id FROM chunks ORDER BY id")])
+        for metric, how in (("cosine", "vec0 KNN"), ("l2", "scan"), ("l1", "scan")):
+            lat = latencies(lambda q: store.search(q, k, metric), Q)
+            ref = latencies(lambda q: top_k(V64, q, k, metric), Q)
+            same = all([i for i, _ in store.search(q, k, metric)] == ids[top_k(V64, q, k, metric)[0]].tolist()
+                       for q in Q[:5])
+            p50, p99 = np.percentile(lat, 50) * 1e3, np.percentile(lat, 99) * 1e3
+            r50 = np.percentile(ref, 50) * 1e3
+            print(f"  {metric + ' (' + how + ')':<28}{p50:>9.1f}{p99:>9.1f}{r50:>11.1f}{p50 / r50:>17.2f}x  {same}")
+
+
+def bench_embedders(specs: list[str], n_texts: int) -> None:
+    from scratchlm.data.corpus import iter_corpus
+    from scratchlm.rag.chunking import Document, chunk_document
+    from scratchlm.rag.embedders import get_embedder
+
+    docs = list(iter_corpus("validation"))[:n_texts]
+    texts = [c.text for d in docs for c in chunk_document(Document("v", d["text"]))]
+    print(f"\nembedders on {len(texts)} chunks of the corpus' validation split (mixed EN/ZH):")
+    for spec in specs:
+        emb = get_embedder(spec)
+        emb.embed_passages(texts[:4])  # warm up (first-call allocations, thread pools)
+        t0 = time.perf_counter()
+        emb.embed_passages(texts)
+        dt = time.perf_counter() - t0
+        print(f"  {emb.name:<28}{len(texts) / dt:>8.1f} chunks/s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--dim", type=int, default=384)
+    ap.add_argument("--queries", type=int, default=30)
+    ap.add_argument("--k", type=int, default=5)
+    ap.add_argument("--embedders", nargs="*", default=["e5", "minilm"], help="also time these on corpus text")
+    ap.add_argument("--embed-texts", type=int, default=200, help="documents for the embedder timing")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.sizes:
+            bench_size(n, args.dim, args.queries, args.k, Path(tmp))
+    if args.embedders:
+        bench_embedders(args.embedders, args.embed_texts)
+
+
+if __name__ == "__main__":
+    main()
