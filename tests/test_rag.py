@@ -137,6 +137,25 @@ def test_store_top_k_equals_exact_reference(tmp_path, metric):
                 np.testing.assert_allclose([d for _, d in got], exp_d, rtol=1e-4, atol=1e-5)
 
 
+def test_extra_metric_tables_use_knn_and_stay_in_sync(tmp_path):
+    from scratchlm.rag.chunking import Chunk
+
+    rng = np.random.default_rng(2)
+    V = rng.normal(size=(300, 16)).astype(np.float32)
+    with VectorStore(tmp_path / "m.db", "random", 16, ["l1", "cosine", "l1"]) as store:
+        assert store.metrics == ["l1", "cosine"]
+        chunks = [Chunk("r.txt", i, i, i + 1, f"c{i}") for i in range(300)]
+        store.replace_file(tmp_path / "r.txt", "r.txt", "a", chunks, V)
+        store.replace_file(tmp_path / "r.txt", "r.txt", "b", chunks[:100], V[:100])  # shrink: old rows go
+        assert store.check() == [] and store.count() == 100
+        ids = [r[0] for r in store.db.execute("SELECT id FROM chunks ORDER BY id")]
+        q = rng.normal(size=16).astype(np.float32)
+        for m in ("l1", "cosine", "l2"):
+            assert [i for i, _ in store.search(q, 7, m)] == [ids[j] for j in top_k(V[:100], q, 7, m)[0]]
+    with VectorStore(tmp_path / "m.db", create=False) as store:
+        assert store.metrics == ["l1", "cosine"]
+
+
 def test_store_survives_reopen_and_records_embedder(tmp_path):
     V = np.random.default_rng(1).normal(size=(20, 8)).astype(np.float32)
     make_store(tmp_path / "s.db", 8, "l2", V).close()
@@ -341,3 +360,5 @@ def test_cli_index_search(tmp_path, capsys):
     assert "[poem.txt#0]" in capsys.readouterr().out
     assert main(["rag", "search", "--db", str(tmp_path / "nope.db"), "x"]) == 1
     assert "nope.db: no such rag database" in capsys.readouterr().err
+    assert main(["rag", "index", str(docs), "--db", str(db), "--embedder", "hash", "--metric", "l2", "--quiet"]) == 1
+    assert "c.db: has vec0 tables for cosine, not l2" in capsys.readouterr().err

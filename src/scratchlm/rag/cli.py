@@ -16,7 +16,13 @@ def _open(args: argparse.Namespace, create: bool):
 
     if create:
         embedder = get_embedder(args.embedder or "e5")
-        return VectorStore(args.db, embedder.name, embedder.dim, args.metric, create=True), embedder
+        store = VectorStore(args.db, embedder.name, embedder.dim, args.metric, create=True)
+        missing = [m for m in args.metric or [] if m not in store.metrics]
+        if missing:
+            store.close()
+            raise ValueError(f"{args.db}: has vec0 tables for {', '.join(store.metrics)}, not {', '.join(missing)} "
+                             f"(metrics are fixed when a database is created; index into a new file)")
+        return store, embedder
     if not Path(args.db).exists():
         raise FileNotFoundError(f"{args.db}: no such rag database (build one with `scratchlm rag index DOCS --db {args.db}`)")
     store = VectorStore(args.db, create=False)
@@ -47,7 +53,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
         total = store.count()
     rate = rep.chunks / rep.seconds if rep.seconds > 0 else 0.0
     print(f"{args.db}: indexed {len(rep.indexed)} files ({rep.chunks} chunks, {rate:.0f} chunks/s), "
-          f"skipped {len(rep.skipped)} unchanged; {total} chunks in the database ({embedder.name}, {store.metric})")
+          f"skipped {len(rep.skipped)} unchanged; {total} chunks in the database ({embedder.name}, {'/'.join(store.metrics)})")
     return 0
 
 
@@ -104,9 +110,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         q.add_argument("--db", required=True, help="the database file (one SQLite file)")
         q.add_argument("--embedder", default=None,
                        help="hash | minilm | e5 | run:PATH (index default: e5; search/ask: the one that built --db)")
-        q.add_argument("--metric", default=None, choices=["cosine", "l2", "l1"],
-                       help="distance (index: the one vec0 indexes, default cosine; search: default the db's)")
         if search:
+            q.add_argument("--metric", default=None, choices=["cosine", "l2", "l1"],
+                           help="distance (default: the database's first); one without a vec0 table is a scan")
             q.add_argument("--k", type=int, default=5, help="how many chunks to return")
             q.add_argument("--bm25", dest="mode", action="store_const", const="hybrid", default="dense",
                            help="fuse the vector ranking with BM25 by reciprocal rank")
@@ -115,6 +121,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     q = sub.add_parser("index", help="index .txt/.md/.jsonl files or folders (incremental: unchanged files are skipped)")
     q.add_argument("docs", nargs="+", metavar="DOCS", help="files or folders")
     common(q, search=False)
+    q.add_argument("--metric", nargs="+", default=None, choices=["cosine", "l2", "l1"],
+                   help="distance(s) to build vec0 KNN tables for in a new database (default cosine; each extra "
+                        "one stores the vectors again; other metrics are still searchable by a slower scan)")
     q.add_argument("--chunk-size", type=int, default=400, help="characters per chunk at most")
     q.add_argument("--overlap", type=int, default=80, help="characters two neighbouring chunks may share")
     q.add_argument("--quiet", action="store_true", help="no progress bar")

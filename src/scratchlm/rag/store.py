@@ -10,6 +10,11 @@ Tables:
     files(id, path, source, sha, n_chunks)    one row per indexed file; sha covers bytes + chunking
     chunks(id, file_id, idx, source, start, end, text, hash)
     vec_chunks  vec0(chunk_id, embedding float[dim] distance_metric=<metric>)
+    vec_chunks_<m>  the same vectors again for each extra metric asked for at creation (`--metric cosine l1`)
+
+A search by a metric that has a vec0 table runs vec0's KNN query; any other metric scans the vectors
+with sqlite-vec's vec_distance_<m> (exact too, but each row goes through an SQL function call: about
+15x slower than vec0 at 100k chunks, see bench/bench_rag.py). An extra table costs the vectors' size again.
 
 Each file is written in one transaction (delete its old chunks and vectors, insert the new ones,
 update its row), so a kill at any moment leaves every file either fully old or fully new.
@@ -63,8 +68,8 @@ class VectorStore:
     """A rag database file: open (or create) it, add files' chunks, search by vector."""
 
     def __init__(self, path: str | Path, embedder_name: str | None = None, dim: int | None = None,
-                 metric: str | None = None, create: bool = True, timeout: float = 5.0):
-        """Open `path`; a new file is created for (embedder_name, dim, metric) when `create` is set.
+                 metric: str | Sequence[str] | None = None, create: bool = True, timeout: float = 5.0):
+        """Open `path`; a new file is created for (embedder_name, dim, metric(s)) when `create` is set.
 
         An existing file must have been built by `embedder_name` (when given) with the same dim.
         """
@@ -82,6 +87,8 @@ class VectorStore:
             raise
         self.dim = int(self.meta["dim"])
         self.metric = self.meta["metric"]
+        extra = [m for m in self.meta.get("extra_metrics", "").split(",") if m]
+        self.metrics = [self.metric] + extra  # the metrics with a vec0 table (KNN), first = vec_chunks
         self.embedder = self.meta["embedder"]
 
     # -- opening -------------------------------------------------------------------------------
@@ -96,14 +103,17 @@ class VectorStore:
                               f"delete it and index again")
         return ValueError(f"{self.path}: {msg}")
 
-    def _read_or_init_meta(self, embedder_name: str | None, dim: int | None, metric: str | None) -> dict[str, str]:
+    def _read_or_init_meta(self, embedder_name: str | None, dim: int | None,
+                           metric: str | Sequence[str] | None) -> dict[str, str]:
         tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if "meta" not in tables:
             if tables:
                 raise ValueError(f"{self.path}: an SQLite file but not a rag database (tables: {', '.join(sorted(tables))})")
             if embedder_name is None or dim is None:
                 raise ValueError(f"{self.path}: empty database; build it with `scratchlm rag index`")
-            self._create(embedder_name, int(dim), check_metric(metric or "cosine"))
+            metrics = [metric or "cosine"] if metric is None or isinstance(metric, str) else list(metric)
+            metrics = list(dict.fromkeys(check_metric(m) for m in metrics))  # de-duplicated, order kept
+            self._create(embedder_name, int(dim), metrics)
         meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
         tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         missing = sorted({"schema", "embedder", "dim", "metric"} - set(meta)) + sorted({"files", "chunks", "vec_chunks"} - tables)
@@ -118,7 +128,7 @@ class VectorStore:
                 f"database or index into a new file")
         return meta
 
-    def _create(self, embedder_name: str, dim: int, metric: str) -> None:
+    def _create(self, embedder_name: str, dim: int, metrics: list[str]) -> None:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             self.db.execute("CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)")
@@ -128,15 +138,24 @@ class VectorStore:
                             "idx INTEGER NOT NULL, source TEXT NOT NULL, start INTEGER NOT NULL, end INTEGER NOT NULL, "
                             "text TEXT NOT NULL, hash TEXT NOT NULL)")
             self.db.execute("CREATE INDEX chunks_file ON chunks(file_id)")
-            self.db.execute(f"CREATE VIRTUAL TABLE vec_chunks USING vec0(chunk_id INTEGER PRIMARY KEY, "
-                            f"embedding float[{dim}] distance_metric={metric})")
+            for i, metric in enumerate(metrics):
+                self.db.execute(f"CREATE VIRTUAL TABLE {self._table(metric, metrics[0])} USING vec0(chunk_id INTEGER "
+                                f"PRIMARY KEY, embedding float[{dim}] distance_metric={metric})")
             self.db.executemany("INSERT INTO meta VALUES (?, ?)", [
-                ("schema", SCHEMA_VERSION), ("embedder", embedder_name), ("dim", str(dim)), ("metric", metric),
+                ("schema", SCHEMA_VERSION), ("embedder", embedder_name), ("dim", str(dim)), ("metric", metrics[0]),
+                ("extra_metrics", ",".join(metrics[1:])),
                 ("created", time.strftime("%Y-%m-%dT%H:%M:%S"))])
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+
+    def _table(self, metric: str, primary: str | None = None) -> str:
+        """The vec0 table holding the vectors under `metric`'s distance."""
+        return "vec_chunks" if metric == (primary or self.metric) else f"vec_chunks_{metric}"
+
+    def _tables(self) -> list[str]:
+        return [self._table(m) for m in self.metrics]
 
     def close(self) -> None:
         """Close the connection."""
@@ -174,7 +193,8 @@ class VectorStore:
             for c, v in zip(chunks, vectors):
                 cid = db.execute("INSERT INTO chunks(file_id, idx, source, start, end, text, hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
                                  (file_id, c.index, c.source, c.start, c.end, c.text, c.hash)).lastrowid
-                db.execute("INSERT INTO vec_chunks(chunk_id, embedding) VALUES (?, ?)", (cid, v.tobytes()))
+                for t in self._tables():
+                    db.execute(f"INSERT INTO {t}(chunk_id, embedding) VALUES (?, ?)", (cid, v.tobytes()))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -185,7 +205,8 @@ class VectorStore:
         if row is None:
             return
         ids = [r[0] for r in self.db.execute("SELECT id FROM chunks WHERE file_id = ?", (row[0],))]
-        self.db.executemany("DELETE FROM vec_chunks WHERE chunk_id = ?", [(i,) for i in ids])
+        for t in self._tables():
+            self.db.executemany(f"DELETE FROM {t} WHERE chunk_id = ?", [(i,) for i in ids])
         self.db.execute("DELETE FROM chunks WHERE file_id = ?", (row[0],))
         self.db.execute("DELETE FROM files WHERE id = ?", (row[0],))
 
@@ -212,9 +233,10 @@ class VectorStore:
         """Consistency problems (empty when consistent): chunks without vectors, and the reverse."""
         problems = []
         n_chunks = self.count()
-        n_vec = int(self.db.execute("SELECT count(*) FROM vec_chunks").fetchone()[0])
-        if n_chunks != n_vec:
-            problems.append(f"{n_chunks} chunks but {n_vec} vectors")
+        for t in self._tables():
+            n_vec = int(self.db.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
+            if n_chunks != n_vec:
+                problems.append(f"{n_chunks} chunks but {n_vec} vectors in {t}")
         declared = int(self.db.execute("SELECT coalesce(sum(n_chunks), 0) FROM files").fetchone()[0])
         if declared != n_chunks:
             problems.append(f"files declare {declared} chunks, {n_chunks} stored")
@@ -226,8 +248,8 @@ class VectorStore:
     def search(self, query: np.ndarray, k: int = 5, metric: str | None = None) -> list[tuple[int, float]]:
         """(chunk_id, distance) of the k nearest chunks, nearest first.
 
-        The database's own metric uses vec0's KNN query (`MATCH ... AND k = ?`); another metric scans all
-        vectors with sqlite-vec's `vec_distance_<metric>` functions — same answer, no metric-specific index.
+        A metric with a vec0 table uses vec0's KNN query (`MATCH ... AND k = ?`); another metric scans all
+        vectors with sqlite-vec's `vec_distance_<metric>` functions — the same answer, slower.
         """
         metric = check_metric(metric or self.metric)
         q = np.asarray(query, dtype="<f4").reshape(-1)
@@ -236,8 +258,8 @@ class VectorStore:
         if k < 1:
             raise ValueError(f"search: k={k} must be >= 1")
         try:
-            if metric == self.metric:
-                rows = self.db.execute("SELECT chunk_id, distance FROM vec_chunks WHERE embedding MATCH ? AND k = ? "
+            if metric in self.metrics:
+                rows = self.db.execute(f"SELECT chunk_id, distance FROM {self._table(metric)} WHERE embedding MATCH ? AND k = ? "
                                        "ORDER BY distance", (q.tobytes(), k)).fetchall()
                 rows.sort(key=lambda r: (r[1], r[0]))  # vec0 allows one ORDER BY; ties by id, as the scan
             else:
