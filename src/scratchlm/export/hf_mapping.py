@@ -161,6 +161,34 @@ def _block_to_hf(sd: dict[str, torch.Tensor], src: str, dst: str, cfg: ModelConf
             out[f"{dst}.mlp.{theirs}.weight"] = sd[f"{src}.ffn.{ours}.weight"]
 
 
+def hf_module_name(ours: str, cfg: ModelConfig) -> str:
+    """Our path of one linear (`layers.3.attn.wq`, `layers.0.ffn.shared.w1`, `mtp.0.block.ffn.w2`) → its
+    transformers path (`model.layers.3.self_attn.q_proj`, ...): the names PEFT adapters are saved under."""
+    parts = ours.split(".")
+    if parts[0] == "layers" and len(parts) >= 4:
+        block, rest = f"model.layers.{parts[1]}", parts[2:]
+    elif parts[0] == "mtp" and len(parts) >= 5 and parts[2] == "block":
+        block, rest = f"model.layers.{cfg.n_layers + int(parts[1])}", parts[3:]
+    else:
+        raise ValueError(f"{ours}: not a linear inside a transformer block")
+    attn = _MLA if cfg.attention == "mla" else _ATTN
+    if rest[0] == "attn" and len(rest) == 2 and rest[1] in attn:
+        return f"{block}.self_attn.{attn[rest[1]]}"
+    if rest[0] == "ffn" and len(rest) == 2 and rest[1] in _FFN:
+        return f"{block}.mlp.{_FFN[rest[1]]}"
+    if rest[:2] == ["ffn", "shared"] and len(rest) == 3 and rest[2] in _FFN:
+        return f"{block}.mlp.shared_experts.{_FFN[rest[2]]}"
+    raise ValueError(f"{ours}: no single transformers linear (routed MoE experts are stacked there)")
+
+
+def our_linear_name(hf_name: str, cfg: ModelConfig) -> str:
+    """transformers' short linear name (q_proj, gate_proj, kv_b_proj, ...) → ours (wq, w1, wkv_b, ...)."""
+    table = {**{v: k for k, v in (_MLA if cfg.attention == "mla" else _ATTN).items()}, **{v: k for k, v in _FFN.items()}}
+    if hf_name not in table:
+        raise ValueError(f"{hf_name!r} is not a linear of this model in transformers' names; known: {', '.join(sorted(table))}")
+    return table[hf_name]
+
+
 def to_hf_state_dict(state_dict: dict[str, torch.Tensor], cfg: ModelConfig, mtp: bool = False) -> dict[str, torch.Tensor]:
     """Our state dict → transformers names (Llama or DeepSeek-V3 layout by cfg.attention); tensors shared.
 

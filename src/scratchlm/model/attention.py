@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from scratchlm.config import ModelConfig
-from scratchlm.model.layers import FUSE_MIN_ROWS, RMSNorm, apply_rope, yarn_mscale
+from scratchlm.model.layers import FUSE_MIN_ROWS, RMSNorm, apply_rope, fused_linear, linear_weight, yarn_mscale
 
 if TYPE_CHECKING:
     from scratchlm.model.cache import KVCache
@@ -143,9 +143,7 @@ class Attention(nn.Module):
         if B * T >= FUSE_MIN_ROWS:
             # One matmul for q, k, v (and one for their input gradient): the weight concat is a small copy
             # next to a large matmul. Parameters stay separate so names match Llama's q/k/v_proj.
-            nq, nkv = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-            w = torch.cat((self.wq.weight, self.wk.weight, self.wv.weight))  # [nq + 2·nkv, D]
-            q, k, v = F.linear(x, w).split([nq, nkv, nkv], dim=-1)
+            q, k, v = fused_linear(x, [self.wq, self.wk, self.wv])  # [B, T, nq], [B, T, nkv], [B, T, nkv]
         else:  # decoding: a concat per step would cost as much as the matmuls themselves
             q, k, v = self.wq(x), self.wk(x), self.wv(x)
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
@@ -248,7 +246,7 @@ class MLA(nn.Module):
         q_nope·(W_uk c) = (W_ukᵀ q_nope)·c and P·(W_uv c) = W_uv (P·c), so attention runs as MQA with one
         "head" of keys [c | k_rope] and values c over the cached latents; W_uv is applied after.
         """
-        w = self.wkv_b.weight.view(self.n_heads, self.nope + self.v_dim, self.kv_lora_rank)
+        w = linear_weight(self.wkv_b).view(self.n_heads, self.nope + self.v_dim, self.kv_lora_rank)
         w_uk, w_uv = w[:, : self.nope], w[:, self.nope :]  # [H, nope, r], [H, v, r]
         q_lat = torch.einsum("bhtn,hnr->bhtr", q_nope, w_uk)  # [B, H, T, r]
         q = torch.cat((q_lat, q_rope), dim=-1)  # [B, H, T, r+rope]

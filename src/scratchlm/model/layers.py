@@ -124,6 +124,19 @@ def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
     return RMSNorm(dim, cfg.norm_eps)
 
 
+def fused_linear(x: torch.Tensor, linears: list[nn.Linear]) -> list[torch.Tensor]:
+    """x through several bias-free linears with one matmul over their concatenated weights (one kernel for
+    the output and one for the input gradient); a LoRA-wrapped linear's update is added to its slice, so
+    adapters hold on the fused path too."""
+    out = F.linear(x, torch.cat([m.weight for m in linears])).split([m.out_features for m in linears], dim=-1)
+    return [y + m.delta(x) if hasattr(m, "delta") else y for y, m in zip(out, linears)]
+
+
+def linear_weight(m: nn.Linear) -> torch.Tensor:
+    """The weight a linear computes with, a LoRA update included (for code that uses the matrix itself)."""
+    return m.effective_weight() if hasattr(m, "effective_weight") else m.weight
+
+
 class SwiGLU(nn.Module):
     """Gated feed-forward: w2(silu(w1 x) · w3 x); w1 = gate, w3 = up, w2 = down, all bias-free."""
 
@@ -137,7 +150,7 @@ class SwiGLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.numel() >= FUSE_MIN_ROWS * x.shape[-1]:
             # gate and up in one matmul (weights concatenated, parameters kept separate for their names)
-            gate, up = F.linear(x, torch.cat((self.w1.weight, self.w3.weight))).chunk(2, dim=-1)
+            gate, up = fused_linear(x, [self.w1, self.w3])
         else:  # few rows (decoding, a lightly used expert): the weight concat would dominate
             gate, up = self.w1(x), self.w3(x)
         return self.dropout(self.w2(F.silu(gate) * up))

@@ -1,0 +1,159 @@
+"""Hand-written LoRA: zero-init identity, merge = unmerged, adapters on every path (fused, decode, MLA absorbed),
+only adapters train, PEFT loads our adapter onto transformers' model and gives our logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from scratchlm.config import load_config
+from scratchlm.model.lora import (
+    LoRALinear,
+    adapter_state,
+    apply_lora,
+    linear_names,
+    load_adapter,
+    lora_modules,
+    merge_lora,
+    save_adapter,
+)
+from scratchlm.model.transformer import Transformer
+
+VARIANTS = {
+    "gqa": (),
+    "mla_moe": ("model.attention=mla", "model.n_routed_experts=4", "model.top_k=2", "model.n_shared_experts=1"),
+    "mla_qlora": ("model.attention=mla", "model.q_lora_rank=16"),
+}
+ALL_DENSE = {"gqa": "wq,wk,wv,wo,w1,w2,w3", "mla_moe": "wq,wkv_a,wkv_b,wo,w1,w2,w3",
+             "mla_qlora": "wq_a,wq_b,wkv_a,wkv_b,wo,w1,w2,w3"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make(variant: str = "gqa", seed: int = 0, init_std: float = 0.2) -> Transformer:
+    torch.manual_seed(seed)
+    return Transformer(load_config("debug", [f"model.init_std={init_std}", *VARIANTS[variant]]).model).eval()
+
+
+def randomise_adapters(model: nn.Module, seed: int = 1) -> None:
+    """Non-zero B so the adapters change the output (B starts at zero)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in lora_modules(model).values():
+            m.lora_B.weight.copy_(torch.randn(m.lora_B.weight.shape, generator=g) * 0.2)
+
+
+def ids(B: int = 2, T: int = 40, seed: int = 3) -> torch.Tensor:
+    return torch.randint(0, 256, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_zero_initialised_lora_leaves_logits_unchanged(variant):
+    model = make(variant)
+    x = ids()
+    before = model(x).logits
+    wrapped = apply_lora(model, rank=4, alpha=8, dropout=0.0, targets=ALL_DENSE[variant])
+    assert wrapped and all(isinstance(m, LoRALinear) for m in wrapped.values())
+    torch.testing.assert_close(model(x).logits, before, rtol=0, atol=1e-5)  # B = 0; only memory layouts differ
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_merged_equals_unmerged_and_unmerge_restores(variant):
+    model = make(variant, init_std=0.05)  # logits of order 1, so 1e-5 is a tight bound
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    apply_lora(model, rank=4, alpha=8, dropout=0.0, targets=ALL_DENSE[variant])
+    randomise_adapters(model)
+    x = ids()
+    unmerged = model(x).logits
+    assert (unmerged - make(variant, init_std=0.05)(x).logits).abs().max() > 1e-3  # the adapters do change the output
+    for m in lora_modules(model).values():
+        m.merge()
+    torch.testing.assert_close(model(x).logits, unmerged, rtol=0, atol=1e-5)
+    for m in lora_modules(model).values():
+        m.unmerge()
+    for k, v in base.items():
+        torch.testing.assert_close(model.state_dict()[k], v, rtol=0, atol=1e-6)
+    merged = merge_lora(model)  # plain linears again, same function
+    assert not lora_modules(merged) and all(type(m) is not LoRALinear for m in merged.modules())
+    torch.testing.assert_close(merged(x).logits, unmerged, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@torch.no_grad()
+def test_adapters_hold_on_fused_decode_and_absorbed_paths(variant):
+    """Cached decoding runs the small-batch (unfused) projections and, for MLA, the absorbed attention;
+    the full forward runs the fused q/k/v and gate/up matmuls. With adapters on, they must agree."""
+    model = make(variant)
+    apply_lora(model, rank=4, alpha=8, dropout=0.0, targets=ALL_DENSE[variant])
+    randomise_adapters(model)
+    x = ids(B=1, T=70)  # B·T ≥ 64: the full forward takes the fused path
+    full = model(x).logits
+    cache = model.new_cache(1, x.shape[1])
+    steps = [model(x[:, :62], cache=cache).logits]  # prefill of 62 rows: unfused
+    for t in range(62, x.shape[1]):
+        steps.append(model(x[:, t:t + 1], cache=cache).logits)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-4, atol=1e-4)
+
+
+def test_only_adapters_get_gradients():
+    model = make("gqa").train()
+    apply_lora(model, rank=4, alpha=8, dropout=0.1, targets="wq,wv,w2")
+    randomise_adapters(model)
+    x = ids()
+    model(x[:, :-1], targets=x[:, 1:]).loss.backward()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == set(adapter_state(model)) and trainable
+    assert all((".lora_A." in n or ".lora_B." in n) for n in trainable)
+    for n, p in model.named_parameters():
+        assert (p.grad is not None) == p.requires_grad, n
+    assert all(p.grad.abs().sum() > 0 for n, p in model.named_parameters() if p.requires_grad)
+
+
+def test_unknown_target_lists_the_model_linears():
+    model = make("gqa")
+    assert linear_names(model) == ["w1", "w2", "w3", "wk", "wo", "wq", "wv"]
+    with pytest.raises(ValueError, match=r"unknown linear name\(s\) q_proj; this model's linears are w1, w2, w3, wk, wo, wq, wv"):
+        apply_lora(model, rank=4, alpha=8, dropout=0.0, targets="wq,q_proj")
+    with pytest.raises(ValueError, match="rank must be at least 1"):
+        apply_lora(model, rank=0, alpha=8, dropout=0.0, targets="wq")
+
+
+def test_saved_adapter_reloads_to_the_same_logits(tmp_path):
+    model = make("gqa")
+    apply_lora(model, rank=4, alpha=8, dropout=0.0, targets="wq,wv,w1")
+    randomise_adapters(model)
+    x = ids()
+    want = model(x).logits
+    save_adapter(model, tmp_path, rank=4, alpha=8, dropout=0.0)
+    fresh = make("gqa")
+    load_adapter(fresh, tmp_path)
+    torch.testing.assert_close(fresh(x).logits, want, rtol=0, atol=0)
+
+
+def test_peft_loads_our_adapter_onto_transformers_llama(tmp_path):
+    """PEFT's own loader, on transformers' LlamaForCausalLM holding our base weights, gives our logits."""
+    peft = pytest.importorskip("peft")
+    from scratchlm.export.hf_mapping import hf_model
+
+    model = make("gqa")
+    hf = hf_model(model)  # built from the base weights, before any adapter
+    targets = ["wq", "wk", "wv", "wo", "w1", "w2", "w3"]
+    apply_lora(model, rank=4, alpha=8, dropout=0.0, targets=targets)
+    randomise_adapters(model)
+    with torch.no_grad():  # A too: PEFT's own init must not be what makes them agree
+        for m in lora_modules(model).values():
+            m.lora_A.weight.mul_(1.5)
+    save_adapter(model, tmp_path, rank=4, alpha=8, dropout=0.0)
+    peft_model = peft.PeftModel.from_pretrained(hf, str(tmp_path)).eval()
+    x = ids()
+    with torch.no_grad():
+        theirs = peft_model(input_ids=x).logits
+        ours = model(x).logits
+    torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-4)
