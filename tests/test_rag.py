@@ -362,3 +362,21 @@ def test_cli_index_search(tmp_path, capsys):
     assert "nope.db: no such rag database" in capsys.readouterr().err
     assert main(["rag", "index", str(docs), "--db", str(db), "--embedder", "hash", "--metric", "l2", "--quiet"]) == 1
     assert "c.db: has vec0 tables for cosine, not l2" in capsys.readouterr().err
+
+
+def test_eval_set_questions_point_at_documents_holding_the_answer(tmp_path):
+    from scratchlm.rag.evalset import answer_contains, doc_of, recall_at_k, write_eval_set
+
+    corpus, questions = write_eval_set(tmp_path, n_per_kind=5, n_docs_per_lang=40, seed=1)
+    docs = [json.loads(line)["text"] for line in corpus.read_text(encoding="utf-8").splitlines()]
+    assert sorted({q.kind for q in questions}) == ["en_next", "en_who", "zh_author", "zh_next"] and len(questions) == 20
+    for q in questions:
+        assert q.relevant and all(answer_contains(docs[i], q.answer) for i in q.relevant), q
+        assert not answer_contains(q.question, q.answer), f"the question gives the answer away: {q}"
+    assert write_eval_set(tmp_path, n_per_kind=5, n_docs_per_lang=40, seed=1)[1] == questions  # deterministic
+    assert doc_of("corpus.jsonl:1") == 0
+    emb = HashEmbedder()
+    with VectorStore(tmp_path / "e.db", emb.name, emb.dim) as store:
+        index_paths(store, emb, [corpus], show_progress=False)
+        rec = recall_at_k(Retriever(store, emb), questions, k=5, mode="bm25")
+    assert set(rec) == {"en", "zh", "en_who", "en_next", "zh_author", "zh_next"} and rec["en"] >= 0.8

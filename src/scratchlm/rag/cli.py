@@ -96,7 +96,8 @@ def _cmd_ask(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from scratchlm.rag.evalset import run_eval
 
-    run_eval(args.embedders, args.workdir, n_per_kind=args.n, run=args.run, k=args.k, seed=args.seed)
+    run_eval(args.embedders, args.workdir, n_per_kind=args.n, n_docs_per_lang=args.docs_per_lang, run=args.run,
+             k=args.k, seed=args.seed, ask_per_kind=args.ask_per_kind)
     return 0
 
 
@@ -146,7 +147,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     q = sub.add_parser("eval", help="recall@k on held-out questions built from the built-in corpus (EN and ZH apart)")
     q.add_argument("--embedders", nargs="+", default=["hash", "minilm", "e5"], help="hash minilm e5 run:PATH ...")
     q.add_argument("--workdir", default="runs/rag-eval", help="where the corpus file and one db per embedder go")
-    q.add_argument("--n", type=int, default=100, help="questions per kind (4 kinds: 2 English, 2 Chinese)")
+    q.add_argument("--n", type=int, default=50, help="questions per kind (4 kinds: 2 English, 2 Chinese)")
+    q.add_argument("--docs-per-lang", type=int, default=1000, help="corpus size: relevant documents + distractors")
+    q.add_argument("--ask-per-kind", type=int, default=25, help="questions per kind asked to --run (with and without RAG)")
     q.add_argument("--k", type=int, default=5)
     q.add_argument("--run", default=None, help="also measure answer accuracy of this run with RAG vs without")
     q.add_argument("--seed", type=int, default=0)
