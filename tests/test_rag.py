@@ -234,6 +234,14 @@ def test_index_is_incremental_and_reindex_leaves_no_stale_chunk(tmp_path):
         assert len(rep.indexed) == 3 and store.check() == []
         hits = Retriever(store, emb).search("purple grapes", k=1, mode="hybrid")
         assert hits[0].ref == "fruit.md#0"
+        # a file deleted from the folder is removed on the next index of that folder
+        (docs / "poem.txt").unlink()
+        rep = index_paths(store, emb, [docs], size=400, overlap=0, show_progress=False)
+        assert rep.removed == ["poem.txt"] and rep.indexed == [] and store.check() == []
+        assert not any("明月" in t for t in store.all_texts()[1])
+    with pytest.raises(ValueError, match="empty database"):
+        VectorStore(tmp_path / "fresh.db")
+    assert not (tmp_path / "fresh.db").exists()
 
 
 KILL_SCRIPT = textwrap.dedent("""
@@ -336,7 +344,8 @@ def test_answer_question_with_a_tiny_run(tmp_path):
     hits = [Hit(1, "a.md", 0, "the cat sat on the mat " * 40, 0.1)]
     ans = answer_question(Engine(model, tok), "Where did the cat sit?", hits, max_new_tokens=8)
     assert ans.sources == ["a.md#0"] and "[a.md#0]" in ans.with_citations()
-    assert len(tok.encode_chat([{"role": "user", "content": ans.prompt}], add_generation_prompt=True)[0]) <= cfg.model.max_seq_len - 8
+    prompt_ids = tok.encode_chat([{"role": "user", "content": ans.prompt}], add_generation_prompt=True)[0]
+    assert len(prompt_ids) <= cfg.model.max_seq_len - 8
     emb = RunEmbedder(run)
     v = emb.embed_passages(["the cat", "床前明月光 and a longer text", ""])
     assert v.shape == (3, cfg.model.d_model) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)

@@ -59,7 +59,8 @@ def test_index_with_e5_then_query_with_minilm_is_an_error(tmp_path):
     db = tmp_path / "e5.db"
     assert main(["rag", "index", str(tmp_path / "a.txt"), "--db", str(db), "--embedder", "e5", "--quiet"]) == 0
     assert main(["rag", "search", "--db", str(db), "yellow fruit", "--k", "1"]) == 0  # the db's own embedder
-    with pytest.raises(ValueError, match=r"e5\.db: built with embedder 'multilingual-e5-small-q4' \(dim 384\), not 'all-MiniLM-L6-v2'"):
+    wrong = r"e5\.db: built with embedder 'multilingual-e5-small-q4' \(dim 384\), not 'all-MiniLM-L6-v2'"
+    with pytest.raises(ValueError, match=wrong):
         from scratchlm.rag.embedders import MiniLMEmbedder
         from scratchlm.rag.store import VectorStore
 

@@ -14,7 +14,8 @@ _CJK = re.compile("[\u3400-\u4dbf\u4e00-\u9fff]")
 _CITE = re.compile(r"\[([^\[\]\s]+#\d+)\]")
 
 TEMPLATES = {
-    "en": ("Sources:\n{context}\n\nQuestion: {question}\nAnswer from the sources and cite them like [{example}].", "{question}"),
+    "en": ("Sources:\n{context}\n\nQuestion: {question}\nAnswer from the sources and cite them like [{example}].",
+           "{question}"),
     "zh": ("资料：\n{context}\n\n问题：{question}\n请根据资料回答，并注明出处，如 [{example}]。", "{question}"),
 }
 

@@ -53,7 +53,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
         total = store.count()
     rate = rep.chunks / rep.seconds if rep.seconds > 0 else 0.0
     print(f"{args.db}: indexed {len(rep.indexed)} files ({rep.chunks} chunks, {rate:.0f} chunks/s), "
-          f"skipped {len(rep.skipped)} unchanged; {total} chunks in the database ({embedder.name}, {'/'.join(store.metrics)})")
+          f"skipped {len(rep.skipped)} unchanged, removed {len(rep.removed)} gone; {total} chunks in the database ({embedder.name}, {'/'.join(store.metrics)})")
     return 0
 
 

@@ -80,7 +80,8 @@ def build_eval_set(n_per_kind: int = 50, n_docs_per_lang: int = 1000, seed: int 
             if m and 8 <= len(words) <= 60:
                 name = m.group(1).strip().rstrip(".")
                 quote = " ".join(words[:7]).strip("\"'").lower()
-                q = rng.choice(['Who said: "{q}..."?', 'Whose words are these: "{q}..."?', 'Who is quoted saying "{q}..."?']).format(q=quote)
+                q = rng.choice(['Who said: "{q}..."?', 'Whose words are these: "{q}..."?',
+                                'Who is quoted saying "{q}..."?']).format(q=quote)
                 cands["en_who"].append((i, q, name))
             elif not m and 12 <= len(words) <= 60:
                 start, rest = " ".join(words[:6]), " ".join(words[6:9])
@@ -111,7 +112,8 @@ def build_eval_set(n_per_kind: int = 50, n_docs_per_lang: int = 1000, seed: int 
     return out_docs, out_q
 
 
-def write_eval_set(workdir: str | Path, n_per_kind: int = 50, n_docs_per_lang: int = 1000, seed: int = 0) -> tuple[Path, list[Question]]:
+def write_eval_set(workdir: str | Path, n_per_kind: int = 50, n_docs_per_lang: int = 1000,
+                   seed: int = 0) -> tuple[Path, list[Question]]:
     """Write corpus.jsonl (unchanged bytes if already there, so indexes are reused) → (path, questions)."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)

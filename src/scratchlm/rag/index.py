@@ -24,6 +24,7 @@ class IndexReport:
 
     indexed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
     chunks: int = 0
     seconds: float = 0.0
 
@@ -50,6 +51,14 @@ def index_paths(store: VectorStore, embedder: Embedder, paths: Sequence[str | Pa
     t0 = time.perf_counter()
     report = IndexReport()
     files = list(find_files(list(paths)))
+    # A file indexed earlier from one of these folders and gone from it now is removed, so a deleted
+    # document stops being retrieved (files indexed from other folders are left alone).
+    present = {str(p.resolve()) for p, _ in files}
+    folders = [Path(p).resolve() for p in paths if Path(p).is_dir()]
+    for stored, source, _ in store.files():
+        if stored not in present and any(Path(stored).is_relative_to(d) for d in folders):
+            store.remove_file(stored)
+            report.removed.append(source)
     todo = []
     for path, source in files:
         sha = file_sha(path, size, overlap)

@@ -74,16 +74,18 @@ class VectorStore:
         An existing file must have been built by `embedder_name` (when given) with the same dim.
         """
         self.path = Path(path)
-        if not self.path.exists() and not create:
+        existed = self.path.exists()
+        if not existed and not create:
             raise FileNotFoundError(f"{self.path}: no such rag database (build one with `scratchlm rag index`)")
         self.db, self._sqlean = _connect(self.path, timeout)
         try:
             self.meta = self._read_or_init_meta(embedder_name, dim, metric)
-        except self._sqlean.DatabaseError as e:
+        except BaseException as e:
             self.db.close()
-            raise self._explain(e) from None
-        except Exception:
-            self.db.close()
+            if not existed and self.path.exists() and self.path.stat().st_size == 0:
+                self.path.unlink()  # do not leave an empty file behind that a later open would call corrupt
+            if isinstance(e, self._sqlean.DatabaseError):
+                raise self._explain(e) from None
             raise
         self.dim = int(self.meta["dim"])
         self.metric = self.meta["metric"]
