@@ -157,3 +157,104 @@ def test_peft_loads_our_adapter_onto_transformers_llama(tmp_path):
         theirs = peft_model(input_ids=x).logits
         ours = model(x).logits
     torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------------
+# LoRA in the one training loop: any stage, adapters only in the optimizer and checkpoints, exact resume
+
+
+def _base_run(tmp_path):
+    """A small pretrained run to put adapters on (a few steps on a repeating token stream)."""
+    import numpy as np
+
+    from scratchlm.run import build_model
+    from scratchlm.train.loop import train
+    from scratchlm.train.objectives import Pretrain
+    from tests.test_train_loop import SMALL, _shards
+
+    cfg = load_config("debug", SMALL + ["train.max_steps=3"])
+    train(cfg, Pretrain(cfg, _shards()), tmp_path / "base", build_model(cfg), progress=False)
+    assert np.isfinite(0.0)
+    return tmp_path / "base"
+
+
+def _lora_run(tmp_path, base, out, stop_at_step=None, resume=False, seed=7):
+    from scratchlm.run import build_model
+    from scratchlm.train.loop import train
+    from scratchlm.train.objectives import Pretrain
+    from tests.test_train_loop import SMALL, _shards
+
+    sets = SMALL + ["train.max_steps=6", "lora.rank=4", "lora.alpha=8", "lora.dropout=0.1",
+                    "lora.targets=wq,wv,w1,w2", "train.lr=1e-2", "train.save_every=3", f"train.seed={seed}"]
+    cfg = load_config("debug", sets)
+    return train(cfg, Pretrain(cfg, _shards(seed=1)), tmp_path / out, build_model(cfg),
+                 init_from=None if resume else base, resume=resume, stop_at_step=stop_at_step, progress=False)
+
+
+def test_lora_training_saves_adapters_only_and_resumes_exactly(tmp_path):
+    import numpy as np
+
+    from scratchlm.run import load_run, run_kind
+    from scratchlm.train.checkpoint import latest_checkpoint, load_checkpoint
+
+    base = _base_run(tmp_path)
+    full = _lora_run(tmp_path, base, "full")
+    assert full.status == "done" and full.losses[-1] < full.losses[0]
+    ckpt = load_checkpoint(latest_checkpoint(tmp_path / "full" / "checkpoints"))
+    assert ckpt.model and all(".lora_A." in k or ".lora_B." in k for k in ckpt.model)  # no base weights
+    assert run_kind(tmp_path / "full") == "adapter" and not (tmp_path / "full" / "model.safetensors").exists()
+    first = _lora_run(tmp_path, base, "split", stop_at_step=3)
+    second = _lora_run(tmp_path, base, "split", resume=True)
+    np.testing.assert_allclose(first.losses + second.losses, full.losses, rtol=0, atol=1e-6)
+    a, _, cfg = load_run(tmp_path / "full")
+    b, _, _ = load_run(tmp_path / "split")
+    assert cfg.lora.base == str(base.resolve()) and lora_modules(a)
+    x = ids()
+    torch.testing.assert_close(a(x).logits, b(x).logits, rtol=0, atol=1e-6)
+    base_model, _, _ = load_run(base)
+    assert (a(x).logits - base_model(x).logits).abs().max() > 1e-4  # the adapters learnt something
+
+
+def test_lora_merge_command_writes_a_plain_run(tmp_path):
+    from scratchlm.cli import main
+    from scratchlm.run import load_run, run_kind
+
+    base = _base_run(tmp_path)
+    _lora_run(tmp_path, base, "lora")
+    assert main(["lora", "merge", str(tmp_path / "lora"), "--out", str(tmp_path / "merged")]) == 0
+    assert run_kind(tmp_path / "merged") == "model"
+    merged, _, cfg = load_run(tmp_path / "merged")
+    adapted, _, _ = load_run(tmp_path / "lora")
+    assert cfg.lora.rank == 0 and not lora_modules(merged)
+    x = ids()
+    torch.testing.assert_close(merged(x).logits, adapted(x).logits, rtol=0, atol=1e-5)
+
+
+def test_lora_needs_a_base_run(tmp_path):
+    from scratchlm.config import ConfigError
+    from scratchlm.run import build_model
+    from scratchlm.train.loop import train
+    from scratchlm.train.objectives import Pretrain
+    from tests.test_train_loop import SMALL, _shards
+
+    cfg = load_config("debug", SMALL + ["lora.rank=4"])
+    with pytest.raises(ConfigError, match="pass --init-from RUN"):
+        train(cfg, Pretrain(cfg, _shards()), tmp_path / "x", build_model(cfg), progress=False)
+    with pytest.raises(ConfigError, match="lora.targets|unknown linear"):
+        bad = load_config("debug", SMALL + ["lora.rank=4", "lora.targets=q_proj"])
+        base = _base_run(tmp_path)
+        train(bad, Pretrain(bad, _shards()), tmp_path / "y", build_model(bad), init_from=base, progress=False)
+
+
+def test_runs_saved_with_the_old_lora_placeholders_still_load(tmp_path):
+    """Before the [lora] section, runs saved train.lora_rank/alpha/targets: reading them drops those fields,
+    while a user's own --set naming them is still an error."""
+    from scratchlm.config import ConfigError, load_run_config
+
+    cfg = load_config("debug", [])
+    cfg.save(tmp_path / "config.toml")
+    text = (tmp_path / "config.toml").read_text().replace("[train]\n", '[train]\nlora_rank = 8\nlora_targets = "wq,wk"\n')
+    (tmp_path / "config.toml").write_text(text)
+    assert load_run_config(tmp_path).lora.rank == 0
+    with pytest.raises(ConfigError, match="unknown field train.'lora_rank'"):
+        load_config("debug", ["train.lora_rank=8"])

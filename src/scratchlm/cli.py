@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "scratchlm.data.prepare",
     "scratchlm.model.info",
     "scratchlm.train.cli",
+    "scratchlm.train.lora_cli",
     "scratchlm.generate_cli",
     "scratchlm.rag.cli",
 ]

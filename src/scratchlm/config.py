@@ -164,10 +164,6 @@ class TrainConfig:
     # pretrain shards in pretrain_mix_data, so the chat model keeps the corpus it was pretrained on.
     pretrain_mix: float = 0.0
     pretrain_mix_data: str = ""
-    # LoRA
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    lora_targets: str = "wq,wk,wv,wo"
     # preference / RL
     beta: float = 0.1  # DPO / KL coefficient
     num_generations: int = 4  # GRPO group size
@@ -178,11 +174,27 @@ class TrainConfig:
 
 
 @dataclass
+class LoRAConfig:
+    """Low-rank adapters (model/lora.py) for any stage: rank 0 trains the whole model, rank ≥ 1 freezes it
+    and trains adapters on the named linears only."""
+
+    rank: int = 0
+    alpha: float = 16.0  # the update is scaled by alpha / rank
+    dropout: float = 0.0
+    targets: str = "wq,wv"  # comma-separated linear names: wq wk wv wo (attention), w1 w2 w3 (SwiGLU), MLA's wq_a ...
+    base: str = ""  # the run whose weights the adapters sit on (set from --init-from); a LoRA run stores only adapters
+
+    def __post_init__(self) -> None:
+        _validate(self, "lora")
+
+
+@dataclass
 class Config:
-    """A whole run: the model and how to train it."""
+    """A whole run: the model, how to train it, and optional adapters."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (None values dropped: TOML has no null)."""
@@ -251,7 +263,9 @@ _LIMITS: dict[str, tuple[float | None, float | None]] = {
     "train.eval_batches": (1, None),
     "train.save_every": (0, None),
     "train.keep_last": (1, None),
-    "train.lora_rank": (1, None),
+    "lora.rank": (0, None),
+    "lora.alpha": (0, None),
+    "lora.dropout": (0, 1),
     "train.num_generations": (1, None),
     "train.max_new_tokens": (1, None),
 }
@@ -429,9 +443,22 @@ def load_config(
     return config_from_dict(data, source)
 
 
+# Placeholder fields that older runs saved before their real sections existed: dropped when such a run is read
+# (a user's own TOML or --set naming them is still an error).
+RETIRED_FIELDS = {"train": ("lora_rank", "lora_alpha", "lora_targets")}
+
+
+def upgrade_saved_config(data: dict[str, Any]) -> dict[str, Any]:
+    """A run's saved config dict without the retired placeholder fields (in place; returned for chaining)."""
+    for sec, names in RETIRED_FIELDS.items():
+        for name in names:
+            data.get(sec, {}).pop(name, None)
+    return data
+
+
 def load_run_config(run_dir: str | Path) -> Config:
     """The config saved in a run folder."""
     path = Path(run_dir) / "config.toml"
     if not path.exists():
         raise ConfigError(f"{run_dir}: not a run folder (no config.toml)")
-    return config_from_dict(read_toml(path), str(path))
+    return config_from_dict(upgrade_saved_config(read_toml(path)), str(path))

@@ -1,7 +1,11 @@
 """Run folders: where a trained model lives, and how any later stage loads it.
 
-A run folder holds config.toml, model.safetensors, tokenizer.json + tokenizer_config.json,
-metrics.jsonl, loss.png and checkpoints/step-N/. Weights are only ever read with safetensors.
+A run folder holds config.toml, tokenizer.json + tokenizer_config.json, metrics.jsonl, loss.png,
+checkpoints/step-N/ and its weights, by kind (`run_kind`):
+- "model": model.safetensors, the whole model;
+- "adapter": adapter_config.json + adapter_model.safetensors (PEFT's layout) over the base run named by
+  config.toml's lora.base; `load_run` loads the base and puts the adapters on it.
+Weights are only ever read with safetensors.
 """
 
 from __future__ import annotations
@@ -86,12 +90,19 @@ def copy_tokenizer(src_dir: str | Path, dst_dir: str | Path) -> bool:
 
 
 def save_run(run_dir: str | Path, model: torch.nn.Module, cfg: Config, tokenizer_dir: str | Path | None = None) -> Path:
-    """Write the final model of a run: model.safetensors, config.toml and the tokenizer files."""
+    """Write the final model of a run: model.safetensors (or, with LoRA adapters, only the adapters in
+    PEFT's layout), config.toml and the tokenizer files."""
+    from scratchlm.model.lora import lora_modules, save_adapter
+
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / "model.safetensors.tmp"
-    save_model(model, tmp)
-    tmp.replace(run_dir / "model.safetensors")  # atomic: a reader never sees half a file
+    if lora_modules(model):
+        lc = cfg.lora
+        save_adapter(model, run_dir, lc.rank, lc.alpha, lc.dropout, base_model=lc.base)
+    else:
+        tmp = run_dir / "model.safetensors.tmp"
+        save_model(model, tmp)
+        tmp.replace(run_dir / "model.safetensors")  # atomic: a reader never sees half a file
     cfg.save(run_dir / "config.toml")
     if tokenizer_dir is not None:
         copy_tokenizer(tokenizer_dir, run_dir)
@@ -106,12 +117,22 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None) -> t
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: no such run folder")
     cfg = load_run_config(run_dir)
-    weights = run_dir / "model.safetensors"
-    if not weights.exists():
-        raise ConfigError(f"{run_dir}: run has no model.safetensors yet (still training, or interrupted? "
-                          f"resume with --resume)")
     model = Transformer(cfg.model)
-    load_weights(model, weights)
+    if run_kind(run_dir) == "adapter":
+        from scratchlm.model.lora import load_adapter
+
+        base = Path(cfg.lora.base)
+        if not (base / "model.safetensors").exists():
+            raise FileNotFoundError(f"{run_dir}: its adapters sit on the base run {base} (config.toml lora.base), "
+                                    "which has no model.safetensors; restore it or set lora.base to where it is")
+        load_weights(model, base / "model.safetensors")
+        load_adapter(model, run_dir)
+    else:
+        weights = run_dir / "model.safetensors"
+        if not weights.exists():
+            raise ConfigError(f"{run_dir}: run has no model.safetensors yet (still training, or interrupted? "
+                              f"resume with --resume)")
+        load_weights(model, weights)
     if device is not None:
         model.to(device)
     model.eval()
@@ -121,6 +142,13 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None) -> t
 
         tokenizer = Tokenizer.load(run_dir)
     return model, tokenizer, cfg
+
+
+def run_kind(run_dir: str | Path) -> str:
+    """What a run folder's weights are: "model" (model.safetensors) or "adapter" (LoRA over a base run)."""
+    from scratchlm.model.lora import ADAPTER_CONFIG
+
+    return "adapter" if (Path(run_dir) / ADAPTER_CONFIG).exists() and not (Path(run_dir) / "model.safetensors").exists() else "model"
 
 
 def _fsync(path: Path) -> None:

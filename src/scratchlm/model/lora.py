@@ -25,6 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from scratchlm.config import ConfigError
+
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
@@ -103,13 +105,13 @@ def apply_lora(model: nn.Module, rank: int, alpha: float, dropout: float, target
     returns {full module name: LoRALinear}. Unknown target names are an error listing the model's linears."""
     wanted = parse_targets(targets)
     if rank < 1:
-        raise ValueError(f"lora.rank must be at least 1, got {rank}")
+        raise ConfigError(f"lora.rank must be at least 1, got {rank}")
     if not wanted:
-        raise ValueError("lora.targets is empty; name the linears to adapt, e.g. wq,wv")
+        raise ConfigError("lora.targets is empty; name the linears to adapt, e.g. wq,wv")
     available = linear_names(model)
     unknown = [t for t in wanted if t not in available]
     if unknown:
-        raise ValueError(f"lora.targets: unknown linear name(s) {', '.join(unknown)}; this model's linears are "
+        raise ConfigError(f"lora.targets: unknown linear name(s) {', '.join(unknown)}; this model's linears are "
                          f"{', '.join(available)}")
     for p in model.parameters():
         p.requires_grad_(False)

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scratchlm.config import Config, ConfigError, load_config, load_run_config, read_toml
+from scratchlm.config import Config, ConfigError, load_config, load_run_config, read_toml, upgrade_saved_config
 
 if TYPE_CHECKING:  # the loop imports torch: only the commands that train load it, not `--help`
     from scratchlm.train.loop import TrainResult
@@ -32,7 +32,7 @@ def resolve_train_config(
     if data is not None:
         base["train"]["data"] = str(data)
     if preset is None and resume and out is not None and (Path(out) / "config.toml").exists():
-        saved = read_toml(Path(out) / "config.toml")
+        saved = upgrade_saved_config(read_toml(Path(out) / "config.toml"))
         saved.setdefault("train", {}).update(base["train"])
         return load_config(None, overrides, base=saved)
     return load_config(preset or "tiny", overrides, base=base)

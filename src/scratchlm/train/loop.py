@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from scratchlm.config import Config, ConfigError
+from scratchlm.config import Config, ConfigError, load_run_config
 from scratchlm.data.jsonl import iter_jsonl
 from scratchlm.device import autocast, pick_device, pick_dtype
 from scratchlm.run import load_weights, save_run, tied_aliases
@@ -170,6 +170,13 @@ def train(
     seed_everything(tc.seed)
     ckpt_root = out_dir / "checkpoints"
 
+    if cfg.lora.rank > 0 and not resume:
+        if init_from is None:
+            raise ConfigError("lora.rank ≥ 1 trains adapters over a trained model: pass --init-from RUN (the base run)")
+        if not (Path(init_from) / "model.safetensors").exists():
+            raise ConfigError(f"--init-from {init_from}: LoRA needs a base run with model.safetensors (an adapter run "
+                              f"can be merged first: scratchlm lora merge {init_from} --out MERGED)")
+        cfg.lora.base = str(Path(init_from).resolve())  # saved in config.toml: resume and load_run find the base
     ckpt = None
     if resume:
         path = latest_checkpoint(ckpt_root)
@@ -181,10 +188,15 @@ def train(
                           f"or choose another --out")
     elif init_from is not None:
         load_weights(model, Path(init_from) / "model.safetensors")
+    if ckpt is not None and cfg.lora.rank > 0:  # adapter checkpoints hold no base weights: load the base run
+        base = init_from or cfg.lora.base or load_run_config(out_dir).lora.base
+        cfg.lora.base = str(Path(base).resolve())
+        load_weights(model, Path(base) / "model.safetensors")
 
     model = objective.prepare_model(model)
+    frozen = {n for n, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}  # LoRA: the base, never saved
     if ckpt is not None:
-        _load_model_state(model, ckpt.model, ckpt.path)
+        _load_model_state(model, ckpt.model, ckpt.path, frozen)
     model.to(device)
     raw = model  # the plain module: state dicts come from here (FSDP2 shards it in place)
     aliases = tied_aliases(raw)
@@ -217,6 +229,7 @@ def train(
 
     def save(step: int) -> None:
         model_state = D.full_model_state(raw)  # collective under FSDP: every rank calls it
+        model_state = {k: v for k, v in model_state.items() if k not in frozen}
         if engine is not None:
             optim_state = zero.gather_optimizer_state(raw, engine)  # collective: gathers the ZeRO shards
         else:
@@ -358,12 +371,15 @@ def _full_copy(raw: nn.Module, cfg: Config) -> nn.Module:
     return plain
 
 
-def _load_model_state(model: nn.Module, state: dict[str, torch.Tensor], where: Any) -> None:
+def _load_model_state(model: nn.Module, state: dict[str, torch.Tensor], where: Any,
+                      frozen: set[str] = frozenset()) -> None:
+    """Load a checkpoint's model state; `frozen` parameters (a LoRA run's base) may be absent from it."""
     state = dict(state)
     for alias, canonical in tied_aliases(model).items():
         if alias not in state and canonical in state:
             state[alias] = state[canonical]
     missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k not in frozen]
     if missing or unexpected:
         raise ValueError(f"{where}: checkpoint does not match the model (missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}) — was the model config changed?")

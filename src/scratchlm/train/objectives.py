@@ -39,7 +39,13 @@ class Objective:
         self.info = info
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
-        """Hook to wrap or freeze the model before the optimizer is built (LoRA, value heads...)."""
+        """Wrap or freeze the model before the optimizer is built: LoRA adapters when lora.rank ≥ 1 (every
+        stage), and whatever a stage adds on top (value heads...) in its override."""
+        lc = self.cfg.lora
+        if lc.rank > 0:
+            from scratchlm.model.lora import apply_lora
+
+            apply_lora(model, lc.rank, lc.alpha, lc.dropout, lc.targets)
         return model
 
     def next_batches(self) -> list[Batch]:
