@@ -5,6 +5,7 @@ import json
 import pytest
 
 from scratchlm.cli import main
+from scratchlm.demo import DEMO_CHATS
 
 
 @pytest.mark.slow
@@ -18,6 +19,7 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     open_samples = [g for g in summary["samples"] if g["task"] in ("fortune", "recite", "continue")]
     assert {g["task"] for g in open_samples} == {"fortune", "recite", "continue"}
     assert all(g["ok"] is None for g in open_samples)
+    assert [c["prompt"] for c in summary["chats"]] == DEMO_CHATS and all(isinstance(c["reply"], str) for c in summary["chats"])
     assert all(0.0 <= a <= 1.0 for a in summary["accuracy"].values())
     # even a 30-step model must beat the unigram model on held-out text
     assert summary["val_ppl_pretrain"] < summary["val_ppl_unigram"]

@@ -29,7 +29,9 @@ class DemoSettings:
     # Held-out add2 climbs with SFT steps, and 500 was not enough for every seed: at 350 + 500, seeds 0-5 (one
     # thread each) scored 0.98 / 0.955 / 0.905 / 1.0 / 0.98 / 0.745; with 600 SFT steps the same pretrained models
     # of seeds 2 and 5 scored 1.0 and 1.0 (and earlier 450 → 600 lifted seeds 0 / 1 from 0.83 / 0.895 to 0.935 / 1.0).
-    pretrain_steps: int = 350
+    # 250 pretraining steps since SFT mixes in pretraining rows: post-SFT val ppl 386 (vs 349 after pretraining;
+    # 255 after 350 steps) and 90 s less than 350 steps.
+    pretrain_steps: int = 250
     pretrain_batch: int = 16
     pretrain_seq_len: int = 128
     pretrain_lr: float = 3e-3
@@ -50,14 +52,17 @@ class DemoSettings:
     # the earlier sums in its row.
     sft_packing: bool = True
     # Share of the SFT rows that are pretraining windows (loss on every token): without it the chat model forgot
-    # the corpus (val perplexity 268 after pretraining, 302,949 after SFT).
-    sft_pretrain_mix: float = 0.2
+    # the corpus (val perplexity 268 after pretraining, 302,949 after SFT). Each such row counts all its 128
+    # targets against ~56 per SFT row, so the share of the *loss* is about twice the share of rows: at 0.2 (43% of
+    # the loss) held-out add2 fell to 0.71; 0.1 kept it (0.97) with post-SFT val ppl 1.10x the pretrained
+    # model's, 0.05 gave 0.89 and 1.38x (seed 0, 250 pretraining steps, one thread each).
+    sft_pretrain_mix: float = 0.1
     # next_line and author stay near 0 at this size (they need the poems memorised), so they get few SFT chats:
     # 600 → 200 each raised held-out add2 from 0.80 / 0.835 to 0.83 / 0.895 (same two pretrained models).
     # fortune / recite / continue are open-ended chats from the corpus (sample chats, no accuracy).
     synth_sizes: dict[str, tuple[int, int]] = field(default_factory=lambda: {
-        "add2": (6000, 200), "next_line": (200, 200), "author": (200, 200), "identity": (600, 200),
-        "fortune": (300, 20), "recite": (300, 20), "continue": (400, 20)})
+        "add2": (6000, 200), "next_line": (200, 200), "author": (200, 200), "identity": (400, 200),
+        "fortune": (150, 20), "recite": (150, 20), "continue": (200, 20)})
     eval_per_task: int = 200
     max_new_tokens: int = 32  # checkable answers are short; open-ended sample chats get 3x as many
     seed: int = 0
@@ -188,6 +193,9 @@ def perplexities(model: Any, train_dir: Path, val_dir: Path, seq_len: int,
     return math.exp(nll / n), math.exp(uni / n)
 
 
+# What a person would type after the demo (training-style requests): shown greedy in the summary.
+DEMO_CHATS = ["Tell me a fortune.", "说一句名言。", "Recite a poem by 李白.", "背诵一首杜甫的诗。",
+              "Continue this text: The best way to predict the future", "What is 47 plus 38?", "你是谁？"]
 UNSEEN = " (unseen phrasings)"  # suffix of the score key of held-out items asked in held-out phrasings
 OPEN_SAMPLES = 2  # greedy replies shown per open-ended task (fortune, recite, continue)
 
@@ -207,6 +215,8 @@ def evaluate_tasks(model: Any, tokenizer: Any, prompt_file: Path, per_task: int,
         rec = json.loads(line)
         key = rec["task"] + (UNSEEN if rec.get("phrasing") == "unseen" else "")
         context = int(model.config.max_seq_len) - new_tokens[is_checkable(rec["task"])]
+        if not is_checkable(rec["task"]) and any(r["prompt"] == rec["prompt"] for r in by_task[key]):
+            continue  # open-ended samples: distinct requests
         if len(by_task[key]) < (per_task if is_checkable(rec["task"]) else OPEN_SAMPLES):
             # Cleaned like the SFT shards were (prepare's NFKC), so held-out prompts look like training ones.
             rec["ids"] = list(tokenizer.encode_chat(clean_messages(rec["prompt"]), add_generation_prompt=True)[0])
@@ -229,6 +239,15 @@ def evaluate_tasks(model: Any, tokenizer: Any, prompt_file: Path, per_task: int,
         if is_checkable(task):
             scores[key] = (correct, len(recs))
     return scores, graded
+
+
+def chat_replies(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int) -> list[dict]:
+    """Greedy replies to single-turn user prompts: [{"prompt", "reply"}]."""
+    from scratchlm.generate import Engine, SamplingParams
+
+    ids = [list(tokenizer.encode_chat([{"role": "user", "content": p}], add_generation_prompt=True)[0]) for p in prompts]
+    out = Engine(model, tokenizer).generate(ids, SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens))
+    return [{"prompt": p, "reply": tokenizer.decode(o, skip_special_tokens=True)} for p, o in zip(prompts, out)]
 
 
 def _check_stage_steps(run_dir: Path, steps: int) -> None:
@@ -285,6 +304,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoS
     ppl_pre, ppl_uni = perplexities(pre_model, paths["pretrain"], paths["pretrain_val"], seq)
     ppl_sft, _ = perplexities(model, paths["pretrain"], paths["pretrain_val"], seq)
     scores, graded = evaluate_tasks(model, tokenizer, paths["prompt_val"], s.eval_per_task, s.max_new_tokens)
+    chats = chat_replies(model, tokenizer, DEMO_CHATS, 3 * s.max_new_tokens)
     times["eval"] = time.perf_counter() - t
     times["total"] = time.perf_counter() - t0
 
@@ -295,7 +315,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoS
         "counts": {k: [c, n] for k, (c, n) in scores.items()},
         "val_ppl_pretrain": ppl_pre, "val_ppl_sft": ppl_sft, "val_ppl_unigram": ppl_uni,
         "seconds": times, "torch_threads": torch.get_num_threads(),
-        "samples": _pick_samples(graded),
+        "samples": _pick_samples(graded), "chats": chats,
     }
     (out / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
     print_summary(summary, out)
@@ -336,6 +356,9 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
     for g in summary["samples"]:
         mark = {True: "✓", False: "✗", None: ""}[g["ok"]]
         console.print(escape(f"  [{g['task']}] user: {g['prompt']}\n      assistant: {g['reply']}  {mark}"))
+    console.print("[bold]chat[/bold] (requests as a person would type them, greedy):")
+    for c in summary.get("chats", []):
+        console.print(escape(f"  user: {c['prompt']}\n      assistant: {c['reply']}"))
     console.print(f"everything is in {out}/ (pretrain/, sft/, tokenizer/, data/, summary.json); "
                   f"chat with: scratchlm generate {out}/sft --chat --prompt 'who are you?'")
 
