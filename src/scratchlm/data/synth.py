@@ -111,10 +111,11 @@ _ARITH_PREFIXES = {"en": ["", "", "", "Hi! ", "Hey, ", "Quick question: "], "zh"
 # Text after the operands, in training only. Without it a model learnt to copy digits from a fixed distance
 # before the end of the question: held-out Chinese phrasings that end in new words ("…会得到什么？",
 # "…，答案是什么？") scored 0.0-0.05 while the English ones that end in "?" scored 0.9-1.0 (same run).
+ARITH_SUFFIX_PROB = 0.3  # at 0.7 (with the greetings on half the questions) held-out add2 fell to 0.62-0.875
 _ARITH_SUFFIXES = {
-    "en": ["", "", "", " Thanks!", " Please answer.", " Show your steps.", " I'm checking my homework.",
+    "en": [" Thanks!", " Please answer.", " Show your steps.", " I'm checking my homework.",
            " Be quick.", " What's the result?", " Can you help?"],
-    "zh": ["", "", "", "谢谢！", "请回答。", "写出步骤。", "我在检查作业。", "快点告诉我吧。", "结果是多少呢？", "能帮我吗？"],
+    "zh": ["谢谢！", "请回答。", "写出步骤。", "我在检查作业。", "快点告诉我吧。", "结果是多少呢？", "能帮我吗？"],
 }
 
 
@@ -177,7 +178,7 @@ class Arithmetic:
         shown_op = "*" if op == "×" and rng.random() < 0.3 else op
         template = rng.choice(_ARITH_TEMPLATES[(lang, unseen_phrasing)])
         prefix = rng.choice(_ARITH_PREFIXES[lang])
-        suffix = "" if unseen_phrasing else rng.choice(_ARITH_SUFFIXES[lang])
+        suffix = rng.choice(_ARITH_SUFFIXES[lang]) if not unseen_phrasing and rng.random() < ARITH_SUFFIX_PROB else ""
         question = prefix + template.format(a=a, b=b, op=shown_op, opw=_ARITH_WORDS[lang][shown_op]) + suffix
         delta = rng.choice([-10, -3, -2, -1, 1, 1, 2, 3, 10])  # off-by-a-few, the mistakes models make
         wrong = result + delta if result + delta >= 0 or result < 0 else result + abs(delta)
