@@ -104,6 +104,38 @@ class _CrossEntropySumFn(torch.autograd.Function):
         return grad.mul_(g * valid.to(grad.dtype)[:, None]), None, None
 
 
+def token_nll(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """−log softmax(logits)[target] per row [N] (0 where target == ignore_index), for logits [N, V]; same
+    memory-saving backward as `cross_entropy_sum`, with one incoming gradient per row."""
+    if logits.dim() != 2 or targets.shape != logits.shape[:1]:
+        raise ValueError(f"logits must be [N, V] and targets [N]; got {tuple(logits.shape)} and {tuple(targets.shape)}")
+    return _TokenNLLFn.apply(logits, targets, ignore_index)
+
+
+class _TokenNLLFn(torch.autograd.Function):
+    """Per-row cross-entropy: ∂nll_i/∂logits_i = softmax_i − onehot_i, scaled by row i's incoming gradient."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, ignore_index: int) -> torch.Tensor:
+        logp = torch.log_softmax(logits, dim=-1)  # [N, V]
+        valid = targets != ignore_index  # [N]
+        safe = targets.masked_fill(~valid, 0)[:, None]  # [N, 1]
+        ctx.save_for_backward(logp, safe, valid)
+        ctx.spent = False
+        return -(logp.gather(1, safe).squeeze(1) * valid)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: torch.Tensor):
+        if ctx.spent:
+            raise RuntimeError("token_nll supports one backward pass per forward; recompute it instead")
+        ctx.spent = True
+        logp, safe, valid = ctx.saved_tensors
+        grad = logp.exp_()
+        grad.scatter_add_(1, safe, grad.new_full(safe.shape, -1.0))
+        return grad.mul_((g * valid.to(grad.dtype))[:, None]), None, None
+
+
 class DyT(nn.Module):
     """Dynamic Tanh ("Transformers without Normalization"): weight · tanh(alpha · x) + bias."""
 

@@ -17,7 +17,7 @@ import torch.nn as nn
 from scratchlm.config import ModelConfig
 from scratchlm.model.attention import MLA, Attention, AttnPlan, build_document_mask, build_mask, document_positions
 from scratchlm.model.cache import KVCache
-from scratchlm.model.layers import RMSNorm, SwiGLU, cross_entropy_sum, make_norm, rope_cache
+from scratchlm.model.layers import RMSNorm, SwiGLU, cross_entropy_sum, make_norm, rope_cache, token_nll
 
 
 @dataclass
@@ -169,21 +169,15 @@ class Transformer(nn.Module):
             return AttnPlan(build_mask(pos, pos, None, window), is_causal=False), 0
         return AttnPlan(None, is_causal=True), 0
 
-    def forward(
+    def hidden_states(
         self,
         input_ids: torch.Tensor,
-        targets: Optional[torch.Tensor] = None,
-        loss_mask: Optional[torch.Tensor] = None,
         cache: Optional[KVCache] = None,
         attention_mask: Optional[torch.Tensor] = None,
         doc_ids: Optional[torch.Tensor] = None,
-        full_logits: bool = True,
-    ) -> ModelOutput:
-        """input_ids [B, T] → ModelOutput; targets[:, t] is the token after input_ids[:, t] (-100 = ignore).
-
-        doc_ids [B, T] (training on packed rows): tokens with different ids never attend to each other.
-        full_logits=False (with targets): the output head runs only where a target is counted, which is all
-        a training loss needs (in SFT about a third of the positions; the head is a large matmul)."""
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The trunk: input_ids [B, T] → (last block's output [B, T, D], before the final norm; MoE aux losses).
+        Shared by `forward`, `token_logprobs` and models with other heads (reward, value)."""
         cfg = self.config
         if input_ids.dim() != 2:
             raise ValueError(f"Transformer.forward: input_ids must be [batch, time], got shape {tuple(input_ids.shape)}")
@@ -224,6 +218,46 @@ class Transformer(nn.Module):
                 aux_losses.append(aux)
         if cache is not None:
             cache.advance(T)
+        return x, aux_losses
+
+    def token_logprobs(
+        self,
+        input_ids: torch.Tensor,
+        targets: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        doc_ids: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """log p(targets[:, t] | input_ids[:, :t+1]) [B, T], 0 where targets is -100: the one per-token path
+        (on the fast cross-entropy, the head only at counted positions) that DPO, reward models, PPO, GRPO and
+        distillation use."""
+        x, _ = self.hidden_states(input_ids, None, attention_mask, doc_ids)
+        if targets.shape != input_ids.shape:
+            raise ValueError(f"targets shape {tuple(targets.shape)} must equal input_ids shape {tuple(input_ids.shape)}")
+        keep = targets != -100  # [B, T]
+        out = torch.zeros(targets.shape, dtype=torch.float32, device=x.device)
+        if bool(keep.any()):
+            logits = self.lm_head(self.norm(x[keep]))  # [N, V]
+            out = out.masked_scatter(keep, -token_nll(logits.float(), targets[keep]))
+        return out
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        targets: Optional[torch.Tensor] = None,
+        loss_mask: Optional[torch.Tensor] = None,
+        cache: Optional[KVCache] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        doc_ids: Optional[torch.Tensor] = None,
+        full_logits: bool = True,
+    ) -> ModelOutput:
+        """input_ids [B, T] → ModelOutput; targets[:, t] is the token after input_ids[:, t] (-100 = ignore).
+
+        doc_ids [B, T] (training on packed rows): tokens with different ids never attend to each other.
+        full_logits=False (with targets): the output head runs only where a target is counted, which is all
+        a training loss needs (in SFT about a third of the positions; the head is a large matmul)."""
+        cfg = self.config
+        T = input_ids.shape[-1]
+        x, aux_losses = self.hidden_states(input_ids, cache, attention_mask, doc_ids)
         if targets is not None and not full_logits:
             logits, ce_loss = self._counted_ce(x, targets, loss_mask)
         else:

@@ -1,0 +1,56 @@
+"""The one per-token log-probability path (Transformer.token_logprobs on layers.token_nll): equal to
+log_softmax + gather over full logits, in values and gradients, with ignored positions at 0."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scratchlm.config import load_config
+from scratchlm.model.layers import cross_entropy_sum, token_nll
+from scratchlm.model.transformer import Transformer
+
+VARIANTS = {"gqa": (), "mla_moe_mtp": ("model.attention=mla", "model.n_routed_experts=4", "model.top_k=2",
+                                       "model.mtp_depth=1")}
+
+
+def test_token_nll_matches_log_softmax_and_sums_to_the_loss():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(7, 11, generator=g, requires_grad=True)
+    targets = torch.tensor([3, 0, -100, 10, 5, -100, 1])
+    nll = token_nll(logits, targets)
+    want = -torch.log_softmax(logits, -1).gather(1, targets.clamp(min=0)[:, None]).squeeze(1) * (targets != -100)
+    torch.testing.assert_close(nll, want)
+    torch.testing.assert_close(nll.sum(), cross_entropy_sum(logits, targets))
+    w = torch.randn(7, generator=g)  # a different weight per row (as DPO's ±β gives)
+    (gx,) = torch.autograd.grad((nll * w).sum(), logits)
+    (gw,) = torch.autograd.grad((want * w).sum(), logits)
+    torch.testing.assert_close(gx, gw)
+    with pytest.raises(ValueError, match=r"logits must be \[N, V\]"):
+        token_nll(logits[None], targets)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_token_logprobs_equal_full_logits_gather(variant):
+    torch.manual_seed(0)
+    model = Transformer(load_config("debug", list(VARIANTS[variant])).model)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, model.config.vocab_size, (3, 20), generator=g)
+    targets = torch.randint(0, model.config.vocab_size, (3, 20), generator=g)
+    targets[0, :5] = -100  # a prompt
+    targets[2, 12:] = -100  # right padding
+    got = model.token_logprobs(ids, targets)
+    full = torch.log_softmax(model(ids).logits.float(), -1)
+    want = full.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1) * (targets != -100)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert (got[targets == -100] == 0).all()
+    # gradients through the trunk agree too (weighted per token, as a policy-gradient loss weights them)
+    w = torch.randn(3, 20, generator=g)
+    ga = torch.autograd.grad((got * w).sum(), model.layers[0].attn.wo.weight)[0]
+    gb = torch.autograd.grad((want * w).sum(), model.layers[0].attn.wo.weight)[0]
+    torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-6)
+    # packed rows: each document's log-probs equal those it gets alone
+    docs = torch.tensor([[0] * 8 + [1] * 12] * 3)
+    packed = model.token_logprobs(ids, targets, doc_ids=docs)
+    alone = model.token_logprobs(ids[:, 8:], targets[:, 8:])
+    torch.testing.assert_close(packed[:, 8:], alone, rtol=1e-5, atol=1e-5)

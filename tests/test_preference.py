@@ -1,0 +1,73 @@
+"""Preference losses against their closed forms at fixed inputs (DPO, cDPO, IPO, SimPO, reward pairwise)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from scratchlm.train.preference import pairwise_reward_loss, preference_loss, reward_metrics
+
+# one pair, summed completion log-probs: policy chosen/rejected, reference chosen/rejected; lengths 4 and 2
+PC, PR, RC, RR, LC, LR = -4.0, -6.0, -5.0, -5.5, 4.0, 2.0
+
+
+def t(x: float) -> torch.Tensor:
+    return torch.tensor([x])
+
+
+def run(loss_type: str, beta: float, eps: float = 0.0, gamma: float = 0.5):
+    return preference_loss(t(PC), t(PR), t(RC), t(RR), t(LC), t(LR), beta, loss_type, eps, gamma)
+
+
+def sig(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+@pytest.mark.parametrize("beta, eps", [(0.1, 0.0), (0.5, 0.0), (0.1, 0.2)])
+def test_dpo_sigmoid_and_cdpo_closed_form(beta, eps):
+    out = run("sigmoid", beta, eps)
+    z = beta * ((PC - RC) - (PR - RR))  # 0.1 · (1.0 − (−0.5)) = 0.15
+    want = -(1 - eps) * math.log(sig(z)) - eps * math.log(sig(-z))
+    assert out.losses.item() == pytest.approx(want, rel=1e-6)
+    assert out.chosen_rewards.item() == pytest.approx(beta * (PC - RC))
+    assert out.rejected_rewards.item() == pytest.approx(beta * (PR - RR))
+
+
+def test_ipo_closed_form_on_token_averages():
+    beta = 0.1
+    h = (PC - RC) / LC - (PR - RR) / LR  # 0.25 + 0.25 = 0.5
+    assert run("ipo", beta).losses.item() == pytest.approx((h - 1 / (2 * beta)) ** 2)  # (0.5 − 5)² = 20.25
+    assert run("ipo", beta).losses.item() == pytest.approx(20.25)
+
+
+def test_simpo_is_reference_free_closed_form():
+    beta, gamma = 2.0, 0.5
+    out = preference_loss(t(PC), t(PR), None, None, t(LC), t(LR), beta, "simpo", 0.0, gamma)
+    z = beta * (PC / LC - PR / LR) - gamma  # 2 · (−1 + 3) − 0.5 = 3.5
+    assert out.losses.item() == pytest.approx(-math.log(sig(z)))
+    assert out.chosen_rewards.item() == pytest.approx(beta * PC / LC)
+
+
+def test_gradients_push_chosen_up_and_rejected_down():
+    pc, pr = t(PC).requires_grad_(), t(PR).requires_grad_()
+    preference_loss(pc, pr, t(RC), t(RR), t(LC), t(LR), 0.1).losses.sum().backward()
+    assert pc.grad.item() < 0 < pr.grad.item()  # descending the loss raises log π(chosen), lowers log π(rejected)
+
+
+def test_metrics_and_bad_arguments():
+    m = reward_metrics(run("sigmoid", 0.1))
+    assert m["rewards/margins"] == pytest.approx(0.1 * 1.0 - 0.1 * (-0.5)) and m["rewards/accuracies"] == 1.0
+    with pytest.raises(ValueError, match="choose one of sigmoid, ipo, simpo"):
+        run("kto", 0.1)
+    with pytest.raises(ValueError, match="needs the reference"):
+        preference_loss(t(PC), t(PR), None, None, t(LC), t(LR), 0.1, "sigmoid")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        run("sigmoid", 0.1, eps=0.5)
+
+
+def test_pairwise_reward_loss_closed_form():
+    rc, rr = torch.tensor([2.0, 0.0]), torch.tensor([1.0, 1.0])
+    torch.testing.assert_close(pairwise_reward_loss(rc, rr), torch.tensor([-math.log(sig(1.0)), -math.log(sig(-1.0))]))
+    torch.testing.assert_close(pairwise_reward_loss(rc, rr, margin=1.0)[0], torch.tensor(math.log(2.0)))
