@@ -164,8 +164,8 @@ class TrainConfig:
     # pretrain shards in pretrain_mix_data, so the chat model keeps the corpus it was pretrained on.
     pretrain_mix: float = 0.0
     pretrain_mix_data: str = ""
-    # preference / RL
-    beta: float = 0.1  # DPO / KL coefficient
+    init_from: str = ""  # the run this one started from (set from --init-from): reference models are loaded from it
+    # RL
     num_generations: int = 4  # GRPO group size
     max_new_tokens: int = 64
 
@@ -189,12 +189,27 @@ class LoRAConfig:
 
 
 @dataclass
+class PreferenceConfig:
+    """Preference training (train/preference.py, train/dpo.py): the loss variant and its coefficients."""
+
+    loss_type: Literal["sigmoid", "ipo", "simpo"] = "sigmoid"  # DPO (cDPO with label_smoothing), IPO, SimPO
+    beta: float = 0.1
+    label_smoothing: float = 0.0  # cDPO: the assumed share of flipped labels, in [0, 0.5)
+    simpo_gamma: float = 0.5  # SimPO's target margin
+    reward_margin: float = 0.0  # reward model: −log σ(r_chosen − r_rejected − margin)
+
+    def __post_init__(self) -> None:
+        _validate(self, "pref")
+
+
+@dataclass
 class Config:
     """A whole run: the model, how to train it, and optional adapters."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
+    pref: PreferenceConfig = field(default_factory=PreferenceConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (None values dropped: TOML has no null)."""
@@ -263,6 +278,8 @@ _LIMITS: dict[str, tuple[float | None, float | None]] = {
     "train.eval_batches": (1, None),
     "train.save_every": (0, None),
     "train.keep_last": (1, None),
+    "pref.beta": (0, None),
+    "pref.label_smoothing": (0, 0.49),
     "lora.rank": (0, None),
     "lora.alpha": (0, None),
     "lora.dropout": (0, 1),
@@ -445,7 +462,7 @@ def load_config(
 
 # Placeholder fields that older runs saved before their real sections existed: dropped when such a run is read
 # (a user's own TOML or --set naming them is still an error).
-RETIRED_FIELDS = {"train": ("lora_rank", "lora_alpha", "lora_targets")}
+RETIRED_FIELDS = {"train": ("lora_rank", "lora_alpha", "lora_targets", "beta")}
 
 
 def upgrade_saved_config(data: dict[str, Any]) -> dict[str, Any]:

@@ -107,10 +107,14 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 def add_cli(subparsers: Any) -> None:
     """Register `scratchlm train ...`."""
-    p = subparsers.add_parser("train", help="train a model: pretrain, sft; plot a run's loss")
+    p = subparsers.add_parser("train", help="train a model: pretrain, sft, reward, dpo; plot a run's loss")
     sub = p.add_subparsers(dest="stage", metavar="STAGE", required=True)
     for stage, helptext in (("pretrain", "next-token pretraining on token shards"),
-                            ("sft", "supervised fine-tuning on ChatML conversations (assistant-only loss)")):
+                            ("sft", "supervised fine-tuning on ChatML conversations (assistant-only loss)"),
+                            ("reward", "reward model (scalar head on the last token, pairwise loss) from --init-from "
+                                       "SFT_RUN on `prepare --kind preference` shards"),
+                            ("dpo", "preference optimisation (DPO / IPO / cDPO / SimPO: --set pref.loss_type=...) "
+                                    "from --init-from SFT_RUN on `prepare --kind preference` shards")):
         s = sub.add_parser(stage, help=helptext)
         s.add_argument("--config", default=None, help="preset name or TOML path (default: tiny; "
                        "on --resume: the run's own config.toml)")

@@ -177,6 +177,10 @@ def train(
             raise ConfigError(f"--init-from {init_from}: LoRA needs a base run with model.safetensors (an adapter run "
                               f"can be merged first: scratchlm lora merge {init_from} --out MERGED)")
         cfg.lora.base = str(Path(init_from).resolve())  # saved in config.toml: resume and load_run find the base
+    if init_from is not None and not resume:
+        cfg.train.init_from = str(Path(init_from).resolve())  # saved: resume finds the reference run again
+    elif resume and not cfg.train.init_from and (out_dir / "config.toml").exists():
+        cfg.train.init_from = load_run_config(out_dir).train.init_from
     ckpt = None
     if resume:
         path = latest_checkpoint(ckpt_root)
@@ -198,6 +202,8 @@ def train(
     if ckpt is not None:
         _load_model_state(model, ckpt.model, ckpt.path, frozen)
     model.to(device)
+    for extra in objective.frozen_models():  # reference / teacher / reward models: same device, no grad
+        extra.to(device).eval().requires_grad_(False)
     raw = model  # the plain module: state dicts come from here (FSDP2 shards it in place)
     aliases = tied_aliases(raw)
     engine = None  # the DeepSpeed engine, which then owns backward, clipping and the optimizer step

@@ -48,6 +48,11 @@ class Objective:
             apply_lora(model, lc.rank, lc.alpha, lc.dropout, lc.targets)
         return model
 
+    def frozen_models(self) -> list[nn.Module]:
+        """Extra models the stage holds (reference, teacher, reward): the loop moves them to the device; they
+        stay in eval mode without grad."""
+        return []
+
     def next_batches(self) -> list[Batch]:
         """This process's grad_accum micro-batches for the next optimizer step (CPU tensors)."""
         raise NotImplementedError
@@ -422,12 +427,21 @@ def _parts(out: Any) -> dict[str, float]:
 OBJECTIVES: dict[str, type[Objective]] = {"pretrain": Pretrain, "sft": SFT}
 
 
+def objectives() -> dict[str, type[Objective]]:
+    """Every implemented stage by name (the stages in their own modules are imported here, lazily)."""
+    from scratchlm.train.dpo import DPO
+    from scratchlm.train.reward import Reward
+
+    return {**OBJECTIVES, "reward": Reward, "dpo": DPO}
+
+
 def make_objective(cfg: Config) -> Objective:
     """The objective named by train.objective."""
     name = cfg.train.objective
-    if name not in OBJECTIVES:
-        raise ConfigError(f"train.objective={name!r} is not implemented yet; available: {', '.join(OBJECTIVES)}")
-    return OBJECTIVES[name](cfg)
+    available = objectives()
+    if name not in available:
+        raise ConfigError(f"train.objective={name!r} is not implemented yet; available: {', '.join(available)}")
+    return available[name](cfg)
 
 
 NAN_ENV = "SCRATCHLM_TEST_NAN_STEP"  # test hook read by the loop: poison the loss at this step

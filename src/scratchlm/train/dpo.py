@@ -1,0 +1,148 @@
+"""The DPO objective (and its IPO / cDPO / SimPO variants) in the one training loop.
+
+A batch holds B preference pairs as 2B right-padded rows (chosen rows first, then rejected), each target
+counted only on the assistant's reply (the shards' mask). The policy's summed completion log-probs come from
+`Transformer.token_logprobs`; the frozen reference (the --init-from run, loaded once, eval mode, no grad)
+scores the same rows under torch.no_grad(). SimPO is reference-free: no reference model is loaded.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from scratchlm.config import Config, ConfigError
+from scratchlm.train.objectives import IGNORE, Batch, Objective, _epoch_order, _open, _val_path
+from scratchlm.train.preference import preference_loss, reward_metrics
+
+
+def pair_batch(shards: Any, indices: list[int], seq_len: int) -> Batch:
+    """Pairs `indices` of a preference dataset as input_ids/targets [2B, T] (chosen rows, then rejected)."""
+    rows = []
+    for i in indices:
+        p = shards.pair(int(i))
+        rows.append((p.chosen, p.chosen_mask))
+    for i in indices:
+        p = shards.pair(int(i))
+        rows.append((p.rejected, p.rejected_mask))
+    T = min(seq_len, max(len(ids) for ids, _ in rows) - 1)
+    x = np.zeros((len(rows), T), dtype=np.int64)
+    y = np.full((len(rows), T), IGNORE, dtype=np.int64)
+    for r, (ids, mask) in enumerate(rows):
+        ids, mask = np.asarray(ids[: T + 1], dtype=np.int64), np.asarray(mask[: T + 1])
+        n = len(ids) - 1
+        x[r, :n] = ids[:-1]
+        y[r, :n] = np.where(mask[1:] > 0, ids[1:], IGNORE)  # the mask marks tokens to predict: it shifts with y
+    return {"input_ids": torch.from_numpy(x), "targets": torch.from_numpy(y)}
+
+
+class DPO(Objective):
+    """Direct preference optimisation against a frozen reference (train.objective=dpo, the [pref] section)."""
+
+    name = "dpo"
+
+    def __init__(self, cfg: Config, shards: Any = None, val_shards: Any = None, reference: nn.Module | None = None) -> None:
+        super().__init__(cfg)
+        tc = cfg.train
+        self.shards = shards if shards is not None else _open(tc.data, "train.data")
+        if getattr(self.shards, "kind", "preference") != "preference":
+            raise ConfigError(f"train.data={tc.data!r} holds {self.shards.kind!r} shards; DPO needs "
+                              "`scratchlm prepare --kind preference`")
+        if val_shards is None and shards is None and _val_path(cfg):
+            val_shards = _open(_val_path(cfg), "train.val_data")
+        self.val_shards = val_shards
+        self.reference = reference
+        self.position = 0  # pairs consumed, counted over all processes
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """LoRA when configured; the reference is the init run's model, frozen (none for SimPO)."""
+        if self.cfg.pref.loss_type != "simpo" and self.reference is None:
+            from scratchlm.run import load_run
+
+            if not self.cfg.train.init_from:
+                raise ConfigError("DPO needs a reference model: pass --init-from SFT_RUN (or use pref.loss_type=simpo)")
+            self.reference, _, _ = load_run(self.cfg.train.init_from)
+        if self.reference is not None:
+            self.reference.eval().requires_grad_(False)
+        return super().prepare_model(model)
+
+    def frozen_models(self) -> list[nn.Module]:
+        return [self.reference] if self.reference is not None else []
+
+    def _indices(self, first: int, n: int) -> list[int]:
+        size = self.shards.n_pairs
+        out = []
+        for pos in range(first, first + n):
+            epoch, i = divmod(pos, size)
+            out.append(int(_epoch_order(size, self.cfg.train.seed, epoch, True)[i]))
+        return out
+
+    def next_batches(self) -> list[Batch]:
+        """grad_accum micro-batches of batch_size pairs; the pair order is a seeded permutation per epoch."""
+        tc, world, rank = self.cfg.train, self.info.world_size, self.info.rank
+        B, out = tc.batch_size, []
+        for m in range(tc.grad_accum):
+            first = self.position + (m * world + rank) * B
+            out.append(pair_batch(self.shards, self._indices(first, B), tc.seq_len))
+        self.position += B * tc.grad_accum * world
+        return out
+
+    def _loss(self, model: nn.Module, batch: Batch) -> Any:
+        pc = self.cfg.pref
+        x, y = batch["input_ids"], batch["targets"]
+        B = x.shape[0] // 2
+        logps = model.token_logprobs(x, y).sum(-1)  # [2B]
+        lens = (y != IGNORE).sum(-1).clamp(min=1).to(logps.dtype)
+        ref = (None, None)
+        if self.reference is not None:
+            with torch.no_grad():
+                r = self.reference.token_logprobs(x, y).sum(-1)
+            ref = (r[:B], r[B:])
+        return preference_loss(logps[:B], logps[B:], ref[0], ref[1], lens[:B], lens[B:], pc.beta, pc.loss_type,
+                               pc.label_smoothing, pc.simpo_gamma)
+
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean preference loss over the micro-batch's pairs, with TRL's reward metrics."""
+        out = self._loss(model, batch)
+        return out.losses.mean(), reward_metrics(out)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batch: Batch) -> tuple[float, int]:
+        """(summed preference loss, number of pairs) on one validation batch."""
+        out = self._loss(model, batch)
+        return float(out.losses.sum()), int(out.losses.numel())
+
+    def weight(self, batch: Batch) -> float:
+        return float(batch["input_ids"].shape[0] // 2)
+
+    def val_batches(self) -> Iterator[Batch]:
+        if self.val_shards is None:
+            return
+        tc = self.cfg.train
+        n = min(tc.eval_batches * self.info.world_size, self.val_shards.n_pairs // tc.batch_size)
+        n -= n % self.info.world_size
+        for k in range(self.info.rank, n, self.info.world_size):
+            yield pair_batch(self.val_shards, list(range(k * tc.batch_size, (k + 1) * tc.batch_size)), tc.seq_len)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.position = int(state["position"])
+
+
+@torch.no_grad()
+def preference_accuracy(model: nn.Module, reference: nn.Module | None, shards: Any, cfg: Config,
+                        batch_pairs: int = 16, max_pairs: int = 200) -> dict[str, float]:
+    """Held-out implicit-reward accuracy (chosen reward > rejected) and mean margin of `model` vs `reference`."""
+    obj = DPO(cfg, shards, reference=reference)
+    margins = []
+    for first in range(0, min(shards.n_pairs, max_pairs), batch_pairs):
+        idx = list(range(first, min(first + batch_pairs, shards.n_pairs, max_pairs)))
+        out = obj._loss(model, pair_batch(shards, idx, cfg.train.seq_len))
+        margins.append(out.chosen_rewards - out.rejected_rewards)
+    m = torch.cat(margins)
+    return {"accuracy": float((m > 0).float().mean()), "margin": float(m.mean())}

@@ -1,0 +1,145 @@
+"""The reward model: the transformer's trunk with a scalar head on the last real token, trained on preference
+pairs with −log σ(r_chosen − r_rejected − margin); a run folder that `load_run` opens as a RewardModel and
+that scores (prompt, completion) batches for PPO and best-of-N."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from scratchlm.config import Config, ConfigError
+from scratchlm.train.objectives import Batch, Objective, _epoch_order, _open, _val_path
+from scratchlm.train.preference import pairwise_reward_loss
+
+
+class RewardModel(nn.Module):
+    """Transformer trunk (`lm`, initialised from an SFT run) + final norm + a linear [D → 1] score head."""
+
+    def __init__(self, lm: nn.Module) -> None:
+        super().__init__()
+        self.lm = lm
+        self.config = lm.config
+        self.head = nn.Linear(lm.config.d_model, 1, bias=False, device=lm.embed.weight.device)
+        nn.init.normal_(self.head.weight, std=1.0 / (lm.config.d_model + 1) ** 0.5)
+
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Scores [B] of right-padded rows input_ids [B, T], read at each row's last real token (lengths [B])."""
+        x, _ = self.lm.hidden_states(input_ids)  # [B, T, D]; causal, so right padding never reaches a real token
+        last = x[torch.arange(x.shape[0], device=x.device), lengths.to(x.device) - 1]  # [B, D]
+        return self.head(self.lm.norm(last)).squeeze(-1).float()
+
+
+def reward_batch(shards: Any, indices: Sequence[int], seq_len: int) -> Batch:
+    """Pairs as whole sequences, right-padded: input_ids [2B, T] (chosen rows, then rejected) and lengths [2B]."""
+    seqs = [shards.pair(int(i)).chosen for i in indices] + [shards.pair(int(i)).rejected for i in indices]
+    seqs = [np.asarray(s[-seq_len:], dtype=np.int64) for s in seqs]  # keep the ends: the score reads the last token
+    T = max(len(s) for s in seqs)
+    x = np.zeros((len(seqs), T), dtype=np.int64)
+    for r, s in enumerate(seqs):
+        x[r, : len(s)] = s
+    return {"input_ids": torch.from_numpy(x), "lengths": torch.tensor([len(s) for s in seqs])}
+
+
+def score_texts(model: RewardModel, tokenizer: Any, prompts: Sequence[list[dict]], completions: Sequence[str],
+                batch: int = 16) -> list[float]:
+    """Reward of each (prompt messages, assistant completion), as the chat template encodes the conversation."""
+    out: list[float] = []
+    device = next(model.parameters()).device
+    for i in range(0, len(prompts), batch):
+        seqs = [tokenizer.encode_chat(list(p) + [{"role": "assistant", "content": c}])[0]
+                for p, c in zip(prompts[i:i + batch], completions[i:i + batch])]
+        seqs = [s[-model.config.max_seq_len:] for s in seqs]
+        T = max(len(s) for s in seqs)
+        ids = torch.zeros((len(seqs), T), dtype=torch.long)
+        for r, s in enumerate(seqs):
+            ids[r, : len(s)] = torch.tensor(s)
+        with torch.no_grad():
+            out += model(ids.to(device), torch.tensor([len(s) for s in seqs])).tolist()
+    return out
+
+
+class Reward(Objective):
+    """Pairwise reward-model training (train.objective=reward): the model is wrapped in a RewardModel."""
+
+    name = "reward"
+
+    def __init__(self, cfg: Config, shards: Any = None, val_shards: Any = None) -> None:
+        super().__init__(cfg)
+        tc = cfg.train
+        self.shards = shards if shards is not None else _open(tc.data, "train.data")
+        if getattr(self.shards, "kind", "preference") != "preference":
+            raise ConfigError(f"train.data={tc.data!r} holds {self.shards.kind!r} shards; the reward model needs "
+                              "`scratchlm prepare --kind preference`")
+        if val_shards is None and shards is None and _val_path(cfg):
+            val_shards = _open(_val_path(cfg), "train.val_data")
+        self.val_shards = val_shards
+        self.position = 0
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """The SFT model gets its score head; the whole model trains (an adapter run would not hold the head)."""
+        if self.cfg.lora.rank > 0:
+            raise ConfigError("the reward model trains the whole model and its score head: set lora.rank=0")
+        return RewardModel(model)
+
+    def next_batches(self) -> list[Batch]:
+        tc, world, rank = self.cfg.train, self.info.world_size, self.info.rank
+        B, out, size = tc.batch_size, [], self.shards.n_pairs
+        for m in range(tc.grad_accum):
+            first = self.position + (m * world + rank) * B
+            idx = [int(_epoch_order(size, tc.seed, p // size, True)[p % size]) for p in range(first, first + B)]
+            out.append(reward_batch(self.shards, idx, tc.seq_len))
+        self.position += B * tc.grad_accum * world
+        return out
+
+    def _scores(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        r = model(batch["input_ids"], batch["lengths"])
+        B = r.shape[0] // 2
+        return r[:B], r[B:]
+
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean pairwise loss; pair accuracy and mean margin as metrics."""
+        rc, rr = self._scores(model, batch)
+        losses = pairwise_reward_loss(rc, rr, self.cfg.pref.reward_margin)
+        d = (rc - rr).detach()
+        return losses.mean(), {"accuracy": float((d > 0).float().mean()), "margin": float(d.mean())}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batch: Batch) -> tuple[float, int]:
+        rc, rr = self._scores(model, batch)
+        return float(pairwise_reward_loss(rc, rr, self.cfg.pref.reward_margin).sum()), int(rc.numel())
+
+    def weight(self, batch: Batch) -> float:
+        return float(batch["input_ids"].shape[0] // 2)
+
+    def tokens(self, batch: Batch) -> int:
+        return int(batch["lengths"].sum())
+
+    def val_batches(self) -> Iterator[Batch]:
+        if self.val_shards is None:
+            return
+        tc = self.cfg.train
+        n = min(tc.eval_batches * self.info.world_size, self.val_shards.n_pairs // tc.batch_size)
+        n -= n % self.info.world_size
+        for k in range(self.info.rank, n, self.info.world_size):
+            yield reward_batch(self.val_shards, range(k * tc.batch_size, (k + 1) * tc.batch_size), tc.seq_len)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.position = int(state["position"])
+
+
+@torch.no_grad()
+def pair_accuracy(model: RewardModel, shards: Any, seq_len: int, batch_pairs: int = 16, max_pairs: int = 200) -> dict[str, float]:
+    """Held-out pair accuracy (r_chosen > r_rejected) and mean margin of a reward model."""
+    d = []
+    for first in range(0, min(shards.n_pairs, max_pairs), batch_pairs):
+        b = reward_batch(shards, range(first, min(first + batch_pairs, shards.n_pairs, max_pairs)), seq_len)
+        r = model(b["input_ids"], b["lengths"])
+        d.append(r[: r.shape[0] // 2] - r[r.shape[0] // 2:])
+    m = torch.cat(d)
+    return {"accuracy": float((m > 0).float().mean()), "margin": float(m.mean())}
