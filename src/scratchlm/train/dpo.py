@@ -8,14 +8,14 @@ scores the same rows under torch.no_grad(). SimPO is reference-free: no referenc
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from scratchlm.config import Config, ConfigError
-from scratchlm.train.objectives import IGNORE, Batch, Objective, _epoch_order, _open, _val_path
+from scratchlm.train.objectives import IGNORE, Batch, PairObjective
 from scratchlm.train.preference import preference_loss, reward_metrics
 
 
@@ -39,23 +39,14 @@ def pair_batch(shards: Any, indices: list[int], seq_len: int) -> Batch:
     return {"input_ids": torch.from_numpy(x), "targets": torch.from_numpy(y)}
 
 
-class DPO(Objective):
+class DPO(PairObjective):
     """Direct preference optimisation against a frozen reference (train.objective=dpo, the [pref] section)."""
 
     name = "dpo"
 
     def __init__(self, cfg: Config, shards: Any = None, val_shards: Any = None, reference: nn.Module | None = None) -> None:
-        super().__init__(cfg)
-        tc = cfg.train
-        self.shards = shards if shards is not None else _open(tc.data, "train.data")
-        if getattr(self.shards, "kind", "preference") != "preference":
-            raise ConfigError(f"train.data={tc.data!r} holds {self.shards.kind!r} shards; DPO needs "
-                              "`scratchlm prepare --kind preference`")
-        if val_shards is None and shards is None and _val_path(cfg):
-            val_shards = _open(_val_path(cfg), "train.val_data")
-        self.val_shards = val_shards
+        super().__init__(cfg, shards, val_shards)
         self.reference = reference
-        self.position = 0  # pairs consumed, counted over all processes
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """LoRA when configured; the reference is the init run's model, frozen (none for SimPO)."""
@@ -72,23 +63,8 @@ class DPO(Objective):
     def frozen_models(self) -> list[nn.Module]:
         return [self.reference] if self.reference is not None else []
 
-    def _indices(self, first: int, n: int) -> list[int]:
-        size = self.shards.n_pairs
-        out = []
-        for pos in range(first, first + n):
-            epoch, i = divmod(pos, size)
-            out.append(int(_epoch_order(size, self.cfg.train.seed, epoch, True)[i]))
-        return out
-
-    def next_batches(self) -> list[Batch]:
-        """grad_accum micro-batches of batch_size pairs; the pair order is a seeded permutation per epoch."""
-        tc, world, rank = self.cfg.train, self.info.world_size, self.info.rank
-        B, out = tc.batch_size, []
-        for m in range(tc.grad_accum):
-            first = self.position + (m * world + rank) * B
-            out.append(pair_batch(self.shards, self._indices(first, B), tc.seq_len))
-        self.position += B * tc.grad_accum * world
-        return out
+    def build(self, shards: Any, indices: list[int]) -> Batch:
+        return pair_batch(shards, indices, self.cfg.train.seq_len)
 
     def _loss(self, model: nn.Module, batch: Batch) -> Any:
         pc = self.cfg.pref
@@ -114,24 +90,6 @@ class DPO(Objective):
         """(summed preference loss, number of pairs) on one validation batch."""
         out = self._loss(model, batch)
         return float(out.losses.sum()), int(out.losses.numel())
-
-    def weight(self, batch: Batch) -> float:
-        return float(batch["input_ids"].shape[0] // 2)
-
-    def val_batches(self) -> Iterator[Batch]:
-        if self.val_shards is None:
-            return
-        tc = self.cfg.train
-        n = min(tc.eval_batches * self.info.world_size, self.val_shards.n_pairs // tc.batch_size)
-        n -= n % self.info.world_size
-        for k in range(self.info.rank, n, self.info.world_size):
-            yield pair_batch(self.val_shards, list(range(k * tc.batch_size, (k + 1) * tc.batch_size)), tc.seq_len)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"position": self.position}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.position = int(state["position"])
 
 
 @torch.no_grad()

@@ -3,8 +3,10 @@
 
 An objective owns its data: `next_batches()` returns this process's micro-batches for one optimizer
 step and advances a *global* data position (so a checkpoint resumes on any number of processes),
-`state_dict()` saves that position. Later stages (LoRA, DPO, PPO/GRPO, distill) subclass `Objective`:
-they may wrap the model in `prepare_model`, build pairs, or generate rollouts inside `next_batches`.
+`state_dict()` saves that position. `prepare_model` applies LoRA for any stage (the [lora] section) and lets a
+stage add heads (the reward model); `frozen_models()` are extra models a stage holds (DPO's reference), which
+the loop places on the device. The preference stages (train/reward.py, train/dpo.py) build on `PairObjective`.
+Rollouts (PPO/GRPO) will need the policy inside `next_batches`, which this interface does not pass yet.
 """
 
 from __future__ import annotations
@@ -412,6 +414,64 @@ class SFT(Pretrain):
         if n == 0:  # 0/0 in the mean would be NaN; keep the graph so DDP still syncs
             return out.logits.sum() * 0.0, {"assistant_tokens": 0.0}
         return out.loss, dict(_parts(out), assistant_tokens=float(n))
+
+
+class PairObjective(Objective):
+    """Base of the preference stages (reward model, DPO): micro-batches of train.batch_size pairs from
+    `scratchlm prepare --kind preference` shards, in a seeded permutation per epoch; each micro-batch counts
+    by its number of pairs. Subclasses turn pair indices into tensors (`build`) and define the loss."""
+
+    def __init__(self, cfg: Config, shards: Any = None, val_shards: Any = None) -> None:
+        super().__init__(cfg)
+        tc = cfg.train
+        self.shards = shards if shards is not None else _open(tc.data, "train.data")
+        kind = getattr(self.shards, "kind", "preference")
+        if kind != "preference":
+            raise ConfigError(f"train.data={tc.data!r} holds {kind!r} shards; {self.name} needs "
+                              "`scratchlm prepare --kind preference`")
+        if val_shards is None and shards is None and _val_path(cfg):
+            val_shards = _open(_val_path(cfg), "train.val_data")
+        self.val_shards = val_shards
+        self.position = 0  # pairs consumed, counted over all processes
+        self._perm: tuple[int, np.ndarray] = (-1, np.arange(0))
+
+    def build(self, shards: Any, indices: list[int]) -> Batch:
+        """The batch of these pairs (chosen rows first, then rejected)."""
+        raise NotImplementedError
+
+    def _pair_at(self, pos: int) -> int:
+        epoch, i = divmod(pos, self.shards.n_pairs)
+        if self._perm[0] != epoch:
+            self._perm = (epoch, _epoch_order(self.shards.n_pairs, self.cfg.train.seed, epoch, True))
+        return int(self._perm[1][i])
+
+    def next_batches(self) -> list[Batch]:
+        tc, world, rank = self.cfg.train, self.info.world_size, self.info.rank
+        B, out = tc.batch_size, []
+        for m in range(tc.grad_accum):
+            first = self.position + (m * world + rank) * B
+            out.append(self.build(self.shards, [self._pair_at(p) for p in range(first, first + B)]))
+        self.position += B * tc.grad_accum * world
+        return out
+
+    def val_batches(self) -> Iterator[Batch]:
+        """The first pairs of the validation split, in order; batch k goes to rank k % world."""
+        if self.val_shards is None:
+            return
+        tc = self.cfg.train
+        n = min(tc.eval_batches * self.info.world_size, self.val_shards.n_pairs // tc.batch_size)
+        n -= n % self.info.world_size
+        for k in range(self.info.rank, n, self.info.world_size):
+            yield self.build(self.val_shards, list(range(k * tc.batch_size, (k + 1) * tc.batch_size)))
+
+    def weight(self, batch: Batch) -> float:
+        return float(batch["input_ids"].shape[0] // 2)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.position = int(state["position"])
 
 
 def _parts(out: Any) -> dict[str, float]:

@@ -4,14 +4,14 @@ that scores (prompt, completion) batches for PPO and best-of-N."""
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from scratchlm.config import Config, ConfigError
-from scratchlm.train.objectives import Batch, Objective, _epoch_order, _open, _val_path
+from scratchlm.train.objectives import Batch, PairObjective
 from scratchlm.train.preference import pairwise_reward_loss
 
 
@@ -61,22 +61,10 @@ def score_texts(model: RewardModel, tokenizer: Any, prompts: Sequence[list[dict]
     return out
 
 
-class Reward(Objective):
+class Reward(PairObjective):
     """Pairwise reward-model training (train.objective=reward): the model is wrapped in a RewardModel."""
 
     name = "reward"
-
-    def __init__(self, cfg: Config, shards: Any = None, val_shards: Any = None) -> None:
-        super().__init__(cfg)
-        tc = cfg.train
-        self.shards = shards if shards is not None else _open(tc.data, "train.data")
-        if getattr(self.shards, "kind", "preference") != "preference":
-            raise ConfigError(f"train.data={tc.data!r} holds {self.shards.kind!r} shards; the reward model needs "
-                              "`scratchlm prepare --kind preference`")
-        if val_shards is None and shards is None and _val_path(cfg):
-            val_shards = _open(_val_path(cfg), "train.val_data")
-        self.val_shards = val_shards
-        self.position = 0
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """The SFT model gets its score head; the whole model trains (an adapter run would not hold the head)."""
@@ -84,15 +72,8 @@ class Reward(Objective):
             raise ConfigError("the reward model trains the whole model and its score head: set lora.rank=0")
         return RewardModel(model)
 
-    def next_batches(self) -> list[Batch]:
-        tc, world, rank = self.cfg.train, self.info.world_size, self.info.rank
-        B, out, size = tc.batch_size, [], self.shards.n_pairs
-        for m in range(tc.grad_accum):
-            first = self.position + (m * world + rank) * B
-            idx = [int(_epoch_order(size, tc.seed, p // size, True)[p % size]) for p in range(first, first + B)]
-            out.append(reward_batch(self.shards, idx, tc.seq_len))
-        self.position += B * tc.grad_accum * world
-        return out
+    def build(self, shards: Any, indices: list[int]) -> Batch:
+        return reward_batch(shards, indices, self.cfg.train.seq_len)
 
     def _scores(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         r = model(batch["input_ids"], batch["lengths"])
@@ -111,26 +92,8 @@ class Reward(Objective):
         rc, rr = self._scores(model, batch)
         return float(pairwise_reward_loss(rc, rr, self.cfg.pref.reward_margin).sum()), int(rc.numel())
 
-    def weight(self, batch: Batch) -> float:
-        return float(batch["input_ids"].shape[0] // 2)
-
     def tokens(self, batch: Batch) -> int:
         return int(batch["lengths"].sum())
-
-    def val_batches(self) -> Iterator[Batch]:
-        if self.val_shards is None:
-            return
-        tc = self.cfg.train
-        n = min(tc.eval_batches * self.info.world_size, self.val_shards.n_pairs // tc.batch_size)
-        n -= n % self.info.world_size
-        for k in range(self.info.rank, n, self.info.world_size):
-            yield reward_batch(self.val_shards, range(k * tc.batch_size, (k + 1) * tc.batch_size), tc.seq_len)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"position": self.position}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.position = int(state["position"])
 
 
 @torch.no_grad()
