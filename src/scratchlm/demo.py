@@ -35,7 +35,7 @@ class DemoSettings:
     pretrain_batch: int = 16
     pretrain_seq_len: int = 128
     pretrain_lr: float = 3e-3
-    sft_steps: int = 700  # 600 → 700 for the harder SFT set (36 phrasings, open chats, pretraining rows)
+    sft_steps: int = 900  # 600 → 900 for the harder SFT set (36 phrasings, open chats, pretraining rows): see docs/demo.md
     sft_batch: int = 24
     sft_seq_len: int = 128
     sft_lr: float = 1e-3  # add2 at 450 steps (cosine), one run each: 6e-4 → 0.31, 1e-3 → 0.905, 2e-3 → 0.71
