@@ -70,7 +70,7 @@ def test_demo_refuses_a_stage_folder_started_with_another_step_count(tmp_path):
     cfg = out / "pretrain" / "config.toml"
     cfg.write_text("[train]\nmax_steps = 400\n")
     s = quick_settings()
-    with pytest.raises(SystemExit, match=r"max_steps = 400, but this demo asks for 40 \(--pretrain-steps\)"):
+    with pytest.raises(SystemExit, match=r"max_steps = 400, but this demo asks for 60 \(--pretrain-steps\)"):
         run_demo(out, settings=s, progress=False)
     assert cfg.read_text() == "[train]\nmax_steps = 400\n"  # nothing of the earlier run was touched
     assert not (out / "pretrain" / "checkpoints").exists()

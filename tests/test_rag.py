@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -257,6 +256,20 @@ KILL_SCRIPT = textwrap.dedent("""
             # cheap, deterministic vectors: the time goes into the database writes we want to interrupt
             return np.stack([np.random.default_rng(zlib.crc32(t.encode())).normal(size=16) for t in texts]).astype("f4")
 
+    # SIGKILL this process after KILL_AFTER chunk inserts: always inside some file's transaction, whatever the
+    # machine's speed (a timer raced the indexer: on a fast machine it had finished before the kill)
+    kill_after = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+    if kill_after:
+        import os, signal
+        calls = [0]
+        tables = VectorStore._tables
+        def counting(self):
+            calls[0] += 1
+            if calls[0] == kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return tables(self)
+        VectorStore._tables = counting
+
     store = VectorStore(sys.argv[1], "fast", 16)
     print("start", flush=True)
     index_paths(store, Fast(), [sys.argv[2]], size=20, overlap=0, batch=4096, show_progress=False)
@@ -264,26 +277,26 @@ KILL_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("delay", [0.3, 0.7])
-def test_kill_during_indexing_leaves_db_consistent(tmp_path, delay):
+@pytest.mark.parametrize("kill_at", [0.5, 2.5])  # files done when killed: halfway into the first / the third
+def test_kill_during_indexing_leaves_db_consistent(tmp_path, kill_at):
     docs = tmp_path / "docs"
     docs.mkdir()
     for i in range(40):
         (docs / f"f{i:02d}.txt").write_text(" ".join(f"Sentence {i}-{j}." for j in range(600)), encoding="utf-8")
+    per_file = len(chunk_document(load_documents(docs / "f00.txt", "f00.txt")[0], 20, 0))  # f00-f09: same length
+    kill_after = int(per_file * kill_at) + 1
     script = tmp_path / "index.py"
     script.write_text(KILL_SCRIPT, encoding="utf-8")
     db = tmp_path / "k.db"
-    proc = subprocess.Popen([sys.executable, str(script), str(db), str(docs)], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
+    proc = subprocess.Popen([sys.executable, str(script), str(db), str(docs), str(kill_after)], stdout=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
     assert proc.stdout.readline().strip() == "start"
-    time.sleep(delay)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert proc.wait(timeout=120) == -signal.SIGKILL  # killed mid-transaction, not finished
     with VectorStore(db, create=False) as store:
         assert store.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert store.check() == [], "every file fully old or fully new"
         done = len(store.files())
-        assert done < 40, "the kill came too late to test anything; make the files bigger"
+        assert done == int(kill_at)  # the file being written when killed left nothing behind
         for path, source, n in store.files():
             assert n == len(chunk_document(load_documents(path, source)[0], 20, 0))
     # indexing again finishes the job without duplicating what was already there

@@ -72,8 +72,11 @@ def test_two_processes_match_one_with_same_global_batch(data, tmp_path, parallel
     assert ckpt.step == 4 and ckpt.trainer["world_size"] == 2
     model, _, _ = load_run(tmp_path / "two")
     ref, _, _ = load_run(tmp_path / "one")
+    # Weights get 1e-4: Adam divides by √v, which turns a 1e-7 difference in a near-zero gradient into ~2e-5 on
+    # one element of 2048 on some CPUs (seen on an AMD EPYC host, at this test's base commit too); the losses
+    # above hold to 1e-5.
     for (k, a), b in zip(model.state_dict().items(), ref.state_dict().values()):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=1e-5, err_msg=k)
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=1e-4, err_msg=k)
 
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp", "zero2"])

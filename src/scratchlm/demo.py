@@ -72,7 +72,7 @@ def quick_settings() -> DemoSettings:
     """A ~1-minute version for tests: a small model, few steps, few eval prompts."""
     return DemoSettings(
         vocab_size=1024, preset="debug", model=["model.vocab_size=1024", "model.max_seq_len=128"],
-        pretrain_steps=40, pretrain_batch=8, pretrain_seq_len=64, sft_steps=30, sft_batch=8, sft_seq_len=64,
+        pretrain_steps=60, pretrain_batch=8, pretrain_seq_len=64, sft_steps=30, sft_batch=8, sft_seq_len=64,
         synth_sizes={"add2": (300, 20), "next_line": (100, 20), "author": (100, 20), "identity": (100, 20),
                      "fortune": (30, 4), "recite": (30, 4), "continue": (30, 4)},
         eval_per_task=10, max_new_tokens=12,
