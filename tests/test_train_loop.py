@@ -344,3 +344,21 @@ def test_first_fit_rows_places_every_document_once_within_capacity():
     assert sorted(int(d) for r in rows for d in r) == list(range(500))
     assert all(lens[r].sum() <= 129 for r in rows)
     assert len(rows) < len(first_fit_rows(order, lens, 129, open_rows=1))  # fewer rows: less padding
+
+
+def test_init_from_a_run_with_another_tokenizer_is_an_error(tmp_path):
+    """The data's meta.json names the sha256 of the tokenizer it was prepared with; another run's differs."""
+    from scratchlm.train.cli import check_same_tokenizer
+
+    run, data = tmp_path / "run", tmp_path / "data"
+    run.mkdir()
+    data.mkdir()
+    (run / "tokenizer.json").write_text('{"model": "one"}')
+    import hashlib
+
+    same = hashlib.sha256(b'{"model": "one"}').hexdigest()
+    (data / "meta.json").write_text(json.dumps({"tokenizer_hash": same}))
+    check_same_tokenizer(run, data)  # the same tokenizer: fine
+    (data / "meta.json").write_text(json.dumps({"tokenizer_hash": "ab" * 32}))
+    with pytest.raises(ConfigError, match=r"sha256 [0-9a-f]{16}… \) is not the one|is not the one .*sha256 abababab"):
+        check_same_tokenizer(run, data)

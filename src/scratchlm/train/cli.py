@@ -62,6 +62,21 @@ def find_tokenizer_dir(cfg: Config, init_from: str | Path | None, explicit: str 
     return None
 
 
+def check_same_tokenizer(init_from: str | Path, data: str | Path) -> None:
+    """Refuse to continue a run on data prepared with another tokenizer (its ids would mean other tokens)."""
+    import hashlib
+
+    tok, meta = Path(init_from) / "tokenizer.json", Path(data) / "meta.json" if data else None
+    if meta is None or not tok.exists() or not meta.exists():
+        return
+    data_hash = json.loads(meta.read_text(encoding="utf-8")).get("tokenizer_hash")
+    run_hash = hashlib.sha256(tok.read_bytes()).hexdigest()
+    if data_hash and data_hash != run_hash:
+        raise ConfigError(f"--init-from {init_from}: its tokenizer.json (sha256 {run_hash[:16]}…) is not the one "
+                          f"{meta} was prepared with (sha256 {data_hash[:16]}…); prepare the data again with "
+                          f"--tokenizer {init_from}")
+
+
 def run_train(
     objective: str,
     out: str | Path,
@@ -80,6 +95,8 @@ def run_train(
     from scratchlm.train.objectives import make_objective
 
     cfg = resolve_train_config(objective, preset, overrides, out, data, init_from, resume)
+    if init_from is not None and not resume:
+        check_same_tokenizer(init_from, cfg.train.data)
     tok_dir = find_tokenizer_dir(cfg, init_from, tokenizer)
     obj = make_objective(cfg)
     model = build_model(cfg)
