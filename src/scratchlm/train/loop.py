@@ -170,32 +170,7 @@ def train(
     seed_everything(tc.seed)
     ckpt_root = out_dir / "checkpoints"
 
-    if cfg.lora.rank > 0 and not resume:
-        if init_from is None:
-            raise ConfigError("lora.rank ≥ 1 trains adapters over a trained model: pass --init-from RUN (the base run)")
-        if not (Path(init_from) / "model.safetensors").exists():
-            raise ConfigError(f"--init-from {init_from}: LoRA needs a base run with model.safetensors (an adapter run "
-                              f"can be merged first: scratchlm lora merge {init_from} --out MERGED)")
-        cfg.lora.base = str(Path(init_from).resolve())  # saved in config.toml: resume and load_run find the base
-    if init_from is not None and not resume:
-        cfg.train.init_from = str(Path(init_from).resolve())  # saved: resume finds the reference run again
-    elif resume and not cfg.train.init_from and (out_dir / "config.toml").exists():
-        cfg.train.init_from = load_run_config(out_dir).train.init_from
-    ckpt = None
-    if resume:
-        path = latest_checkpoint(ckpt_root)
-        if path is None:
-            raise FileNotFoundError(f"--resume: {ckpt_root} has no complete checkpoint to resume from")
-        ckpt = load_checkpoint(path)
-    elif list_checkpoints(ckpt_root):
-        raise ConfigError(f"{out_dir} already holds checkpoints; pass --resume to continue that run, "
-                          f"or choose another --out")
-    elif init_from is not None:
-        load_weights(model, Path(init_from) / "model.safetensors")
-    if ckpt is not None and cfg.lora.rank > 0:  # adapter checkpoints hold no base weights: load the base run
-        base = init_from or cfg.lora.base or load_run_config(out_dir).lora.base
-        cfg.lora.base = str(Path(base).resolve())
-        load_weights(model, Path(base) / "model.safetensors")
+    ckpt = _starting_point(cfg, model, out_dir, init_from, resume)
 
     model = objective.prepare_model(model)
     frozen = {n for n, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}  # LoRA: the base, never saved
@@ -364,6 +339,40 @@ def train(
             bar.close()
     D.barrier(info)
     return result
+
+
+def _starting_point(cfg: Config, model: nn.Module, out_dir: Path, init_from: str | Path | None,
+                    resume: bool) -> Any:
+    """Load the weights a run starts from (the --init-from run, the base under a LoRA checkpoint) and return the
+    checkpoint to resume, or None; records train.init_from and lora.base in cfg so config.toml keeps them."""
+    ckpt_root = out_dir / "checkpoints"
+    if cfg.lora.rank > 0 and not resume:
+        if init_from is None:
+            raise ConfigError("lora.rank ≥ 1 trains adapters over a trained model: pass --init-from RUN (the base run)")
+        if not (Path(init_from) / "model.safetensors").exists():
+            raise ConfigError(f"--init-from {init_from}: LoRA needs a base run with model.safetensors (an adapter run "
+                              f"can be merged first: scratchlm lora merge {init_from} --out MERGED)")
+        cfg.lora.base = str(Path(init_from).resolve())  # saved in config.toml: resume and load_run find the base
+    if init_from is not None and not resume:
+        cfg.train.init_from = str(Path(init_from).resolve())  # saved: resume finds the reference run again
+    elif resume and not cfg.train.init_from and (out_dir / "config.toml").exists():
+        cfg.train.init_from = load_run_config(out_dir).train.init_from
+    ckpt = None
+    if resume:
+        path = latest_checkpoint(ckpt_root)
+        if path is None:
+            raise FileNotFoundError(f"--resume: {ckpt_root} has no complete checkpoint to resume from")
+        ckpt = load_checkpoint(path)
+    elif list_checkpoints(ckpt_root):
+        raise ConfigError(f"{out_dir} already holds checkpoints; pass --resume to continue that run, "
+                          f"or choose another --out")
+    elif init_from is not None:
+        load_weights(model, Path(init_from) / "model.safetensors")
+    if ckpt is not None and cfg.lora.rank > 0:  # adapter checkpoints hold no base weights: load the base run
+        base = init_from or cfg.lora.base or load_run_config(out_dir).lora.base
+        cfg.lora.base = str(Path(base).resolve())
+        load_weights(model, Path(base) / "model.safetensors")
+    return ckpt
 
 
 def _full_copy(raw: nn.Module, cfg: Config) -> nn.Module:
