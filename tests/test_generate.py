@@ -20,14 +20,7 @@ from scratchlm.generate import (
 )
 from scratchlm.model.transformer import Transformer
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and a shared, loaded machine makes multi-threaded tiny
-    matmuls spin (measured 50x slower); restore the setting for other test modules."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 PROMPTS = [[5, 17, 42], [7], [3, 9, 11, 200, 8, 31, 64], [100, 101]]

@@ -17,13 +17,7 @@ from scratchlm.model.hf import ScratchLMConfig, ScratchLMForCausalLM  # noqa: E4
 from scratchlm.model.transformer import Transformer  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is fastest and avoids spinning on a loaded shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def make_model(*overrides: str) -> Transformer:

@@ -29,12 +29,7 @@ ALL_DENSE = {"gqa": "wq,wk,wv,wo,w1,w2,w3", "mla_moe": "wq,wkv_a,wkv_b,wo,w1,w2,
              "mla_qlora": "wq_a,wq_b,wkv_a,wkv_b,wo,w1,w2,w3"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def make(variant: str = "gqa", seed: int = 0, init_std: float = 0.2) -> Transformer:
