@@ -12,7 +12,7 @@ from scratchlm.demo import DEMO_CHATS
 @pytest.mark.ci
 def test_demo_quick_runs_end_to_end(tmp_path):
     out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
+    assert main(["demo", "--quick", "--out", str(out), "--no-progress", "--stages", "all"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["accuracy"]) == {"add2", "add2 (unseen phrasings)", "next_line", "author", "identity"}
     # open-ended corpus chats are answered in the sample chats, not scored
@@ -27,6 +27,10 @@ def test_demo_quick_runs_end_to_end(tmp_path):
         for name in ("model.safetensors", "config.toml", "tokenizer.json", "metrics.jsonl", "loss.png"):
             assert (out / stage / name).exists(), f"{stage}/{name}"
     assert summary["settings"]["sft_schedule"] == "wsd"
+    # the LoRA stage: an adapter run over the SFT run, its numbers in the summary
+    lo = summary["lora"]
+    assert lo["name"] == "Nova" and all(0.0 <= lo[k] <= 1.0 for k in lo if k != "name")
+    assert (out / "lora" / "adapter_model.safetensors").exists() and not (out / "lora" / "model.safetensors").exists()
     sft_cfg = (out / "sft" / "config.toml").read_text()
     assert 'schedule = "wsd"' in sft_cfg
     assert f"pretrain_mix = {summary['settings']['sft_pretrain_mix']}" in sft_cfg and "pretrain_mix_data" in sft_cfg
@@ -90,3 +94,13 @@ def test_stage_settings_reach_the_training_config():
     assert (pre.max_steps, pre.doc_mask, pre.lr, pre.seed) == (30, False, s.pretrain_lr, 7)
     with pytest.raises(ValueError, match="stage must be 'pretrain' or 'sft', got 'dpo'"):
         stage_sets(s, "dpo")
+
+
+def test_demo_stages_flag():
+    from scratchlm.demo import STAGES, parse_stages
+
+    assert parse_stages("all") == list(STAGES) and parse_stages("pretrain, sft") == ["pretrain", "sft"]
+    with pytest.raises(SystemExit, match="unknown stage"):
+        parse_stages("pretrain,sft,grpo")
+    with pytest.raises(SystemExit, match="start with pretrain,sft"):
+        parse_stages("sft,lora")

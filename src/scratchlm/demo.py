@@ -63,6 +63,15 @@ class DemoSettings:
     synth_sizes: dict[str, tuple[int, int]] = field(default_factory=lambda: {
         "add2": (6000, 200), "next_line": (200, 200), "author": (200, 200), "identity": (400, 200),
         "fortune": (150, 20), "recite": (150, 20), "continue": (200, 20)})
+    # Stages after SFT, opt-in (--stages): "lora" teaches the SFT model a new name with LoRA adapters
+    # (MiniMind's lora_identity idea). Identity chats alone made every answer the new identity line (held-out add2
+    # 1.0 → 0.0 after 150 steps, seed 0); replaying add2 chats beside them kept add2 at 1.0.
+    stages: list[str] = field(default_factory=lambda: ["pretrain", "sft"])
+    lora_name: str = "Nova"
+    lora_steps: int = 150
+    lora_sizes: dict[str, tuple[int, int]] = field(default_factory=lambda: {"identity": (400, 200), "add2": (1200, 0)})
+    lora_sets: list[str] = field(default_factory=lambda: [
+        "lora.rank=8", "lora.alpha=16", "lora.targets=wq,wk,wv,wo", "train.lr=2e-3", "train.batch_size=16"])
     eval_per_task: int = 200
     max_new_tokens: int = 32  # checkable answers are short; open-ended sample chats get 3x as many
     seed: int = 0
@@ -75,8 +84,23 @@ def quick_settings() -> DemoSettings:
         pretrain_steps=60, pretrain_batch=8, pretrain_seq_len=64, sft_steps=30, sft_batch=8, sft_seq_len=64,
         synth_sizes={"add2": (300, 20), "next_line": (100, 20), "author": (100, 20), "identity": (100, 20),
                      "fortune": (30, 4), "recite": (30, 4), "continue": (30, 4)},
-        eval_per_task=10, max_new_tokens=12,
+        eval_per_task=10, max_new_tokens=12, lora_steps=10, lora_sizes={"identity": (60, 10), "add2": (60, 0)},
     )
+
+
+STAGES = ("pretrain", "sft", "lora")  # in order; `--stages all` runs every one
+
+
+def parse_stages(text: str) -> list[str]:
+    """"pretrain,sft,lora" or "all" → the stage list; the first two are always needed (later ones start from SFT)."""
+    names = list(STAGES) if text.strip() == "all" else [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [n for n in names if n not in STAGES]
+    if unknown:
+        raise SystemExit(f"scratchlm demo --stages: unknown stage(s) {', '.join(unknown)}; choose from "
+                         f"{', '.join(STAGES)} or all")
+    if names[:2] != ["pretrain", "sft"] or names != [n for n in STAGES if n in names]:
+        raise SystemExit(f"scratchlm demo --stages {text}: start with pretrain,sft and keep the order {','.join(STAGES)}")
+    return names
 
 
 def _say(msg: str) -> None:
@@ -159,7 +183,7 @@ def _train_stage(kind: str, out: Path, s: DemoSettings, paths: dict[str, Path], 
     resume = bool(list_checkpoints(out / "checkpoints"))  # an interrupted earlier demo continues
     if resume:
         _say(f"resuming {out} from its last checkpoint")
-    result = run_train(kind, out, s.preset, sets + [f"train.val_data={val}"], str(paths[kind]),
+    result = run_train("sft" if kind == "lora" else kind, out, s.preset, sets + [f"train.val_data={val}"], str(paths[kind]),
                        init_from=init_from, resume=resume, tokenizer=paths["tokenizer"], progress=progress)
     if result.status != "done":
         raise KeyboardInterrupt  # stopped by a signal: the checkpoint is saved, rerun the demo to continue
@@ -241,6 +265,35 @@ def evaluate_tasks(model: Any, tokenizer: Any, prompt_file: Path, per_task: int,
     return scores, graded
 
 
+def run_lora_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scores: dict[str, tuple[int, int]],
+                   progress: bool) -> dict[str, Any]:
+    """Identity LoRA over the SFT run (new name s.lora_name, add2 chats replayed); held-out identity with the new
+    name, and held-out add2 before (the SFT model) and after."""
+    from scratchlm.data.prepare import prepare
+    from scratchlm.data.synth import build_synth
+    from scratchlm.run import load_run
+
+    run_dir = out / "lora"
+    _check_stage_steps(run_dir, s.lora_steps)
+    files = build_synth(out / "data" / "lora_synth", seed=s.seed, name=s.lora_name, tasks=dict(s.lora_sizes))
+    prepare("sft", paths["tokenizer"], [files["sft_train"]], out / "data" / "lora_sft", dedup=False)
+    if not any(run_dir.glob("adapter_model.safetensors")):
+        _say(f"LoRA: teaching the SFT model the name {s.lora_name!r} for {s.lora_steps} steps → {run_dir}")
+        sets = [*stage_sets(s, "sft"), *s.lora_sets, f"train.max_steps={s.lora_steps}", "train.pretrain_mix=0",
+                f"train.save_every={s.lora_steps}", f"train.warmup_steps={max(1, s.lora_steps // 20)}",
+                f"train.eval_every={s.lora_steps}"]
+        paths = {**paths, "lora": out / "data" / "lora_sft"}
+        _train_stage("lora", run_dir, s, paths, sets, out / "sft", progress)
+    model, tokenizer, _ = load_run(run_dir)
+    new, _ = evaluate_tasks(model, tokenizer, files["prompt_val"], s.eval_per_task, s.max_new_tokens)
+    old, _ = evaluate_tasks(model, tokenizer, paths["prompt_val"], s.eval_per_task, s.max_new_tokens)
+    acc = lambda c: c[0] / max(1, c[1])  # noqa: E731
+    return {"name": s.lora_name, "identity_new_name": acc(new["identity"]),
+            "add2_before": acc(sft_scores["add2"]), "add2_after": acc(old["add2"]),
+            "add2_unseen_before": acc(sft_scores.get("add2" + UNSEEN, (0, 0))),
+            "add2_unseen_after": acc(old.get("add2" + UNSEEN, (0, 0)))}
+
+
 def chat_replies(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int) -> list[dict]:
     """Greedy replies to single-turn user prompts: [{"prompt", "reply"}]."""
     from scratchlm.generate import Engine, SamplingParams
@@ -260,7 +313,7 @@ def _check_stage_steps(run_dir: Path, steps: int) -> None:
         return
     had = read_toml(cfg_file).get("train", {}).get("max_steps")
     if had != steps:
-        flag = "--pretrain-steps" if run_dir.name == "pretrain" else "--sft-steps"
+        flag = {"pretrain": "--pretrain-steps", "sft": "--sft-steps"}.get(run_dir.name, "DemoSettings.lora_steps")
         raise SystemExit(f"scratchlm demo: {cfg_file} has train.max_steps = {had}, but this demo asks for {steps} "
                          f"({flag}); delete {run_dir} (and the stages after it) or pass another --out")
 
@@ -308,6 +361,12 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoS
     times["eval"] = time.perf_counter() - t
     times["total"] = time.perf_counter() - t0
 
+    if "lora" in s.stages:
+        t = time.perf_counter()
+        summary_lora = run_lora_stage(out, s, paths, scores, progress)
+        times["lora"] = time.perf_counter() - t
+        times.pop("total")
+        times["total"] = time.perf_counter() - t0  # last in the table
     summary = {
         "settings": asdict(s),
         "params": int(model.num_params()),
@@ -316,6 +375,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoS
         "val_ppl_pretrain": ppl_pre, "val_ppl_sft": ppl_sft, "val_ppl_unigram": ppl_uni,
         "seconds": times, "torch_threads": torch.get_num_threads(),
         "samples": _pick_samples(graded), "chats": chats,
+        **({"lora": summary_lora} if "lora" in s.stages else {}),
     }
     (out / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
     print_summary(summary, out)
@@ -349,6 +409,12 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
     table.add_row("val perplexity: unigram model", f"{summary['val_ppl_unigram']:.1f}")
     table.add_row("ratio (pretrained / unigram)", f"{summary['val_ppl_pretrain'] / summary['val_ppl_unigram']:.3f}")
     table.add_row("ratio (after SFT / pretrained)", f"{summary['val_ppl_sft'] / summary['val_ppl_pretrain']:.2f}")
+    if "lora" in summary:
+        lo = summary["lora"]
+        table.add_row(f"LoRA: held-out identity answers {lo['name']!r}", f"{lo['identity_new_name']:.3f}")
+        table.add_row("LoRA: held-out add2 before → after", f"{lo['add2_before']:.3f} → {lo['add2_after']:.3f}")
+        table.add_row("LoRA: add2 unseen phrasings before → after",
+                      f"{lo['add2_unseen_before']:.3f} → {lo['add2_unseen_after']:.3f}")
     for k, v in summary["seconds"].items():
         table.add_row(f"time: {k}", f"{v:.0f} s")
     console.print(table)
@@ -367,6 +433,7 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
     """The DemoSettings that `scratchlm demo`'s flags ask for (--quick, --seed, --pretrain-steps, --sft-steps)."""
     s = quick_settings() if args.quick else DemoSettings()
     s.seed = args.seed
+    s.stages = parse_stages(args.stages)
     for name in ("pretrain_steps", "sft_steps"):
         steps = getattr(args, name)
         if steps is not None:
@@ -387,6 +454,9 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--out", default="runs/demo", help="folder for every stage (default runs/demo)")
     p.add_argument("--quick", action="store_true", help="a ~1-minute version (tiny model, few steps)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--stages", default="pretrain,sft", metavar="LIST",
+                   help=f"stages to run, in order (default pretrain,sft; 'all' = {','.join(STAGES)}): lora teaches "
+                        "the SFT model a new name with LoRA adapters")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the synthetic data, the tokenizer's text, initialisation and data order (default 0)")
     p.add_argument("--pretrain-steps", type=int, default=None, metavar="N",
