@@ -247,14 +247,18 @@ class _Options:
     special_tokens_in_text: bool = False
 
 
+def tokenizer_hash(path: str | Path) -> str:
+    """sha256 of a tokenizer.json (or of the one in a folder): what a dataset's meta.json records."""
+    path = Path(path)
+    file = path / "tokenizer.json" if path.is_dir() else path
+    return hashlib.sha256(file.read_bytes()).hexdigest()
+
+
 def _load_tokenizer(path: str | Path) -> tuple[Any, str]:
     """The project Tokenizer and the sha256 of its tokenizer.json."""
     from scratchlm.tokenizer import Tokenizer
 
-    path = Path(path)
-    file = path / "tokenizer.json" if path.is_dir() else path
-    tok = Tokenizer.load(path)
-    return tok, hashlib.sha256(file.read_bytes()).hexdigest()
+    return Tokenizer.load(path), tokenizer_hash(path)
 
 
 def _progress(total: int | None, enabled: bool) -> Any:

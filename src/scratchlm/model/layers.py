@@ -161,7 +161,7 @@ def fused_linear(x: torch.Tensor, linears: list[nn.Linear]) -> list[torch.Tensor
     the output and one for the input gradient); a LoRA-wrapped linear's update is added to its slice, so
     adapters hold on the fused path too."""
     out = F.linear(x, torch.cat([m.weight for m in linears])).split([m.out_features for m in linears], dim=-1)
-    return [y + m.delta(x) if hasattr(m, "delta") else y for y, m in zip(out, linears)]
+    return [y + m.delta(x) if hasattr(m, "delta") and not m.merged else y for y, m in zip(out, linears)]
 
 
 def linear_weight(m: nn.Linear) -> torch.Tensor:

@@ -139,7 +139,7 @@ class E5Embedder(Embedder):
 class RunEmbedder(Embedder):
     """Mean of the final-norm hidden states of one of our runs over the text's tokens, L2-normalised.
 
-    The states are taken with a forward hook on the model's final norm, so the model code is untouched.
+    The states are the trunk's (`Transformer.hidden_states`) through the final norm: the output head is not run.
     Rows are right-padded: in a causal model a real token never attends to the padding after it, so no
     attention mask is needed, and the mean is taken over the real tokens only.
     """
@@ -163,25 +163,19 @@ class RunEmbedder(Embedder):
         """Vectors [N, d_model] float32, unit length."""
         import torch
 
-        captured: list[torch.Tensor] = []
-        hook = self.model.norm.register_forward_hook(lambda mod, inp, out: captured.append(out))
         out = []
-        try:
-            with torch.inference_mode():
-                for i in range(0, len(texts), self.batch_size):
-                    ids = [self.tokenizer.encode(t)[: self.max_len] or [0] for t in texts[i:i + self.batch_size]]
-                    T = max(map(len, ids))
-                    x = torch.zeros((len(ids), T), dtype=torch.long)
-                    mask = torch.zeros((len(ids), T, 1))
-                    for r, row in enumerate(ids):
-                        x[r, : len(row)] = torch.tensor(row)
-                        mask[r, : len(row)] = 1
-                    captured.clear()
-                    self.model(x.to(self.device))
-                    h = captured[-1].float().cpu()  # [B, T, D]
-                    out.append((h * mask).sum(1) / mask.sum(1))
-        finally:
-            hook.remove()
+        with torch.inference_mode():
+            for i in range(0, len(texts), self.batch_size):
+                ids = [self.tokenizer.encode(t)[: self.max_len] or [0] for t in texts[i:i + self.batch_size]]
+                T = max(map(len, ids))
+                x = torch.zeros((len(ids), T), dtype=torch.long)
+                mask = torch.zeros((len(ids), T, 1))
+                for r, row in enumerate(ids):
+                    x[r, : len(row)] = torch.tensor(row)
+                    mask[r, : len(row)] = 1
+                h, _ = self.model.hidden_states(x.to(self.device))
+                h = self.model.norm(h).float().cpu()  # [B, T, D]
+                out.append((h * mask).sum(1) / mask.sum(1))
         if not out:
             return np.zeros((0, self.dim), dtype=np.float32)
         return _l2_normalize(torch.cat(out).numpy())

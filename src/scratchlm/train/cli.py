@@ -64,13 +64,13 @@ def find_tokenizer_dir(cfg: Config, init_from: str | Path | None, explicit: str 
 
 def check_same_tokenizer(init_from: str | Path, data: str | Path) -> None:
     """Refuse to continue a run on data prepared with another tokenizer (its ids would mean other tokens)."""
-    import hashlib
+    from scratchlm.data.prepare import tokenizer_hash
 
     tok, meta = Path(init_from) / "tokenizer.json", Path(data) / "meta.json" if data else None
     if meta is None or not tok.exists() or not meta.exists():
         return
     data_hash = json.loads(meta.read_text(encoding="utf-8")).get("tokenizer_hash")
-    run_hash = hashlib.sha256(tok.read_bytes()).hexdigest()
+    run_hash = tokenizer_hash(tok)
     if data_hash and data_hash != run_hash:
         raise ConfigError(f"--init-from {init_from}: its tokenizer.json (sha256 {run_hash[:16]}…) is not the one "
                           f"{meta} was prepared with (sha256 {data_hash[:16]}…); prepare the data again with "
