@@ -8,6 +8,8 @@ import pytest
 
 from scratchlm.cli import COMMAND_MODULES, build_parser, main
 
+from scratchlm.stages import STAGE_NAMES
+
 COMMANDS = ["demo", "data", "tokenizer", "prepare", "model", "train", "generate"]
 
 
@@ -22,7 +24,7 @@ def test_help_lists_every_command(capsys):
 
 HELP_ARGVS = [[c] for c in COMMANDS if c not in ("data", "tokenizer", "model", "train")] + [
     ["data", "info"], ["data", "synth"], ["tokenizer", "train"], ["tokenizer", "stats"], ["model", "info"],
-    ["train", "pretrain"], ["train", "sft"], ["train", "plot"],
+    *[["train", stage] for stage in STAGE_NAMES], ["train", "plot"],
 ]
 # What `scratchlm --help` must not load (torch alone is ~1.3 s); the commands import them when they run.
 HEAVY_MODULES = ("torch", "numpy", "tokenizers", "transformers")
@@ -84,3 +86,25 @@ def test_command_module_registers_without_heavy_imports(module):
     code = (f"import argparse, importlib\n"
             f"importlib.import_module({module!r}).add_cli(argparse.ArgumentParser().add_subparsers())")
     assert _heavy_loaded(code) == []
+
+
+def test_stage_registry_is_the_one_list_of_stages(capsys):
+    # The train subcommands, the config's allowed objectives and make_objective all come from scratchlm/stages.py.
+    from scratchlm.config import ConfigError, load_config
+    from scratchlm.stages import STAGES
+    from scratchlm.train.objectives import Objective
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert all(stage in out for stage in STAGE_NAMES)
+    for name, spec in STAGES.items():
+        assert load_config("debug", [f"train.objective={name}"]).train.objective == name
+        assert issubclass(spec.objective_class(), Objective) and spec.objective_class().name == name
+    with pytest.raises(ConfigError, match="train.objective.*'grpo'.*pretrain"):
+        load_config("debug", ["train.objective=grpo"])  # not registered (yet): the error lists what is
+
+
+def test_stage_that_starts_from_a_model_needs_init_from(tmp_path, capsys):
+    assert main(["train", "dpo", "--out", str(tmp_path / "r"), "--data", str(tmp_path)]) == 1
+    assert "scratchlm train dpo starts from a trained model: pass --init-from RUN" in capsys.readouterr().err

@@ -23,6 +23,8 @@ else:  # pragma: no cover
 
 import tomli_w
 
+from scratchlm.stages import STAGE_NAMES
+
 PRESET_DIR = Path(__file__).parent / "configs"
 
 
@@ -129,7 +131,7 @@ class ModelConfig:
 class TrainConfig:
     """Everything the one training loop needs; objectives read the fields that concern them."""
 
-    objective: Literal["pretrain", "sft", "lora", "reward", "dpo", "ppo", "grpo", "distill"] = "pretrain"
+    objective: Literal[STAGE_NAMES] = "pretrain"  # a stage registered in scratchlm/stages.py
     data: str = ""  # prepared shard folder (scratchlm prepare --out ...)
     val_data: str = ""  # optional separate validation shard folder
     batch_size: int = 16  # sequences per micro-batch per process
@@ -165,9 +167,6 @@ class TrainConfig:
     pretrain_mix: float = 0.0
     pretrain_mix_data: str = ""
     init_from: str = ""  # the run this one started from (set from --init-from): reference models are loaded from it
-    # RL
-    num_generations: int = 4  # GRPO group size
-    max_new_tokens: int = 64
 
     def __post_init__(self) -> None:
         _validate(self, "train")
@@ -283,8 +282,6 @@ _LIMITS: dict[str, tuple[float | None, float | None]] = {
     "lora.rank": (0, None),
     "lora.alpha": (0, None),
     "lora.dropout": (0, 1),
-    "train.num_generations": (1, None),
-    "train.max_new_tokens": (1, None),
 }
 
 
@@ -462,7 +459,7 @@ def load_config(
 
 # Placeholder fields that older runs saved before their real sections existed: dropped when such a run is read
 # (a user's own TOML or --set naming them is still an error).
-RETIRED_FIELDS = {"train": ("lora_rank", "lora_alpha", "lora_targets", "beta")}
+RETIRED_FIELDS = {"train": ("lora_rank", "lora_alpha", "lora_targets", "beta", "num_generations", "max_new_tokens")}
 
 
 def upgrade_saved_config(data: dict[str, Any]) -> dict[str, Any]:

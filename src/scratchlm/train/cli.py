@@ -1,4 +1,4 @@
-"""`scratchlm train pretrain|sft|plot`: thin wrappers around plain functions."""
+"""`scratchlm train STAGE|plot` (the stages of scratchlm/stages.py): thin wrappers around plain functions."""
 
 from __future__ import annotations
 
@@ -94,6 +94,11 @@ def run_train(
     from scratchlm.train.loop import train
     from scratchlm.train.objectives import make_objective
 
+    from scratchlm.stages import get_stage
+
+    if get_stage(objective).needs_init and init_from is None and not resume:
+        raise ConfigError(f"scratchlm train {objective} starts from a trained model: pass --init-from RUN "
+                          "(e.g. an SFT run)")
     cfg = resolve_train_config(objective, preset, overrides, out, data, init_from, resume)
     if init_from is not None and not resume:
         check_same_tokenizer(init_from, cfg.train.data)
@@ -124,15 +129,12 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 def add_cli(subparsers: Any) -> None:
     """Register `scratchlm train ...`."""
-    p = subparsers.add_parser("train", help="train a model: pretrain, sft, reward, dpo; plot a run's loss")
+    from scratchlm.stages import STAGES
+
+    p = subparsers.add_parser("train", help=f"train a model ({', '.join(STAGES)}); plot a run's loss")
     sub = p.add_subparsers(dest="stage", metavar="STAGE", required=True)
-    for stage, helptext in (("pretrain", "next-token pretraining on token shards"),
-                            ("sft", "supervised fine-tuning on ChatML conversations (assistant-only loss)"),
-                            ("reward", "reward model (scalar head on the last token, pairwise loss) from --init-from "
-                                       "SFT_RUN on `prepare --kind preference` shards"),
-                            ("dpo", "preference optimisation (DPO / IPO / cDPO / SimPO: --set pref.loss_type=...) "
-                                    "from --init-from SFT_RUN on `prepare --kind preference` shards")):
-        s = sub.add_parser(stage, help=helptext)
+    for stage, spec in STAGES.items():
+        s = sub.add_parser(stage, help=spec.help)
         s.add_argument("--config", default=None, help="preset name or TOML path (default: tiny; "
                        "on --resume: the run's own config.toml)")
         s.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",

@@ -484,24 +484,11 @@ def _parts(out: Any) -> dict[str, float]:
     return m
 
 
-OBJECTIVES: dict[str, type[Objective]] = {"pretrain": Pretrain, "sft": SFT}
-
-
-def objectives() -> dict[str, type[Objective]]:
-    """Every implemented stage by name (the stages in their own modules are imported here, lazily)."""
-    from scratchlm.train.dpo import DPO
-    from scratchlm.train.reward import Reward
-
-    return {**OBJECTIVES, "reward": Reward, "dpo": DPO}
-
-
 def make_objective(cfg: Config) -> Objective:
-    """The objective named by train.objective."""
-    name = cfg.train.objective
-    available = objectives()
-    if name not in available:
-        raise ConfigError(f"train.objective={name!r} is not implemented yet; available: {', '.join(available)}")
-    return available[name](cfg)
+    """The objective of the stage named by train.objective (scratchlm/stages.py registers them)."""
+    from scratchlm.stages import objective_for
+
+    return objective_for(cfg.train.objective, cfg)
 
 
 NAN_ENV = "SCRATCHLM_TEST_NAN_STEP"  # test hook read by the loop: poison the loss at this step
