@@ -12,7 +12,8 @@ import torch
 from scratchlm.config import ConfigError, load_config
 from scratchlm.data.datasets import Pair
 from scratchlm.run import build_model, load_run
-from scratchlm.train.dpo import DPO, pair_batch, preference_accuracy
+from scratchlm.eval.preference import logprob_preference, preference_accuracy
+from scratchlm.train.dpo import DPO, pair_batch
 from scratchlm.train.loop import train
 from scratchlm.train.objectives import IGNORE, Pretrain
 
@@ -79,6 +80,10 @@ def test_dpo_starts_at_log2_learns_and_resumes_exactly(tmp_path):
     after = preference_accuracy(pol, ref, PairShards(20, offset=3), cfg)
     assert before["accuracy"] == 0.0 and before["margin"] == 0.0  # the reference against itself: no preference
     assert after["accuracy"] == 1.0 and after["margin"] > 0
+    # The model's own log-probs: the margin is the implicit reward's divided by beta, plus the reference's own.
+    own_ref, own_pol = logprob_preference(ref, PairShards(20, offset=3), 24), logprob_preference(pol, PairShards(20, offset=3), 24)
+    assert own_pol["margin"] == pytest.approx(own_ref["margin"] + after["margin"] / 0.5, abs=1e-4)
+    assert own_pol["accuracy"] == 1.0
 
 
 @pytest.mark.parametrize("loss_type", ["ipo", "simpo"])
@@ -103,3 +108,25 @@ def test_dpo_errors():
         DPO(cfg, PairShards(4)).prepare_model(build_model(cfg))
     with pytest.raises(ConfigError, match="choose one of"):
         load_config("debug", ["pref.loss_type=kto"])
+
+
+def test_dpo_validation_logs_its_own_metrics_and_the_objective_sees_the_policy(tmp_path):
+    import json
+
+    base = _base(tmp_path)
+    sets = SMALL + ["train.max_steps=4", "train.lr=3e-3", "train.eval_every=2", "pref.beta=0.5"]
+    cfg = load_config("debug", sets)
+    obj = DPO(cfg, PairShards(40), val_shards=PairShards(8, offset=3))
+    res = train(cfg, obj, tmp_path / "run", build_model(cfg), init_from=base, progress=False)
+    vals = [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) if "val_loss" in r]
+    assert [r["step"] for r in vals] == [2, 4] and all("val_accuracy" in r and "val_margin" in r for r in vals)
+    assert "val_ppl" not in vals[0]  # a preference loss has no perplexity
+    assert [v for _, v in res.val] == [r["val_loss"] for r in vals]
+    assert obj.policy is not None and obj.policy is not obj.reference  # rollout stages generate with it
+
+
+def test_to_device_moves_tensors_and_keeps_plain_fields():
+    from scratchlm.train.objectives import to_device
+
+    b = to_device({"input_ids": torch.zeros(2, 3, dtype=torch.long), "answers": ["4", "7"]}, torch.device("cpu"))
+    assert b["answers"] == ["4", "7"] and b["input_ids"].shape == (2, 3)

@@ -10,7 +10,8 @@ import torch
 from scratchlm.config import ConfigError, load_config
 from scratchlm.run import build_model, load_run
 from scratchlm.train.loop import train
-from scratchlm.train.reward import Reward, RewardModel, pair_accuracy, reward_batch
+from scratchlm.eval.preference import pair_accuracy
+from scratchlm.train.reward import Reward, RewardModel, reward_batch
 from tests.test_dpo import PairShards, _base
 
 SETS = ["train.batch_size=4", "train.seq_len=24", "train.log_every=1", "train.eval_every=0", "train.save_every=0",

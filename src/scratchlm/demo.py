@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import time
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scratchlm.eval.perplexity import perplexities
+from scratchlm.eval.tasks import UNSEEN, chat_replies, evaluate_tasks, pick_samples
 
 
 @dataclass
@@ -190,83 +190,9 @@ def _train_stage(kind: str, out: Path, s: DemoSettings, paths: dict[str, Path], 
     return result
 
 
-def perplexities(model: Any, train_dir: Path, val_dir: Path, seq_len: int,
-                 max_windows: int = 400) -> tuple[float, float]:
-    """(model ppl, add-one unigram ppl fitted on the training shards), both over the same predicted
-    tokens of consecutive validation windows."""
-    import numpy as np
-    import torch
-
-    from scratchlm.data.datasets import open_shards
-
-    train, val = open_shards(train_dir), open_shards(val_dir)
-    V = int(model.config.vocab_size)
-    counts = np.bincount(np.asarray(train.read(0, train.n_tokens), dtype=np.int64), minlength=V)[:V]
-    logp_uni = np.log((counts + 1.0) / (counts.sum() + V))
-    n_win = min(max_windows, (val.n_tokens - 1) // seq_len)
-    nll, uni, n = 0.0, 0.0, 0
-    for start in range(0, n_win, 16):
-        rows = [np.asarray(val.read(w * seq_len, seq_len + 1), dtype=np.int64) for w in range(start, min(n_win, start + 16))]
-        ids = torch.from_numpy(np.stack(rows))
-        with torch.no_grad():
-            out = model(ids[:, :-1], targets=ids[:, 1:])
-        k = ids[:, 1:].numel()
-        nll += float(out.ce_loss) * k
-        uni += -float(logp_uni[ids[:, 1:].numpy()].sum())
-        n += k
-    return math.exp(nll / n), math.exp(uni / n)
-
-
 # What a person would type after the demo (training-style requests): shown greedy in the summary.
 DEMO_CHATS = ["Tell me a fortune.", "说一句名言。", "Recite a poem by 李白.", "背诵一首杜甫的诗。",
               "Continue this text: The best way to predict the future", "What is 47 plus 38?", "你是谁？"]
-UNSEEN = " (unseen phrasings)"  # suffix of the score key of held-out items asked in held-out phrasings
-OPEN_SAMPLES = 2  # greedy replies shown per open-ended task (fortune, recite, continue)
-
-
-def evaluate_tasks(model: Any, tokenizer: Any, prompt_file: Path, per_task: int, max_new_tokens: int,
-                   batch: int = 50, tasks: set[str] | None = None) -> tuple[dict[str, tuple[int, int]], list[dict]]:
-    """Greedy answers to held-out prompts (of `tasks`, default all): {task: (correct, total)} and the answered
-    samples. Arithmetic in held-out phrasings scores as "<task> (unseen phrasings)"; open-ended tasks are answered
-    (a few each) but not scored."""
-    from scratchlm.data.clean import clean_messages
-    from scratchlm.data.synth import check_answer, is_checkable
-    from scratchlm.generate import Engine, SamplingParams
-
-    by_task: dict[str, list[dict]] = defaultdict(list)
-    new_tokens = {True: max_new_tokens, False: 3 * max_new_tokens}  # by is_checkable: a poem needs more
-    for line in prompt_file.read_text(encoding="utf-8").splitlines():
-        rec = json.loads(line)
-        if tasks is not None and rec["task"] not in tasks:
-            continue
-        key = rec["task"] + (UNSEEN if rec.get("phrasing") == "unseen" else "")
-        context = int(model.config.max_seq_len) - new_tokens[is_checkable(rec["task"])]
-        if not is_checkable(rec["task"]) and any(r["prompt"] == rec["prompt"] for r in by_task[key]):
-            continue  # open-ended samples: distinct requests
-        if len(by_task[key]) < (per_task if is_checkable(rec["task"]) else OPEN_SAMPLES):
-            # Cleaned like the SFT shards were (prepare's NFKC), so held-out prompts look like training ones.
-            rec["ids"] = list(tokenizer.encode_chat(clean_messages(rec["prompt"]), add_generation_prompt=True)[0])
-            if len(rec["ids"]) <= context:  # a long "continue this text" may not fit a small model's window
-                by_task[key].append(rec)
-    engine = Engine(model, tokenizer)
-    scores: dict[str, tuple[int, int]] = {}
-    graded: list[dict] = []
-    for key, recs in sorted(by_task.items()):
-        task, correct = recs[0]["task"], 0
-        params = SamplingParams(temperature=0.0, max_new_tokens=new_tokens[is_checkable(task)])
-        for i in range(0, len(recs), batch):
-            chunk = recs[i:i + batch]
-            for r, ids in zip(chunk, engine.generate([r["ids"] for r in chunk], params)):
-                reply = tokenizer.decode(ids, skip_special_tokens=True)
-                ok = check_answer(task, reply, r["answer"]) if is_checkable(task) else None
-                correct += bool(ok)
-                graded.append({"task": key, "prompt": r["prompt"][-1]["content"], "reply": reply,
-                               "answer": r["answer"], "ok": ok})
-        if is_checkable(task):
-            scores[key] = (correct, len(recs))
-    return scores, graded
-
-
 def run_lora_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scores: dict[str, tuple[int, int]],
                    progress: bool) -> dict[str, Any]:
     """Identity LoRA over the SFT run (new name s.lora_name, add2 chats replayed); held-out identity with the new
@@ -294,15 +220,6 @@ def run_lora_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_score
             "add2_before": acc(sft_scores["add2"]), "add2_after": acc(old["add2"]),
             "add2_unseen_before": acc(sft_scores.get("add2" + UNSEEN, (0, 0))),
             "add2_unseen_after": acc(old.get("add2" + UNSEEN, (0, 0)))}
-
-
-def chat_replies(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int) -> list[dict]:
-    """Greedy replies to single-turn user prompts: [{"prompt", "reply"}]."""
-    from scratchlm.generate import Engine, SamplingParams
-
-    ids = [list(tokenizer.encode_chat([{"role": "user", "content": p}], add_generation_prompt=True)[0]) for p in prompts]
-    out = Engine(model, tokenizer).generate(ids, SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens))
-    return [{"prompt": p, "reply": tokenizer.decode(o, skip_special_tokens=True)} for p, o in zip(prompts, out)]
 
 
 def _check_stage_steps(run_dir: Path, steps: int) -> None:
@@ -374,21 +291,12 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoS
         "counts": {k: [c, n] for k, (c, n) in scores.items()},
         "val_ppl_pretrain": ppl_pre, "val_ppl_sft": ppl_sft, "val_ppl_unigram": ppl_uni,
         "seconds": times, "torch_threads": torch.get_num_threads(),
-        "samples": _pick_samples(graded), "chats": chats,
+        "samples": pick_samples(graded), "chats": chats,
         **({"lora": summary_lora} if "lora" in s.stages else {}),
     }
     (out / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
     print_summary(summary, out)
     return summary
-
-
-def _pick_samples(graded: list[dict], per_task: int = 2) -> list[dict]:
-    """A few answered prompts of every task for the summary: the first `per_task` of each, in task order."""
-    out: dict[str, list[dict]] = defaultdict(list)
-    for g in graded:
-        if len(out[g["task"]]) < per_task:
-            out[g["task"]].append(g)
-    return [g for task in sorted(out) for g in out[task]]
 
 
 def print_summary(summary: dict[str, Any], out: Path) -> None:

@@ -28,7 +28,7 @@ from scratchlm.run import load_weights, save_run, tied_aliases
 from scratchlm.train import distributed as D
 from scratchlm.train import zero
 from scratchlm.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, restore_rng, save_checkpoint
-from scratchlm.train.objectives import Objective, nan_step
+from scratchlm.train.objectives import Objective, nan_step, to_device
 from scratchlm.train.schedule import lr_at
 
 
@@ -190,7 +190,7 @@ def train(
         if tc.compile:
             model = torch.compile(model)
         optimizer = build_optimizer(raw, cfg, device)
-    objective.setup(info)
+    objective.setup(info, raw)
 
     start_step, tokens_seen = 0, 0
     if ckpt is not None:
@@ -245,7 +245,7 @@ def train(
                 loss_sum, n_tok, parts = 0.0, 0, {}
                 bad = False
                 for i, (batch, share) in enumerate(zip(batches, shares)):
-                    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                    batch = to_device(batch, device)
                     sync = engine is not None or i == len(batches) - 1  # DeepSpeed syncs at its own boundary
                     with D.no_grad_sync(model, sync):
                         with autocast(device, dtype):
@@ -302,12 +302,14 @@ def train(
                 if bar is not None:
                     bar.update(1)
                 if tc.eval_every and (done % tc.eval_every == 0 or done == tc.max_steps):
-                    val = validate(model, objective, info, device, dtype)
-                    if val is not None:
-                        result.val.append((done, val))
-                        metrics.log({"step": done, "val_loss": val, "val_ppl": math.exp(min(val, 50.0))})
+                    vals = validate(model, objective, info, device, dtype)
+                    if vals is not None:
+                        result.val.append((done, vals["loss"]))
+                        if objective.val_is_nll:
+                            vals["ppl"] = math.exp(min(vals["loss"], 50.0))
+                        metrics.log({"step": done, **{f"val_{k}": v for k, v in vals.items()}})
                         if bar is not None:
-                            bar.write(f"step {done}: val loss {val:.4f}  ppl {math.exp(min(val, 50.0)):.2f}")
+                            bar.write(f"step {done}: " + "  ".join(f"val {k} {v:.4f}" for k, v in vals.items()))
                 if n_stop:
                     result.status = "interrupted"
                     break
@@ -402,18 +404,21 @@ def _load_model_state(model: nn.Module, state: dict[str, torch.Tensor], where: A
 
 @torch.no_grad()
 def validate(model: nn.Module, objective: Objective, info: D.DistInfo, device: torch.device,
-             dtype: torch.dtype) -> float | None:
-    """Mean next-token loss over the objective's validation batches (all processes), or None."""
+             dtype: torch.dtype) -> dict[str, float] | None:
+    """Means over the objective's validation batches (all processes): {"loss", and the stage's own metrics},
+    or None without validation data."""
     model.eval()
-    nll, count = 0.0, 0
+    nll, count, extra = 0.0, 0, {}
     for batch in objective.val_batches():
-        batch = {k: v.to(device) for k, v in batch.items()}
         with autocast(device, dtype):
-            s, n = objective.evaluate(model, batch)
+            s, n, sums = objective.evaluate(model, to_device(batch, device))
         nll, count = nll + s, count + n
+        for k, v in sums.items():
+            extra[k] = extra.get(k, 0.0) + v
     model.train()
-    nll, count = D.all_reduce_sum([nll, float(count)], info)
-    return nll / count if count else None
+    names = sorted(extra)  # the same order on every rank
+    nll, count, *sums = D.all_reduce_sum([nll, float(count), *(extra[k] for k in names)], info)
+    return {"loss": nll / count, **{k: v / count for k, v in zip(names, sums)}} if count else None
 
 
 def _progress_bar(enabled: bool, start: int, total: int) -> Any:

@@ -6,7 +6,9 @@ step and advances a *global* data position (so a checkpoint resumes on any numbe
 `state_dict()` saves that position. `prepare_model` applies LoRA for any stage (the [lora] section) and lets a
 stage add heads (the reward model); `frozen_models()` are extra models a stage holds (DPO's reference), which
 the loop places on the device. The preference stages (train/reward.py, train/dpo.py) build on `PairObjective`.
-Rollouts (PPO/GRPO) will need the policy inside `next_batches`, which this interface does not pass yet.
+Rollout stages (PPO/GRPO) generate with `self.policy` (the model being trained, given to `setup`) inside
+`next_batches`; a batch may carry non-tensor fields (texts, answers), which `to_device` leaves where they are.
+`evaluate` returns a stage's own validation metrics beside its loss (logged as val_<name>).
 """
 
 from __future__ import annotations
@@ -23,8 +25,13 @@ from torch import nn
 from scratchlm.config import Config, ConfigError
 from scratchlm.train.distributed import DistInfo
 
-Batch = dict[str, torch.Tensor]
+Batch = dict[str, Any]  # tensors (moved to the device by the loop) and plain fields (texts, answers: left as they are)
 IGNORE = -100  # target id the model's cross-entropy skips
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """The batch with its tensors on `device`; non-tensor fields unchanged."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 class Objective:
@@ -32,13 +39,18 @@ class Objective:
 
     name = "base"
 
+    val_is_nll = True  # the validation loss is a next-token NLL (the loop also logs its perplexity)
+
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.info = DistInfo()
+        self.policy: nn.Module | None = None
 
-    def setup(self, info: DistInfo) -> None:
-        """Called by the loop once the process group and device are known."""
+    def setup(self, info: DistInfo, policy: nn.Module | None = None) -> None:
+        """Called by the loop once the process group and device are known, with the model being trained (the
+        plain module, on its device): rollout stages generate with it inside `next_batches`."""
         self.info = info
+        self.policy = policy
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """Wrap or freeze the model before the optimizer is built: LoRA adapters when lora.rank ≥ 1 (every
@@ -68,11 +80,12 @@ class Objective:
         return iter(())
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, batch: Batch) -> tuple[float, int]:
-        """(summed next-token NLL, number of predicted tokens) on one validation batch."""
+    def evaluate(self, model: nn.Module, batch: Batch) -> tuple[float, int, dict[str, float]]:
+        """(summed loss, number of items it sums over, other metrics summed over the same items) on one
+        validation batch; the loop logs each mean as val_<name>. Here: next-token NLL over predicted tokens."""
         out = _forward(model, batch)
         count = int((batch["targets"] != IGNORE).sum())
-        return float(out.ce_loss.detach()) * count, count
+        return float(out.ce_loss.detach()) * count, count, {}
 
     def weight(self, batch: Batch) -> float:
         """How much this micro-batch counts in the step's mean loss: its number of counted targets."""
@@ -420,6 +433,8 @@ class PairObjective(Objective):
     """Base of the preference stages (reward model, DPO): micro-batches of train.batch_size pairs from
     `scratchlm prepare --kind preference` shards, in a seeded permutation per epoch; each micro-batch counts
     by its number of pairs. Subclasses turn pair indices into tensors (`build`) and define the loss."""
+
+    val_is_nll = False  # a preference loss, not a next-token NLL
 
     def __init__(self, cfg: Config, shards: Any = None, val_shards: Any = None) -> None:
         super().__init__(cfg)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from scratchlm.config import Config, ConfigError
+from scratchlm.config import ConfigError
 from scratchlm.train.objectives import Batch, PairObjective
 from scratchlm.train.preference import pairwise_reward_loss
 
@@ -88,21 +88,12 @@ class Reward(PairObjective):
         return losses.mean(), {"accuracy": float((d > 0).float().mean()), "margin": float(d.mean())}
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, batch: Batch) -> tuple[float, int]:
+    def evaluate(self, model: nn.Module, batch: Batch) -> tuple[float, int, dict[str, float]]:
+        """(summed pairwise loss, number of pairs, summed pair accuracy and margin) on one validation batch."""
         rc, rr = self._scores(model, batch)
-        return float(pairwise_reward_loss(rc, rr, self.cfg.pref.reward_margin).sum()), int(rc.numel())
+        d = rc - rr
+        return (float(pairwise_reward_loss(rc, rr, self.cfg.pref.reward_margin).sum()), int(rc.numel()),
+                {"accuracy": float((d > 0).sum()), "margin": float(d.sum())})
 
     def tokens(self, batch: Batch) -> int:
         return int(batch["lengths"].sum())
-
-
-@torch.no_grad()
-def pair_accuracy(model: RewardModel, shards: Any, seq_len: int, batch_pairs: int = 16, max_pairs: int = 200) -> dict[str, float]:
-    """Held-out pair accuracy (r_chosen > r_rejected) and mean margin of a reward model."""
-    d = []
-    for first in range(0, min(shards.n_pairs, max_pairs), batch_pairs):
-        b = reward_batch(shards, range(first, min(first + batch_pairs, shards.n_pairs, max_pairs)), seq_len)
-        r = model(b["input_ids"], b["lengths"])
-        d.append(r[: r.shape[0] // 2] - r[r.shape[0] // 2:])
-    m = torch.cat(d)
-    return {"accuracy": float((m > 0).float().mean()), "margin": float(m.mean())}

@@ -1,0 +1,68 @@
+"""Preference measurements on held-out pairs: a policy's implicit-reward accuracy against its reference (DPO),
+how often a model's own log-probs prefer the chosen reply, and a reward model's pair accuracy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from scratchlm.config import Config
+
+
+@torch.no_grad()
+def preference_accuracy(model: nn.Module, reference: nn.Module | None, shards: Any, cfg: Config,
+                        batch_pairs: int = 16, max_pairs: int = 200) -> dict[str, float]:
+    """Held-out implicit-reward accuracy (chosen reward > rejected) and mean margin of `model` vs `reference`."""
+    from scratchlm.train.dpo import DPO, pair_batch
+
+    obj = DPO(cfg, shards, reference=reference)
+    margins = []
+    for idx in _pair_chunks(shards, batch_pairs, max_pairs):
+        out = obj._loss(model, _to(pair_batch(shards, idx, cfg.train.seq_len), model))
+        margins.append(out.chosen_rewards - out.rejected_rewards)
+    return _accuracy(torch.cat(margins))
+
+
+@torch.no_grad()
+def logprob_preference(model: nn.Module, shards: Any, seq_len: int, batch_pairs: int = 16,
+                       max_pairs: int = 200) -> dict[str, float]:
+    """How often the model's own summed log-prob of the chosen reply beats the rejected one's (any model, no
+    reference: the number an SFT model starts DPO from), and the mean log-prob margin."""
+    from scratchlm.train.dpo import pair_batch
+
+    margins = []
+    for idx in _pair_chunks(shards, batch_pairs, max_pairs):
+        b = _to(pair_batch(shards, idx, seq_len), model)
+        logps = model.token_logprobs(b["input_ids"], b["targets"]).sum(-1)  # [2B]: chosen rows, then rejected
+        margins.append(logps[: len(idx)] - logps[len(idx):])
+    return _accuracy(torch.cat(margins))
+
+
+@torch.no_grad()
+def pair_accuracy(model: Any, shards: Any, seq_len: int, batch_pairs: int = 16, max_pairs: int = 200) -> dict[str, float]:
+    """Held-out pair accuracy (r_chosen > r_rejected) and mean margin of a reward model."""
+    from scratchlm.train.reward import reward_batch
+
+    d = []
+    for idx in _pair_chunks(shards, batch_pairs, max_pairs):
+        b = _to(reward_batch(shards, idx, seq_len), model)
+        r = model(b["input_ids"], b["lengths"])  # [2B]
+        d.append(r[: len(idx)] - r[len(idx):])
+    return _accuracy(torch.cat(d))
+
+
+def _pair_chunks(shards: Any, batch_pairs: int, max_pairs: int) -> list[list[int]]:
+    n = min(shards.n_pairs, max_pairs)
+    return [list(range(first, min(first + batch_pairs, n))) for first in range(0, n, batch_pairs)]
+
+
+def _to(batch: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+    device = next(model.parameters()).device
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _accuracy(margins: torch.Tensor) -> dict[str, float]:
+    """Share of strictly positive margins (a tie is not a win) and their mean."""
+    return {"accuracy": float((margins > 0).float().mean()), "margin": float(margins.float().mean())}

@@ -1,0 +1,74 @@
+"""Held-out task accuracy with greedy decoding (synth.check_answer), and greedy replies to chat prompts."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+UNSEEN = " (unseen phrasings)"  # suffix of the score key of held-out items asked in held-out phrasings
+OPEN_SAMPLES = 2  # greedy replies shown per open-ended task (fortune, recite, continue)
+
+
+def evaluate_tasks(model: Any, tokenizer: Any, prompt_file: Path, per_task: int, max_new_tokens: int,
+                   batch: int = 50, tasks: set[str] | None = None) -> tuple[dict[str, tuple[int, int]], list[dict]]:
+    """Greedy answers to held-out prompts (of `tasks`, default all): {task: (correct, total)} and the answered
+    samples. Arithmetic in held-out phrasings scores as "<task> (unseen phrasings)"; open-ended tasks are answered
+    (a few each) but not scored."""
+    from scratchlm.data.clean import clean_messages
+    from scratchlm.data.synth import check_answer, is_checkable
+    from scratchlm.generate import Engine, SamplingParams
+
+    by_task: dict[str, list[dict]] = defaultdict(list)
+    new_tokens = {True: max_new_tokens, False: 3 * max_new_tokens}  # by is_checkable: a poem needs more
+    for line in prompt_file.read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line)
+        if tasks is not None and rec["task"] not in tasks:
+            continue
+        key = rec["task"] + (UNSEEN if rec.get("phrasing") == "unseen" else "")
+        context = int(model.config.max_seq_len) - new_tokens[is_checkable(rec["task"])]
+        if not is_checkable(rec["task"]) and any(r["prompt"] == rec["prompt"] for r in by_task[key]):
+            continue  # open-ended samples: distinct requests
+        if len(by_task[key]) < (per_task if is_checkable(rec["task"]) else OPEN_SAMPLES):
+            # Cleaned like the SFT shards were (prepare's NFKC), so held-out prompts look like training ones.
+            rec["ids"] = list(tokenizer.encode_chat(clean_messages(rec["prompt"]), add_generation_prompt=True)[0])
+            if len(rec["ids"]) <= context:  # a long "continue this text" may not fit a small model's window
+                by_task[key].append(rec)
+    engine = Engine(model, tokenizer)
+    scores: dict[str, tuple[int, int]] = {}
+    graded: list[dict] = []
+    for key, recs in sorted(by_task.items()):
+        task, correct = recs[0]["task"], 0
+        params = SamplingParams(temperature=0.0, max_new_tokens=new_tokens[is_checkable(task)])
+        for i in range(0, len(recs), batch):
+            chunk = recs[i:i + batch]
+            for r, ids in zip(chunk, engine.generate([r["ids"] for r in chunk], params)):
+                reply = tokenizer.decode(ids, skip_special_tokens=True)
+                ok = check_answer(task, reply, r["answer"]) if is_checkable(task) else None
+                correct += bool(ok)
+                graded.append({"task": key, "prompt": r["prompt"][-1]["content"], "reply": reply,
+                               "answer": r["answer"], "ok": ok})
+        if is_checkable(task):
+            scores[key] = (correct, len(recs))
+    return scores, graded
+
+
+def chat_replies(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int) -> list[dict]:
+    """Greedy replies to single-turn user prompts: [{"prompt", "reply"}]."""
+    from scratchlm.generate import Engine, SamplingParams
+
+    ids = [list(tokenizer.encode_chat([{"role": "user", "content": p}], add_generation_prompt=True)[0]) for p in prompts]
+    out = Engine(model, tokenizer).generate(ids, SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens))
+    return [{"prompt": p, "reply": tokenizer.decode(o, skip_special_tokens=True)} for p, o in zip(prompts, out)]
+
+
+def pick_samples(graded: list[dict], per_task: int = 2) -> list[dict]:
+    """A few answered prompts of every task for the summary: the first `per_task` of each, in task order."""
+    out: dict[str, list[dict]] = defaultdict(list)
+    for g in graded:
+        if len(out[g["task"]]) < per_task:
+            out[g["task"]].append(g)
+    return [g for task in sorted(out) for g in out[task]]
+
+
