@@ -10,7 +10,7 @@ from scratchlm.cli import COMMAND_MODULES, build_parser, main
 
 from scratchlm.stages import STAGE_NAMES
 
-COMMANDS = ["demo", "data", "tokenizer", "prepare", "model", "train", "generate"]
+COMMANDS = ["demo", "data", "tokenizer", "prepare", "model", "train", "generate", "export", "import"]
 
 
 def test_help_lists_every_command(capsys):
@@ -22,7 +22,8 @@ def test_help_lists_every_command(capsys):
         assert f"    {cmd}" in out
 
 
-HELP_ARGVS = [[c] for c in COMMANDS if c not in ("data", "tokenizer", "model", "train")] + [
+HELP_ARGVS = [[c] for c in COMMANDS if c not in ("data", "tokenizer", "model", "train", "export", "import")] + [
+    ["export", "hf"], ["import", "hf"],
     ["data", "info"], ["data", "synth"], ["tokenizer", "train"], ["tokenizer", "stats"], ["model", "info"],
     *[["train", stage] for stage in STAGE_NAMES], ["train", "plot"],
 ]
