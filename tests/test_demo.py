@@ -31,6 +31,17 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     lo = summary["lora"]
     assert lo["name"] == "Nova" and all(0.0 <= lo[k] <= 1.0 for k in lo if k != "name")
     assert (out / "lora" / "adapter_model.safetensors").exists() and not (out / "lora" / "model.safetensors").exists()
+    # reward and DPO stages: a reward run folder and a DPO run, held-out numbers before and after in the summary
+    from scratchlm.run import load_run
+    from scratchlm.train.reward import RewardModel
+
+    rw, dpo = summary["reward"], summary["dpo"]
+    assert rw["pairs"] == 16 and all(0.0 <= rw[k] <= 1.0 for k in ("accuracy_before", "accuracy_after"))
+    assert isinstance(load_run(out / "reward")[0], RewardModel)
+    assert set(dpo["tasks"]) == {"add2", "add2 (unseen phrasings)", "identity"}
+    assert dpo["tasks"]["add2"][0] == summary["accuracy"]["add2"]  # "before" is the SFT model's own score
+    assert dpo["implicit_margin"] != 0.0 and 0.0 <= dpo["logp_accuracy_after"] <= 1.0
+    assert set(summary["seconds"]) >= {"lora", "reward", "dpo"}
     sft_cfg = (out / "sft" / "config.toml").read_text()
     assert 'schedule = "wsd"' in sft_cfg
     assert f"pretrain_mix = {summary['settings']['sft_pretrain_mix']}" in sft_cfg and "pretrain_mix_data" in sft_cfg

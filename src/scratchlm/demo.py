@@ -72,6 +72,16 @@ class DemoSettings:
     lora_sizes: dict[str, tuple[int, int]] = field(default_factory=lambda: {"identity": (400, 200), "add2": (1200, 0)})
     lora_sets: list[str] = field(default_factory=lambda: [
         "lora.rank=8", "lora.alpha=16", "lora.targets=wq,wk,wv,wo", "train.lr=2e-3", "train.batch_size=16"])
+    # Preference pairs (chosen = the right reply, rejected = a plausible wrong one) for the reward and dpo stages.
+    # Only tasks the SFT model can judge: with next_line / author pairs (facts it never learnt; SFT accuracy
+    # ~0.0-0.05) the reward model scored 0.50 / 0.60 on their held-out pairs (seed 0), near chance.
+    pref_sizes: dict[str, tuple[int, int]] = field(default_factory=lambda: {
+        "add2": (3000, 100), "identity": (300, 50), "fortune": (150, 20), "recite": (150, 20), "continue": (150, 20)})
+    reward_steps: int = 300
+    reward_sets: list[str] = field(default_factory=lambda: ["train.lr=1e-3", "train.batch_size=16"])
+    dpo_steps: int = 150
+    dpo_sets: list[str] = field(default_factory=lambda: ["train.lr=3e-4", "train.batch_size=16", "pref.beta=0.1"])
+    eval_pairs: int = 400  # held-out preference pairs scored per stage
     eval_per_task: int = 200
     max_new_tokens: int = 32  # checkable answers are short; open-ended sample chats get 3x as many
     seed: int = 0
@@ -85,10 +95,11 @@ def quick_settings() -> DemoSettings:
         synth_sizes={"add2": (300, 20), "next_line": (100, 20), "author": (100, 20), "identity": (100, 20),
                      "fortune": (30, 4), "recite": (30, 4), "continue": (30, 4)},
         eval_per_task=10, max_new_tokens=12, lora_steps=10, lora_sizes={"identity": (60, 10), "add2": (60, 0)},
+        pref_sizes={"add2": (60, 10), "identity": (30, 6)}, reward_steps=10, dpo_steps=10, eval_pairs=16,
     )
 
 
-STAGES = ("pretrain", "sft", "lora")  # in order; `--stages all` runs every one
+STAGES = ("pretrain", "sft", "lora", "reward", "dpo")  # in order; `--stages all` runs every one
 
 
 def parse_stages(text: str) -> list[str]:
@@ -125,6 +136,13 @@ def stage_sets(s: DemoSettings, stage: str) -> list[str]:
             f"train.seq_len={seq_len}", f"train.lr={lr}", f"train.warmup_steps={max(1, steps // 20)}",
             f"train.eval_every={max(1, steps // 5)}", "train.eval_batches=10", f"train.save_every={steps}",
             "train.keep_last=1", f"train.log_every={max(1, steps // 100)}", f"train.seed={s.seed}", *extra]
+
+
+def post_sft_sets(s: DemoSettings, steps: int, extra: list[str]) -> list[str]:
+    """The `--set` overrides of a stage that starts from the SFT run (lora, reward, dpo): SFT's shape and
+    sequence length, `steps` steps with one save and one validation at the end, then the stage's own `extra`."""
+    return [*stage_sets(s, "sft"), f"train.max_steps={steps}", "train.pretrain_mix=0", f"train.save_every={steps}",
+            f"train.warmup_steps={max(1, steps // 20)}", f"train.eval_every={steps}", *extra]
 
 
 def write_chat_pieces(path: Path, sft_train: Path) -> None:
@@ -177,13 +195,15 @@ def _train_stage(kind: str, out: Path, s: DemoSettings, paths: dict[str, Path], 
     from scratchlm.train.checkpoint import list_checkpoints
     from scratchlm.train.cli import run_train
 
-    val = paths["pretrain_val"] if kind == "pretrain" else paths["sft_val"]
+    val = {"pretrain": paths["pretrain_val"], "reward": paths.get("pref_val"), "dpo": paths.get("pref_val")}.get(
+        kind, paths["sft_val"])
     if kind == "sft" and s.sft_pretrain_mix > 0:
         sets = sets + [f"train.pretrain_mix_data={paths['pretrain']}"]
     resume = bool(list_checkpoints(out / "checkpoints"))  # an interrupted earlier demo continues
     if resume:
         _say(f"resuming {out} from its last checkpoint")
-    result = run_train("sft" if kind == "lora" else kind, out, s.preset, sets + [f"train.val_data={val}"], str(paths[kind]),
+    data = paths["pref"] if kind in ("reward", "dpo") else paths[kind]
+    result = run_train("sft" if kind == "lora" else kind, out, s.preset, sets + [f"train.val_data={val}"], str(data),
                        init_from=init_from, resume=resume, tokenizer=paths["tokenizer"], progress=progress)
     if result.status != "done":
         raise KeyboardInterrupt  # stopped by a signal: the checkpoint is saved, rerun the demo to continue
@@ -207,11 +227,8 @@ def run_lora_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_score
     prepare("sft", paths["tokenizer"], [files["sft_train"]], out / "data" / "lora_sft", dedup=False)
     if not any(run_dir.glob("adapter_model.safetensors")):
         _say(f"LoRA: teaching the SFT model the name {s.lora_name!r} for {s.lora_steps} steps → {run_dir}")
-        sets = [*stage_sets(s, "sft"), *s.lora_sets, f"train.max_steps={s.lora_steps}", "train.pretrain_mix=0",
-                f"train.save_every={s.lora_steps}", f"train.warmup_steps={max(1, s.lora_steps // 20)}",
-                f"train.eval_every={s.lora_steps}"]
         paths = {**paths, "lora": out / "data" / "lora_sft"}
-        _train_stage("lora", run_dir, s, paths, sets, out / "sft", progress)
+        _train_stage("lora", run_dir, s, paths, post_sft_sets(s, s.lora_steps, s.lora_sets), out / "sft", progress)
     model, tokenizer, _ = load_run(run_dir)
     new, _ = evaluate_tasks(model, tokenizer, files["prompt_val"], s.eval_per_task, s.max_new_tokens, tasks={"identity"})
     old, _ = evaluate_tasks(model, tokenizer, paths["prompt_val"], s.eval_per_task, s.max_new_tokens, tasks={"add2"})
@@ -220,6 +237,81 @@ def run_lora_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_score
             "add2_before": acc(sft_scores["add2"]), "add2_after": acc(old["add2"]),
             "add2_unseen_before": acc(sft_scores.get("add2" + UNSEEN, (0, 0))),
             "add2_unseen_after": acc(old.get("add2" + UNSEEN, (0, 0)))}
+
+
+def prepare_preference_data(out: Path, s: DemoSettings, paths: dict[str, Path]) -> dict[str, Path]:
+    """Preference shards (train and held-out) of s.pref_sizes for the reward and dpo stages, once per demo."""
+    from scratchlm.data.prepare import prepare
+    from scratchlm.data.synth import build_synth
+
+    data = out / "data"
+    files = build_synth(data / "pref_synth", seed=s.seed, tasks=dict(s.pref_sizes))
+    for split, name in (("train", "pref"), ("val", "pref_val")):
+        if not (data / name / "meta.json").exists():
+            prepare("preference", paths["tokenizer"], [files[f"preference_{split}"]], data / name, dedup=False)
+    return {**paths, "pref": data / "pref", "pref_val": data / "pref_val"}
+
+
+def _train_post_sft(stage: str, out: Path, s: DemoSettings, paths: dict[str, Path], steps: int, sets: list[str],
+                    what: str, progress: bool) -> Path:
+    """Train demo stage `stage` from the SFT run into out/stage (skipped when it finished before)."""
+    run_dir = out / stage
+    _check_stage_steps(run_dir, steps)
+    if (run_dir / "model.safetensors").exists():
+        _say(f"{run_dir} already trained; delete it to train again")
+    else:
+        _say(f"{what} for {steps} steps → {run_dir}")
+        _train_stage(stage, run_dir, s, paths, post_sft_sets(s, steps, sets), out / "sft", progress)
+    return run_dir
+
+
+def run_reward_stage(out: Path, s: DemoSettings, paths: dict[str, Path], progress: bool) -> dict[str, Any]:
+    """A reward model from the SFT run on the preference pairs; held-out pair accuracy and mean margin (the
+    freshly initialised score head before training is the reference point: about chance)."""
+    import torch
+
+    from scratchlm.data.datasets import open_shards
+    from scratchlm.eval.preference import pair_accuracy
+    from scratchlm.run import load_run
+    from scratchlm.train.reward import RewardModel
+
+    run_dir = _train_post_sft("reward", out, s, paths, s.reward_steps, s.reward_sets,
+                              "reward model: scoring right vs wrong replies", progress)
+    held = open_shards(paths["pref_val"])
+    sft, _, cfg = load_run(out / "sft")
+    torch.manual_seed(s.seed)
+    before = pair_accuracy(RewardModel(sft), held, cfg.train.seq_len, max_pairs=s.eval_pairs)
+    rm, _, _ = load_run(run_dir)
+    after = pair_accuracy(rm, held, cfg.train.seq_len, max_pairs=s.eval_pairs)
+    return {"pairs": min(held.n_pairs, s.eval_pairs), "accuracy_before": before["accuracy"],
+            "accuracy_after": after["accuracy"], "margin_after": after["margin"]}
+
+
+def run_dpo_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scores: dict[str, tuple[int, int]],
+                  progress: bool) -> dict[str, Any]:
+    """DPO from the SFT run (its own frozen reference) on the preference pairs: held-out implicit-reward accuracy
+    (0 for the SFT model itself: policy = reference), how often the model's own log-probs prefer the chosen
+    reply before and after, and held-out task accuracy before and after."""
+    from scratchlm.data.datasets import open_shards
+    from scratchlm.eval.preference import logprob_preference, preference_accuracy
+    from scratchlm.run import load_run
+
+    run_dir = _train_post_sft("dpo", out, s, paths, s.dpo_steps, s.dpo_sets,
+                              "DPO: preferring right replies over wrong ones", progress)
+    held = open_shards(paths["pref_val"])
+    sft, _, _ = load_run(out / "sft")
+    policy, tokenizer, cfg = load_run(run_dir)
+    seq = cfg.train.seq_len
+    implicit = preference_accuracy(policy, sft, held, cfg, max_pairs=s.eval_pairs)
+    own_before = logprob_preference(sft, held, seq, max_pairs=s.eval_pairs)
+    own_after = logprob_preference(policy, held, seq, max_pairs=s.eval_pairs)
+    tasks = {t for t in s.pref_sizes if t in sft_scores}
+    scores, _ = evaluate_tasks(policy, tokenizer, paths["prompt_val"], s.eval_per_task, s.max_new_tokens, tasks=tasks)
+    acc = lambda c: c[0] / max(1, c[1])  # noqa: E731
+    return {"pairs": min(held.n_pairs, s.eval_pairs), "implicit_accuracy": implicit["accuracy"],
+            "implicit_margin": implicit["margin"], "logp_accuracy_before": own_before["accuracy"],
+            "logp_accuracy_after": own_after["accuracy"],
+            "tasks": {k: [acc(sft_scores[k]), acc(v)] for k, v in sorted(scores.items()) if k in sft_scores}}
 
 
 def _check_stage_steps(run_dir: Path, steps: int) -> None:
@@ -232,7 +324,7 @@ def _check_stage_steps(run_dir: Path, steps: int) -> None:
         return
     had = read_toml(cfg_file).get("train", {}).get("max_steps")
     if had != steps:
-        flag = {"pretrain": "--pretrain-steps", "sft": "--sft-steps"}.get(run_dir.name, "DemoSettings.lora_steps")
+        flag = {"pretrain": "--pretrain-steps", "sft": "--sft-steps"}.get(run_dir.name, f"DemoSettings.{run_dir.name}_steps")
         raise SystemExit(f"scratchlm demo: {cfg_file} has train.max_steps = {had}, but this demo asks for {steps} "
                          f"({flag}); delete {run_dir} (and the stages after it) or pass another --out")
 
@@ -279,10 +371,19 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoS
     chats = chat_replies(model, tokenizer, DEMO_CHATS, 3 * s.max_new_tokens)
     times["eval"] = time.perf_counter() - t
 
-    if "lora" in s.stages:
-        t = time.perf_counter()
-        summary_lora = run_lora_stage(out, s, paths, scores, progress)
-        times["lora"] = time.perf_counter() - t
+    after_sft: dict[str, Any] = {}
+    if "reward" in s.stages or "dpo" in s.stages:
+        paths = prepare_preference_data(out, s, paths)
+    for stage in ("lora", "reward", "dpo"):
+        if stage in s.stages:
+            t = time.perf_counter()
+            if stage == "lora":
+                after_sft[stage] = run_lora_stage(out, s, paths, scores, progress)
+            elif stage == "reward":
+                after_sft[stage] = run_reward_stage(out, s, paths, progress)
+            else:
+                after_sft[stage] = run_dpo_stage(out, s, paths, scores, progress)
+            times[stage] = time.perf_counter() - t
     times["total"] = time.perf_counter() - t0
     summary = {
         "settings": asdict(s),
@@ -292,7 +393,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoS
         "val_ppl_pretrain": ppl_pre, "val_ppl_sft": ppl_sft, "val_ppl_unigram": ppl_uni,
         "seconds": times, "torch_threads": torch.get_num_threads(),
         "samples": pick_samples(graded), "chats": chats,
-        **({"lora": summary_lora} if "lora" in s.stages else {}),
+        **after_sft,
     }
     (out / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
     print_summary(summary, out)
@@ -323,6 +424,18 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
         table.add_row("LoRA: held-out add2 before → after", f"{lo['add2_before']:.3f} → {lo['add2_after']:.3f}")
         table.add_row("LoRA: add2 unseen phrasings before → after",
                       f"{lo['add2_unseen_before']:.3f} → {lo['add2_unseen_after']:.3f}")
+    if "reward" in summary:
+        rw = summary["reward"]
+        table.add_row(f"reward model: held-out pair accuracy ({rw['pairs']} pairs), untrained head → trained",
+                      f"{rw['accuracy_before']:.3f} → {rw['accuracy_after']:.3f}")
+    if "dpo" in summary:
+        d = summary["dpo"]
+        table.add_row(f"DPO: held-out implicit-reward accuracy ({d['pairs']} pairs), SFT → DPO",
+                      f"0.000 → {d['implicit_accuracy']:.3f}")
+        table.add_row("DPO: own log-probs prefer the chosen reply, SFT → DPO",
+                      f"{d['logp_accuracy_before']:.3f} → {d['logp_accuracy_after']:.3f}")
+        for task, (before, after) in d["tasks"].items():
+            table.add_row(f"DPO: held-out {task} before → after", f"{before:.3f} → {after:.3f}")
     for k, v in summary["seconds"].items():
         table.add_row(f"time: {k}", f"{v:.0f} s")
     console.print(table)
