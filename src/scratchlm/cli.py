@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "scratchlm.train.lora_cli",
     "scratchlm.generate_cli",
     "scratchlm.rag.cli",
+    "scratchlm.eval.cli",
     "scratchlm.export.cli",
 ]
 

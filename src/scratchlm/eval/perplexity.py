@@ -36,3 +36,58 @@ def perplexities(model: Any, train_dir: Path, val_dir: Path, seq_len: int,
         uni += -float(logp_uni[ids[:, 1:].numpy()].sum())
         n += k
     return math.exp(nll / n), math.exp(uni / n)
+
+
+def token_bytes(tokenizer: Any) -> Any:
+    """UTF-8 bytes each id stands for [V] (numpy int64): a byte-level BPE piece has one byte per symbol, a
+    tag such as <think> its text's bytes, and control tokens (<|im_end|>, ...) none: they are not text."""
+    import numpy as np
+
+    hf = tokenizer._tok
+    added = hf.get_added_tokens_decoder()
+    out = np.zeros(tokenizer.vocab_size, dtype=np.int64)
+    for i in range(tokenizer.vocab_size):
+        if i in added:
+            out[i] = 0 if added[i].special else len(added[i].content.encode("utf-8"))
+        else:
+            out[i] = len(hf.id_to_token(i))  # GPT-2 byte alphabet: one symbol per byte
+    return out
+
+
+def nll_and_bytes(model: Any, tokens: Any, seq_len: int, nbytes: Any, max_windows: int = 400,
+                  batch: int = 16) -> dict[str, float]:
+    """Summed next-token NLL (nats) over consecutive windows of a token stream, the number of predicted tokens,
+    and the UTF-8 bytes they stand for; control tokens count in neither bits-per-byte sum (0 bytes, NLL left out).
+    Returns {"nll", "tokens", "bytes", "text_nll", "ppl", "bpb"}: ppl = exp(nll / tokens), bpb = text_nll /
+    (ln 2 · bytes), so models with different tokenizers compare on the same text."""
+    import numpy as np
+    import torch
+
+    tokens = np.asarray(tokens, dtype=np.int64)
+    n_win = min(max_windows, (len(tokens) - 1) // seq_len)
+    if n_win < 1:
+        raise ValueError(f"{len(tokens)} tokens: fewer than one window of seq_len {seq_len} + 1")
+    device = next(model.parameters()).device
+    nll = text_nll = 0.0
+    n_tok = n_bytes = 0
+    for start in range(0, n_win, batch):
+        rows = np.stack([tokens[w * seq_len: w * seq_len + seq_len + 1] for w in range(start, min(n_win, start + batch))])
+        ids = torch.from_numpy(rows)
+        with torch.no_grad():
+            lp = model.token_logprobs(ids[:, :-1].to(device), ids[:, 1:].to(device)).double().cpu()
+        b = torch.from_numpy(nbytes[rows[:, 1:]])
+        nll -= float(lp.sum())
+        text_nll -= float(lp[b > 0].sum())
+        n_tok += lp.numel()
+        n_bytes += int(b.sum())
+    return {"nll": nll, "tokens": n_tok, "bytes": n_bytes, "text_nll": text_nll,
+            "ppl": math.exp(nll / n_tok), "bpb": text_nll / (math.log(2) * n_bytes) if n_bytes else float("nan")}
+
+
+def ppl_bpb(model: Any, tokenizer: Any, val_dir: Path, seq_len: int, max_windows: int = 400) -> dict[str, float]:
+    """Validation perplexity and bits per byte over a prepared shard folder (`scratchlm prepare` output)."""
+    from scratchlm.data.datasets import open_shards
+
+    val = open_shards(val_dir)
+    n = min(val.n_tokens, max_windows * seq_len + 1)
+    return nll_and_bytes(model, val.read(0, n), seq_len, token_bytes(tokenizer), max_windows)

@@ -1,0 +1,173 @@
+"""eval/: perplexity and bits per byte against a by-hand NLL, multiple choice with a rigged model and the
+published file layouts, text metrics against rouge-score and sacrebleu, and `scratchlm eval` end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from scratchlm.cli import main
+from scratchlm.config import load_config
+from scratchlm.data.shard_writer import ShardWriter
+from scratchlm.eval.cli import parse_tasks
+from scratchlm.eval.multiple_choice import (McItem, builtin_items, encode_pair, load_mc, score_mc)
+from scratchlm.eval.perplexity import nll_and_bytes, token_bytes
+from scratchlm.eval.text_metrics import bleu, exact_match, generation_scores, rouge_l, token_f1
+from scratchlm.model.transformer import Transformer
+from scratchlm.run import save_run
+from scratchlm.tokenizer import Tokenizer, train_tokenizer
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+TEXT = "床前明月光，疑是地上霜。\nThe cat sat on the mat; <think>ok</think> 42!"
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return Tokenizer.load(train_tokenizer(tmp_path_factory.mktemp("tok"), vocab_size=512, show_progress=False))
+
+
+def random_model(*overrides):
+    torch.manual_seed(0)
+    return Transformer(load_config("debug", ["model.init_std=0.1", *overrides]).model).eval()
+
+
+def test_token_bytes_add_up_to_the_text(tok):
+    nb = token_bytes(tok)
+    assert int(nb[tok.encode(TEXT)].sum()) == len(TEXT.encode("utf-8"))
+    assert nb[tok.eos_id] == 0 and nb[tok.token_to_id("<think>")] == len("<think>")
+
+
+def test_perplexity_and_bits_per_byte_from_a_by_hand_nll(tok):
+    model = random_model()
+    stream = np.array(([tok.endoftext_id] + tok.encode(TEXT)) * 6)
+    seq = 32
+    got = nll_and_bytes(model, stream, seq, token_bytes(tok), max_windows=3)
+    nll, text_nll, n = 0.0, 0.0, 0
+    for w in range(3):
+        x = torch.tensor(stream[w * seq: w * seq + seq + 1])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(x[None, :-1]).logits[0].double(), -1)
+        for t in range(seq):
+            target = int(x[t + 1])
+            nll -= float(logp[t, target])
+            n += 1
+            if target != tok.endoftext_id:  # a control token is no text: no bytes, not in bpb
+                text_nll -= float(logp[t, target])
+    assert got["tokens"] == n == 96
+    assert got["ppl"] == pytest.approx(math.exp(nll / n), rel=1e-5)
+    # bytes of the predicted tokens from the token table (test_token_bytes_add_up_to_the_text ties it to the
+    # text's UTF-8; a window edge may cut a character, so the decoded window text is not the measure)
+    nb = token_bytes(tok)
+    targets = np.concatenate([stream[w * seq + 1: w * seq + seq + 1] for w in range(3)])
+    assert got["bytes"] == int(nb[targets].sum())
+    assert got["bpb"] == pytest.approx(text_nll / (math.log(2) * got["bytes"]), rel=1e-5)
+
+
+def rigged_model(tok, favourite: int):
+    """A real Transformer whose every prediction is `favourite`: the blocks add nothing (output projections
+    zeroed), every input embeds to the same vector e, and the untied head's row `favourite` is 20·e."""
+    model = random_model("model.tie_embeddings=false")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("attn.wo.weight", "ffn.w2.weight")):
+                p.zero_()
+        e = torch.randn(model.config.d_model)
+        model.embed.weight.copy_(e.expand_as(model.embed.weight))
+        model.lm_head.weight.mul_(0.01)
+        model.lm_head.weight[favourite] = 20 * e / e.norm()
+    return model
+
+
+def test_rigged_model_picks_the_rigged_answer(tok):
+    z = tok.encode("~")[0]
+    rigged = tok.decode([z, z, z])
+    assert tok.encode("Q:" + rigged)[-3:] == [z, z, z]
+    items = [McItem("Q:", ["abc", "hello", rigged, "xyz"], 2), McItem("Q:", [rigged, "no"], 1)]
+    out = score_mc(rigged_model(tok, z), tok, items)
+    assert out["predictions"] == [2, 0] and out["acc"] == 0.5 and out["n"] == 2
+
+
+def test_encode_pair_moves_trailing_space_like_lm_eval(tok):
+    ctx, cont = encode_pair(tok, "Who said it? --  ", "Mark")
+    assert ctx == tok.encode("Who said it? --") and ctx + cont == tok.encode("Who said it? --  Mark")
+
+
+def test_published_layouts_and_jsonl(tmp_path):
+    mmlu = tmp_path / "mmlu" / "test"
+    mmlu.mkdir(parents=True)
+    (mmlu / "astronomy_test.csv").write_text('"What is 2+2, ""roughly""?",3,4,5,6,B\nSun?,star,planet,moon,comet,A\n')
+    ceval = tmp_path / "ceval_val.csv"
+    ceval.write_text("id,question,A,B,C,D,answer,explanation\n0,床前明月光的作者是,杜甫,李白,王维,白居易,B,\n", encoding="utf-8")
+    cmmlu = tmp_path / "cmmlu" / "chinese_literature.csv"
+    cmmlu.parent.mkdir()
+    cmmlu.write_text(",Question,A,B,C,D,Answer\n0,《静夜思》的作者是,李白,杜甫,王维,孟浩然,A\n", encoding="utf-8")
+    items = load_mc(tmp_path / "mmlu")
+    assert [(i.question, i.choices, i.answer, i.subject) for i in items] == [
+        ('What is 2+2, "roughly"?', ["3", "4", "5", "6"], 1, "astronomy"), ("Sun?", ["star", "planet", "moon", "comet"], 0, "astronomy")]
+    (c,) = load_mc(ceval)
+    assert (c.question, c.choices[c.answer], c.subject) == ("床前明月光的作者是", "李白", "ceval")
+    (m,) = load_mc(tmp_path / "cmmlu", layout="cmmlu")
+    assert (m.question, m.choices[m.answer], m.subject) == ("《静夜思》的作者是", "李白", "chinese_literature")
+    bad = tmp_path / "bad_test.csv"
+    bad.write_text("q,a,b,c,d,A\nq2,a,b,c,d,E\n")
+    with pytest.raises(ValueError, match=r"bad_test.csv:2: answer 'E'"):
+        load_mc(bad)
+    js = tmp_path / "x.jsonl"
+    js.write_text('{"question": "q", "choices": ["a", "b"], "answer": "B"}\n{"question": "q", "choices": ["a"], "answer": 0}\n')
+    with pytest.raises(ValueError, match=r"x.jsonl:2: field 'choices'"):
+        load_mc(js)
+
+
+def test_builtin_set_is_bilingual_and_stable():
+    a, b = builtin_items(per_kind=10), builtin_items(per_kind=10)
+    assert a == b and {i.subject for i in a} == {"poem_continue", "poem_author", "quote_author"}
+    for it in a:
+        assert len(set(it.choices)) == 4 and 0 <= it.answer < 4
+    assert any("作者" in i.question for i in a) and any(i.question.endswith("--") for i in a)
+
+
+def test_text_metrics_equal_the_libraries():
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    pred, ref = "The cat sat on the mat.", "the cat is on the mat"
+    assert rouge_l(pred, ref) == rouge_scorer.RougeScorer(["rougeL"]).score(ref, pred)["rougeL"].fmeasure
+    assert bleu([pred], [ref]) == sacrebleu.corpus_bleu([pred], [[ref]]).score
+    # Chinese by character: LCS("床前明月光", "床前明月") = 4 → P = 1, R = 4/5, F = 8/9 (the library's default sees nothing)
+    assert rouge_l("床前明月", "床前明月光") == pytest.approx(8 / 9)
+    zh_pred, zh_ref = "床前明月光，疑是地上霜。", "床前明月光，疑似地上霜。"
+    assert bleu([zh_pred], [zh_ref]) == sacrebleu.corpus_bleu([zh_pred], [[zh_ref]], tokenize="zh").score
+    assert bleu([zh_pred], [zh_ref]) != sacrebleu.corpus_bleu([zh_pred], [[zh_ref]]).score
+    assert token_f1("疑是地上霜", "疑似地上霜") == pytest.approx(0.8)  # 4 of 5 characters on both sides
+    assert token_f1("the the cat", "the cat") == pytest.approx(0.8)  # P = 2/3, R = 1
+    assert exact_match(" Paris. ", "paris") == 1.0 and exact_match("巴黎。", "巴黎") == 1.0 and exact_match("Par", "Paris") == 0.0
+    s = generation_scores([pred, zh_pred], [ref, zh_ref])
+    assert s["rougeL"] == pytest.approx((rouge_l(pred, ref) + rouge_l(zh_pred, zh_ref)) / 2) and s["n"] == 2
+
+
+def test_eval_command_end_to_end(tmp_path, tok, capsys):
+    tok.save(tmp_path / "tok")
+    cfg = load_config("debug", ["model.init_std=0.1", f"train.val_data={tmp_path / 'val'}", "train.seq_len=32"])
+    save_run(tmp_path / "run", random_model(), cfg, tmp_path / "tok")
+    ids = np.array(tok.encode(TEXT * 8))
+    with ShardWriter(tmp_path / "val", "pretrain", 512, 10_000) as w:
+        w.add(ids, np.array([len(ids)]))
+        w.finish({"counts": {}})
+    (tmp_path / "gen.jsonl").write_text(json.dumps({"prompt": "Say hi", "reference": "hi"}) + "\n"
+                                        + json.dumps({"prompt": [{"role": "user", "content": "月"}], "answer": "明月"}) + "\n")
+    argv = ["eval", str(tmp_path / "run"), "--tasks", "ppl,mc,gen", "--limit", "4", "--gen", str(tmp_path / "gen.jsonl"),
+            "--max-new-tokens", "4", "--out", str(tmp_path / "e.json")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "val bits per byte" in out and "multiple choice acc" in out and "ROUGE-L" in out
+    res = json.loads((tmp_path / "e.json").read_text())
+    assert res["ppl"]["tokens"] > 0 and res["mc"]["n"] == 12 and res["gen"]["n"] == 2  # --limit is per subject
+    assert main(["eval", str(tmp_path / "run"), "--tasks", "ppl,accuracy"]) == 1
+    assert "unknown task(s) accuracy" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="choose from ppl, bpb"):
+        parse_tasks("")
