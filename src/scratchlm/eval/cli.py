@@ -107,7 +107,7 @@ def evaluate_run(run_dir: str | Path, tasks: list[str], data: str | Path | None 
             items = load_mc(mc, mc_layout) if mc else builtin_items()
             pool = load_mc(fewshot_from, mc_layout) if fewshot_from else None
             scored = score_mc(model, tokenizer, per_subject(items, limit), fewshot=fewshot, pool=pool)
-            scored.pop("predictions")
+            scored.pop("predictions"), scored.pop("loglikelihoods")
             result["mc"] = {"data": str(mc or "builtin"), "fewshot": fewshot, **scored}
         if "gen" in tasks:
             from scratchlm.eval.text_metrics import generation_scores

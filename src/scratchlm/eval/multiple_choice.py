@@ -257,8 +257,8 @@ def choice_logprobs(model: Any, requests: list[tuple[list[int], list[int]]], bat
 
 def score_mc(model: Any, tokenizer: Any, items: list[McItem], fewshot: int = 0,
              pool: list[McItem] | None = None, batch: int = 32) -> dict[str, Any]:
-    """acc and acc_norm (per subject and overall) and each item's prediction: {"acc", "acc_norm", "n",
-    "by_subject": {s: {...}}, "predictions": [index per item]}."""
+    """acc and acc_norm (per subject and overall), each item's prediction and choices' log-likelihoods:
+    {"acc", "acc_norm", "n", "by_subject": {s: {...}}, "predictions": [index], "loglikelihoods": [[float]]}."""
     requests, spans = [], []
     for i, it in enumerate(items):
         ctx = context_of(it, fewshot_for(items, i, fewshot, pool))
@@ -281,4 +281,4 @@ def score_mc(model: Any, tokenizer: Any, items: list[McItem], fewshot: int = 0,
     if not every:
         raise ValueError("no multiple-choice items to score")
     return {**summary(every), "by_subject": {s: summary(r) for s, r in sorted(by_subject.items())},
-            "predictions": preds}
+            "predictions": preds, "loglikelihoods": [lls[a:a + n] for a, n in spans]}
