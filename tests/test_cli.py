@@ -10,7 +10,7 @@ from scratchlm.cli import COMMAND_MODULES, build_parser, main
 
 from scratchlm.stages import STAGE_NAMES
 
-COMMANDS = ["demo", "data", "tokenizer", "prepare", "model", "train", "generate", "eval", "export", "import"]
+COMMANDS = ["demo", "data", "tokenizer", "prepare", "model", "train", "generate", "eval", "report", "export", "import"]
 
 
 def test_help_lists_every_command(capsys):

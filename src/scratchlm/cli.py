@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "scratchlm.generate_cli",
     "scratchlm.rag.cli",
     "scratchlm.eval.cli",
+    "scratchlm.eval.report",
     "scratchlm.export.cli",
 ]
 

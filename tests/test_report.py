@@ -1,0 +1,57 @@
+"""The report card: report.md with every stage's facts and metrics side by side, the loss curves and metric
+bars as PNGs, the demo summary's samples; bad input is an error naming the file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from scratchlm.cli import main
+from scratchlm.config import load_config
+from scratchlm.eval.report import write_report
+from scratchlm.model.transformer import Transformer
+from scratchlm.run import save_run
+from scratchlm.tokenizer import train_tokenizer
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def make_stage(path, tok, objective, steps, seed):
+    cfg = load_config("debug", [f"train.objective={objective}", "model.init_std=0.1"])
+    torch.manual_seed(seed)
+    save_run(path, Transformer(cfg.model), cfg, tok)
+    # what the training loop logs: train records every few steps, validation records at eval steps
+    with open(path / "metrics.jsonl", "w") as f:
+        for step in range(2, steps + 1, 2):
+            f.write(json.dumps({"step": step, "loss": 6.0 - step / 10, "lr": 1e-3, "tokens": 256 * step,
+                                "tokens_per_s": 1000.0, "elapsed_s": 0.5 * step}) + "\n")
+        f.write(json.dumps({"step": steps, "val_loss": 5.0, "val_ppl": 148.4}) + "\n")
+
+
+def test_report_card_of_two_stages(tmp_path, capsys):
+    tok = train_tokenizer(tmp_path / "tok", vocab_size=512, show_progress=False)
+    make_stage(tmp_path / "pretrain", tok, "pretrain", 10, 0)
+    make_stage(tmp_path / "sft", tok, "sft", 6, 1)
+    summary = {"counts": {"add2": [3, 4]}, "samples": [{"task": "add2", "prompt": "1+1?", "reply": "2|x", "answer": "2", "ok": True}],
+               "chats": [{"prompt": "hi", "reply": "hello\nthere"}], "seconds": {"total": 12.5}}
+    path = write_report([tmp_path / "pretrain", tmp_path / "sft"], tmp_path / "report", summary, evaluate=True)
+    text = path.read_text()
+    assert text.startswith("# Report card: pretrain → sft")
+    assert "| pretrain | pretrain | full model | 10 | 2,560 | 5 | 512 | 5 |" in text  # steps, tokens, s, tokens/s, loss
+    assert "| mc acc |" in text and "| val_ppl | 148.4 | 148.4 |" in text
+    assert "| add2 | 0.75 | 3/4 |" in text and "2\\|x" in text and "hello ⏎ there" in text and "seconds.total" in text
+    for png in ("loss_curves.png", "metrics.png"):
+        assert (tmp_path / "report" / png).read_bytes().startswith(PNG) and f"({png})" in text
+    # the command; a broken metrics line names file:line
+    assert main(["report", str(tmp_path / "pretrain"), "--out", str(tmp_path / "r2")]) == 0
+    assert (tmp_path / "r2" / "report.md").exists()
+    assert not (tmp_path / "r2" / "metrics.png").exists()  # no accuracy or bpb to draw without --eval
+    with open(tmp_path / "sft" / "metrics.jsonl", "a") as f:
+        f.write("{oops\n")
+    assert main(["report", str(tmp_path / "sft"), "--out", str(tmp_path / "r3")]) == 1
+    assert "metrics.jsonl:5: bad JSON" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r4")]) == 1
