@@ -1,0 +1,113 @@
+"""Paged KV memory: one pool of fixed-size blocks per layer, and the per-forward view the model attends through.
+
+The pool holds every sequence's keys and values in [num_blocks · block_size, ...] slot-major tensors per
+layer: (k, v) as [slots, n_kv_heads, head_dim] for MHA/GQA/MQA, or MLA's latent c_kv [slots, kv_lora_rank] and
+roped shared key k_rope [slots, qk_rope_head_dim]. A sequence owns no memory of its own, only a block table.
+
+`PagedBatch` is what one forward passes to the model as its `cache`: it has the interface of
+model/cache.KVCache (`plan`, `update`, `advance`, `pos`, `batch_size`), so the hand-written attention runs
+unchanged. Each row is a sequence with its own number of cached tokens; its new tokens are written into their
+slots, then the row's whole prefix is gathered from the pool (vLLM's PagedAttention reads blocks in place;
+on a CPU, gathering a contiguous copy per layer is the simple correct form). Rows of unequal length are
+right-padded; padded queries write into a scratch slot past the pool and their outputs are ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from scratchlm.config import ModelConfig
+from scratchlm.model.attention import AttnPlan
+
+
+class PagedKVCache:
+    """The block pool's tensors: `num_blocks` blocks of `block_size` slots per layer, plus one scratch slot."""
+
+    def __init__(self, cfg: ModelConfig, num_blocks: int, block_size: int, device: torch.device,
+                 dtype: torch.dtype) -> None:
+        self.cfg, self.num_blocks, self.block_size = cfg, num_blocks, block_size
+        self.scratch = num_blocks * block_size  # padded queries write here; nothing ever reads it
+        n = self.scratch + 1
+        if cfg.attention == "mla":
+            shapes = [(n, cfg.kv_lora_rank), (n, cfg.qk_rope_head_dim)]
+        else:
+            shapes = [(n, cfg.n_kv_heads, cfg.head_dim)] * 2
+        self.layers = [tuple(torch.zeros(s, device=device, dtype=dtype) for s in shapes) for _ in range(cfg.n_layers)]
+        self.mla = cfg.attention == "mla"
+        self.window = cfg.sliding_window
+
+    def nbytes(self) -> int:
+        """Bytes held by the pool (all layers)."""
+        return sum(t.numel() * t.element_size() for layer in self.layers for t in layer)
+
+    def copy_block(self, src: int, dst: int, n_tokens: int) -> None:
+        """Copy the first n_tokens slots of block src into block dst (copy-on-write of a shared partial block)."""
+        bs = self.block_size
+        for a, b in self.layers:
+            a[dst * bs: dst * bs + n_tokens] = a[src * bs: src * bs + n_tokens]
+            b[dst * bs: dst * bs + n_tokens] = b[src * bs: src * bs + n_tokens]
+
+    def batch(self, tables: Sequence[Sequence[int]], cached: Sequence[int], new: Sequence[int]) -> "PagedBatch":
+        """The cache view of one forward: row i has `cached[i]` tokens in the blocks `tables[i]` and feeds
+        `new[i]` tokens now (the input is right-padded to max(new))."""
+        return PagedBatch(self, tables, cached, new)
+
+
+class PagedBatch:
+    """KVCache's interface over the pool for one forward of rows with their own lengths."""
+
+    def __init__(self, pool: PagedKVCache, tables: Sequence[Sequence[int]], cached: Sequence[int],
+                 new: Sequence[int]) -> None:
+        device = pool.layers[0][0].device
+        bs, B, T = pool.block_size, len(tables), max(new)
+        self.pool, self.batch_size = pool, B
+        self.pos = max(c + n for c, n in zip(cached, new)) - T  # the model checks pos + T ≤ max_seq_len
+        S = max(c + n for c, n in zip(cached, new))  # keys per row after this forward (right-padded)
+        cached_t = torch.tensor(list(cached), device=device)  # [B]
+        total_t = torch.tensor([c + n for c, n in zip(cached, new)], device=device)  # [B]
+        table = torch.zeros(B, max(len(t) for t in tables), dtype=torch.long, device=device)
+        for i, t in enumerate(tables):
+            table[i, : len(t)] = torch.tensor(list(t), dtype=torch.long)
+        k_pos = torch.arange(S, device=device)
+        # Slot of every key position of every row [B, S]; positions past a row's length read slot 0 (masked).
+        k_valid = k_pos[None, :] < total_t[:, None]  # [B, S]
+        blk = table.gather(1, (k_pos // bs).clamp(max=table.shape[1] - 1)[None].expand(B, -1))
+        self.read_slots = torch.where(k_valid, blk * bs + k_pos % bs, torch.zeros_like(blk))
+        q_pos = cached_t[:, None] + torch.arange(T, device=device)[None, :]  # [B, T] absolute positions
+        q_valid = q_pos < total_t[:, None]
+        self.write_slots = torch.where(q_valid, self.read_slots.gather(1, q_pos.clamp(max=S - 1)),
+                                       torch.full_like(q_pos, pool.scratch))  # [B, T]
+        diff = q_pos[:, :, None] - k_pos[None, None, :]  # [B, T, S]
+        allowed = (diff >= 0) & k_valid[:, None, :]
+        if pool.window:
+            allowed &= diff < pool.window
+        allowed |= diff == 0  # a padded query sees itself: no all-masked softmax row (NaN)
+        self._mask = allowed[:, None]  # [B, 1, T, S]
+        self._rope_pos = q_pos  # [B, T]: every row continues at its own position
+        self._S = S
+
+    def plan(self, T: int, new_valid: torch.Tensor | None) -> tuple[AttnPlan, torch.Tensor]:
+        """Attention plan (per-row masks) and per-row RoPE positions [B, T]."""
+        if new_valid is not None:
+            raise ValueError("PagedBatch: rows are right-padded by the engine; pass no attention_mask")
+        return AttnPlan(self._mask, is_causal=False), self._rope_pos
+
+    def update(self, layer: int, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this forward's keys/values into their slots; return each row's whole prefix gathered."""
+        pa, pb = self.pool.layers[layer]
+        slots = self.write_slots.reshape(-1)  # [B·T]
+        reads = self.read_slots.reshape(-1)  # [B·S]
+        B, S = self.batch_size, self._S
+        if self.pool.mla:  # a [B, T, r], b [B, T, rope]
+            pa.index_copy_(0, slots, a.reshape(-1, a.shape[-1]).to(pa.dtype))
+            pb.index_copy_(0, slots, b.reshape(-1, b.shape[-1]).to(pb.dtype))
+            return pa[reads].view(B, S, -1), pb[reads].view(B, S, -1)  # [B, S, r], [B, S, rope]
+        H, hd = a.shape[1], a.shape[3]  # a, b: [B, Hkv, T, hd]
+        pa.index_copy_(0, slots, a.transpose(1, 2).reshape(-1, H, hd).to(pa.dtype))
+        pb.index_copy_(0, slots, b.transpose(1, 2).reshape(-1, H, hd).to(pb.dtype))
+        return pa[reads].view(B, S, H, hd).transpose(1, 2), pb[reads].view(B, S, H, hd).transpose(1, 2)  # [B, Hkv, S, hd]
+
+    def advance(self, T: int) -> None:
+        """Nothing to move: the engine keeps each sequence's length."""
