@@ -1,0 +1,249 @@
+"""LLMEngine: paged decoding equals contiguous decoding, batched equals alone, blocks never leak (finished,
+cancelled, preempted), prefix caching, n samples from one prefill, logprobs, incremental stop strings, async
+callers, clear errors. Tiny random `debug` models on the CPU."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+import torch
+
+from scratchlm.engine import EngineFull, LLMEngine, PromptTooLong
+from scratchlm.engine.blocks import BlockPool, NoFreeBlocks, block_hash
+from scratchlm.engine.detok import IncrementalText
+from scratchlm.generate import Engine, SamplingParams
+from tests.test_generate import FakeTokenizer, make_model, naive_greedy
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+GREEDY = SamplingParams(temperature=0, max_new_tokens=12)
+
+
+def prompts(n: int, seed: int = 0, lo: int = 3, hi: int = 40) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(10, 250) for _ in range(rng.randrange(lo, hi))] for _ in range(n)]
+
+
+def assert_pool_whole(engine: LLMEngine) -> None:
+    """Every block is back: none held, every reference count zero."""
+    pool = engine.pool
+    assert pool.num_free() == pool.num_blocks and not any(pool.refs), engine.stats()
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [(), ("model.n_kv_heads=1",), ("model.attention=mla",), ("model.sliding_window=6",), ("model.n_routed_experts=4",
+                                                                                           "model.top_k=2")],
+    ids=["gqa", "mqa", "mla", "window", "moe"],
+)
+def test_paged_logits_equal_uncached_forward_for_rows_of_different_lengths(overrides):
+    # The core equivalence: rows at their own positions, keys gathered from scattered blocks.
+    model = make_model(*overrides)
+    eng = LLMEngine(model, block_size=4, num_blocks=64)
+    seqs = prompts(3, lo=5, hi=20)
+    blocks = [[eng.pool.allocate() for _ in range(-(-len(s) // 4))] for s in seqs]
+    random.Random(1).shuffle(eng.pool.free_ids)  # scattered blocks, not consecutive ones
+    with torch.no_grad():
+        first = [len(s) - 3 for s in seqs]  # prefill all but 3 tokens, row by row, then 3 batched steps
+        for s, b, n in zip(seqs, blocks, first):
+            model(torch.tensor([s[:n]]), cache=eng.kv.batch([b], [0], [n]))
+        for step in range(3):
+            view = eng.kv.batch(blocks, [n + step for n in first], [1, 1, 1])
+            ids = torch.tensor([[s[n + step]] for s, n in zip(seqs, first)])
+            got = model(ids, cache=view).logits[:, -1]
+            for i, s in enumerate(seqs):
+                want = model(torch.tensor([s[: first[i] + step + 1]])).logits[0, -1]
+                torch.testing.assert_close(got[i], want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("overrides", [(), ("model.attention=mla",), ("model.sliding_window=6",)], ids=["gqa", "mla", "window"])
+def test_engine_greedy_equals_naive_and_the_contiguous_engine(overrides):
+    model = make_model(*overrides)
+    ps = prompts(5)
+    got = LLMEngine(model, block_size=4).generate(ps, GREEDY)
+    assert got == Engine(model).generate(ps, GREEDY)
+    assert got[0] == naive_greedy(model, ps[0], 12)
+
+
+def test_sixteen_together_equal_each_alone_and_blocks_come_back():
+    model = make_model()
+    ps = prompts(16, seed=3)
+    eng = LLMEngine(model, block_size=8)
+    together = eng.generate(ps, GREEDY)
+    assert together == [eng.generate([p], GREEDY)[0] for p in ps]
+    assert len({tuple(t) for t in together}) > 1  # not one degenerate answer
+    assert_pool_whole(eng)
+
+
+def test_preemption_recomputes_and_equals_the_unpreempted_output():
+    model = make_model()
+    ps = prompts(6, seed=5, lo=20, hi=30)
+    long = SamplingParams(temperature=0, max_new_tokens=40)
+    want = LLMEngine(model, block_size=8).generate(ps, long)
+    small = LLMEngine(model, block_size=8, num_blocks=16)  # 128 slots: one sequence of max_seq_len, not six
+    assert small.generate(ps, long) == want
+    assert small.preemptions > 0
+    assert_pool_whole(small)
+
+
+def test_cancel_frees_blocks_and_ends_with_abort():
+    model = make_model()
+    eng = LLMEngine(model, block_size=4)
+    keep = eng.submit(prompts(1)[0], SamplingParams(temperature=0, max_new_tokens=30))
+    gone = eng.submit(prompts(1, seed=9)[0], SamplingParams(temperature=0, max_new_tokens=30))
+    eng.step()
+    eng.step()
+    assert eng.stats()["running"] == 2 and eng.pool.num_used() > 0
+    gone.cancel()
+    eng.step()
+    assert gone.finish_reasons == ["abort"] and eng.stats()["running"] == 1
+    events = list(keep)
+    assert events[-1].finish_reason == "length" and len(keep.token_ids[0]) == 30
+    assert_pool_whole(eng)
+
+
+def test_prefix_caching_shares_full_blocks_and_changes_nothing():
+    model = make_model()
+    system = prompts(1, seed=11, lo=30, hi=31)[0]
+    turns = [system + [20 + i, 30 + i, 40 + i] for i in range(3)]
+    cached = LLMEngine(model, block_size=8)
+    plain = LLMEngine(model, block_size=8, prefix_caching=False)
+    got = [cached.generate([t], GREEDY)[0] for t in turns]
+    assert got == [plain.generate([t], GREEDY)[0] for t in turns]
+    # turns 2 and 3 reuse the 3 full blocks of the 30-token system prompt; prefilled prompt tokens are all counted
+    assert cached.pool.hits == 6 and plain.pool.hits == 0
+    assert cached.stats()["prompt_tokens_total"] == sum(map(len, turns))
+    assert_pool_whole(cached)
+
+
+def test_n_samples_share_one_prefill():
+    model = make_model()
+    p = prompts(1, seed=2, lo=13, hi=14)[0]  # 13 tokens: one full block of 8 shared, the partial one copied
+    eng = LLMEngine(model, block_size=8)
+    h = eng.submit(p, SamplingParams(temperature=1.0, max_new_tokens=10, seed=7), n=4)
+    list(h)
+    assert len({tuple(t) for t in h.token_ids}) > 1  # different samples
+    assert eng.stats()["prompt_tokens_total"] == 13  # one prefill for all four
+    again = eng.submit(p, SamplingParams(temperature=1.0, max_new_tokens=10, seed=7), n=4)
+    list(again)
+    assert again.token_ids == h.token_ids  # seeded: sample i uses seed + i
+    g = eng.submit(p, SamplingParams(temperature=0, max_new_tokens=10), n=2)
+    list(g)
+    assert g.token_ids[0] == g.token_ids[1] == naive_greedy(model, p, 10)
+    assert_pool_whole(eng)
+
+
+def test_logprobs_are_the_models_own():
+    model = make_model()
+    p = prompts(1, seed=4)[0]
+    h = LLMEngine(model).submit(p, SamplingParams(temperature=1.0, max_new_tokens=6, seed=0), logprobs=True,
+                                top_logprobs=3)
+    events = [e for e in h if e.token_id is not None]
+    ids = torch.tensor([p + h.token_ids[0]])
+    with torch.no_grad():
+        want = model.token_logprobs(ids[:, :-1], ids[:, 1:])[0, len(p) - 1:]
+    torch.testing.assert_close(torch.tensor([e.logprob for e in events]), want, rtol=1e-4, atol=1e-4)
+    for e in events:
+        assert len(e.top_logprobs) == 3 and e.top_logprobs[0][1] >= e.logprob - 1e-5
+
+
+def test_stop_strings_cut_the_text_and_ids_like_the_contiguous_engine():
+    model = make_model()
+    tok = FakeTokenizer()
+    p = [5, 17, 42]
+    free = Engine(model, tok).generate([p], GREEDY)[0]
+    text = tok.decode(free, skip_special_tokens=True)
+    stop = text[4:6]
+    params = SamplingParams(temperature=0, max_new_tokens=12, stop_strings=[stop])
+    eng = LLMEngine(model, tok)
+    h = eng.submit(p, params)
+    streamed = "".join(e.text for e in h)
+    assert streamed == text[: text.find(stop)] and h.finish_reasons == ["stop"]
+    assert h.token_ids[0] == Engine(model, tok).generate([p], params)[0]
+
+
+def test_incremental_text_equals_whole_decode_and_holds_back_stop_prefixes(tmp_path):
+    from scratchlm.tokenizer import Tokenizer, train_tokenizer
+
+    src = tmp_path / "t.txt"
+    src.write_text("床前明月光，疑是地上霜。 hello world, the cat sat.\n" * 30, encoding="utf-8")
+    tok = Tokenizer.load(train_tokenizer(tmp_path / "tok", vocab_size=300, inputs=[src], show_progress=False))
+    text = "举头望明月，低头思故乡。 the cat sat on the mat"
+    ids = tok.encode(text)
+    inc = IncrementalText(tok)
+    assert "".join(inc.push(i)[0] for i in ids) + inc.flush() == tok.decode(ids)
+    inc = IncrementalText(tok, ["the mat", "思故乡X"])
+    out, stopped = "", False
+    for i in ids:
+        delta, stopped = inc.push(i)
+        out += delta
+        if stopped:
+            break
+    assert stopped and out == "举头望明月，低头思故乡。 the cat sat on "
+    kept = inc.ids_before_stop(ids)  # the most tokens whose text lies wholly before the stop string
+    assert out.startswith(tok.decode(kept)) and len(tok.decode(ids[: len(kept) + 1])) > len(out)
+
+
+def test_async_callers_and_background_loop():
+    model = make_model()
+    eng = LLMEngine(model, block_size=8)
+    ps = prompts(6, seed=8)
+    want = LLMEngine(model, block_size=8).generate(ps, GREEDY)
+    eng.start()
+    try:
+        async def one(p):
+            h = eng.submit(p, GREEDY)
+            return [e.token_id async for e in h.aiter() if e.token_id is not None]
+
+        async def all_():
+            return await asyncio.gather(*(one(p) for p in ps))
+
+        assert asyncio.run(all_()) == want
+        assert eng.generate(ps[:2], GREEDY) == want[:2]  # the blocking API with the loop running
+    finally:
+        eng.shutdown()
+    assert_pool_whole(eng)
+
+
+def test_errors_name_the_limit():
+    model = make_model()
+    eng = LLMEngine(model, max_waiting=2)
+    with pytest.raises(PromptTooLong, match="context is 128 tokens"):
+        eng.submit([5] * 128, GREEDY)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        eng.submit([5, 99999], GREEDY)
+    with pytest.raises(ValueError, match="empty"):
+        eng.submit([], GREEDY)
+    with pytest.raises(ValueError, match="n=17 must be between 1 and max_num_seqs=16"):
+        eng.submit([5], GREEDY, n=17)
+    with pytest.raises(ValueError, match="need a tokenizer"):
+        eng.submit([5], SamplingParams(stop_strings=["x"]))
+    eng.submit([5], GREEDY)
+    eng.submit([6], GREEDY)
+    with pytest.raises(EngineFull, match="max_waiting=2"):
+        eng.submit([7], GREEDY)
+    with pytest.raises(ValueError, match="cannot hold one sequence"):
+        LLMEngine(model, block_size=8, num_blocks=4)
+
+
+def test_block_pool_refcounts_and_lru_eviction():
+    pool = BlockPool(3, 4)
+    a, b, c = pool.allocate(), pool.allocate(), pool.allocate()
+    with pytest.raises(NoFreeBlocks):
+        pool.allocate()
+    ka, kb = block_hash(None, [1, 2, 3, 4]), block_hash(block_hash(None, [1, 2, 3, 4]), [5, 6, 7, 8])
+    assert block_hash(None, [1, 2, 3, 4]) == ka and block_hash(None, [5, 6, 7, 8]) != kb  # the chain matters
+    pool.register(a, ka)
+    pool.register(b, kb)
+    pool.release(a)
+    pool.release(b)
+    pool.release(c)
+    assert pool.num_free() == 3 and pool.lookup(kb) == b and pool.refs[b] == 1  # cached blocks come back
+    pool.release(b)
+    assert pool.allocate() == c  # a plain free block first
+    assert pool.allocate() == a  # then the least recently used cached one, forgetting its key
+    assert pool.lookup(ka) is None and pool.lookup(kb) == b
+    with pytest.raises(RuntimeError, match="released more often"):
+        pool.release(c) or pool.release(c)
