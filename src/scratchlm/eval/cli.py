@@ -6,7 +6,9 @@
   CMMLU layouts are recognised), optionally few-shot;
 - gen: greedy replies to `{"prompt", "reference"}` jsonl (a synth prompt file's "answer" counts as the
   reference) scored by exact match, token F1, ROUGE-L and BLEU;
-- synth: held-out synthetic-task accuracy (`--synth` prompt file, checked by synth.check_answer).
+- synth: held-out synthetic-task accuracy (`--synth` prompt file, checked by synth.check_answer);
+- winrate: this run's greedy replies against `--vs RUN`'s on `--prompts`, judged by the reward-model run
+  `--judge` in both orders (eval/winrate.py).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-TASKS = ("ppl", "bpb", "mc", "gen", "synth")
+TASKS = ("ppl", "bpb", "mc", "gen", "synth", "winrate")
 
 
 def parse_tasks(text: str) -> list[str]:
@@ -79,7 +81,9 @@ def generate_replies(model: Any, tokenizer: Any, items: list[dict], max_new_toke
 def evaluate_run(run_dir: str | Path, tasks: list[str], data: str | Path | None = None, mc: str | Path | None = None,
                  mc_layout: str = "auto", fewshot: int = 0, fewshot_from: str | Path | None = None,
                  gen: str | Path | None = None, synth: str | Path | None = None, limit: int | None = None,
-                 max_windows: int = 200, max_new_tokens: int = 48, per_task: int = 50) -> dict[str, Any]:
+                 max_windows: int = 200, max_new_tokens: int = 48, per_task: int = 50,
+                 vs: str | Path | None = None, judge: str | Path | None = None,
+                 prompts: str | Path | None = None) -> dict[str, Any]:
     """The run's numbers for `tasks` as a json-able dict {"run", task: {...}}; samples under "samples"."""
     import torch
 
@@ -127,6 +131,12 @@ def evaluate_run(run_dir: str | Path, tasks: list[str], data: str | Path | None 
                 raise ValueError("--tasks synth needs --synth PROMPT_FILE (e.g. DATA/synth/prompt_val.jsonl)")
             scores, _ = evaluate_tasks(model, tokenizer, Path(synth), per_task, max_new_tokens)
             result["synth"] = {task: {"acc": c / n, "correct": c, "n": n} for task, (c, n) in scores.items()}
+        if "winrate" in tasks:
+            from scratchlm.eval.winrate import compare_runs, load_prompts
+
+            if not (vs and judge and prompts):
+                raise ValueError("--tasks winrate needs --vs RUN, --judge REWARD_RUN and --prompts FILE")
+            result["winrate"] = compare_runs(run_dir, vs, judge, load_prompts(Path(prompts))[:limit], max_new_tokens)
     return result
 
 
@@ -145,6 +155,10 @@ def format_table(result: dict[str, Any]) -> str:
                  ("  token F1", f"{g['token_f1']:.3f}"), ("  ROUGE-L", f"{g['rougeL']:.3f}"), ("  BLEU", f"{g['bleu']:.2f}")]
     for task, v in result.get("synth", {}).items():
         rows.append((f"synth {task}", f"{v['acc']:.3f}  ({v['correct']}/{v['n']})"))
+    if "winrate" in result:
+        w = result["winrate"]
+        rows.append((f"win-rate vs {w['b']} ({w['n']} prompts, both orders)",
+                     f"{w['win_rate']:.3f}  ({w['wins']}W {w['ties']}T {w['losses']}L)"))
     width = max((len(k) for k, _ in rows), default=0)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
@@ -152,7 +166,8 @@ def format_table(result: dict[str, Any]) -> str:
 def _cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate_run(args.run, parse_tasks(args.tasks), data=args.data, mc=args.mc, mc_layout=args.mc_layout,
                           fewshot=args.fewshot, fewshot_from=args.fewshot_from, gen=args.gen, synth=args.synth,
-                          limit=args.limit, max_windows=args.max_windows, max_new_tokens=args.max_new_tokens)
+                          limit=args.limit, max_windows=args.max_windows, max_new_tokens=args.max_new_tokens,
+                          vs=args.vs, judge=args.judge, prompts=args.prompts)
     out = Path(args.out) if args.out else Path(args.run) / "eval.json"
     out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(format_table(result))
@@ -175,6 +190,9 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--fewshot-from", default=None, help="take few-shot examples from this file (a dev split)")
     p.add_argument("--gen", default=None, help="generation jsonl: {\"prompt\", \"reference\"} per line")
     p.add_argument("--synth", default=None, help="synthetic held-out prompt file (DATA/synth/prompt_val.jsonl)")
+    p.add_argument("--vs", default=None, metavar="RUN", help="winrate: the run to compare against")
+    p.add_argument("--judge", default=None, metavar="REWARD_RUN", help="winrate: reward-model run that judges")
+    p.add_argument("--prompts", default=None, help="winrate: jsonl of {\"prompt\"} (a string or chat messages)")
     p.add_argument("--limit", type=int, default=None, help="at most this many items per task (per subject for mc)")
     p.add_argument("--max-windows", type=int, default=200, help="validation windows for ppl/bpb (default 200)")
     p.add_argument("--max-new-tokens", type=int, default=48, help="generation length for gen/synth (default 48)")
