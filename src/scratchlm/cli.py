@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "scratchlm.train.cli",
     "scratchlm.train.lora_cli",
     "scratchlm.generate_cli",
+    "scratchlm.serve.cli",
     "scratchlm.rag.cli",
     "scratchlm.eval.cli",
     "scratchlm.eval.report",

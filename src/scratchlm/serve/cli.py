@@ -1,0 +1,118 @@
+"""`scratchlm serve RUN` (the OpenAI-compatible server) and `scratchlm chat RUN` (terminal chat). Registering
+them imports no torch or FastAPI: the commands load those when they run."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def open_engine(run: str, device: str = "auto", block_size: int = 16, num_blocks: int | None = None,
+                max_num_seqs: int = 16, max_waiting: int = 64, prefix_caching: bool = True) -> tuple[Any, Any, Any]:
+    """(started LLMEngine, tokenizer, config) of a run folder; refuses runs that cannot generate text."""
+    from scratchlm.device import pick_device
+    from scratchlm.engine import LLMEngine
+    from scratchlm.run import load_run
+
+    model, tokenizer, cfg = load_run(run, device=pick_device(device))
+    if tokenizer is None:
+        raise ValueError(f"{run}: no tokenizer.json in the run folder; serving needs one to encode prompts")
+    if cfg.train.objective == "reward":
+        raise ValueError(f"{run} is a reward model (train.objective='reward'): it scores text and cannot generate")
+    engine = LLMEngine(model, tokenizer, block_size=block_size, num_blocks=num_blocks, max_num_seqs=max_num_seqs,
+                       max_waiting=max_waiting, prefix_caching=prefix_caching)
+    engine.start()
+    return engine, tokenizer, cfg
+
+
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.add_argument("--block-size", type=int, default=16, help="tokens per KV cache block")
+    p.add_argument("--num-blocks", type=int, default=None,
+                   help="KV cache blocks in the pool (default: max-num-seqs sequences at half the context)")
+    p.add_argument("--max-num-seqs", type=int, default=16, help="sequences decoded together at most")
+    p.add_argument("--no-prefix-caching", dest="prefix_caching", action="store_false",
+                   help="prefill every prompt in full, even a prefix another request already computed")
+
+
+def _engine_kwargs(args: argparse.Namespace) -> dict:
+    return {"device": args.device, "block_size": args.block_size, "num_blocks": args.num_blocks,
+            "max_num_seqs": args.max_num_seqs, "prefix_caching": args.prefix_caching}
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from scratchlm.serve.app import create_app
+    from scratchlm.serve.prompt import chat_run_problem
+
+    engine, tokenizer, cfg = open_engine(args.run, max_waiting=args.max_waiting, **_engine_kwargs(args))
+    name = args.model_name or Path(args.run).resolve().name
+    problem = chat_run_problem(args.run, cfg, tokenizer)
+    if problem:  # /v1/completions still makes sense for a base model
+        print(f"warning: {problem}; /v1/chat/completions will apply the template anyway")
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
+        print(f"warning: listening on {args.host} without --api-key: anyone who can reach it can use it")
+    app = create_app(engine, tokenizer, name, api_key=args.api_key)
+    print(f"serving {name} (context {engine.max_seq_len} tokens) at http://{args.host}:{args.port}/  "
+          f"(OpenAI API under /v1, chat page at /, metrics at /metrics)")
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    finally:
+        engine.shutdown()
+    return 0
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from scratchlm.generate import SamplingParams
+    from scratchlm.run import load_run_config
+    from scratchlm.serve.chat import chat_loop
+    from scratchlm.serve.prompt import chat_run_problem
+    from scratchlm.tokenizer import Tokenizer
+
+    # Checked before the weights load: a base model gets its message at once.
+    tok = Tokenizer.load(args.run) if (Path(args.run) / "tokenizer.json").is_file() else None
+    problem = chat_run_problem(args.run, load_run_config(args.run), tok)
+    if problem:
+        raise ValueError(problem)
+    engine, tokenizer, _ = open_engine(args.run, **_engine_kwargs(args))
+    params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                            repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
+                            seed=args.seed)
+    try:
+        chat_loop(engine, tokenizer, params, system=args.system, think=not args.no_think)
+    finally:
+        engine.shutdown()
+    return 0
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Register `scratchlm serve` and `scratchlm chat`."""
+    p = subparsers.add_parser("serve", help="OpenAI-compatible HTTP server (+ web chat page) for a run",
+                              description="Serve a run over HTTP: /v1/chat/completions, /v1/completions, "
+                              "/v1/models, /health, /metrics and a chat page at /. Needs the [serve] extra.")
+    p.add_argument("run", metavar="RUN", help="run folder (config.toml, model.safetensors, tokenizer.json)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 routes")
+    p.add_argument("--model-name", default=None, help="the model id clients send (default: the run folder's name)")
+    p.add_argument("--max-waiting", type=int, default=64, help="queued requests before new ones get 429")
+    p.add_argument("--log-level", default="info", help="uvicorn's log level")
+    _engine_args(p)
+    p.set_defaults(func=_cmd_serve)
+
+    c = subparsers.add_parser("chat", help="chat with a run in the terminal (streaming, multi-turn)",
+                              description="Chat with an SFT (or later) run. Commands: /reset, /system TEXT, "
+                              "/think on|off, /exit.")
+    c.add_argument("run", metavar="RUN", help="run folder of a chat model (SFT or later stage)")
+    c.add_argument("--system", default=None, help="system prompt")
+    c.add_argument("--no-think", action="store_true", help="start with thinking off (/think on turns it back)")
+    c.add_argument("--max-new-tokens", type=int, default=256)
+    c.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
+    c.add_argument("--top-k", type=int, default=0, help="0 = off")
+    c.add_argument("--top-p", type=float, default=0.9, help="1 = off")
+    c.add_argument("--repetition-penalty", type=float, default=1.0)
+    c.add_argument("--seed", type=int, default=None)
+    _engine_args(c)
+    c.set_defaults(func=_cmd_chat)
