@@ -19,6 +19,7 @@ from scratchlm.model.lora import apply_lora, lora_modules  # noqa: E402
 from scratchlm.model.transformer import Transformer  # noqa: E402
 from scratchlm.run import load_run, save_run  # noqa: E402
 from scratchlm.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
+from scratchlm.train.reward import RewardModel  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -141,6 +142,10 @@ def test_unsupported_config_names_the_field_and_custom_export_works(tmp_path, to
     make_run(tmp_path / "sw", tok_dir, "model.sliding_window=16")
     with pytest.raises(ConfigError, match="model.sliding_window=16"):
         export_hf(tmp_path / "sw", tmp_path / "x")
+    rcfg = load_config("debug", ["train.objective=reward"])
+    save_run(tmp_path / "rm", RewardModel(Transformer(rcfg.model)), rcfg, tok_dir)
+    with pytest.raises(ConfigError, match="reward model"):
+        export_hf(tmp_path / "rm", tmp_path / "x")
     out = export_hf(tmp_path / "run", tmp_path / "custom", custom=True)  # our registered class holds anything
     hf = AutoModelForCausalLM.from_pretrained(out).eval()
     assert type(hf).__name__ == "ScratchLMForCausalLM"
