@@ -38,13 +38,16 @@ def assert_pool_whole(engine: LLMEngine) -> None:
                                                                                            "model.top_k=2")],
     ids=["gqa", "mqa", "mla", "window", "moe"],
 )
-def test_paged_logits_equal_uncached_forward_for_rows_of_different_lengths(overrides):
-    # The core equivalence: rows at their own positions, keys gathered from scattered blocks.
+@pytest.mark.parametrize("scattered", [True, False], ids=["scattered", "consecutive"])
+def test_paged_logits_equal_uncached_forward_for_rows_of_different_lengths(overrides, scattered):
+    # The core equivalence: rows at their own positions, keys gathered from scattered blocks (or, for one row
+    # on consecutive blocks, read in place).
     model = make_model(*overrides)
     eng = LLMEngine(model, block_size=4, num_blocks=64)
     seqs = prompts(3, lo=5, hi=20)
+    if scattered:
+        random.Random(1).shuffle(eng.pool.free_ids)
     blocks = [[eng.pool.allocate() for _ in range(-(-len(s) // 4))] for s in seqs]
-    random.Random(1).shuffle(eng.pool.free_ids)  # scattered blocks, not consecutive ones
     with torch.no_grad():
         first = [len(s) - 3 for s in seqs]  # prefill all but 3 tokens, row by row, then 3 batched steps
         for s, b, n in zip(seqs, blocks, first):
@@ -53,9 +56,11 @@ def test_paged_logits_equal_uncached_forward_for_rows_of_different_lengths(overr
             view = eng.kv.batch(blocks, [n + step for n in first], [1, 1, 1])
             ids = torch.tensor([[s[n + step]] for s, n in zip(seqs, first)])
             got = model(ids, cache=view).logits[:, -1]
+            alone = model(ids[:1], cache=eng.kv.batch(blocks[:1], [first[0] + step], [1])).logits[0, -1]
             for i, s in enumerate(seqs):
                 want = model(torch.tensor([s[: first[i] + step + 1]])).logits[0, -1]
                 torch.testing.assert_close(got[i], want, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(alone, got[0], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("overrides", [(), ("model.attention=mla",), ("model.sliding_window=6",)], ids=["gqa", "mla", "window"])

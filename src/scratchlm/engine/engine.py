@@ -143,6 +143,7 @@ class _Seq:
     text: IncrementalText
     logprobs: bool = False
     top_logprobs: int = 0
+    stop_ids: frozenset[int] = frozenset()
     blocks: list[int] = field(default_factory=list)
     keys: list[bytes] = field(default_factory=list)  # prefix-cache key of each full block
     cached: int = 0  # tokens whose keys/values are in the blocks
@@ -216,7 +217,8 @@ class LLMEngine:
         for i in range(n):
             seed = None if params.seed is None else params.seed + i
             seqs.append(_Seq(handle, i, list(prompt), params, len(prompt), make_generator(seed, self.device),
-                             IncrementalText(self.tokenizer, params.stop_strings), logprobs, top_logprobs))
+                             IncrementalText(self.tokenizer, params.stop_strings), logprobs, top_logprobs,
+                             frozenset(self._stop_ids(params))))
         with self._work:
             if len(self.waiting) >= self.max_waiting:
                 raise EngineFull(f"{len(self.waiting)} requests are already waiting (max_waiting={self.max_waiting})")
@@ -454,7 +456,7 @@ class LLMEngine:
                 v, ix = logp.topk(seq.top_logprobs)
                 top = list(zip(ix.tolist(), v.tolist()))
         self.generation_tokens_total += 1
-        if tok in self._stop_ids(p):
+        if tok in seq.stop_ids:
             if p.keep_stop_id:
                 seq.handle.token_ids[seq.index].append(tok)
             self._finish(seq, "stop", seq.text.flush())

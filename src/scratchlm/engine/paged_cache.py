@@ -63,10 +63,23 @@ class PagedBatch:
         device = pool.layers[0][0].device
         bs, B, T = pool.block_size, len(tables), max(new)
         self.pool, self.batch_size = pool, B
-        self.pos = max(c + n for c, n in zip(cached, new)) - T  # the model checks pos + T ≤ max_seq_len
-        S = max(c + n for c, n in zip(cached, new))  # keys per row after this forward (right-padded)
+        totals = [c + n for c, n in zip(cached, new)]
+        S = max(totals)  # keys per row after this forward (right-padded)
+        self.pos = S - T  # the model checks pos + T ≤ max_seq_len
+        self._S = S
+        first = tables[0][0] if tables[0] else 0
+        # One row whose blocks are consecutive in the pool (the usual case for a lone request: the free list
+        # hands out ascending ids) reads its keys in place, as a contiguous cache would, instead of gathering.
+        self.span = (first * bs if B == 1 and list(tables[0][: -(-S // bs)]) == list(range(first, first + -(-S // bs)))
+                     else None)
+        if self.span is not None and T == 1 and not pool.window:
+            # One new token of one row sees every cached key: no mask at all (the decode fast path).
+            self.write_slots = torch.tensor([[self.span + S - 1]], device=device)
+            self.read_slots = None
+            self._mask, self._rope_pos = None, torch.tensor([[S - 1]], device=device)
+            return
         cached_t = torch.tensor(list(cached), device=device)  # [B]
-        total_t = torch.tensor([c + n for c, n in zip(cached, new)], device=device)  # [B]
+        total_t = torch.tensor(totals, device=device)  # [B]
         table = torch.zeros(B, max(len(t) for t in tables), dtype=torch.long, device=device)
         for i, t in enumerate(tables):
             table[i, : len(t)] = torch.tensor(list(t), dtype=torch.long)
@@ -74,10 +87,11 @@ class PagedBatch:
         # Slot of every key position of every row [B, S]; positions past a row's length read slot 0 (masked).
         k_valid = k_pos[None, :] < total_t[:, None]  # [B, S]
         blk = table.gather(1, (k_pos // bs).clamp(max=table.shape[1] - 1)[None].expand(B, -1))
-        self.read_slots = torch.where(k_valid, blk * bs + k_pos % bs, torch.zeros_like(blk))
+        read_slots = torch.where(k_valid, blk * bs + k_pos % bs, torch.zeros_like(blk))
+        self.read_slots = None if self.span is not None else read_slots
         q_pos = cached_t[:, None] + torch.arange(T, device=device)[None, :]  # [B, T] absolute positions
         q_valid = q_pos < total_t[:, None]
-        self.write_slots = torch.where(q_valid, self.read_slots.gather(1, q_pos.clamp(max=S - 1)),
+        self.write_slots = torch.where(q_valid, read_slots.gather(1, q_pos.clamp(max=S - 1)),
                                        torch.full_like(q_pos, pool.scratch))  # [B, T]
         diff = q_pos[:, :, None] - k_pos[None, None, :]  # [B, T, S]
         allowed = (diff >= 0) & k_valid[:, None, :]
@@ -86,28 +100,34 @@ class PagedBatch:
         allowed |= diff == 0  # a padded query sees itself: no all-masked softmax row (NaN)
         self._mask = allowed[:, None]  # [B, 1, T, S]
         self._rope_pos = q_pos  # [B, T]: every row continues at its own position
-        self._S = S
 
     def plan(self, T: int, new_valid: torch.Tensor | None) -> tuple[AttnPlan, torch.Tensor]:
         """Attention plan (per-row masks) and per-row RoPE positions [B, T]."""
         if new_valid is not None:
             raise ValueError("PagedBatch: rows are right-padded by the engine; pass no attention_mask")
-        return AttnPlan(self._mask, is_causal=False), self._rope_pos
+        return AttnPlan(self._mask, is_causal=False), self._rope_pos  # mask None: every query sees every key
 
     def update(self, layer: int, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this forward's keys/values into their slots; return each row's whole prefix gathered."""
         pa, pb = self.pool.layers[layer]
         slots = self.write_slots.reshape(-1)  # [B·T]
-        reads = self.read_slots.reshape(-1)  # [B·S]
         B, S = self.batch_size, self._S
         if self.pool.mla:  # a [B, T, r], b [B, T, rope]
             pa.index_copy_(0, slots, a.reshape(-1, a.shape[-1]).to(pa.dtype))
             pb.index_copy_(0, slots, b.reshape(-1, b.shape[-1]).to(pb.dtype))
-            return pa[reads].view(B, S, -1), pb[reads].view(B, S, -1)  # [B, S, r], [B, S, rope]
+            ka, kb = self._read(pa), self._read(pb)
+            return ka.view(B, S, -1), kb.view(B, S, -1)  # [B, S, r], [B, S, rope]
         H, hd = a.shape[1], a.shape[3]  # a, b: [B, Hkv, T, hd]
         pa.index_copy_(0, slots, a.transpose(1, 2).reshape(-1, H, hd).to(pa.dtype))
         pb.index_copy_(0, slots, b.transpose(1, 2).reshape(-1, H, hd).to(pb.dtype))
-        return pa[reads].view(B, S, H, hd).transpose(1, 2), pb[reads].view(B, S, H, hd).transpose(1, 2)  # [B, Hkv, S, hd]
+        ka, kb = self._read(pa), self._read(pb)
+        return ka.view(B, S, H, hd).transpose(1, 2), kb.view(B, S, H, hd).transpose(1, 2)  # [B, Hkv, S, hd]
+
+    def _read(self, buf: torch.Tensor) -> torch.Tensor:
+        """Every row's keys [B·S, ...]: a view of consecutive blocks, or a gathered copy."""
+        if self.span is not None:
+            return buf.narrow(0, self.span, self._S)
+        return buf[self.read_slots.reshape(-1)]
 
     def advance(self, T: int) -> None:
         """Nothing to move: the engine keeps each sequence's length."""
