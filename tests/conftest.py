@@ -13,3 +13,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def chat_run(tmp_path_factory):
+    """A tiny chat run (debug preset, objective sft) trained in seconds to answer tests/serve_util.py's CHATS;
+    shared by the serving, web page and schema fuzzing tests."""
+    from serve_util import make_chat_run
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return make_chat_run(tmp_path_factory.mktemp("chat_run"))
+    finally:
+        torch.set_num_threads(n)

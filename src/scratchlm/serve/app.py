@@ -65,8 +65,8 @@ _SSE = {"text/event-stream": {"schema": {"type": "string"}}}  # `stream: true` a
 
 
 class BodySizeLimit:
-    """ASGI middleware: a body over `max_bytes` gets 413 before the app parses it (declared length or
-    counted as it arrives, for chunked uploads)."""
+    """ASGI middleware: a body over `max_bytes` gets 413 before the app parses it. A declared length is
+    checked at once; a chunked upload (no length) is read up to the limit first, then replayed to the app."""
 
     def __init__(self, app: Any, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
@@ -77,27 +77,31 @@ class BodySizeLimit:
         too_big = error_response(413, f"request body is over the server's limit of {self.max_bytes} bytes",
                                  code="body_too_large")
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await too_big(scope, receive, send)
-        seen = 0
-
-        async def counted_receive() -> dict:
-            nonlocal seen
+        if declared is not None:
+            if declared.isdigit() and int(declared) > self.max_bytes:
+                return await too_big(scope, receive, send)
+            return await self.app(scope, receive, send)  # the server holds the client to its declared length
+        if scope.get("method") not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        body, more = bytearray(), True
+        while more:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _BodyTooLarge
-            return message
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                return await too_big(scope, receive, send)
+        replayed = False
 
-        try:
-            await self.app(scope, counted_receive, send)
-        except _BodyTooLarge:
-            await too_big(scope, receive, send)
+        async def replay() -> dict:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
 
-
-class _BodyTooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -180,6 +184,20 @@ def create_app(engine: Any, tokenizer: Any, model_name: str, api_key: str | None
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.state.metrics = metrics
     return app
+
+
+class _EventStream(StreamingResponse):
+    """Server-sent events whose generator is closed as soon as sending stops (the client went away), so
+    the request's samples are cancelled then rather than whenever the generator is garbage-collected."""
+
+    def __init__(self, content: AsyncIterator[str]):
+        super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    async def stream_response(self, send: Any) -> None:
+        try:
+            await super().stream_response(send)
+        finally:
+            await self.body_iterator.aclose()
 
 
 def _sse(data: Any) -> str:
@@ -295,11 +313,12 @@ class _Server:
         finally:
             for k in open_handles:  # stopped early: the client is gone, free what its samples hold
                 handles[k].cancel()
+                self.metrics.cancelled.inc()
             for t in tasks:
                 t.cancel()
 
     async def _watch_disconnect(self, request: Request, handles: list[Any]) -> None:
-        """For non-streamed answers: cancel the request's sequences when its client disconnects."""
+        """Cancel the request's samples when its client disconnects."""
         while True:
             message = await request.receive()
             if message["type"] == "http.disconnect":
@@ -308,6 +327,8 @@ class _Server:
                 return
 
     async def _collect(self, handles: list[Any], request: Request, t0: float) -> AsyncIterator[tuple[int, Any]]:
+        """`_events` while a watcher cancels the handles the moment the client disconnects (a stream would
+        otherwise notice only at its next send, and a non-streamed answer never)."""
         watcher = asyncio.create_task(self._watch_disconnect(request, handles))
         try:
             async for item in self._events(handles, request, t0):
@@ -329,8 +350,7 @@ class _Server:
         rid, created = f"chatcmpl-{handle.request_id}", int(time.time())
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(self._chat_stream(handle, req, request, rid, created, usage, t0),
-                                     media_type="text/event-stream")
+            return _EventStream(self._chat_stream(handle, req, request, rid, created, usage, t0))
         n = req.n
         splitters = [ThinkSplitter() for _ in range(n)]
         reasoning, content = [""] * n, [""] * n
@@ -371,7 +391,7 @@ class _Server:
             yield chunk(i, {"role": "assistant", "content": ""})
         splitters = [ThinkSplitter() for _ in range(req.n)]
         completion_tokens = 0
-        async for _, ev in self._events([handle], request, t0):
+        async for _, ev in self._collect([handle], request, t0):
             i = ev.index
             r, c = splitters[i].feed(ev.text)
             if ev.finish_reason is not None:
@@ -438,8 +458,7 @@ class _Server:
         echo = [self.tokenizer.decode(ids) if req.echo else "" for ids in prompts]
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(self._complete_stream(handles, req, request, rid, created, echo, usage, t0),
-                                     media_type="text/event-stream")
+            return _EventStream(self._complete_stream(handles, req, request, rid, created, echo, usage, t0))
         n = req.n
         texts = [echo[j // n] for j in range(len(handles) * n)]
         finish: list[str | None] = [None] * len(texts)
@@ -480,7 +499,7 @@ class _Server:
                 yield _sse({**base, "choices": [{"index": j, "text": text, "logprobs": None, "finish_reason": None}],
                             **extra})
         completion_tokens = 0
-        async for k, ev in self._events(handles, request, t0):
+        async for k, ev in self._collect(handles, request, t0):
             j = k * n + ev.index
             lp = None
             if ev.token_id is not None:

@@ -63,6 +63,8 @@ class ServerMetrics:
                              buckets=E2E_BUCKETS, registry=r)
         self.finished = Counter(PREFIX + "request_success", "samples finished, by finish reason",
                                 ["finish_reason"], registry=r)
+        self.cancelled = Counter(PREFIX + "requests_cancelled", "requests cancelled because their client went away",
+                                 registry=r)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
