@@ -10,7 +10,6 @@ from scratchlm.config import load_config
 from scratchlm.generate import (
     Engine,
     SamplingParams,
-    StopStrings,
     apply_repetition_penalty,
     process_logits,
     speculative_generate,
@@ -141,12 +140,18 @@ def test_stop_strings_need_a_tokenizer(model):
 
 
 def test_stop_strings_hold_back_a_possible_prefix():
-    decode = lambda ids: "".join(chr(i) for i in ids)  # noqa: E731
-    s = StopStrings(["END"], decode)
-    assert s.check([ord(c) for c in "abE"]) == (False, 2)  # "E" may start "END": hold it
-    assert s.check([ord(c) for c in "abEN"]) == (False, 2)
-    assert s.check([ord(c) for c in "abENx"]) == (False, 5)
-    assert s.check([ord(c) for c in "abEND"]) == (True, 2)
+    from scratchlm.engine.detok import IncrementalText
+
+    class Chars:
+        def decode(self, ids, skip_special_tokens=False):
+            return "".join(chr(i) for i in ids)
+
+    s = IncrementalText(Chars(), ["END"])
+    assert [s.push(ord(c)) for c in "abE"] == [("a", False), ("b", False), ("", False)]  # "E" may start "END"
+    assert s.push(ord("N")) == ("", False)
+    assert s.push(ord("x")) == ("ENx", False)  # not a stop string after all: released
+    assert [s.push(ord(c)) for c in "yEND"] == [("y", False), ("", False), ("", False), ("", True)]
+    assert s.text == "abENxy" and s.ids_before_stop(s.ids) == [ord(c) for c in "abENxy"]
 
 
 @pytest.mark.parametrize("params", [GREEDY, SamplingParams(temperature=0.9, top_k=50, seed=3, max_new_tokens=12)])
@@ -323,7 +328,7 @@ def test_real_tokenizer_eos_and_chat_prompt(run_dir):
     engine = Engine(model, tok)
     ids = engine.encode_prompt("hello", chat=True)
     assert tok.decode(ids).endswith("<|im_start|>assistant\n")
-    assert tok.eos_id in engine._stop_ids(SamplingParams())
+    assert tok.eos_id in engine.llm._stop_ids(SamplingParams())
     text = engine.generate_text("hello", SamplingParams(temperature=0, max_new_tokens=6), chat=True)
     assert isinstance(text, str)
     # Prompts are cleaned like the training shards: full-width punctuation folds to ASCII (NFKC).

@@ -1,22 +1,15 @@
-"""Sampling and decoding over token ids: `SamplingParams`, `Engine` (batched generate, streaming) and
-`speculative_generate`. `scratchlm generate` is registered by generate_cli.py (which loads this module
-only when the command runs, so that `scratchlm --help` does not import torch).
-
-The engine works on token ids only (nanochat's Engine is the model): a prompt is prefilled into the
-model's pre-allocated KV cache in one forward, then each decode step feeds one token per row. The
-tokenizer is optional; it adds `<|im_end|>` as a stop id and lets stop *strings* be checked.
-
-The decode step is kept lean because on a CPU its Python overhead is a large share of the time per
-token: the cache is allocated once, logits are taken for the last position only, sampling state
-(seen-token mask for the repetition penalty, the "finished" flags) lives in tensors updated in
-place, and the only host sync per step is one `.tolist()` of the new tokens of the whole batch.
+"""Sampling and decoding over token ids: `SamplingParams` and the logits processing every sampler shares,
+`Engine` (batched generate and streaming, a front of the serving engine in scratchlm/engine/) and
+`speculative_generate` (draft + target on contiguous caches). `scratchlm generate` is registered by
+generate_cli.py (which loads this module only when the command runs, so that `scratchlm --help` does not
+import torch).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 
@@ -117,48 +110,6 @@ def make_generator(seed: int | None, device: torch.device) -> torch.Generator | 
 
 
 # ----------------------------------------------------------------------------------------------
-# Stop strings
-
-
-class StopStrings:
-    """Finds stop strings in the decoded text of one row's generated ids.
-
-    `check(ids)` → (stopped, n): when stopped, ids[:n] are the tokens wholly before the first stop
-    string (the text is cut there); otherwise ids[:n] are safe to release to a stream because no
-    later token can turn them into part of a stop string (a tail that could still start one is held).
-    """
-
-    def __init__(self, stop_strings: Sequence[str], decode: Callable[[list[int]], str]):
-        self.stop_strings = list(stop_strings)
-        self.decode = decode
-        self.longest = max((len(s) for s in self.stop_strings), default=0)
-
-    def _tokens_within(self, ids: list[int], n_chars: int, text_len: int) -> int:
-        """Largest m such that the text of ids[:m] fits in the first n_chars characters."""
-        if n_chars >= text_len:
-            return len(ids)
-        m = len(ids) - 1
-        while m > 0 and len(self.decode(ids[:m])) > n_chars:
-            m -= 1
-        return m
-
-    def check(self, ids: list[int]) -> tuple[bool, int]:
-        """(stopped, number of ids before the stop string / safe to release)."""
-        text = self.decode(ids)
-        hits = [i for i in (text.find(s) for s in self.stop_strings) if i >= 0]
-        if hits:
-            return True, self._tokens_within(ids, min(hits), len(text))
-        # Hold back the longest tail of the text that is a prefix of some stop string.
-        hold = len(text)
-        for i in range(max(0, len(text) - self.longest + 1), len(text)):
-            tail = text[i:]
-            if any(s.startswith(tail) for s in self.stop_strings):
-                hold = i
-                break
-        return False, self._tokens_within(ids, hold, len(text))
-
-
-# ----------------------------------------------------------------------------------------------
 # The engine
 
 
@@ -185,134 +136,63 @@ def check_context(prompt_lens: Sequence[int], max_new_tokens: int, max_seq_len: 
 
 
 class Engine:
-    """Prefill + cached decode for a `Transformer`; the tokenizer (optional) supplies eos and decode."""
+    """The generation API of one model (`generate`, `stream`, `generate_text`): a front of the serving engine
+    (scratchlm.engine.LLMEngine), which schedules every call's prompts together over its paged KV cache, so
+    offline evaluation, the CLI and the server share one generation path. The tokenizer (optional) adds
+    `<|im_end|>` as a stop id and lets stop strings be checked."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer=None):
+    def __init__(self, model: torch.nn.Module, tokenizer=None, max_batch: int = 64):
         self.model = model
         self.tokenizer = tokenizer
         self.config = model.config
-        self.device, self.dtype = _model_device_dtype(model)
-        self.pad_id = getattr(tokenizer, "pad_id", None) or 0
+        self.max_batch = max_batch
+        self._llm = None
 
-    # -- helpers ---------------------------------------------------------------------------
-    def _stop_ids(self, params: SamplingParams) -> set[int]:
-        stop = set(params.stop_ids)
-        if self.tokenizer is not None:
-            stop.add(self.tokenizer.eos_id)  # <|im_end|>: a chat model must always be able to stop
-        return stop
+    @property
+    def llm(self):
+        """The LLMEngine behind this front (built on first use; its KV pool is kept between calls)."""
+        if self._llm is None:
+            from scratchlm.engine import LLMEngine
 
-    def _stop_strings(self, params: SamplingParams) -> StopStrings | None:
-        if not params.stop_strings:
-            return None
-        if self.tokenizer is None:
-            raise ValueError("SamplingParams.stop_strings need a tokenizer: Engine(model, tokenizer)")
-        return StopStrings(params.stop_strings, self.tokenizer.decode)
+            # Offline callers queue whole evaluation sets: no waiting limit, max_batch sequences decoding at once.
+            self._llm = LLMEngine(self.model, self.tokenizer, max_num_seqs=self.max_batch, max_waiting=1 << 30)
+        return self._llm
 
-    def _left_pad(self, prompts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Prompts → input_ids [B, T] left-padded, attention_mask [B, T] (None when all equal length)."""
-        T = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), T), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), T), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, T - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
-            mask[i, T - len(p):] = 1
-        if bool(mask.all()):
-            return ids.to(self.device), None
-        return ids.to(self.device), mask.to(self.device)
-
-    # -- the loop ------------------------------------------------------------------------------
-    def _steps(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> Iterator[list[list[int]]]:
-        """Run prefill + decode; after each step yield, per row, the tokens newly safe to release.
-
-        When the generator is exhausted, `self._last_outputs` holds the final ids per row.
-        """
+    def _check(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> None:
         vocab = self.config.vocab_size
         for i, p in enumerate(prompts):
             bad = [t for t in p if not 0 <= int(t) < vocab]
             if bad:
                 raise ValueError(f"generate: prompt {i} has token id {bad[0]} outside the vocabulary [0, {vocab})")
         check_context([len(p) for p in prompts], params.max_new_tokens, self.config.max_seq_len)
-        stop_ids = self._stop_ids(params)
-        stopper = self._stop_strings(params)
-        B = len(prompts)
-        gen = make_generator(params.seed, self.device)
-        input_ids, attention_mask = self._left_pad(prompts)
-        T = input_ids.size(1)
-        cache = self.model.new_cache(B, T + params.max_new_tokens, device=self.device, dtype=self.dtype)
+        if params.stop_strings and self.tokenizer is None:
+            raise ValueError("SamplingParams.stop_strings need a tokenizer: Engine(model, tokenizer)")
 
-        seen = None
-        if params.repetition_penalty != 1.0:
-            seen = torch.zeros((B, vocab), dtype=torch.bool, device=self.device)
-            seen.scatter_(1, input_ids, True)
-            if attention_mask is not None:  # padding tokens were not really seen
-                for i, p in enumerate(prompts):
-                    seen[i].zero_()
-                    seen[i, torch.as_tensor(list(p), device=self.device)] = True
-
-        outputs: list[list[int]] = [[] for _ in range(B)]
-        released = [0] * B
-        finished = [False] * B
-        n_live = B
-        self._last_outputs = outputs
-        out = self.model(input_ids, cache=cache, attention_mask=attention_mask)
-        logits = out.logits[:, -1, :]  # [B, V]: only the last position is sampled
-        for step in range(params.max_new_tokens):
-            next_ids = sample(process_logits(logits, params, seen), params, gen)  # [B]
-            tokens = next_ids.tolist()  # the one host sync per step
-            fresh: list[list[int]] = [[] for _ in range(B)]
-            for i, tok in enumerate(tokens):
-                if finished[i]:
-                    continue
-                if tok in stop_ids:
-                    if params.keep_stop_id:
-                        outputs[i].append(tok)
-                    finished[i] = True
-                else:
-                    outputs[i].append(tok)
-                    if stopper is not None:
-                        stopped, n = stopper.check(outputs[i])
-                        if stopped:
-                            del outputs[i][n:]
-                            finished[i] = True
-                if finished[i] or stopper is None:
-                    n = len(outputs[i])
-                else:
-                    n = stopper.check(outputs[i])[1]
-                fresh[i] = outputs[i][released[i]:n]
-                released[i] = max(released[i], n)
-                n_live -= finished[i]
-            if n_live == 0 or step == params.max_new_tokens - 1:
-                # out of budget: nothing can complete a stop string any more, release the held tail
-                for i in range(B):
-                    fresh[i] += outputs[i][released[i]:]
-                    released[i] = len(outputs[i])
-                yield fresh
-                return
-            yield fresh
-            if seen is not None:
-                seen.scatter_(1, next_ids[:, None], True)
-            # finished rows keep running (their tokens are ignored) so the batch stays rectangular
-            logits = self.model(next_ids[:, None], cache=cache).logits[:, -1, :]
-
-    # -- public API ----------------------------------------------------------------------------
     @torch.inference_mode()
     def generate(self, prompts: list[list[int]], params: SamplingParams | None = None) -> list[list[int]]:
         """Generated ids (prompt excluded, stop id / stop string cut off) for each prompt."""
         params = params or SamplingParams()
-        for _ in self._steps(prompts, params):
-            pass
-        return self._last_outputs
+        self._check(prompts, params)
+        return self.llm.generate(prompts, params)
 
     def stream(self, prompt_ids: list[int], params: SamplingParams | None = None) -> Iterator[int]:
         """Yield generated token ids one by one as they are decided (same tokens as `generate`)."""
         params = params or SamplingParams()
-        steps = self._steps([list(prompt_ids)], params)
-        while True:
-            with torch.inference_mode():  # not around the yield: the caller's code runs between steps
-                fresh = next(steps, None)
-            if fresh is None:
-                return
-            yield from fresh[0]
+        self._check([prompt_ids], params)
+        handle = self.llm.submit(prompt_ids, params)
+        given = 0
+        try:
+            for _ in handle:
+                # With a stop string, ids are final only once the sample has ended (the tail is cut then).
+                ids = handle.token_ids[0]
+                ready = len(ids) if (handle.finished or not params.stop_strings) else given
+                yield from ids[given:ready]
+                given = ready
+            yield from handle.token_ids[0][given:]
+        finally:
+            if not handle.finished:
+                handle.cancel()
+                self.llm.step()  # frees its blocks now: nobody else may drive this engine
 
     def generate_text(self, prompt: str, params: SamplingParams | None = None, chat: bool = False) -> str:
         """Encode a prompt (optionally as a ChatML user turn), generate, decode the answer."""
