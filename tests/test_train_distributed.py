@@ -36,10 +36,12 @@ def _sets(batch_size, *extra):
             "train.log_every=1", "train.save_every=2", "train.eval_every=0", "train.warmup_steps=1", *extra]
 
 
-def _torchrun(data, out, *sets, stop_at=None):
+def _torchrun(data, out, *sets, stop_at=None, init_from=None):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "scratchlm.cli", "train", "pretrain", "--config", "debug", "--data", str(data),
            "--out", str(out), "--no-progress"]
+    if init_from:
+        cmd += ["--init-from", str(init_from)]
     for s in sets:
         cmd += ["--set", s]
     if stop_at:
@@ -86,3 +88,18 @@ def test_resume_on_one_process_from_two(data, tmp_path, parallel):
     rest = run_train("pretrain", tmp_path / "run", "debug", _sets(8), str(data), resume=True, progress=False)
     assert rest.step == 4
     np.testing.assert_allclose(_losses(tmp_path / "run"), full.losses, rtol=0, atol=1e-5)
+
+
+def test_fsdp_saves_a_lora_run_as_its_adapters(data, tmp_path):
+    # The final save gathers FSDP's shards into a module shaped as the stage shaped the trained one.
+    run_train("pretrain", tmp_path / "base", "debug", _sets(8), str(data), progress=False)
+    one = run_train("pretrain", tmp_path / "one", "debug", _sets(8, "lora.rank=4"), str(data),
+                    init_from=tmp_path / "base", progress=False)
+    _torchrun(data, tmp_path / "two", *_sets(4, "train.parallel=fsdp", "lora.rank=4"), init_from=tmp_path / "base")
+    assert (tmp_path / "two" / "adapter_model.safetensors").exists()
+    assert not (tmp_path / "two" / "model.safetensors").exists()
+    np.testing.assert_allclose(_losses(tmp_path / "two"), one.losses, rtol=0, atol=1e-5)
+    model, _, _ = load_run(tmp_path / "two")
+    ref, _, _ = load_run(tmp_path / "one")
+    for (k, a), b in zip(model.state_dict().items(), ref.state_dict().values()):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=1e-4, err_msg=k)

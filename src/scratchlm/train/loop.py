@@ -324,7 +324,7 @@ def train(
             save(result.step)
         if info.is_main:
             if result.status == "done":
-                save_run(out_dir, raw if not info.enabled else _full_copy(raw, cfg), cfg, tokenizer_dir)
+                save_run(out_dir, raw if not info.enabled else _full_copy(raw, cfg, objective), cfg, tokenizer_dir)
             if bar is not None:
                 bar.close()
             if result.status == "interrupted":
@@ -377,13 +377,14 @@ def _starting_point(cfg: Config, model: nn.Module, out_dir: Path, init_from: str
     return ckpt
 
 
-def _full_copy(raw: nn.Module, cfg: Config) -> nn.Module:
-    """The final weights as a plain module (under FSDP the full state dict is gathered first)."""
+def _full_copy(raw: nn.Module, cfg: Config, objective: Objective) -> nn.Module:
+    """The final weights as a plain module (under FSDP the full state dict is gathered first), shaped as the
+    stage shaped the trained one (LoRA adapters, a reward head), so save_run writes what the stage trained."""
     if not any(type(p).__name__ == "DTensor" for p in raw.parameters()):
         return raw
     from scratchlm.run import build_model
 
-    plain = build_model(cfg)
+    plain = objective.prepare_model(build_model(cfg))
     _load_model_state(plain, D.full_model_state(raw), "fsdp state")
     return plain
 
