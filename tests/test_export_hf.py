@@ -26,6 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 VARIANTS = {
     "gqa": ((), "LlamaForCausalLM"),
     "mha_untied": (("model.n_kv_heads=4", "model.tie_embeddings=false"), "LlamaForCausalLM"),
+    "moe": (("model.n_routed_experts=4", "model.top_k=2"), "MixtralForCausalLM"),
     "mla_moe": (("model.attention=mla", "model.n_routed_experts=4", "model.top_k=2", "model.n_shared_experts=1",
                  "model.router_scoring=sigmoid", "model.first_dense_layers=1"), "DeepseekV3ForCausalLM"),
 }
@@ -142,6 +143,9 @@ def test_unsupported_config_names_the_field_and_custom_export_works(tmp_path, to
     make_run(tmp_path / "sw", tok_dir, "model.sliding_window=16")
     with pytest.raises(ConfigError, match="model.sliding_window=16"):
         export_hf(tmp_path / "sw", tmp_path / "x")
+    make_run(tmp_path / "shared", tok_dir, "model.n_routed_experts=4", "model.n_shared_experts=1")  # minimind-moe's kind
+    with pytest.raises(ConfigError, match="model.n_shared_experts=1: .*Mixtral has no shared experts"):
+        export_hf(tmp_path / "shared", tmp_path / "x")
     rcfg = load_config("debug", ["train.objective=reward"])
     save_run(tmp_path / "rm", RewardModel(Transformer(rcfg.model)), rcfg, tok_dir)
     with pytest.raises(ConfigError, match="reward model"):

@@ -3,9 +3,11 @@
 Which class a config exports to (`hf_architecture`):
 - dense RMSNorm, MHA/GQA/MQA, full attention → `LlamaForCausalLM` (same math: rotate-half RoPE, SwiGLU);
 - MLA, dense or MoE with a sigmoid router and shared experts → `DeepseekV3ForCausalLM`;
-- anything else (DyT norms, a sliding window, dynamic NTK RoPE, MoE on plain attention, a softmax router
-  on MLA) has no native class computing the same function; `custom=True` writes our registered
-  `ScratchLMForCausalLM` instead (model/hf.py), which needs scratchlm installed to load.
+- MoE on plain attention with a softmax router, renormalised top-k, no shared experts, every layer MoE and
+  no capacity limit → `MixtralForCausalLM` (its router is exactly that);
+- anything else (DyT norms, a sliding window, dynamic NTK RoPE, shared experts on plain attention, a
+  softmax router on MLA) has no native class computing the same function; `custom=True` writes our
+  registered `ScratchLMForCausalLM` instead (model/hf.py), which needs scratchlm installed to load.
 MTP modules are a training aid: transformers' DeepSeek-V3 does not run them, so the export leaves them out.
 
 The folder also holds the tokenizer (tokenizer.json + tokenizer_config.json with the chat template) and a
@@ -52,9 +54,47 @@ def hf_architecture(cfg: ModelConfig) -> str:
                               "(export with --custom for our registered class)")
         return "DeepseekV3ForCausalLM"
     if cfg.is_moe:
-        raise ConfigError(f"model.n_routed_experts={cfg.n_routed_experts} with model.attention='mha': no native "
-                          "transformers class has our MoE on plain attention (export with --custom)")
+        for field, ok, why in (
+            ("n_shared_experts", cfg.n_shared_experts == 0, "Mixtral has no shared experts"),
+            ("router_scoring", cfg.router_scoring == "softmax", "Mixtral routes by softmax"),
+            ("norm_topk_prob", cfg.norm_topk_prob, "Mixtral renormalises the top-k weights"),
+            ("first_dense_layers", cfg.first_dense_layers == 0, "every Mixtral layer is MoE"),
+            ("capacity_factor", cfg.capacity_factor == 0, "Mixtral drops no tokens"),
+        ):
+            if not ok:
+                raise ConfigError(f"model.{field}={getattr(cfg, field)!r}: MoE on plain attention exports as Mixtral, "
+                                  f"but {why} (export with --custom for our registered class)")
+        return "MixtralForCausalLM"
     return "LlamaForCausalLM"
+
+
+def mixtral_model(model: Any) -> Any:
+    """A transformers MixtralForCausalLM holding copies of `model`'s weights (MoE on plain attention)."""
+    import transformers
+
+    from scratchlm.export.hf_mapping import _rope_parameters, to_hf_state_dict
+
+    cfg: ModelConfig = model.config
+    hf = transformers.MixtralForCausalLM(transformers.MixtralConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.moe_ffn_hidden,
+        num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads,
+        head_dim=cfg.head_dim, max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps,
+        tie_word_embeddings=cfg.tie_embeddings, rope_parameters=_rope_parameters(cfg), sliding_window=None,
+        num_local_experts=cfg.n_routed_experts, num_experts_per_tok=cfg.top_k, router_jitter_noise=0.0,
+        initializer_range=cfg.init_std,
+    ))
+    weights = to_hf_state_dict(model.state_dict(), cfg)
+    for key in [k for k in weights if k.endswith("e_score_correction_bias")]:
+        if bool(weights.pop(key).any()):  # the balancing bias steers the choice; Mixtral's router has none
+            raise ConfigError(f"model.bias_balancing: {key.replace('model.', '', 1)} is not zero (balancing moved "
+                              "the routing bias); Mixtral has no such bias (export with --custom)")
+    missing, unexpected = hf.load_state_dict(weights, strict=False)
+    missing = [k for k in missing if not (cfg.tie_embeddings and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise RuntimeError(f"mixtral_model: weight mapping mismatch; missing={missing}, unexpected={unexpected}")
+    if cfg.tie_embeddings:
+        hf.tie_weights()
+    return hf.eval()
 
 
 def export_hf(run_dir: str | Path, out: str | Path, merge: bool = False, custom: bool = False,
@@ -90,10 +130,11 @@ def export_hf(run_dir: str | Path, out: str | Path, merge: bool = False, custom:
 
         hf = ScratchLMForCausalLM.from_transformer(model, eos_token_id=EOS_TOKEN_ID, pad_token_id=PAD_TOKEN_ID)
     else:
-        hf_architecture(cfg.model)  # the clear error first
-        hf = hf_model(model)
+        arch = hf_architecture(cfg.model)  # the clear error first
+        hf = mixtral_model(model) if arch == "MixtralForCausalLM" else hf_model(model)
         hf.config.eos_token_id, hf.config.pad_token_id, hf.config.bos_token_id = EOS_TOKEN_ID, PAD_TOKEN_ID, None
-        hf.config.num_nextn_predict_layers = 0 if hasattr(hf.config, "num_nextn_predict_layers") else None
+        if hasattr(hf.config, "num_nextn_predict_layers"):  # DeepSeek-V3: the MTP modules are left out
+            hf.config.num_nextn_predict_layers = 0
         setattr(hf.config, OUR_CONFIG_KEY, _model_config_dict(cfg.model))
     hf.config.use_cache = True
     hf.to(torch_dtype)
@@ -136,7 +177,7 @@ def _write_adapter(run_dir: Path, out: Path) -> None:
 
 
 def model_config_from_hf(hf_cfg: Any, where: str = "config.json") -> ModelConfig:
-    """Our ModelConfig for a transformers Llama / DeepSeek-V3 config (ours or a user's); errors name the field."""
+    """Our ModelConfig for a transformers Llama / Mixtral / DeepSeek-V3 config (ours or a user's); errors name the field."""
     ours = getattr(hf_cfg, OUR_CONFIG_KEY, None)
     if isinstance(ours, dict):  # our own export: the full config, checked against the shapes below
         known = {f.name for f in fields(ModelConfig)}
@@ -178,7 +219,14 @@ def model_config_from_hf(hf_cfg: Any, where: str = "config.json") -> ModelConfig
             bias_balancing=moe,  # e_score_correction_bias is DeepSeek-V3's aux-loss-free balancing bias
             **common,
         )
-    raise ConfigError(f"{where}: model_type={mt!r} is not importable; supported: llama, deepseek_v3 "
+    if mt == "mixtral":
+        if getattr(hf_cfg, "sliding_window", None):
+            raise ConfigError(f"{where}: sliding_window={hf_cfg.sliding_window}; we import full-attention Mixtral")
+        return ModelConfig(n_kv_heads=hf_cfg.num_key_value_heads, head_dim=getattr(hf_cfg, "head_dim", None),
+                           n_routed_experts=hf_cfg.num_local_experts, top_k=hf_cfg.num_experts_per_tok,
+                           moe_ffn_hidden=hf_cfg.intermediate_size, router_scoring="softmax", norm_topk_prob=True,
+                           **common)
+    raise ConfigError(f"{where}: model_type={mt!r} is not importable; supported: llama, mixtral, deepseek_v3 "
                       "(Qwen2 has q/k/v biases and Qwen3 q/k norms, which our attention does not have)")
 
 
@@ -217,6 +265,9 @@ def from_hf_state_dict(hf_sd: dict[str, Any], cfg: ModelConfig) -> dict[str, Any
     by_id = {id(t): k for k, t in skeleton.items()}
     out: dict[str, torch.Tensor] = {}
     for hf_key, t in forward.items():
+        if hf_key not in hf_sd and hf_key.endswith("e_score_correction_bias"):  # Mixtral: no routing bias
+            out[by_id[id(t)]] = torch.zeros(t.shape)
+            continue
         if hf_key not in hf_sd:
             raise ValueError(f"transformers weights lack {hf_key!r} (is the config the one they were saved with?)")
         if id(t) in by_id:

@@ -154,8 +154,9 @@ def _block_to_hf(sd: dict[str, torch.Tensor], src: str, dst: str, cfg: ModelConf
         e = lambda i, w: sd[f"{src}.ffn.experts.{i}.{w}.weight"]  # noqa: E731
         out[f"{dst}.mlp.experts.gate_up_proj"] = torch.stack([torch.cat((e(i, "w1"), e(i, "w3"))) for i in range(E)])
         out[f"{dst}.mlp.experts.down_proj"] = torch.stack([e(i, "w2") for i in range(E)])
-        for ours, theirs in _FFN.items():
-            out[f"{dst}.mlp.shared_experts.{theirs}.weight"] = sd[f"{src}.ffn.shared.{ours}.weight"]
+        if f"{src}.ffn.shared.w1.weight" in sd:  # Mixtral-style MoE has no shared experts
+            for ours, theirs in _FFN.items():
+                out[f"{dst}.mlp.shared_experts.{theirs}.weight"] = sd[f"{src}.ffn.shared.{ours}.weight"]
     else:
         for ours, theirs in _FFN.items():
             out[f"{dst}.mlp.{theirs}.weight"] = sd[f"{src}.ffn.{ours}.weight"]
