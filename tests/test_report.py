@@ -43,6 +43,7 @@ def test_report_card_of_two_stages(tmp_path, capsys):
     assert text.startswith("# Report card: pretrain → sft")
     assert "| pretrain | pretrain | full model | 10 | 2,560 | 5 | 512 | 5 |" in text  # steps, tokens, s, tokens/s, loss
     assert "| mc acc |" in text and "| val_ppl | 148.4 | 148.4 |" in text
+    assert "## Sample answers per stage (greedy)" in text and "| What is your name? |" in text
     assert "| add2 | 0.75 | 3/4 |" in text and "2\\|x" in text and "hello ⏎ there" in text and "seconds.total" in text
     for png in ("loss_curves.png", "metrics.png"):
         assert (tmp_path / "report" / png).read_bytes().startswith(PNG) and f"({png})" in text

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 ACCURACY_KEYS = ("mc acc", "mc acc_norm")  # eval metrics on a 0-1 scale, drawn in the accuracy panel
+# Asked of every stage by `evaluate=True` (greedy), so the report shows how answers change from stage to stage.
+SAMPLE_PROMPTS = ("What is your name?", "What is 23 + 45?", "背诵一首李白的诗。", "Tell me a fortune.")
 
 
 def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
@@ -144,7 +146,8 @@ def _fmt(v: Any) -> str:
 
 
 def _md_table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    esc = lambda s: _fmt(s).replace("|", "\\|").replace("\n", " ⏎ ")  # noqa: E731
+    # markdown would read a reply's <think> as an HTML tag and hide it; a newline would end the row
+    esc = lambda s: _fmt(s).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;").replace("\n", " ⏎ ")  # noqa: E731
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]]
 
 
@@ -192,6 +195,11 @@ def write_report(run_dirs: list[Path], out: Path, summary: dict | None = None, e
                   "validation set), so they compare across stages.", ""]
         lines += _md_table(["metric", *names], [[k, *[v.get(n) for n in names]] for k, v in table.items()])
         lines += [""] + (["![metrics](metrics.png)", ""] if has_bars else [])
+    if any(st.get("replies") for st in stages):
+        lines += ["## Sample answers per stage (greedy)", ""]
+        lines += _md_table(["prompt", *names], [[p, *[(st.get("replies") or [""] * len(SAMPLE_PROMPTS))[i] for st in stages]]
+                                                for i, p in enumerate(SAMPLE_PROMPTS)])
+        lines.append("")
     if summary:
         lines += _summary_sections(summary)
     text = "\n".join(lines).rstrip() + "\n"
@@ -213,6 +221,15 @@ def _evaluate(stages: list[dict], val_data: Path | None) -> None:
             continue
         tasks = ["mc"] + (["ppl"] if val_data else [])
         st["eval"] = {**st["eval"], **evaluate_run(st["dir"], tasks, data=val_data, max_windows=100)}
+        st["replies"] = _sample_replies(st["dir"])
+
+
+def _sample_replies(run_dir: str) -> list[str]:
+    from scratchlm.eval.tasks import chat_replies
+    from scratchlm.run import load_run
+
+    model, tok, _ = load_run(run_dir)
+    return [r["reply"] for r in chat_replies(model, tok, list(SAMPLE_PROMPTS), 48)]
 
 
 def _summary_sections(summary: dict) -> list[str]:
