@@ -27,6 +27,8 @@ VARIANTS = {
     "gqa": ((), "LlamaForCausalLM"),
     "mha_untied": (("model.n_kv_heads=4", "model.tie_embeddings=false"), "LlamaForCausalLM"),
     "moe": (("model.n_routed_experts=4", "model.top_k=2"), "MixtralForCausalLM"),
+    "mla_qlora_yarn": (("model.attention=mla", "model.q_lora_rank=32", "model.rope_scaling=yarn", "model.rope_factor=4",
+                        "model.rope_original_max_seq_len=32"), "DeepseekV3ForCausalLM"),
     "mla_moe": (("model.attention=mla", "model.n_routed_experts=4", "model.top_k=2", "model.n_shared_experts=1",
                  "model.router_scoring=sigmoid", "model.first_dense_layers=1"), "DeepseekV3ForCausalLM"),
 }
@@ -160,16 +162,35 @@ def test_unsupported_config_names_the_field_and_custom_export_works(tmp_path, to
 
 def test_import_a_plain_llama_folder(tmp_path, tok_dir):
     # A Llama checkpoint that is not ours: config.json without our saved ModelConfig, weights in bf16.
-    model, _ = make_run(tmp_path / "run", tok_dir, "model.n_kv_heads=1", "model.rope_theta=10000")
+    model, cfg = make_run(tmp_path / "run", tok_dir, "model.n_kv_heads=1", "model.rope_theta=10000",
+                          "model.rope_scaling=yarn", "model.rope_factor=4", "model.rope_original_max_seq_len=32")
     out = export_hf(tmp_path / "run", tmp_path / "hf", dtype="bfloat16")
     config = json.loads((out / "config.json").read_text())
     del config[OUR_CONFIG_KEY]
     (out / "config.json").write_text(json.dumps(config))
-    back, _, cfg = load_run(import_hf(out, tmp_path / "back"))
-    assert (cfg.model.n_kv_heads, cfg.model.rope_theta, cfg.model.head_dim) == (1, 10000.0, 16)
+    back, _, back_cfg = load_run(import_hf(out, tmp_path / "back"))
+    assert (back_cfg.model.n_kv_heads, back_cfg.model.rope_theta, back_cfg.model.head_dim) == (1, 10000.0, 16)
+    rope = ("rope_scaling", "rope_factor", "rope_original_max_seq_len", "yarn_beta_fast", "yarn_beta_slow")
+    assert [getattr(back_cfg.model, f) for f in rope] == [getattr(cfg.model, f) for f in rope]
     rounded = model.state_dict()
     assert all(torch.equal(back.state_dict()[k], v.to(torch.bfloat16).float()) for k, v in rounded.items())
     config["model_type"] = "qwen3"
     (out / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="model_type='qwen3' is not importable"):
         import_hf(out, tmp_path / "nope")
+
+
+@pytest.mark.parametrize("variant", ["moe", "mla_moe"])
+def test_import_plain_mixtral_and_deepseek_folders(tmp_path, tok_dir, variant):
+    # Their config.json alone must describe the model: our saved ModelConfig removed.
+    model, cfg = make_run(tmp_path / "run", tok_dir, *VARIANTS[variant][0])
+    out = export_hf(tmp_path / "run", tmp_path / "hf")
+    config = json.loads((out / "config.json").read_text())
+    del config[OUR_CONFIG_KEY]
+    (out / "config.json").write_text(json.dumps(config))
+    back, _, back_cfg = load_run(import_hf(out, tmp_path / "back"))
+    fields = ("attention", "n_routed_experts", "n_shared_experts", "top_k", "first_dense_layers", "router_scoring",
+              "moe_ffn_hidden") + (("q_lora_rank", "kv_lora_rank", "qk_rope_head_dim", "v_head_dim")
+                                   if cfg.model.attention == "mla" else ("n_kv_heads",))  # what each attention uses
+    assert [getattr(back_cfg.model, f) for f in fields] == [getattr(cfg.model, f) for f in fields]
+    assert torch.equal(logits(back), logits(model))
