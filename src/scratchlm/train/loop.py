@@ -223,6 +223,7 @@ def train(
 
     bar = _progress_bar(progress and info.is_main, start_step, tc.max_steps)
     poison = nan_step()
+    step_setup = _Run(cfg, objective, info, device, dtype, model, raw, engine, optimizer, ckpt_root)
     last_saved = start_step if ckpt is not None else -1
     end_step = min(tc.max_steps, stop_at_step) if stop_at_step is not None else tc.max_steps
     t_start = time.perf_counter()
@@ -234,54 +235,8 @@ def train(
                 lr = lr_at(step, tc)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                batches = objective.next_batches()
-                # Each micro-batch counts by its share of the step's targets over all processes, so the step
-                # loss is the mean over every counted token whatever the split into ranks and micro-batches
-                # (SFT masks and document boundaries make the counts differ). DDP averages gradients over
-                # ranks, hence the world_size factor.
-                weights = [objective.weight(b) for b in batches]
-                (total,) = D.all_reduce_sum([sum(weights)], info)
-                shares = [w / total if total > 0 else 1.0 / (len(batches) * info.world_size) for w in weights]
-                loss_sum, n_tok, parts = 0.0, 0, {}
-                bad = False
-                for i, (batch, share) in enumerate(zip(batches, shares)):
-                    batch = to_device(batch, device)
-                    sync = engine is not None or i == len(batches) - 1  # DeepSpeed syncs at its own boundary
-                    with D.no_grad_sync(model, sync):
-                        with autocast(device, dtype):
-                            loss, m = objective.loss(model, batch)
-                        if poison is not None and step + 1 == poison:
-                            loss = loss * float("nan")
-                        value = float(loss.detach())
-                        bad = bad or not math.isfinite(value)
-                        scaled = loss * (share * info.world_size)  # still run backward when bad: peers wait
-                        if engine is not None:
-                            engine.backward(scaled * len(batches))  # it divides by the accumulation steps itself
-                            engine.step()  # steps the optimizer (after clipping) only at the last micro-batch
-                        else:
-                            scaled.backward()
-                    loss_sum += value * share
-                    n_tok += objective.tokens(batch)
-                    for k, v in m.items():
-                        parts[k] = parts.get(k, 0.0) + v * share * info.world_size
-                loss_mean, n_bad, n_stop, n_tok_all = D.all_reduce_sum(
-                    [loss_sum, float(bad), float(stop.set), float(n_tok)], info)
-                if n_bad:
-                    last = latest_checkpoint(ckpt_root)
-                    raise TrainingDiverged(
-                        f"step {step + 1}: the training loss is {loss_mean} (not finite); stopped without "
-                        f"saving. Last good checkpoint: {last if last else 'none'} (left untouched). "
-                        f"Try a lower train.lr, longer train.warmup_steps, or check the data.")
-                grad_norm = None
-                if engine is not None:
-                    grad_norm = engine.get_global_grad_norm()
-                else:
-                    if tc.grad_clip > 0:
-                        grad_norm = nn.utils.clip_grad_norm_(raw.parameters(), tc.grad_clip)
-                        if hasattr(grad_norm, "full_tensor"):
-                            grad_norm = grad_norm.full_tensor()
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
+                loss_mean, n_tok_all, parts, n_stop = _forward_backward(step_setup, step, stop.set, poison)
+                grad_norm = _apply_gradients(step_setup)
 
                 done = step + 1
                 result.step = done
@@ -341,6 +296,82 @@ def train(
             bar.close()
     D.barrier(info)
     return result
+
+
+@dataclass
+class _Run:
+    """What one optimizer step needs, set up once by `train`."""
+
+    cfg: Config
+    objective: Objective
+    info: D.DistInfo
+    device: torch.device
+    dtype: torch.dtype
+    model: nn.Module  # as wrapped for training (DDP / FSDP / DeepSpeed / compiled)
+    raw: nn.Module  # the plain module
+    engine: Any  # the DeepSpeed engine, which then owns backward, clipping and the optimizer step
+    optimizer: torch.optim.Optimizer
+    ckpt_root: Path
+
+
+def _forward_backward(r: _Run, step: int, stop_requested: bool,
+                      poison: int | None) -> tuple[float, int, dict[str, float], float]:
+    """Gradients of one optimizer step over this process's micro-batches; returns (mean loss over every
+    process, tokens over every process, the objective's metrics, how many processes were asked to stop).
+    Raises TrainingDiverged on a non-finite loss, before any weight changes."""
+    info = r.info
+    batches = r.objective.next_batches()
+    # Each micro-batch counts by its share of the step's targets over all processes, so the step loss is the mean
+    # over every counted token whatever the split into ranks and micro-batches (SFT masks and document boundaries
+    # make the counts differ). DDP averages gradients over ranks, hence the world_size factor.
+    weights = [r.objective.weight(b) for b in batches]
+    (total,) = D.all_reduce_sum([sum(weights)], info)
+    shares = [w / total if total > 0 else 1.0 / (len(batches) * info.world_size) for w in weights]
+    loss_sum, n_tok, parts = 0.0, 0, {}
+    bad = False
+    for i, (batch, share) in enumerate(zip(batches, shares)):
+        batch = to_device(batch, r.device)
+        sync = r.engine is not None or i == len(batches) - 1  # DeepSpeed syncs at its own boundary
+        with D.no_grad_sync(r.model, sync):
+            with autocast(r.device, r.dtype):
+                loss, m = r.objective.loss(r.model, batch)
+            if poison is not None and step + 1 == poison:
+                loss = loss * float("nan")
+            value = float(loss.detach())
+            bad = bad or not math.isfinite(value)
+            scaled = loss * (share * info.world_size)  # still run backward when bad: peers wait
+            if r.engine is not None:
+                r.engine.backward(scaled * len(batches))  # it divides by the accumulation steps itself
+                r.engine.step()  # steps the optimizer (after clipping) only at the last micro-batch
+            else:
+                scaled.backward()
+        loss_sum += value * share
+        n_tok += r.objective.tokens(batch)
+        for k, v in m.items():
+            parts[k] = parts.get(k, 0.0) + v * share * info.world_size
+    loss_mean, n_bad, n_stop, n_tok_all = D.all_reduce_sum([loss_sum, float(bad), float(stop_requested), float(n_tok)],
+                                                           info)
+    if n_bad:
+        last = latest_checkpoint(r.ckpt_root)
+        raise TrainingDiverged(
+            f"step {step + 1}: the training loss is {loss_mean} (not finite); stopped without "
+            f"saving. Last good checkpoint: {last if last else 'none'} (left untouched). "
+            f"Try a lower train.lr, longer train.warmup_steps, or check the data.")
+    return loss_mean, int(n_tok_all), parts, n_stop
+
+
+def _apply_gradients(r: _Run) -> Any:
+    """Clip and step (DeepSpeed already stepped inside its backward); the gradient norm, or None."""
+    if r.engine is not None:
+        return r.engine.get_global_grad_norm()
+    grad_norm = None
+    if r.cfg.train.grad_clip > 0:
+        grad_norm = nn.utils.clip_grad_norm_(r.raw.parameters(), r.cfg.train.grad_clip)
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+    r.optimizer.step()
+    r.optimizer.zero_grad(set_to_none=True)
+    return grad_norm
 
 
 def _starting_point(cfg: Config, model: nn.Module, out_dir: Path, init_from: str | Path | None,
