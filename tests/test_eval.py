@@ -171,3 +171,17 @@ def test_eval_command_end_to_end(tmp_path, tok, capsys):
     assert "unknown task(s) accuracy" in capsys.readouterr().err
     with pytest.raises(ValueError, match="choose from ppl, bpb"):
         parse_tasks("")
+
+
+def test_fewshot_context_and_scoring(tok):
+    from scratchlm.eval.multiple_choice import choice_logprobs, context_of, fewshot_for
+
+    items = [McItem("2+2=", ["4", "5"], 0, "math"), McItem("3+3=", ["7", "6"], 1, "math"), McItem("Sky?", ["blue", "red"], 0, "x")]
+    assert [s.question for s in fewshot_for(items, 0, 5)] == ["3+3="]  # same subject, never the item itself
+    assert context_of(items[0], fewshot_for(items, 0, 1)) == "3+3= 6\n\n2+2="
+    dev = [McItem("1+1=", ["2", "3"], 0)]
+    assert context_of(items[2], fewshot_for(items, 2, 1, pool=dev)) == "1+1= 2\n\nSky?"
+    model = random_model()
+    out = score_mc(model, tok, items, fewshot=1, pool=dev)
+    by_hand = choice_logprobs(model, [encode_pair(tok, "1+1= 2\n\n2+2=", " 4"), encode_pair(tok, "1+1= 2\n\n2+2=", " 5")])
+    assert out["loglikelihoods"][0] == pytest.approx(by_hand, abs=1e-5)

@@ -14,6 +14,7 @@ from scratchlm.eval.report import write_report
 from scratchlm.model.transformer import Transformer
 from scratchlm.run import save_run
 from scratchlm.tokenizer import train_tokenizer
+from scratchlm.train.reward import RewardModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -23,7 +24,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def make_stage(path, tok, objective, steps, seed):
     cfg = load_config("debug", [f"train.objective={objective}", "model.init_std=0.1"])
     torch.manual_seed(seed)
-    save_run(path, Transformer(cfg.model), cfg, tok)
+    model = Transformer(cfg.model)
+    save_run(path, RewardModel(model) if objective == "reward" else model, cfg, tok)
     # what the training loop logs: train records every few steps, validation records at eval steps
     with open(path / "metrics.jsonl", "w") as f:
         for step in range(2, steps + 1, 2):
@@ -36,13 +38,16 @@ def test_report_card_of_two_stages(tmp_path, capsys):
     tok = train_tokenizer(tmp_path / "tok", vocab_size=512, show_progress=False)
     make_stage(tmp_path / "pretrain", tok, "pretrain", 10, 0)
     make_stage(tmp_path / "sft", tok, "sft", 6, 1)
+    make_stage(tmp_path / "reward", tok, "reward", 4, 2)  # a judge, not a language model: facts, no mc or replies
     summary = {"counts": {"add2": [3, 4]}, "samples": [{"task": "add2", "prompt": "1+1?", "reply": "2|x", "answer": "2", "ok": True}],
                "chats": [{"prompt": "hi", "reply": "hello\nthere"}], "seconds": {"total": 12.5}}
-    path = write_report([tmp_path / "pretrain", tmp_path / "sft"], tmp_path / "report", summary, evaluate=True)
+    path = write_report([tmp_path / "pretrain", tmp_path / "sft", tmp_path / "reward"], tmp_path / "report", summary,
+                        evaluate=True)
     text = path.read_text()
-    assert text.startswith("# Report card: pretrain → sft")
+    assert text.startswith("# Report card: pretrain → sft → reward")
+    assert "| reward | reward | full model | 4 |" in text
     assert "| pretrain | pretrain | full model | 10 | 2,560 | 5 | 512 | 5 |" in text  # steps, tokens, s, tokens/s, loss
-    assert "| mc acc |" in text and "| val_ppl | 148.4 | 148.4 |" in text
+    assert "| mc acc |" in text and "| val_ppl | 148.4 | 148.4 | 148.4 |" in text
     assert "## Sample answers per stage (greedy)" in text and "| What is your name? |" in text
     assert "| add2 | 0.75 | 3/4 |" in text and "2\\|x" in text and "hello ⏎ there" in text and "seconds.total" in text
     for png in ("loss_curves.png", "metrics.png"):
