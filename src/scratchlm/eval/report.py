@@ -58,7 +58,7 @@ def stage_facts(run_dir: Path) -> dict[str, Any]:
         "val": {k: v for k, v in (val[-1] if val else {}).items() if k != "step"},
     }
     if kind == "adapter":
-        facts["adapter"] = f"LoRA r={cfg.lora.rank} α={cfg.lora.alpha:g} on {cfg.lora.targets} over {cfg.lora.base}"
+        facts["adapter"] = f"LoRA r={cfg.lora.rank} α={cfg.lora.alpha:g} on {cfg.lora.targets} over {Path(cfg.lora.base).name}"
     facts["tokens_per_s"] = facts["tokens"] / facts["seconds"] if facts["seconds"] else None
     eval_file = Path(run_dir) / "eval.json"
     facts["eval"] = json.loads(eval_file.read_text(encoding="utf-8")) if eval_file.is_file() else {}
