@@ -185,3 +185,16 @@ def test_fewshot_context_and_scoring(tok):
     out = score_mc(model, tok, items, fewshot=1, pool=dev)
     by_hand = choice_logprobs(model, [encode_pair(tok, "1+1= 2\n\n2+2=", " 4"), encode_pair(tok, "1+1= 2\n\n2+2=", " 5")])
     assert out["loglikelihoods"][0] == pytest.approx(by_hand, abs=1e-5)
+
+
+def test_letters_style_and_gen_fewshot_turns(tok, tmp_path):
+    from scratchlm.eval.cli import with_shots
+    from scratchlm.eval.multiple_choice import as_letters
+
+    it = as_letters(McItem("Which is a colour? ", ["cat", "blue", "ten"], 1, "x"))
+    assert (it.question, it.choices, it.answer, it.delimiter) == ("Which is a colour?\nA. cat\nB. blue\nC. ten\nAnswer:", ["A", "B", "C"], 1, " ")
+    items = [{"messages": [{"role": "user", "content": q}], "reference": r, "task": t}
+             for q, r, t in (("1+1?", "2", "add"), ("hi", "hello", "chat"), ("2+2?", "4", "add"))]
+    shot = with_shots(items[0], items, 0, 1)
+    assert [m["content"] for m in shot["messages"]] == ["2+2?", "4", "1+1?"]  # same task first
+    assert [m["role"] for m in shot["messages"]] == ["user", "assistant", "user"] and with_shots(items[0], items, 0, 0) is items[0]

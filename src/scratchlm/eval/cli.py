@@ -52,6 +52,16 @@ def load_gen_items(path: Path) -> list[dict[str, Any]]:
     return items
 
 
+def with_shots(item: dict, items: list[dict], i: int, k: int) -> dict:
+    """Few-shot for chat prompts: k other items (same task first) as earlier user/assistant turns."""
+    if k <= 0:
+        return item
+    others = [it for j, it in enumerate(items) if j != i]
+    others.sort(key=lambda it: it["task"] != item["task"])  # stable: same task first, file order kept
+    turns = [m for it in others[:k] for m in (*it["messages"][-1:], {"role": "assistant", "content": it["reference"]})]
+    return {**item, "messages": turns + item["messages"]}
+
+
 def per_subject(items: list[Any], limit: int | None) -> list[Any]:
     """The first `limit` items of every subject (all when limit is None), in their order."""
     if limit is None:
@@ -79,7 +89,8 @@ def generate_replies(model: Any, tokenizer: Any, items: list[dict], max_new_toke
 
 
 def evaluate_run(run_dir: str | Path, tasks: list[str], data: str | Path | None = None, mc: str | Path | None = None,
-                 mc_layout: str = "auto", fewshot: int = 0, fewshot_from: str | Path | None = None,
+                 mc_layout: str = "auto", mc_style: str = "text", fewshot: int = 0,
+                 fewshot_from: str | Path | None = None,
                  gen: str | Path | None = None, synth: str | Path | None = None, limit: int | None = None,
                  max_windows: int = 200, max_new_tokens: int = 48, per_task: int = 50,
                  vs: str | Path | None = None, judge: str | Path | None = None,
@@ -108,19 +119,26 @@ def evaluate_run(run_dir: str | Path, tasks: list[str], data: str | Path | None 
         if "mc" in tasks:
             from scratchlm.eval.multiple_choice import builtin_items, load_mc, score_mc
 
+            from scratchlm.eval.multiple_choice import as_letters
+
             items = load_mc(mc, mc_layout) if mc else builtin_items()
             pool = load_mc(fewshot_from, mc_layout) if fewshot_from else None
+            if mc_style == "letters":
+                items, pool = [as_letters(i) for i in items], pool and [as_letters(i) for i in pool]
+            elif mc_style != "text":
+                raise ValueError(f"--mc-style {mc_style!r}: choose text or letters")
             scored = score_mc(model, tokenizer, per_subject(items, limit), fewshot=fewshot, pool=pool)
             scored.pop("predictions"), scored.pop("loglikelihoods")
-            result["mc"] = {"data": str(mc or "builtin"), "fewshot": fewshot, **scored}
+            result["mc"] = {"data": str(mc or "builtin"), "style": mc_style, "fewshot": fewshot, **scored}
         if "gen" in tasks:
             from scratchlm.eval.text_metrics import generation_scores
 
             if not gen:
                 raise ValueError("--tasks gen needs --gen FILE ({\"prompt\", \"reference\"} jsonl)")
-            items = load_gen_items(Path(gen))[:limit]
+            every = load_gen_items(Path(gen))
+            items = [with_shots(it, every, i, fewshot) for i, it in enumerate(every)][:limit]
             replies = generate_replies(model, tokenizer, items, max_new_tokens)
-            result["gen"] = {"data": str(gen), **generation_scores(replies, [it["reference"] for it in items])}
+            result["gen"] = {"data": str(gen), "fewshot": fewshot, **generation_scores(replies, [it["reference"] for it in items])}
             result.setdefault("samples", []).extend(
                 {"prompt": it["messages"][-1]["content"], "reply": r, "reference": it["reference"]}
                 for it, r in list(zip(items, replies))[:5])
@@ -147,11 +165,11 @@ def format_table(result: dict[str, Any]) -> str:
         rows += [("val perplexity", f"{result['ppl']['ppl']:.2f}"), ("val bits per byte", f"{result['ppl']['bpb']:.4f}")]
     if "mc" in result:
         m = result["mc"]
-        rows.append((f"multiple choice acc ({m['n']} items, {m['fewshot']}-shot)", f"{m['acc']:.3f}  (norm {m['acc_norm']:.3f})"))
+        rows.append((f"multiple choice acc ({m['n']} items, {m['fewshot']}-shot, {m['style']})", f"{m['acc']:.3f}  (norm {m['acc_norm']:.3f})"))
         rows += [(f"  {s}", f"{v['acc']:.3f}  (n={v['n']})") for s, v in m["by_subject"].items()]
     if "gen" in result:
         g = result["gen"]
-        rows += [(f"generation ({g['n']} prompts) exact match", f"{g['exact_match']:.3f}"),
+        rows += [(f"generation ({g['n']} prompts, {g['fewshot']}-shot) exact match", f"{g['exact_match']:.3f}"),
                  ("  token F1", f"{g['token_f1']:.3f}"), ("  ROUGE-L", f"{g['rougeL']:.3f}"), ("  BLEU", f"{g['bleu']:.2f}")]
     for task, v in result.get("synth", {}).items():
         rows.append((f"synth {task}", f"{v['acc']:.3f}  ({v['correct']}/{v['n']})"))
@@ -165,6 +183,7 @@ def format_table(result: dict[str, Any]) -> str:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate_run(args.run, parse_tasks(args.tasks), data=args.data, mc=args.mc, mc_layout=args.mc_layout,
+                          mc_style=args.mc_style,
                           fewshot=args.fewshot, fewshot_from=args.fewshot_from, gen=args.gen, synth=args.synth,
                           limit=args.limit, max_windows=args.max_windows, max_new_tokens=args.max_new_tokens,
                           vs=args.vs, judge=args.judge, prompts=args.prompts)
@@ -186,7 +205,10 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--mc", default=None, help="multiple-choice jsonl, or MMLU/C-Eval/CMMLU csv file or folder "
                    "(default: the built-in bilingual set)")
     p.add_argument("--mc-layout", default="auto", choices=LAYOUTS, help="file layout of --mc (default: guessed)")
-    p.add_argument("--fewshot", type=int, default=0, help="examples before each question (default 0)")
+    p.add_argument("--mc-style", default="text", choices=("text", "letters"),
+                   help="score each choice's text (default) or list the options and score the letters (MMLU style)")
+    p.add_argument("--fewshot", type=int, default=0,
+                   help="examples before each question (mc), or earlier chat turns (gen) (default 0)")
     p.add_argument("--fewshot-from", default=None, help="take few-shot examples from this file (a dev split)")
     p.add_argument("--gen", default=None, help="generation jsonl: {\"prompt\", \"reference\"} per line")
     p.add_argument("--synth", default=None, help="synthetic held-out prompt file (DATA/synth/prompt_val.jsonl)")

@@ -199,6 +199,14 @@ def items_to_jsonl(items: list[McItem], path: str | Path) -> Path:
     return path
 
 
+def as_letters(item: McItem) -> McItem:
+    """The MMLU prompt style: the options listed under the question as "A. …", then "Answer:", and the letters
+    scored as the choices (lm-eval's mmlu task); the default style scores each choice's own text instead."""
+    options = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(item.choices))
+    return McItem(f"{item.question.strip()}\n{options}\nAnswer:", list(LETTERS[: len(item.choices)]), item.answer,
+                  item.subject, delimiter=" ")
+
+
 # ----------------------------------------------------------------------------------------------------
 # scoring
 
