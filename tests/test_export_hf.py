@@ -133,8 +133,10 @@ def test_lora_run_exports_as_peft_adapter_or_merged(tmp_path, tok_dir):
     auto = peft.AutoPeftModelForCausalLM.from_pretrained(out / ADAPTER_SUBDIR).eval()  # base found by path
     assert (logits(auto) - expected).abs().max().item() <= 1e-4
 
-    merged = AutoModelForCausalLM.from_pretrained(export_hf(tmp_path / "lora", tmp_path / "merged", merge=True)).eval()
-    assert not (tmp_path / "merged" / ADAPTER_SUBDIR).exists()
+    merged = AutoModelForCausalLM.from_pretrained(export_hf(tmp_path / "lora", out, merge=True)).eval()
+    assert not (out / ADAPTER_SUBDIR).exists()  # the same folder, re-exported merged: no stale adapter left
+    with pytest.raises(ConfigError, match="only merged"):
+        export_hf(tmp_path / "lora", tmp_path / "custom", custom=True)
     assert (logits(merged) - expected).abs().max().item() <= 1e-4
 
 

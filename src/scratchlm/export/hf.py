@@ -103,7 +103,7 @@ def export_hf(run_dir: str | Path, out: str | Path, merge: bool = False, custom:
     import torch
 
     from scratchlm.export.hf_mapping import hf_model
-    from scratchlm.model.lora import lora_modules, merge_lora
+    from scratchlm.model.lora import merge_lora
     from scratchlm.run import load_run, run_kind
 
     if dtype not in DTYPES:
@@ -116,13 +116,16 @@ def export_hf(run_dir: str | Path, out: str | Path, merge: bool = False, custom:
     if tokenizer is None:
         raise FileNotFoundError(f"{run_dir}: no tokenizer.json; the export needs the run's tokenizer")
     adapter = run_kind(run_dir) == "adapter" and not merge
+    if adapter and custom:
+        raise ConfigError(f"{run_dir}: a LoRA run exports to our registered class only merged (--merge): its PEFT "
+                          "adapter names transformers' Llama / DeepSeek-V3 modules")
     if run_kind(run_dir) == "adapter" and merge:
         merge_lora(model)
     if adapter:  # the base run's weights, as they are on disk, and the adapter beside them
         model, _, _ = load_run(cfg.lora.base)
-    if lora_modules(model):  # pragma: no cover - load_run of a full model never wraps adapters
-        raise RuntimeError("export_hf: unexpected LoRA modules on a full model")
     out.mkdir(parents=True, exist_ok=True)
+    if not adapter and (out / ADAPTER_SUBDIR).is_dir():  # from an earlier unmerged export into the same folder
+        shutil.rmtree(out / ADAPTER_SUBDIR)
     torch_dtype = getattr(torch, dtype)
     gen = {"eos_token_id": [EOS_TOKEN_ID, PAD_TOKEN_ID], "pad_token_id": PAD_TOKEN_ID, "bos_token_id": None}
     if custom:
