@@ -41,7 +41,11 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     assert set(dpo["tasks"]) == {"add2", "add2 (unseen phrasings)", "identity"}
     assert dpo["tasks"]["add2"][0] == summary["accuracy"]["add2"]  # "before" is the SFT model's own score
     assert dpo["implicit_margin"] != 0.0 and 0.0 <= dpo["logp_accuracy_after"] <= 1.0
-    assert set(summary["seconds"]) >= {"lora", "reward", "dpo"}
+    assert set(summary["seconds"]) >= {"lora", "reward", "dpo", "rag"}
+    # the RAG question: both languages asked, the sources given are chunks of the indexed corpus
+    rag = summary["rag"]
+    assert [q["question"] for q in rag["questions"]] and len(rag["questions"]) == 2 and rag["chunks"] > 0
+    assert all(src.startswith("corpus.jsonl:") for q in rag["questions"] for src in q["sources"])
     sft_cfg = (out / "sft" / "config.toml").read_text()
     assert 'schedule = "wsd"' in sft_cfg
     assert f"pretrain_mix = {summary['settings']['sft_pretrain_mix']}" in sft_cfg and "pretrain_mix_data" in sft_cfg

@@ -82,6 +82,10 @@ class DemoSettings:
     dpo_steps: int = 150
     dpo_sets: list[str] = field(default_factory=lambda: ["train.lr=3e-4", "train.batch_size=16", "pref.beta=0.1"])
     eval_pairs: int = 400  # held-out preference pairs scored per stage
+    # RAG: a few built-in-corpus documents per language indexed with e5 + BM25 (e5 embeds ~20 chunks/s on 2 cores),
+    # then one English and one Chinese question answered by the SFT model from the retrieved chunks.
+    rag_docs: int = 150
+    rag_embedder: str = "e5"
     eval_per_task: int = 200
     max_new_tokens: int = 32  # checkable answers are short; open-ended sample chats get 3x as many
     seed: int = 0
@@ -96,10 +100,11 @@ def quick_settings() -> DemoSettings:
                      "fortune": (30, 4), "recite": (30, 4), "continue": (30, 4)},
         eval_per_task=10, max_new_tokens=12, lora_steps=10, lora_sizes={"identity": (60, 10), "add2": (60, 0)},
         pref_sizes={"add2": (60, 10), "identity": (30, 6)}, reward_steps=10, dpo_steps=10, eval_pairs=16,
+        rag_docs=20, rag_embedder="hash",
     )
 
 
-STAGES = ("pretrain", "sft", "lora", "reward", "dpo")  # in order; `--stages all` runs every one
+STAGES = ("pretrain", "sft", "lora", "reward", "dpo", "rag")  # in order; `--stages all` runs every one
 
 
 def parse_stages(text: str) -> list[str]:
@@ -314,6 +319,41 @@ def run_dpo_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scores
             "tasks": {k: [acc(sft_scores[k]), acc(v)] for k, v in sorted(scores.items()) if k in sft_scores}}
 
 
+def run_rag_stage(out: Path, s: DemoSettings, progress: bool) -> dict[str, Any]:
+    """Index a slice of the built-in corpus (s.rag_embedder fused with BM25), ask the SFT model one English and
+    one Chinese held-out question with the retrieved chunks: the retrieved sources, whether the right document
+    was among them, and the answer (with its citations) next to the answer without retrieval."""
+    from scratchlm.generate import Engine
+    from scratchlm.rag.answer import answer_question
+    from scratchlm.rag.embedders import get_embedder
+    from scratchlm.rag.evalset import answer_contains, doc_of, write_eval_set
+    from scratchlm.rag.index import index_paths
+    from scratchlm.rag.retrieve import Retriever
+    from scratchlm.rag.store import VectorStore
+    from scratchlm.run import load_run
+
+    corpus, questions = write_eval_set(out / "rag", n_per_kind=5, n_docs_per_lang=s.rag_docs, seed=s.seed)
+    emb = get_embedder(s.rag_embedder)
+    _say(f"RAG: indexing {corpus} with {emb.name} → {out / 'rag' / 'demo.db'}")
+    model, tokenizer, _ = load_run(out / "sft")
+    engine = Engine(model, tokenizer)
+    asked = []
+    with VectorStore(out / "rag" / "demo.db", emb.name, emb.dim, "cosine") as store:
+        index_paths(store, emb, [corpus], show_progress=progress)  # a rerun finds the file unchanged and skips it
+        n_chunks = store.count()
+        retriever = Retriever(store, emb)
+        for lang in ("en", "zh"):
+            q = next(q for q in questions if q.lang == lang)
+            hits = retriever.search(q.question, k=3, mode="hybrid")
+            with_rag = answer_question(engine, q.question, hits, max_new_tokens=s.max_new_tokens)
+            without = answer_question(engine, q.question, [], max_new_tokens=s.max_new_tokens)
+            asked.append({"question": q.question, "expected": q.answer, "sources": with_rag.sources,
+                          "right_doc_retrieved": any(doc_of(h.source) in q.relevant for h in hits),
+                          "answer": with_rag.text, "cited": with_rag.cited, "correct": answer_contains(with_rag.text, q.answer),
+                          "answer_without_rag": without.text})
+    return {"embedder": emb.name, "chunks": n_chunks, "questions": asked}
+
+
 def _check_stage_steps(run_dir: Path, steps: int) -> None:
     """Refuse to reuse or resume a stage folder that was started with another step count: its model (or its
     lr schedule) would not be the one the settings and summary describe."""
@@ -374,15 +414,17 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoS
     after_sft: dict[str, Any] = {}
     if "reward" in s.stages or "dpo" in s.stages:
         paths = prepare_preference_data(out, s, paths)
-    for stage in ("lora", "reward", "dpo"):
+    for stage in ("lora", "reward", "dpo", "rag"):
         if stage in s.stages:
             t = time.perf_counter()
             if stage == "lora":
                 after_sft[stage] = run_lora_stage(out, s, paths, scores, progress)
             elif stage == "reward":
                 after_sft[stage] = run_reward_stage(out, s, paths, progress)
-            else:
+            elif stage == "dpo":
                 after_sft[stage] = run_dpo_stage(out, s, paths, scores, progress)
+            else:
+                after_sft[stage] = run_rag_stage(out, s, progress)
             times[stage] = time.perf_counter() - t
     times["total"] = time.perf_counter() - t0
     summary = {
@@ -439,6 +481,14 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
     for k, v in summary["seconds"].items():
         table.add_row(f"time: {k}", f"{v:.0f} s")
     console.print(table)
+    if "rag" in summary:
+        console.print(f"[bold]RAG[/bold] ({summary['rag']['embedder']} + BM25 over {summary['rag']['chunks']} chunks of "
+                      "the built-in corpus; the SFT model answers from the top 3):")
+        for q in summary["rag"]["questions"]:
+            found = "the right document retrieved" if q["right_doc_retrieved"] else "the right document NOT retrieved"
+            console.print(escape(f"  user: {q['question']}   (expected: {q['expected']}; {found})\n"
+                                 f"      sources: {' '.join(q['sources'])}\n      assistant: {q['answer']}  "
+                                 f"{'✓' if q['correct'] else '✗'}\n      without RAG: {q['answer_without_rag']}"))
     console.print("[bold]sample chats[/bold] (held-out prompts, greedy):")
     for g in summary["samples"]:
         mark = {True: "✓", False: "✗", None: ""}[g["ok"]]
