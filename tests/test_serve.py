@@ -171,7 +171,7 @@ def test_every_error_has_its_status_and_openai_shape(server):
 
 def test_api_key_is_enforced_and_a_full_queue_gets_429(chat_run):
     # max_waiting=0: every request finds the queue full, so an authorised request shows 429 at once.
-    with serving(chat_run, api_key="sekret", max_waiting=0) as (srv, _):
+    with serving(chat_run, api_key="sekret", max_waiting=0) as (srv, engine):
         body = {"messages": ADD}
         err = _error(httpx.post(srv.url + "/v1/chat/completions", json=body), 401)
         assert err["code"] == "invalid_api_key"
@@ -186,6 +186,9 @@ def test_api_key_is_enforced_and_a_full_queue_gets_429(chat_run):
         with pytest.raises(openai.RateLimitError):
             openai.OpenAI(base_url=srv.url + "/v1", api_key="sekret", max_retries=0).chat.completions.create(
                 model="tiny", messages=ADD)
+        engine.shutdown()  # an engine that is gone: the probe and new requests say so (503), nothing hangs
+        assert _error(httpx.get(srv.url + "/health"), 503)["code"] == "engine_stopped"
+        assert _error(httpx.post(srv.url + "/v1/chat/completions", json=body, headers=ok), 503)["code"] == "engine_stopped"
 
 
 def test_disconnect_mid_stream_frees_blocks(server, client):

@@ -47,6 +47,10 @@ class APIError(Exception):
         return error_response(self.status, self.message, self.type, self.param, self.code)
 
 
+class EngineStopped(RuntimeError):
+    """The engine's scheduler thread is gone: requests can no longer be answered (503)."""
+
+
 def error_response(status: int, message: str, type: str = "invalid_request_error",
                    param: str | None = None, code: str | None = None) -> JSONResponse:
     """OpenAI's error body with an HTTP status."""
@@ -60,8 +64,13 @@ _ERRORS = {status: {"model": P.ErrorResponse, "description": what} for status, w
     (404, "no such model"),
     (413, "request body over the size limit"),
     (429, "the engine's waiting queue is full: retry later"),
+    (503, "the engine has stopped"),
 )}
-_SSE = {"text/event-stream": {"schema": {"type": "string"}}}  # `stream: true` answers with events
+# `stream: true` answers with server-sent events; before OpenAPI 3.2 the schema describes one event.
+_SSE = {"text/event-stream": {"schema": {
+    "type": "object", "required": ["data"],
+    "properties": {"data": {"type": "string", "description": "one JSON chunk, or [DONE] at the end"},
+                   "event": {"type": "string"}}}}}
 
 
 class BodySizeLimit:
@@ -104,6 +113,36 @@ class BodySizeLimit:
         await self.app(scope, replay, send)
 
 
+def _openapi_with_limits(app: FastAPI, max_seq_len: int, vocab_size: int) -> dict:
+    """FastAPI's schema plus the bounds only the loaded model knows: max_tokens below the context, token ids
+    within the vocabulary (so clients and fuzzers see what the server will accept)."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    models = schema["components"]["schemas"]
+
+    def bound(node: Any, lo: int, hi: int) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "integer":
+                node["minimum"], node["maximum"] = max(lo, node.get("minimum", lo)), hi
+            for v in node.values():
+                bound(v, lo, hi)
+        elif isinstance(node, list):
+            for v in node:
+                bound(v, lo, hi)
+
+    for name in ("ChatCompletionRequest", "CompletionRequest"):
+        props = models[name]["properties"]
+        for field in ("max_tokens", "max_completion_tokens"):
+            if field in props:
+                bound(props[field], 1, max_seq_len - 1)
+    bound(models["CompletionRequest"]["properties"]["prompt"], 0, vocab_size - 1)
+    app.openapi_schema = schema
+    return schema
+
+
 def _validation_message(exc: RequestValidationError) -> str:
     """One readable line from FastAPI's validation errors: `field.path: what is wrong; ...`."""
     parts = []
@@ -129,6 +168,10 @@ def create_app(engine: Any, tokenizer: Any, model_name: str, api_key: str | None
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
         return exc.response()
 
+    @app.exception_handler(EngineStopped)
+    async def _stopped(request: Request, exc: EngineStopped) -> JSONResponse:
+        return error_response(503, str(exc), "server_error", code="engine_stopped")
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(400, _validation_message(exc), code="invalid_request")
@@ -149,9 +192,11 @@ def create_app(engine: Any, tokenizer: Any, model_name: str, api_key: str | None
 
     v1 = {"dependencies": [Depends(authorize)], "responses": _ERRORS}
 
-    @app.get("/health", response_model=P.Health, tags=["server"])
+    @app.get("/health", response_model=P.Health, tags=["server"], responses={503: _ERRORS[503]})
     async def health() -> P.Health:
-        """200 while the server is up."""
+        """200 while the server and its engine run; 503 once the engine has stopped."""
+        if not engine.running_in_background:
+            raise EngineStopped("the engine is not running (see the server's log); restart the server")
         return P.Health()
 
     @app.get("/metrics", tags=["server"], response_class=Response,
@@ -182,6 +227,7 @@ def create_app(engine: Any, tokenizer: Any, model_name: str, api_key: str | None
         return FileResponse(STATIC_DIR / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.openapi = lambda: _openapi_with_limits(app, engine.max_seq_len, tokenizer.vocab_size)
     app.state.metrics = metrics
     return app
 
@@ -194,10 +240,21 @@ class _EventStream(StreamingResponse):
         super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     async def stream_response(self, send: Any) -> None:
+        events = self.body_iterator
+        self.body_iterator = _guarded(events)
         try:
             await super().stream_response(send)
         finally:
-            await self.body_iterator.aclose()
+            await events.aclose()
+
+
+async def _guarded(events: AsyncIterator[str]) -> AsyncIterator[str]:
+    """The events, ending in an error event if the engine dies mid-stream (the status is already sent)."""
+    try:
+        async for event in events:
+            yield event
+    except EngineStopped as e:
+        yield _sse({"error": {"message": str(e), "type": "server_error", "param": None, "code": "engine_stopped"}})
 
 
 def _sse(data: Any) -> str:
@@ -253,8 +310,9 @@ class _Server:
         if len(stops) > P.MAX_STOP:
             raise APIError(400, f"stop has {len(stops)} strings; at most {P.MAX_STOP}", param="stop")
         return SamplingParams(
-            temperature=1.0 if req.temperature is None else req.temperature,
-            top_p=1.0 if req.top_p is None else req.top_p,
+            temperature=1.0 if req.temperature is None else (0.0 if req.temperature < P.GREEDY_BELOW else req.temperature),
+            # A top_p that rounds to 0 in float32 would filter out every token; the top one must stay.
+            top_p=1.0 if req.top_p is None else max(req.top_p, P.MIN_TOP_P),
             top_k=req.top_k or 0,
             repetition_penalty=req.repetition_penalty or 1.0,
             max_new_tokens=max_tokens if max_tokens is not None else limit - prompt_len,
@@ -266,6 +324,9 @@ class _Server:
     def _submit(self, ids: list[int], params: Any, n: int, logprobs: bool, top_logprobs: int) -> Any:
         from scratchlm.engine import EngineFull, PromptTooLong
 
+        if not self.engine.running_in_background:
+            raise APIError(503, "the engine is not running (see the server's log); restart the server",
+                           "server_error", code="engine_stopped")
         try:
             return self.engine.submit(ids, params, n=n, logprobs=logprobs, top_logprobs=top_logprobs)
         except PromptTooLong as e:
@@ -300,7 +361,12 @@ class _Server:
         open_handles = set(range(len(handles)))
         try:
             while open_handles:
-                k, ev = await queue.get()
+                try:
+                    k, ev = await asyncio.wait_for(queue.get(), timeout=1.0)
+                except asyncio.TimeoutError:
+                    if not self.engine.running_in_background:  # its thread died: nothing more will come
+                        raise EngineStopped("the engine stopped (see the server's log); restart the server")
+                    continue
                 if ev is done:
                     open_handles.discard(k)
                     continue

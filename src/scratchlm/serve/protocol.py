@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from typing import Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 MAX_N = 16  # samples per prompt: each holds KV blocks, so a bound keeps one request from filling the pool
 MAX_STOP = 16
 MAX_TOP_LOGPROBS = 20  # OpenAI's own limit
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit integer
+MIN_TOP_P = 1e-6  # smaller values act as this one: only the most likely token is kept
+GREEDY_BELOW = 1e-5  # a temperature this small samples greedily (as vLLM does): dividing by it overflows
 
 
 class _Request(BaseModel):
@@ -51,7 +53,8 @@ class _Sampling(_Request):
     temperature: Optional[float] = Field(None, ge=0, le=2)
     top_p: Optional[float] = Field(None, gt=0, le=1)
     top_k: Optional[int] = Field(None, ge=0, description="extension (vLLM): 0 turns it off")
-    repetition_penalty: Optional[float] = Field(None, gt=0, le=10, description="extension (vLLM)")
+    # Below 0.01 the penalised logits overflow to inf and sampling has no distribution left.
+    repetition_penalty: Optional[float] = Field(None, ge=0.01, le=10, description="extension (vLLM)")
     max_tokens: Optional[int] = Field(None, ge=1)
     n: int = Field(1, ge=1, le=MAX_N)
     stop: Union[str, list[str], None] = Field(None, description=f"up to {MAX_STOP} non-empty strings")
@@ -87,7 +90,7 @@ class CompletionRequest(_Sampling):
     """POST /v1/completions: a text prompt or token ids (one prompt; a list of them is a batch)."""
 
     model: Optional[str] = None
-    prompt: Union[str, list[str], list[int], list[list[int]]]
+    prompt: Union[str, list[str], list[StrictInt], list[list[StrictInt]]]
     logprobs: Optional[int] = Field(None, ge=0, le=5)
     echo: bool = False
 
