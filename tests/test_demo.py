@@ -42,6 +42,9 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     assert dpo["tasks"]["add2"][0] == summary["accuracy"]["add2"]  # "before" is the SFT model's own score
     assert dpo["implicit_margin"] != 0.0 and 0.0 <= dpo["logp_accuracy_after"] <= 1.0
     assert set(summary["seconds"]) >= {"lora", "reward", "dpo", "rag"}
+    report = (out / "report.md").read_text()  # the report card covers every trained stage
+    assert all(f"{st}" in report for st in ("pretrain", "sft", "lora", "reward", "dpo"))
+    assert (out / "loss_curves.png").exists()
     # the RAG question: both languages asked, the sources given are chunks of the indexed corpus
     rag = summary["rag"]
     assert [q["question"] for q in rag["questions"]] and len(rag["questions"]) == 2 and rag["chunks"] > 0

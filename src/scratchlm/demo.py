@@ -86,6 +86,8 @@ class DemoSettings:
     # then one English and one Chinese question answered by the SFT model from the retrieved chunks.
     rag_docs: int = 150
     rag_embedder: str = "e5"
+    # The report card scores every stage on the built-in multiple-choice set and bits per byte (~8 s a stage).
+    report_eval: bool = True
     eval_per_task: int = 200
     max_new_tokens: int = 32  # checkable answers are short; open-ended sample chats get 3x as many
     seed: int = 0
@@ -100,7 +102,7 @@ def quick_settings() -> DemoSettings:
                      "fortune": (30, 4), "recite": (30, 4), "continue": (30, 4)},
         eval_per_task=10, max_new_tokens=12, lora_steps=10, lora_sizes={"identity": (60, 10), "add2": (60, 0)},
         pref_sizes={"add2": (60, 10), "identity": (30, 6)}, reward_steps=10, dpo_steps=10, eval_pairs=16,
-        rag_docs=20, rag_embedder="hash",
+        rag_docs=20, rag_embedder="hash", report_eval=False,
     )
 
 
@@ -439,6 +441,12 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoS
     }
     (out / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
     print_summary(summary, out)
+    from scratchlm.eval.report import write_report
+
+    # The page to read after the demo: every stage's curves and metrics side by side.
+    stage_dirs = [out / st for st in STAGES if st != "rag" and (out / st / "config.toml").exists()]
+    report = write_report(stage_dirs, out, summary, evaluate=s.report_eval, val_data=paths["pretrain_val"])
+    _say(f"report card: {report}")
     return summary
 
 
@@ -496,7 +504,7 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
     console.print("[bold]chat[/bold] (requests as a person would type them, greedy):")
     for c in summary.get("chats", []):
         console.print(escape(f"  user: {c['prompt']}\n      assistant: {c['reply']}"))
-    console.print(f"everything is in {out}/ (pretrain/, sft/, tokenizer/, data/, summary.json); "
+    console.print(f"everything is in {out}/ (a folder per stage, tokenizer/, data/, summary.json, report.md); "
                   f"chat with: scratchlm generate {out}/sft --chat --prompt 'who are you?'")
 
 
