@@ -42,6 +42,14 @@ def test_ipo_closed_form_on_token_averages():
     assert run("ipo", beta).losses.item() == pytest.approx(20.25)
 
 
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "simpo"])
+def test_rpo_adds_the_chosen_per_token_nll(loss_type):
+    plain = preference_loss(t(PC), t(PR), t(RC), t(RR), t(LC), t(LR), 0.1, loss_type)
+    rpo = preference_loss(t(PC), t(PR), t(RC), t(RR), t(LC), t(LR), 0.1, loss_type, rpo_alpha=0.5)
+    assert rpo.losses.item() == pytest.approx(plain.losses.item() + 0.5 * (-PC / LC))  # + 0.5 · 1.0
+    assert rpo.chosen_rewards.item() == plain.chosen_rewards.item()  # the implicit rewards do not change
+
+
 def test_simpo_is_reference_free_closed_form():
     beta, gamma = 2.0, 0.5
     out = preference_loss(t(PC), t(PR), None, None, t(LC), t(LR), beta, "simpo", 0.0, gamma)

@@ -195,6 +195,7 @@ class PreferenceConfig:
     beta: float = 0.1
     label_smoothing: float = 0.0  # cDPO: the assumed share of flipped labels, in [0, 0.5)
     simpo_gamma: float = 0.5  # SimPO's target margin
+    rpo_alpha: float = 0.0  # weight of the chosen reply's per-token NLL added to the preference loss (RPO)
     reward_margin: float = 0.0  # reward model: −log σ(r_chosen − r_rejected − margin)
 
     def __post_init__(self) -> None:
@@ -279,6 +280,7 @@ _LIMITS: dict[str, tuple[float | None, float | None]] = {
     "train.keep_last": (1, None),
     "pref.beta": (0, None),
     "pref.label_smoothing": (0, 0.49),
+    "pref.rpo_alpha": (0, None),
     "lora.rank": (0, None),
     "lora.alpha": (0, None),
     "lora.dropout": (0, 1),

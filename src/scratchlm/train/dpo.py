@@ -78,7 +78,7 @@ class DPO(PairObjective):
                 r = self.reference.token_logprobs(x, y).sum(-1)
             ref = (r[:B], r[B:])
         return preference_loss(logps[:B], logps[B:], ref[0], ref[1], lens[:B], lens[B:], pc.beta, pc.loss_type,
-                               pc.label_smoothing, pc.simpo_gamma)
+                               pc.label_smoothing, pc.simpo_gamma, pc.rpo_alpha)
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """Mean preference loss over the micro-batch's pairs, with TRL's reward metrics."""

@@ -11,6 +11,9 @@ value per pair, for the policy and (where the variant has one) the frozen refere
   on length-normalised log-probs. No reference model is held or run (half the memory and forward passes of
   DPO), and the length normalisation keeps it from preferring longer answers; ORPO, the other candidate, adds
   an SFT term to the same batch and is closer to SFT than to preference learning.
+Any variant may add `rpo_alpha` × the chosen completion's per-token NLL (RPO, Pang et al. 2024; TRL's
+`rpo_alpha`): DPO lowers the likelihood of chosen and rejected replies alike, and on the demo's arithmetic pairs
+(same working, another final number) that alone wrecked the task it was meant to sharpen.
 The implicit rewards that TRL logs (rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies)
 are β·(π − ref) for DPO/IPO and β·avg π for SimPO.
 """
@@ -44,8 +47,20 @@ def preference_loss(
     loss_type: str = "sigmoid",
     label_smoothing: float = 0.0,
     simpo_gamma: float = 0.5,
+    rpo_alpha: float = 0.0,
 ) -> PreferenceLoss:
-    """DPO / cDPO / IPO / SimPO from summed completion log-probs [B] and completion lengths [B] (tokens)."""
+    """DPO / cDPO / IPO / SimPO (+ RPO's NLL term) from summed completion log-probs [B] and completion lengths [B]
+    (tokens)."""
+    out = _preference_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, chosen_len, rejected_len,
+                           beta, loss_type, label_smoothing, simpo_gamma)
+    if rpo_alpha:
+        return out._replace(losses=out.losses + rpo_alpha * (-policy_chosen / chosen_len))
+    return out
+
+
+def _preference_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor | None,
+                     ref_rejected: torch.Tensor | None, chosen_len: torch.Tensor, rejected_len: torch.Tensor,
+                     beta: float, loss_type: str, label_smoothing: float, simpo_gamma: float) -> PreferenceLoss:
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type={loss_type!r}; choose one of {', '.join(LOSS_TYPES)}")
     if not 0.0 <= label_smoothing < 0.5:
