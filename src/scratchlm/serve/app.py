@@ -201,7 +201,7 @@ def create_app(engine: Any, tokenizer: Any, model_name: str, api_key: str | None
 
     @app.get("/metrics", tags=["server"], response_class=Response,
              responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
-    async def prometheus() -> Response:
+    def prometheus() -> Response:  # sync: FastAPI runs it in a worker thread, as engine.stats() takes the lock
         """Prometheus text: engine state, token totals and latency histograms."""
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
@@ -321,14 +321,18 @@ class _Server:
             seed=req.seed,
         )
 
-    def _submit(self, ids: list[int], params: Any, n: int, logprobs: bool, top_logprobs: int) -> Any:
+    async def _submit(self, ids: list[int], params: Any, n: int, logprobs: bool, top_logprobs: int) -> Any:
+        """The engine's handle of a new request; its errors as API errors. Submitting waits for the engine's
+        lock, which a scheduler step holds for a whole forward: done in a worker thread, so the event loop
+        keeps streaming other requests' tokens meanwhile."""
         from scratchlm.engine import EngineFull, PromptTooLong
 
         if not self.engine.running_in_background:
             raise APIError(503, "the engine is not running (see the server's log); restart the server",
                            "server_error", code="engine_stopped")
         try:
-            return self.engine.submit(ids, params, n=n, logprobs=logprobs, top_logprobs=top_logprobs)
+            return await asyncio.to_thread(self.engine.submit, ids, params, n=n, logprobs=logprobs,
+                                           top_logprobs=top_logprobs)
         except PromptTooLong as e:
             raise APIError(400, str(e), param="messages", code="context_length_exceeded") from e
         except EngineFull as e:
@@ -412,7 +416,7 @@ class _Server:
         thinking = req.chat_template_kwargs.enable_thinking if req.chat_template_kwargs else True
         ids = chat_prompt_ids(self.tokenizer, messages, enable_thinking=thinking)
         params = self._params(req, len(ids), req.max_completion_tokens or req.max_tokens)
-        handle = self._submit(ids, params, req.n, req.logprobs, req.top_logprobs or 0)
+        handle = await self._submit(ids, params, req.n, req.logprobs, req.top_logprobs or 0)
         rid, created = f"chatcmpl-{handle.request_id}", int(time.time())
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -515,7 +519,7 @@ class _Server:
         handles = []
         try:
             for ids, sp in zip(prompts, params):
-                handles.append(self._submit(ids, sp, req.n, req.logprobs is not None, req.logprobs or 0))
+                handles.append(await self._submit(ids, sp, req.n, req.logprobs is not None, req.logprobs or 0))
         except APIError:
             for h in handles:
                 h.cancel()
