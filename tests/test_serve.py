@@ -171,7 +171,7 @@ def test_every_error_has_its_status_and_openai_shape(server):
 
 def test_api_key_is_enforced_and_a_full_queue_gets_429(chat_run):
     # max_waiting=0: every request finds the queue full, so an authorised request shows 429 at once.
-    with serving(chat_run, api_key="sekret", max_waiting=0) as (srv, engine):
+    with serving(chat_run, api_key="sekret", max_waiting=0, max_num_seqs=2) as (srv, engine):
         body = {"messages": ADD}
         err = _error(httpx.post(srv.url + "/v1/chat/completions", json=body), 401)
         assert err["code"] == "invalid_api_key"
@@ -181,6 +181,8 @@ def test_api_key_is_enforced_and_a_full_queue_gets_429(chat_run):
         ok = {"Authorization": "Bearer sekret"}
         assert httpx.get(srv.url + "/v1/models", headers=ok).status_code == 200
         assert _error(httpx.post(srv.url + "/v1/chat/completions", json=body, headers=ok), 429)["code"] == "queue_full"
+        too_many = _error(httpx.post(srv.url + "/v1/chat/completions", json={**body, "n": 3}, headers=ok), 400)
+        assert "max_num_seqs=2" in too_many["message"]  # what this engine cannot do is the request's error, not a 500
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=srv.url + "/v1", api_key="wrong", max_retries=0).models.list()
         with pytest.raises(openai.RateLimitError):

@@ -335,6 +335,8 @@ class _Server:
                                            top_logprobs=top_logprobs)
         except PromptTooLong as e:
             raise APIError(400, str(e), param="messages", code="context_length_exceeded") from e
+        except ValueError as e:  # what the engine refuses (n over its max_num_seqs, ...) is the request's fault
+            raise APIError(400, str(e), code="invalid_request") from e
         except EngineFull as e:
             raise APIError(429, f"the server is busy ({e}); retry later", "rate_limit_error", code="queue_full") from e
 
