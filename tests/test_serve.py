@@ -133,6 +133,11 @@ def test_completions_models_logprobs_n_and_stop(client):
     assert len(entries) == 6 and all(len(e.top_logprobs) == 3 and e.logprob <= 0 for e in entries)
     stopped = client.chat.completions.create(model="tiny", messages=CAT, temperature=0, stop=["mat"])
     assert stopped.choices[0].message.content == "The cat sat on the " and stopped.choices[0].finish_reason == "stop"
+    batch = client.completions.create(model="tiny", prompt=["hello", "Tell me about the cat."], n=2, max_tokens=3,
+                                      temperature=0, echo=True)
+    assert [c.index for c in batch.choices] == [0, 1, 2, 3]  # prompt-major: prompt i, sample j → i * n + j
+    assert batch.choices[0].text.startswith("hello") and batch.choices[2].text.startswith("Tell me about the cat.")
+    assert batch.choices[2].text == batch.choices[3].text  # greedy: both samples alike
     many = client.chat.completions.create(model="tiny", messages=CAT, temperature=1.0, n=3, max_tokens=5, seed=7)
     assert [c.index for c in many.choices] == [0, 1, 2] and many.usage.completion_tokens == 15
     again = client.chat.completions.create(model="tiny", messages=CAT, temperature=1.0, n=3, max_tokens=5, seed=7)
