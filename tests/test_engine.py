@@ -252,3 +252,41 @@ def test_block_pool_refcounts_and_lru_eviction():
     assert pool.lookup(ka) is None and pool.lookup(kb) == b
     with pytest.raises(RuntimeError, match="released more often"):
         pool.release(c) or pool.release(c)
+
+
+class FailsOnLongInputs(torch.nn.Module):
+    """The real model, except that a forward of more than `limit` new tokens raises (a stand-in for any failure
+    inside the model on one request: an out-of-memory prefill, a kernel error)."""
+
+    def __init__(self, model, limit: int):
+        super().__init__()
+        self.inner, self.limit, self.config = model, limit, model.config
+
+    def forward(self, ids, **kw):
+        if ids.shape[1] > self.limit:
+            raise RuntimeError(f"cannot run {ids.shape[1]} tokens at once")
+        return self.inner(ids, **kw)
+
+
+def test_a_failing_request_is_aborted_and_the_loop_keeps_serving():
+    model = make_model()
+    eng = LLMEngine(FailsOnLongInputs(model, limit=60), block_size=8)
+    good = prompts(3, seed=21)
+    want = LLMEngine(model, block_size=8).generate(good, GREEDY)
+    eng.start()
+    try:
+        bad = eng.submit([5] * 100, GREEDY)
+        events = list(bad)
+        assert events[-1].finish_reason == "abort" and "cannot run 100 tokens" in events[-1].error
+        assert eng.generate(good, GREEDY) == want  # the loop survived and serves the rest
+    finally:
+        eng.shutdown()
+    assert_pool_whole(eng)
+
+
+def test_tiny_top_p_keeps_the_most_likely_token():
+    from scratchlm.generate import process_logits, sample
+
+    logits = torch.tensor([[0.1, 3.0, -1.0, 2.9]])
+    params = SamplingParams(temperature=1.0, top_p=5e-324)
+    assert sample(process_logits(logits, params), params).tolist() == [1]

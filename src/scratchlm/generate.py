@@ -77,6 +77,7 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     # Drop a token when the mass strictly before it already reaches p; the top token always stays.
     mass_before = torch.cumsum(probs, dim=-1) - probs
     drop_sorted = mass_before >= p
+    drop_sorted[..., 0] = False  # even when p is so small that it rounds to 0 (mass_before 0 ≥ 0)
     drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
 

@@ -49,6 +49,7 @@ class TokenEvent:
     logprob: float | None = None
     top_logprobs: list[tuple[int, float]] | None = None
     finish_reason: str | None = None  # "stop" | "length" | "abort"
+    error: str | None = None  # why an "abort" that nobody asked for happened (the engine failed on this request)
 
 
 class RequestHandle:
@@ -285,7 +286,16 @@ class LLMEngine:
                     self._work.wait()
                 if self._stop:
                     return
-            self.step()
+            try:
+                self.step()
+            except Exception as e:  # noqa: BLE001 — one bad forward must not stop serving everyone else
+                self._abort_running(f"{type(e).__name__}: {e}")
+
+    def _abort_running(self, error: str) -> None:
+        """End every running sequence with an error (their forward failed); the loop carries on."""
+        with self._lock:
+            for s in list(self.running):
+                self._finish(s, "abort", error=error)
 
     # -- one scheduler step -------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -335,11 +345,15 @@ class LLMEngine:
                     self._fork(parent, child)
             except NoFreeBlocks:  # nothing running and it still does not fit: n samples of a long prompt
                 for s in group:
-                    self._finish(s, "abort")
+                    self._finish(s, "abort", error="not enough KV blocks for this request alone")
+                continue
+            except Exception as e:  # noqa: BLE001 — its prefill failed: end this request, serve the others
+                for s in group:
+                    self._finish(s, "abort", error=f"{type(e).__name__}: {e}")
                 continue
             self.running.extend(group)
             for s in group:
-                self._accept(s, logits)
+                self._accept_or_abort(s, logits)
 
     def _match_prefix(self, seq: _Seq) -> list[int]:
         """Cached blocks that hold the prompt's leading full blocks (the last token is always recomputed, so
@@ -419,7 +433,14 @@ class LLMEngine:
         for i, s in enumerate(seqs):
             s.cached += 1
             self._register_full_blocks(s)
-            self._accept(s, logits[i:i + 1])
+            self._accept_or_abort(s, logits[i:i + 1])
+
+    def _accept_or_abort(self, seq: _Seq, logits: torch.Tensor) -> None:
+        """`_accept`, ending only this sequence if its sampling fails (its params, its stop strings)."""
+        try:
+            self._accept(seq, logits)
+        except Exception as e:  # noqa: BLE001 — the other sequences of the batch go on
+            self._finish(seq, "abort", error=f"{type(e).__name__}: {e}")
 
     def _preempt(self, seq: _Seq) -> None:
         """Free `seq`'s blocks and queue it first to be recomputed from its tokens so far."""
@@ -434,11 +455,11 @@ class LLMEngine:
             self.pool.release(b)
         seq.blocks = []
 
-    def _finish(self, seq: _Seq, reason: str, text: str = "") -> None:
+    def _finish(self, seq: _Seq, reason: str, text: str = "", error: str | None = None) -> None:
         if seq in self.running:
             self.running.remove(seq)
         self._free(seq)
-        seq.handle._emit(TokenEvent(seq.index, None, text, finish_reason=reason))
+        seq.handle._emit(TokenEvent(seq.index, None, text, finish_reason=reason, error=error))
 
     def _accept(self, seq: _Seq, logits: torch.Tensor) -> None:
         """Sample seq's next token from logits [1, V] (the first after a prefill, or a decode step)."""
