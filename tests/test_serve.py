@@ -268,3 +268,18 @@ def test_terminal_chat_script(server, chat_run):
     assert "oldest message" in text  # two long answers do not fit 256 tokens with room for the next
     assert "conversation cleared" in text and session.turns == [] and session.system == "be brief"
     assert next(script) == "never read"  # /exit ended the loop
+
+
+def test_a_request_the_engine_fails_on_gets_500_and_the_server_serves_on(chat_run):
+    from tests.test_engine import FailsOnLongInputs
+
+    with serving(chat_run) as (srv, engine):
+        engine.model = FailsOnLongInputs(engine.model, limit=40)  # prefills over 40 tokens raise inside the engine
+        long = [{"role": "user", "content": "What is 2 plus 3? " * 12}]
+        err = _error(httpx.post(srv.url + "/v1/chat/completions", json={"messages": long}), 500)
+        assert err["code"] == "request_failed" and "cannot run" in err["message"]
+        with httpx.stream("POST", srv.url + "/v1/chat/completions", json={"messages": long, "stream": True}) as r:
+            assert r.status_code == 200 and '"code":"request_failed"' in r.read().decode()  # an error event
+        ok = httpx.post(srv.url + "/v1/chat/completions", json={"messages": ADD})
+        assert ok.status_code == 200 and ok.json()["choices"][0]["finish_reason"] in ("stop", "length")
+        assert httpx.get(srv.url + "/health").status_code == 200

@@ -23,7 +23,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from scratchlm.serve import protocol as P
-from scratchlm.serve.errors import ERRORS, APIError, BodySizeLimit, EngineStopped, error_response, validation_message
+from scratchlm.serve.errors import (ERRORS, APIError, BodySizeLimit, EngineStopped, RequestFailed, error_response,
+                                    validation_message)
 from scratchlm.serve.handlers import Handlers
 from scratchlm.serve.metrics import CONTENT_TYPE, ServerMetrics
 
@@ -52,6 +53,8 @@ def create_app(engine: Any, tokenizer: Any, model_name: str, api_key: str | None
 
     @app.exception_handler(EngineStopped)
     async def _stopped(request: Request, exc: EngineStopped) -> JSONResponse:
+        if isinstance(exc, RequestFailed):  # this request only: the engine goes on serving
+            return error_response(500, str(exc), "server_error", code="request_failed")
         return error_response(503, str(exc), "server_error", code="engine_stopped")
 
     @app.exception_handler(RequestValidationError)

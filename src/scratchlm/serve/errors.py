@@ -28,6 +28,10 @@ class EngineStopped(RuntimeError):
     """The engine's scheduler thread is gone: requests can no longer be answered (503)."""
 
 
+class RequestFailed(EngineStopped):
+    """The engine failed on this request (its forward or sampling raised) and aborted it; the engine serves on."""
+
+
 def error_response(status: int, message: str, type: str = "invalid_request_error",
                    param: str | None = None, code: str | None = None) -> JSONResponse:
     """OpenAI's error body with an HTTP status."""

@@ -12,7 +12,7 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from scratchlm.serve import protocol as P
-from scratchlm.serve.errors import APIError, EngineStopped
+from scratchlm.serve.errors import APIError, EngineStopped, RequestFailed
 from scratchlm.serve.metrics import ServerMetrics
 from scratchlm.serve.prompt import chat_prompt_ids
 from scratchlm.serve.reasoning import ThinkSplitter
@@ -40,7 +40,8 @@ async def _guarded(events: AsyncIterator[str]) -> AsyncIterator[str]:
         async for event in events:
             yield event
     except EngineStopped as e:
-        yield _sse({"error": {"message": str(e), "type": "server_error", "param": None, "code": "engine_stopped"}})
+        code = "request_failed" if isinstance(e, RequestFailed) else "engine_stopped"
+        yield _sse({"error": {"message": str(e), "type": "server_error", "param": None, "code": code}})
 
 
 def _sse(data: Any) -> str:
@@ -166,6 +167,8 @@ class Handlers:
                     timers.setdefault((k, ev.index), _Timer(self.metrics, t0)).token()
                 if ev.finish_reason is not None:
                     self.metrics.finished.labels(ev.finish_reason).inc()
+                if getattr(ev, "error", None):
+                    raise RequestFailed(f"the engine failed on this request: {ev.error}")
                 yield k, ev
             self.metrics.e2e.observe(time.perf_counter() - t0)
         finally:
