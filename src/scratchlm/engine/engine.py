@@ -2,8 +2,8 @@
 
 Requests wait in a queue; every `step()` the scheduler
   1. admits waiting requests while the pool has blocks for their prompts (prompt blocks already computed for
-     an earlier request are shared: prefix caching) and prefills each one; a request with n > 1 samples is
-     prefilled once and forked into n sequences that share its blocks;
+     an earlier request are shared: prefix caching) and prefills them together in one right-padded forward; a
+     request with n > 1 samples is prefilled once and forked into n sequences that share its blocks;
   2. runs one decode forward over every running sequence together, each at its own position with its own
      sampling parameters, and
   3. retires finished sequences at once, returning their blocks to the pool.
@@ -158,12 +158,14 @@ class LLMEngine:
     """Continuous batching over a paged KV cache for a `Transformer` (see the module docstring)."""
 
     def __init__(self, model: torch.nn.Module, tokenizer=None, *, block_size: int = 16, num_blocks: int | None = None,
-                 max_num_seqs: int = 16, max_waiting: int = 64, prefix_caching: bool = True) -> None:
+                 max_num_seqs: int = 16, max_waiting: int = 64, prefix_caching: bool = True,
+                 max_prefill_tokens: int = 4096) -> None:
         p = next(model.parameters())
         self.model, self.tokenizer, self.config = model, tokenizer, model.config
         self.device, self.dtype = p.device, p.dtype
         self.max_seq_len = int(self.config.max_seq_len)
         self.block_size, self.max_num_seqs, self.max_waiting = block_size, max_num_seqs, max_waiting
+        self.max_prefill_tokens = max_prefill_tokens  # prompt tokens prefilled together in one forward (padding aside)
         if num_blocks is None:  # every running sequence at half the context on average, at least one full one
             per_seq = -(-self.max_seq_len // block_size)
             num_blocks = max(per_seq, max_num_seqs * per_seq // 2)
@@ -324,36 +326,60 @@ class LLMEngine:
         return -(-n_tokens // self.block_size)
 
     def _admit(self) -> None:
+        """Take waiting requests while sequences and blocks allow (their blocks allocated now), then prefill them
+        together in one right-padded forward."""
+        batch: list[list[_Seq]] = []
+        n_tokens = 0
         while self.waiting:
             group = self.waiting[0] if isinstance(self.waiting[0], list) else [self.waiting[0]]
-            if len(self.running) + len(group) > self.max_num_seqs:
-                return
             parent = group[0]
+            if len(self.running) + sum(map(len, batch)) + len(group) > self.max_num_seqs:
+                break
+            if batch and n_tokens + len(parent.tokens) > self.max_prefill_tokens:
+                break
+            busy = bool(self.running or batch)
             hits = self._match_prefix(parent)
-            # The prompt's blocks, one more per extra sample for its copy of a shared partial last block, and a
-            # block of headroom per sample for decoding.
-            need = self._blocks_needed(len(parent.tokens)) - len(hits) + 2 * (len(group) - 1) + 1
-            if self.pool.num_free() < need and self.running:
-                for b in hits:
-                    self.pool.release(b)
-                parent.keys = []
-                return  # wait for running sequences to finish
-            self.waiting.popleft()
+            parent.blocks, parent.cached = list(hits), len(hits) * self.block_size
             try:
-                logits = self._prefill(parent, hits)
-                for child in group[1:]:
-                    self._fork(parent, child)
-            except NoFreeBlocks:  # nothing running and it still does not fit: n samples of a long prompt
+                self._ensure_blocks(parent, len(parent.tokens))
+                # headroom: a copy of a shared partial block per extra sample, one decode block per sample
+                enough = self.pool.num_free() >= 2 * (len(group) - 1) + 1
+            except NoFreeBlocks:
+                enough = False
+            if not enough and busy:
+                self._free(parent)
+                parent.keys, parent.cached = [], 0
+                break  # wait for running sequences to finish
+            self.waiting.popleft()
+            if len(parent.blocks) * self.block_size < len(parent.tokens):  # alone and still too big
                 for s in group:
                     self._finish(s, "abort", error="not enough KV blocks for this request alone")
                 continue
-            except Exception as e:  # noqa: BLE001 — its prefill failed: end this request, serve the others
+            batch.append(group)
+            n_tokens += len(parent.tokens) - parent.cached
+        if batch:
+            self._prefill_batch(batch)
+
+    def _prefill_batch(self, batch: list[list[_Seq]]) -> None:
+        parents = [g[0] for g in batch]
+        try:
+            logits = self._prefill(parents)  # [B, V]
+        except Exception as e:  # noqa: BLE001 — the prefill failed: end these requests, serve the others
+            for group in batch:
                 for s in group:
                     self._finish(s, "abort", error=f"{type(e).__name__}: {e}")
+            return
+        for i, group in enumerate(batch):
+            try:
+                for child in group[1:]:
+                    self._fork(group[0], child)
+            except NoFreeBlocks:
+                for s in group:
+                    self._finish(s, "abort", error="not enough KV blocks for this request's samples")
                 continue
             self.running.extend(group)
             for s in group:
-                self._accept_or_abort(s, logits)
+                self._accept_or_abort(s, logits[i:i + 1])
 
     def _match_prefix(self, seq: _Seq) -> list[int]:
         """Cached blocks that hold the prompt's leading full blocks (the last token is always recomputed, so
@@ -369,20 +395,22 @@ class LLMEngine:
             seq.keys.append(key)
         return hits
 
-    def _prefill(self, seq: _Seq, hits: list[int]) -> torch.Tensor:
-        """Compute the keys/values of seq's tokens past the cached prefix (its whole output too after a
-        preemption); the last position's logits [1, V]."""
-        seq.blocks = list(hits)
-        seq.cached = len(hits) * self.block_size
-        new = seq.tokens[seq.cached:]
-        self._ensure_blocks(seq, len(seq.tokens))
-        if len(seq.tokens) == seq.n_prompt:  # a recomputation after preemption is not a new prompt
-            self.prompt_tokens_total += seq.n_prompt
-        view = self.kv.batch([seq.blocks], [seq.cached], [len(new)])
-        ids = torch.tensor([new], dtype=torch.long, device=self.device)
-        logits = self.model(ids, cache=view).logits[:, -1, :].float()  # [1, V]
-        seq.cached = len(seq.tokens)
-        self._register_full_blocks(seq)
+    def _prefill(self, seqs: list[_Seq]) -> torch.Tensor:
+        """Compute the keys/values of each sequence's tokens past its cached prefix (its whole output too after a
+        preemption) in one right-padded forward; each row's last real position's logits [B, V]."""
+        news = [s.tokens[s.cached:] for s in seqs]
+        for s in seqs:
+            if len(s.tokens) == s.n_prompt:  # a recomputation after preemption is not a new prompt
+                self.prompt_tokens_total += s.n_prompt
+        T = max(len(n) for n in news)
+        view = self.kv.batch([s.blocks for s in seqs], [s.cached for s in seqs], [len(n) for n in news])
+        ids = torch.tensor([n + [0] * (T - len(n)) for n in news], dtype=torch.long, device=self.device)  # [B, T]
+        out = self.model(ids, cache=view).logits  # [B, T, V]
+        last = torch.tensor([len(n) - 1 for n in news], device=self.device)
+        logits = out[torch.arange(len(seqs), device=self.device), last].float()  # [B, V]
+        for s in seqs:
+            s.cached = len(s.tokens)
+            self._register_full_blocks(s)
         return logits
 
     def _fork(self, parent: _Seq, child: _Seq) -> None:

@@ -98,7 +98,8 @@ class PagedBatch:
             allowed &= diff < pool.window
         allowed |= diff == 0  # a padded query sees itself: no all-masked softmax row (NaN)
         self._mask = allowed[:, None]  # [B, 1, T, S]
-        self._rope_pos = q_pos  # [B, T]: every row continues at its own position
+        # [B, T]: every row continues at its own position (a padded query's may run past the RoPE table: clamped)
+        self._rope_pos = q_pos.clamp(max=pool.cfg.max_seq_len - 1)
 
     def plan(self, T: int, new_valid: torch.Tensor | None) -> tuple[AttnPlan, torch.Tensor]:
         """Attention plan (per-row masks) and per-row RoPE positions [B, T]."""
