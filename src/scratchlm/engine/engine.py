@@ -479,7 +479,9 @@ class LLMEngine:
         self.preemptions += 1
 
     def _free(self, seq: _Seq) -> None:
-        for b in seq.blocks:
+        # In reverse, so that the free list hands the same blocks out again in ascending order: a lone sequence
+        # on consecutive blocks reads its keys in place (paged_cache.PagedBatch).
+        for b in reversed(seq.blocks):
             self.pool.release(b)
         seq.blocks = []
 
