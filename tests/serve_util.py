@@ -99,14 +99,14 @@ class LiveServer:
 
 
 @contextlib.contextmanager
-def serving(run_dir: Path, api_key: str | None = None, **engine_kwargs):
+def serving(run_dir: Path, api_key: str | None = None, rag=None, **engine_kwargs):
     """(LiveServer, engine) of `run_dir`: the engine started, the app served, both stopped afterwards."""
     from scratchlm.serve.app import create_app
     from scratchlm.serve.cli import open_engine
 
     engine, tokenizer, _ = open_engine(str(run_dir), device="cpu", **engine_kwargs)
     try:
-        with LiveServer(create_app(engine, tokenizer, "tiny", api_key=api_key)) as server:
+        with LiveServer(create_app(engine, tokenizer, "tiny", api_key=api_key, rag=rag)) as server:
             yield server, engine
     finally:
         engine.shutdown()

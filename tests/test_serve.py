@@ -283,3 +283,37 @@ def test_a_request_the_engine_fails_on_gets_500_and_the_server_serves_on(chat_ru
         ok = httpx.post(srv.url + "/v1/chat/completions", json={"messages": ADD})
         assert ok.status_code == 200 and ok.json()["choices"][0]["finish_reason"] in ("stop", "length")
         assert httpx.get(srv.url + "/health").status_code == 200
+
+
+def test_rag_db_answers_from_retrieved_chunks_and_names_them(chat_run, tmp_path):
+    # `serve --rag-db`: the last user turn carries the top chunks, the response lists them (plain and streamed).
+    from scratchlm.cli import main
+    from scratchlm.serve.rag import RagContext
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "cats.txt").write_text("The cat sat on the mat. Cats sleep sixteen hours a day.", encoding="utf-8")
+    (docs / "poem.txt").write_text("床前明月光，疑是地上霜。举头望明月，低头思故乡。", encoding="utf-8")
+    db = tmp_path / "docs.db"
+    assert main(["rag", "index", str(docs), "--db", str(db), "--embedder", "hash", "--quiet"]) == 0
+
+    class Recording(RagContext):  # the real retrieval, keeping the messages it built
+        built: list[list[dict]] = []
+
+        def augment(self, messages, fits):
+            out = super().augment(messages, fits)
+            self.built.append(out[0])
+            return out
+
+    rag = Recording(db, k=1)
+    with serving(chat_run, rag=rag) as (srv, _):
+        r = httpx.post(srv.url + "/v1/chat/completions", json={"messages": CAT, "max_tokens": 8})
+        assert r.status_code == 200, r.text
+        assert r.json()["sources"] == ["cats.txt#0"]
+        assert "[cats.txt#0] The cat sat on the mat" in rag.built[-1][-1]["content"]  # the chunk is in the user turn
+        with httpx.stream("POST", srv.url + "/v1/chat/completions",
+                          json={"messages": CAT, "max_tokens": 8, "stream": True}) as s:
+            first = next(line for line in s.iter_lines() if line.startswith("data: "))
+        assert '"sources":["' in first and "cats.txt#0" in first
+    with pytest.raises(FileNotFoundError, match="no such rag database"):
+        RagContext(tmp_path / "missing.db")

@@ -38,14 +38,14 @@ _SSE = {"text/event-stream": {"schema": {
 
 
 def create_app(engine: Any, tokenizer: Any, model_name: str, api_key: str | None = None,
-               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+               max_body_bytes: int = MAX_BODY_BYTES, rag: Any = None) -> FastAPI:
     """The FastAPI app serving `engine` (already started) as `model_name`; with `api_key`, the /v1 routes
     need `Authorization: Bearer <api_key>`."""
     app = FastAPI(title="scratchlm", version="1", description=f"OpenAI-compatible server of {model_name}")
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     metrics = ServerMetrics(engine)
     created = int(time.time())
-    server = Handlers(engine, tokenizer, model_name, metrics)
+    server = Handlers(engine, tokenizer, model_name, metrics, rag)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:

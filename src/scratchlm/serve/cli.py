@@ -54,7 +54,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"warning: {problem}; /v1/chat/completions will apply the template anyway")
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
         print(f"warning: listening on {args.host} without --api-key: anyone who can reach it can use it")
-    app = create_app(engine, tokenizer, name, api_key=args.api_key)
+    rag = None
+    if args.rag_db:
+        from scratchlm.serve.rag import RagContext
+
+        try:
+            rag = RagContext(args.rag_db, k=args.rag_k)
+        except BaseException:
+            engine.shutdown()
+            raise
+        print(f"answering chat requests from {args.rag_db} ({rag.chunks} chunks, {rag.embedder.name} + BM25, "
+              f"top {args.rag_k})")
+    app = create_app(engine, tokenizer, name, api_key=args.api_key, rag=rag)
     print(f"serving {name} (context {engine.max_seq_len} tokens) at http://{args.host}:{args.port}/  "
           f"(OpenAI API under /v1, chat page at /, metrics at /metrics)")
     try:
@@ -99,6 +110,10 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model-name", default=None, help="the model id clients send (default: the run folder's name)")
     p.add_argument("--max-waiting", type=int, default=64, help="queued requests before new ones get 429")
     p.add_argument("--log-level", default="info", help="uvicorn's log level")
+    p.add_argument("--rag-db", default=None, metavar="FILE",
+                   help="answer chat requests from this `scratchlm rag index` database: the top chunks go into the "
+                        "last user turn, the response lists them in 'sources' (needs the [rag] extra)")
+    p.add_argument("--rag-k", type=int, default=3, help="chunks retrieved per question with --rag-db (default 3)")
     _engine_args(p)
     p.set_defaults(func=_cmd_serve)
 

@@ -71,8 +71,9 @@ class _Timer:
 class Handlers:
     """What each route does, step by step: create_app keeps only the routing."""
 
-    def __init__(self, engine: Any, tokenizer: Any, model_name: str, metrics: ServerMetrics):
+    def __init__(self, engine: Any, tokenizer: Any, model_name: str, metrics: ServerMetrics, rag: Any = None):
         self.engine, self.tokenizer, self.model_name, self.metrics = engine, tokenizer, model_name, metrics
+        self.rag = rag  # serve/rag.RagContext with --rag-db: chat questions are answered from retrieved chunks
 
     # --- shared steps ----------------------------------------------------------------------------
 
@@ -205,13 +206,22 @@ class Handlers:
         self._check_model(req.model)
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
         thinking = req.chat_template_kwargs.enable_thinking if req.chat_template_kwargs else True
+        sources = None
+        if self.rag is not None:
+            room = self.engine.max_seq_len - (req.max_completion_tokens or req.max_tokens or self.engine.max_seq_len // 4)
+
+            def fits(msgs: list[dict]) -> bool:
+                return len(chat_prompt_ids(self.tokenizer, msgs, enable_thinking=thinking)) <= room
+
+            # Retrieval (embedding, sqlite) off the event loop, like submitting.
+            messages, sources = await asyncio.to_thread(self.rag.augment, messages, fits)
         ids = chat_prompt_ids(self.tokenizer, messages, enable_thinking=thinking)
         params = self._params(req, len(ids), req.max_completion_tokens or req.max_tokens)
         handle = await self._submit(ids, params, req.n, req.logprobs, req.top_logprobs or 0)
         rid, created = f"chatcmpl-{handle.request_id}", int(time.time())
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
-            return EventStream(self._chat_stream(handle, req, request, rid, created, usage, t0))
+            return EventStream(self._chat_stream(handle, req, request, rid, created, usage, t0, sources))
         n = req.n
         splitters = [ThinkSplitter() for _ in range(n)]
         reasoning, content = [""] * n, [""] * n
@@ -238,18 +248,21 @@ class Handlers:
                                         logprobs=P.ChoiceLogprobs(content=lps[i]) if req.logprobs else None))
         usage = P.Usage(prompt_tokens=handle.prompt_tokens, completion_tokens=completion_tokens,
                         total_tokens=handle.prompt_tokens + completion_tokens)
-        return P.ChatCompletion(id=rid, created=created, model=self.model_name, choices=choices, usage=usage)
+        return P.ChatCompletion(id=rid, created=created, model=self.model_name, choices=choices, usage=usage,
+                                sources=sources)
 
     async def _chat_stream(self, handle: Any, req: P.ChatCompletionRequest, request: Request, rid: str,
-                           created: int, include_usage: bool, t0: float) -> AsyncIterator[str]:
+                           created: int, include_usage: bool, t0: float,
+                           sources: list[str] | None = None) -> AsyncIterator[str]:
         base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": self.model_name}
 
-        def chunk(i: int, delta: dict, finish: str | None = None, logprobs: Any = None) -> str:
+        def chunk(i: int, delta: dict, finish: str | None = None, logprobs: Any = None, extra: dict | None = None) -> str:
             choice = {"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
-            return _sse({**base, "choices": [choice], **({"usage": None} if include_usage else {})})
+            return _sse({**base, "choices": [choice], **({"usage": None} if include_usage else {}), **(extra or {})})
 
         for i in range(req.n):  # the first chunk of each choice carries the role, as OpenAI's does
-            yield chunk(i, {"role": "assistant", "content": ""})
+            yield chunk(i, {"role": "assistant", "content": ""},
+                        extra={"sources": sources} if sources is not None and i == 0 else None)
         splitters = [ThinkSplitter() for _ in range(req.n)]
         completion_tokens = 0
         async for _, ev in self._collect([handle], request, t0):

@@ -140,6 +140,7 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage
+    sources: Optional[list[str]] = None  # `serve --rag-db`: the chunks put into the prompt (source#chunk)
 
 
 class Delta(BaseModel):
@@ -165,6 +166,7 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChatChunkChoice]
     usage: Optional[Usage] = None
+    sources: Optional[list[str]] = None  # `serve --rag-db`: on the first chunk, the chunks put into the prompt
 
 
 class CompletionLogprobs(BaseModel):
