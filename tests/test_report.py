@@ -59,5 +59,5 @@ def test_report_card_of_two_stages(tmp_path, capsys):
     with open(tmp_path / "sft" / "metrics.jsonl", "a") as f:
         f.write("{oops\n")
     assert main(["report", str(tmp_path / "sft"), "--out", str(tmp_path / "r3")]) == 1
-    assert "metrics.jsonl:5: bad JSON" in capsys.readouterr().err
+    assert "metrics.jsonl:5: invalid JSON" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r4")]) == 1

@@ -18,6 +18,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from scratchlm.data.jsonl import iter_jsonl
+
 TASKS = ("ppl", "bpb", "mc", "gen", "synth", "winrate")
 
 
@@ -33,13 +35,7 @@ def parse_tasks(text: str) -> list[str]:
 def load_gen_items(path: Path) -> list[dict[str, Any]]:
     """[{"messages" | "text", "reference"}] from jsonl: "prompt" a string or a chat list, "reference" (or "answer")."""
     items = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: bad JSON ({e.msg})") from None
+    for n, rec in iter_jsonl(Path(path).read_text(encoding="utf-8").splitlines(), path):
         ref = rec.get("reference", rec.get("answer")) if isinstance(rec, dict) else None
         prompt = rec.get("prompt") if isinstance(rec, dict) else None
         if not isinstance(ref, str):

@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from scratchlm.data.jsonl import iter_jsonl
+
 ACCURACY_KEYS = ("mc acc", "mc acc_norm")  # eval metrics on a 0-1 scale, drawn in the accuracy panel
 # Asked of every stage by `evaluate=True` (greedy), so the report shows how answers change from stage to stage.
 SAMPLE_PROMPTS = ("What is your name?", "What is 23 + 45?", "背诵一首李白的诗。", "Tell me a fortune.")
@@ -25,13 +27,7 @@ def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
     train, val = [], []
     if not path.is_file():
         return train, val
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: bad JSON ({e.msg})") from None
+    for _, rec in iter_jsonl(path.read_text(encoding="utf-8").splitlines(), path):
         if "loss" in rec:
             train.append(rec)
         elif any(k.startswith("val_") for k in rec):

@@ -9,10 +9,11 @@ the averaging is what makes the same code right for judges that read both replie
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+from scratchlm.data.jsonl import iter_jsonl
 
 Judge = Callable[[Sequence[list[dict]], Sequence[str], Sequence[str]], list[float]]
 
@@ -48,13 +49,7 @@ def reward_judge(reward_model: Any, tokenizer: Any) -> Judge:
 def load_prompts(path: str | Path) -> list[list[dict]]:
     """Chat prompts from jsonl: "prompt" a string (one user turn) or a list of messages; errors name file:line."""
     out = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: bad JSON ({e.msg})") from None
+    for n, rec in iter_jsonl(Path(path).read_text(encoding="utf-8").splitlines(), path):
         p = rec.get("prompt") if isinstance(rec, dict) else None
         if isinstance(p, str):
             p = [{"role": "user", "content": p}]
