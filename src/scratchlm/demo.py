@@ -451,10 +451,12 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoS
     print_summary(summary, out)
     from scratchlm.eval.report import write_report
 
-    # The page to read after the demo: every stage's curves and metrics side by side.
+    # The page to read after the demo: every stage's curves and metrics side by side (its time comes after the
+    # total above, which the report quotes).
+    t = time.perf_counter()
     stage_dirs = [out / st for st in STAGES if st != "rag" and (out / st / "config.toml").exists()]
     report = write_report(stage_dirs, out, summary, evaluate=s.report_eval, val_data=paths["pretrain_val"])
-    _say(f"report card: {report}")
+    _say(f"report card: {report} ({time.perf_counter() - t:.0f} s)")
     return summary
 
 
