@@ -203,6 +203,27 @@ class PreferenceConfig:
 
 
 @dataclass
+class RLConfig:
+    """RL on sampled completions (train/grpo.py, train/rl_losses.py): rollouts, rewards, the clipped loss."""
+
+    num_generations: int = 4  # G completions per prompt (train.batch_size prompts per micro-batch → B·G rows)
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    eps_low: float = 0.2  # the ratio is clipped to [1 − eps_low, 1 + eps_high] (DAPO's clip-higher: eps_high > eps_low)
+    eps_high: float = 0.28
+    beta: float = 0.0  # weight of the k3 KL to the reference (the --init-from run); 0 loads no reference
+    scale_rewards: bool = True  # divide advantages by the group's std (GRPO); false = Dr. GRPO
+    loss_agg: Literal["grpo", "dapo", "dr_grpo", "cispo"] = "dapo"
+    reward_funcs: str = "answer,format"  # comma-separated names from train/rewards.py
+    reward_weights: str = "1.0,0.1"  # one weight per reward function
+    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal (no signal)
+
+    def __post_init__(self) -> None:
+        _validate(self, "rl")
+
+
+@dataclass
 class Config:
     """A whole run: the model, how to train it, and optional adapters."""
 
@@ -210,6 +231,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     pref: PreferenceConfig = field(default_factory=PreferenceConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (None values dropped: TOML has no null)."""
@@ -281,6 +303,13 @@ _LIMITS: dict[str, tuple[float | None, float | None]] = {
     "pref.beta": (0, None),
     "pref.label_smoothing": (0, 0.49),
     "pref.rpo_alpha": (0, None),
+    "rl.num_generations": (1, None),
+    "rl.max_new_tokens": (1, None),
+    "rl.temperature": (0, None),
+    "rl.top_p": (1e-6, 1),
+    "rl.eps_low": (0, 1),
+    "rl.eps_high": (0, None),
+    "rl.beta": (0, None),
     "lora.rank": (0, None),
     "lora.alpha": (0, None),
     "lora.dropout": (0, 1),

@@ -36,6 +36,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("dpo", "scratchlm.train.dpo:DPO", "preference",
           "preference optimisation (DPO / IPO / cDPO / SimPO: --set pref.loss_type=...) from --init-from SFT_RUN "
           "on `prepare --kind preference` shards", needs_init=True),
+    Stage("grpo", "scratchlm.train.grpo:GRPO", "prompt",
+          "RL on verifiable answers (GRPO / DAPO / Dr. GRPO / CISPO losses: --set rl.loss_agg=...) from --init-from "
+          "SFT_RUN on `prepare --kind prompt` shards", needs_init=True),
 )}
 STAGE_NAMES: tuple[str, ...] = tuple(STAGES)
 
