@@ -224,6 +224,19 @@ class RLConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Logit distillation (train/distill.py): a frozen teacher run's softened distribution taught to the student."""
+
+    teacher: str = ""  # the teacher run folder (same tokenizer; any size)
+    temperature: float = 2.0  # T: both distributions softened by T, the KL scaled by T² (Hinton et al.)
+    alpha: float = 0.5  # loss = alpha · T² · KL + (1 − alpha) · cross-entropy on the data's targets
+    kl: Literal["forward", "reverse"] = "forward"  # KL(teacher ‖ student) covers modes; reverse seeks one
+
+    def __post_init__(self) -> None:
+        _validate(self, "distill")
+
+
+@dataclass
 class Config:
     """A whole run: the model, how to train it, and optional adapters."""
 
@@ -232,6 +245,7 @@ class Config:
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     pref: PreferenceConfig = field(default_factory=PreferenceConfig)
     rl: RLConfig = field(default_factory=RLConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (None values dropped: TOML has no null)."""
@@ -310,6 +324,8 @@ _LIMITS: dict[str, tuple[float | None, float | None]] = {
     "rl.eps_low": (0, 1),
     "rl.eps_high": (0, None),
     "rl.beta": (0, None),
+    "distill.temperature": (1e-3, None),
+    "distill.alpha": (0, 1),
     "lora.rank": (0, None),
     "lora.alpha": (0, None),
     "lora.dropout": (0, 1),

@@ -62,8 +62,9 @@ def find_tokenizer_dir(cfg: Config, init_from: str | Path | None, explicit: str 
     return None
 
 
-def check_same_tokenizer(init_from: str | Path, data: str | Path) -> None:
-    """Refuse to continue a run on data prepared with another tokenizer (its ids would mean other tokens)."""
+def check_same_tokenizer(init_from: str | Path, data: str | Path, flag: str = "--init-from") -> None:
+    """Refuse to continue (or distil from) a run on data prepared with another tokenizer (its ids would mean other
+    tokens); `flag` names the option that gave the run."""
     from scratchlm.data.prepare import tokenizer_hash
 
     tok, meta = Path(init_from) / "tokenizer.json", Path(data) / "meta.json" if data else None
@@ -72,7 +73,7 @@ def check_same_tokenizer(init_from: str | Path, data: str | Path) -> None:
     data_hash = json.loads(meta.read_text(encoding="utf-8")).get("tokenizer_hash")
     run_hash = tokenizer_hash(tok)
     if data_hash and data_hash != run_hash:
-        raise ConfigError(f"--init-from {init_from}: its tokenizer.json (sha256 {run_hash[:16]}…) is not the one "
+        raise ConfigError(f"{flag} {init_from}: its tokenizer.json (sha256 {run_hash[:16]}…) is not the one "
                           f"{meta} was prepared with (sha256 {data_hash[:16]}…); prepare the data again with "
                           f"--tokenizer {init_from}")
 
@@ -110,6 +111,8 @@ def run_train(
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    if getattr(args, "teacher", None):
+        args.set = [*args.set, f"distill.teacher={args.teacher}"]
     result = run_train(args.stage, args.out, args.config, args.set, args.data, args.init_from, args.resume,
                        args.tokenizer, args.stop_at_step, not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
@@ -146,6 +149,9 @@ def add_cli(subparsers: Any) -> None:
         s.add_argument("--tokenizer", default=None, metavar="DIR", help="tokenizer folder copied into the run")
         s.add_argument("--stop-at-step", type=int, default=None, help="checkpoint and exit after this step")
         s.add_argument("--no-progress", action="store_true", help="no progress bar")
+        if stage == "distill":
+            s.add_argument("--teacher", default=None, metavar="RUN",
+                           help="the teacher run (same tokenizer; shortcut for --set distill.teacher=RUN)")
         s.set_defaults(func=_cmd_train)
     pl = sub.add_parser("plot", help="draw RUN/loss.png from RUN/metrics.jsonl")
     pl.add_argument("run")
