@@ -25,7 +25,7 @@ def test_help_lists_every_command(capsys):
 HELP_ARGVS = [[c] for c in COMMANDS if c not in ("data", "tokenizer", "model", "train", "export", "import")] + [
     ["export", "hf"], ["import", "hf"],
     ["data", "info"], ["data", "synth"], ["tokenizer", "train"], ["tokenizer", "stats"], ["model", "info"],
-    *[["train", stage] for stage in STAGE_NAMES], ["train", "plot"],
+    *[["train", stage] for stage in STAGE_NAMES], ["train", "teacher-data"], ["train", "plot"],
 ]
 # What `scratchlm --help` must not load (torch alone is ~1.3 s); the commands import them when they run.
 HEAVY_MODULES = ("torch", "numpy", "tokenizers", "transformers")

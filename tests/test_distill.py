@@ -98,3 +98,29 @@ def test_teacher_with_another_tokenizer_is_refused(tok, tmp_path):  # noqa: F811
     shards, _ = _sft_shards(tok)
     with pytest.raises(ConfigError, match=r"--teacher .*teacher: its tokenizer.json \(sha256 .*\) is not the one"):
         Distill(scfg, shards).prepare_model(build_model(scfg))
+
+
+def test_teacher_data_writes_checked_sft_conversations_that_prepare_accepts(chat_run, tmp_path, capsys):
+    # Sequence-level distillation data from a real (tiny, trained) teacher: its <think> trace kept, wrong answers
+    # dropped by --check, and the file is SFT data as `prepare` reads it.
+    import json
+
+    from scratchlm.cli import main
+    from scratchlm.data.prepare import prepare
+
+    prompts = tmp_path / "prompts.jsonl"
+    rows = [{"prompt": "What is 2 plus 3?", "answer": "5", "task": "add1"},
+            {"prompt": [{"role": "user", "content": "What is 2 plus 3?"}], "answer": "6", "task": "add1"}]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "teacher.jsonl"
+    assert main(["train", "teacher-data", str(chat_run), "--prompts", str(prompts), "--out", str(out), "--check",
+                 "--max-new-tokens", "16"]) == 0
+    assert "1 conversations from 2 teacher answers to 2 prompts" in capsys.readouterr().out
+    (rec,) = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert rec["conversations"][-1] == {"role": "assistant", "content": "<think>2+3=5</think>5"} and rec["answer"] == "5"
+    prepare("sft", chat_run, [out], tmp_path / "shards", dedup=False)
+    assert json.loads((tmp_path / "shards" / "meta.json").read_text())["n_docs"] == 1
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "hi"}\n', encoding="utf-8")
+    assert main(["train", "teacher-data", str(chat_run), "--prompts", str(bad), "--out", str(out), "--check"]) == 1
+    assert "bad.jsonl:1: --check needs" in capsys.readouterr().err

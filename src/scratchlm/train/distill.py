@@ -11,6 +11,8 @@ in size but must share the tokenizer: the same ids must mean the same tokens.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -75,3 +77,51 @@ class Distill(SFT):
         kd = kd_loss(out.logits, teacher_logits, dc.temperature, dc.kl)
         loss = dc.alpha * kd + (1 - dc.alpha) * out.loss
         return loss, dict(_parts(out), kd_loss=float(kd.detach()))
+
+
+def teacher_answers(teacher_run: str | Path, prompts_file: str | Path, out_file: str | Path, samples: int = 1,
+                    temperature: float = 0.0, max_new_tokens: int = 128, check: bool = False,
+                    seed: int = 0) -> dict[str, int]:
+    """Sequence-level distillation data: the teacher's answers (with their <think> traces) to the prompts of a
+    JSON-lines file ({"prompt": messages or text, ...other columns}), written as SFT conversations
+    ({"conversations": prompt + [assistant answer], ...columns}). With `check`, only answers that
+    `synth.check_answer` accepts are kept (rejection sampling, as R1's distillation data was filtered);
+    rows without "answer"/"task" columns are then an error naming file:line. Returns counts."""
+    from scratchlm.data.clean import clean_messages
+    from scratchlm.data.jsonl import iter_jsonl
+    from scratchlm.data.synth import check_answer
+    from scratchlm.generate import Engine, SamplingParams
+    from scratchlm.run import load_run
+
+    model, tok, _ = load_run(teacher_run)
+    if tok is None:
+        raise ValueError(f"{teacher_run}: no tokenizer.json; the teacher must be a run folder with its tokenizer")
+    rows = []
+    for n, rec in iter_jsonl(Path(prompts_file).read_text(encoding="utf-8").splitlines(), prompts_file):
+        p = rec.get("prompt") if isinstance(rec, dict) else None
+        msgs = [{"role": "user", "content": p}] if isinstance(p, str) else p
+        if not isinstance(msgs, list) or not msgs:
+            raise ValueError(f"{prompts_file}:{n}: expected \"prompt\" as a string or a list of chat messages")
+        if check and not (isinstance(rec.get("answer"), str) and isinstance(rec.get("task"), str)):
+            raise ValueError(f"{prompts_file}:{n}: --check needs \"answer\" and \"task\" columns to grade the teacher")
+        rows.append((clean_messages(msgs), {k: v for k, v in rec.items() if k != "prompt"}))
+    engine = Engine(model, tok)
+    budget = int(model.config.max_seq_len) - max_new_tokens
+    ids = [list(tok.encode_chat(m, add_generation_prompt=True)[0]) for m, _ in rows]
+    keep = [i for i, x in enumerate(ids) if len(x) <= budget]
+    counts = {"prompts": len(rows), "too_long": len(rows) - len(keep), "answers": 0, "kept": 0}
+    out = []
+    for s in range(samples):
+        params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed + s)
+        for i, gen in zip(keep, engine.generate([ids[i] for i in keep], params)):
+            msgs, cols = rows[i]
+            text = tok.decode(gen, skip_special_tokens=True).strip()
+            counts["answers"] += 1
+            if check and not check_answer(cols["task"], text, cols["answer"]):
+                continue
+            out.append({"conversations": msgs + [{"role": "assistant", "content": text}], **cols})
+    counts["kept"] = len(out)
+    tmp = Path(str(out_file) + ".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out), encoding="utf-8")
+    tmp.replace(out_file)  # atomic: a half-written file never looks finished
+    return counts
