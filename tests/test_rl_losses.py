@@ -84,3 +84,43 @@ def test_kl_term_and_errors():
     assert plain.kl == pytest.approx(kl) and withkl.loss.item() == pytest.approx(plain.loss.item() + 0.1 * kl, rel=1e-5)
     with pytest.raises(ValueError, match="agg='ppo'"):
         policy_loss(NEW, OLD, ADV, MASK, agg="ppo")
+
+
+def test_kl_shaped_rewards_put_the_score_on_the_last_token():
+    from scratchlm.train.rl_losses import kl_shaped_rewards
+
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    logp, ref = torch.full((2, 3), -1.0), torch.full((2, 3), -1.5)
+    r = kl_shaped_rewards(torch.tensor([2.0, -1.0]), logp, ref, mask, beta=0.1)
+    # −0.1·(−1 − (−1.5)) = −0.05 per token; the score lands on each row's last real token
+    torch.testing.assert_close(r, torch.tensor([[-0.05, -0.05, 1.95], [-0.05, -1.05, 0.0]]))
+
+
+def test_gae_by_hand():
+    from scratchlm.train.rl_losses import gae
+
+    rewards = torch.tensor([[0.0, 0.0, 1.0], [0.0, 2.0, 0.0]])
+    values = torch.tensor([[0.5, 0.6, 0.7], [0.1, 0.2, 9.0]])  # 9.0 sits on padding: never read
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    g, lam = 0.9, 0.8
+    adv, ret = gae(rewards, values, mask, g, lam)
+    # row 0: δ2 = 1 − 0.7 = 0.3; δ1 = 0 + 0.9·0.7 − 0.6 = 0.03; δ0 = 0 + 0.9·0.6 − 0.5 = 0.04
+    a2 = 0.3
+    a1 = 0.03 + g * lam * a2
+    a0 = 0.04 + g * lam * a1
+    # row 1: δ1 = 2 − 0.2 = 1.8 (nothing after it); δ0 = 0 + 0.9·0.2 − 0.1 = 0.08
+    b1 = 1.8
+    b0 = 0.08 + g * lam * b1
+    torch.testing.assert_close(adv, torch.tensor([[a0, a1, a2], [b0, b1, 0.0]]))
+    torch.testing.assert_close(ret, (adv + values) * mask)
+
+
+def test_whiten_and_clipped_value_loss_by_hand():
+    from scratchlm.train.rl_losses import value_loss, whiten
+
+    x, mask = torch.tensor([[1.0, 3.0, 100.0]]), torch.tensor([[1.0, 1.0, 0.0]])
+    torch.testing.assert_close(whiten(x, mask), torch.tensor([[-1.0, 1.0, 0.0]]), atol=1e-6, rtol=0)
+    v, old, ret = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.5, 0.0]]), torch.tensor([[2.0, 1.0]])
+    # token 0: unclipped (1 − 2)² = 1, clipped V = 0.7 → (0.7 − 2)² = 1.69: max 1.69; token 1: 1 and 1
+    want = 0.5 * (1.69 + 1.0) / 2
+    assert value_loss(v, old, ret, torch.ones(1, 2), clip=0.2).item() == pytest.approx(want)

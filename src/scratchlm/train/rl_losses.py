@@ -94,3 +94,54 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
     loss = _aggregate(per_token, mask, agg, max_len or logp.shape[1])
     n = float(mask.sum().clamp(min=1))
     return PolicyLoss(loss, float((clipped.to(mask.dtype) * mask).sum()) / n, float(kl.detach()))
+
+
+# -- PPO (RLHF): per-token rewards, GAE, whitening, the clipped value loss ---------------------------------------
+
+
+def kl_shaped_rewards(score: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor,
+                      beta: float) -> torch.Tensor:
+    """InstructGPT's per-token rewards [B, T]: −β·(log π_old − log π_ref) at every completion token, plus the
+    sequence's score [B] (reward model or rule) at its last token."""
+    mask = mask.to(logp.dtype)
+    r = -beta * (logp - ref_logp) * mask
+    last = (mask.cumsum(1) == mask.sum(1, keepdim=True)) & (mask > 0)  # [B, T]: the final completion token
+    return r + last.to(r.dtype) * score.to(r.dtype)[:, None]
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over each row's completion tokens (mask [B, T], contiguous per row):
+    δ_t = r_t + γ·V_{t+1} − V_t, A_t = δ_t + γλ·A_{t+1}, with V and A zero after the last token.
+    Returns (advantages, returns = advantages + values), both zero outside the mask."""
+    mask = mask.to(values.dtype)
+    B, T = values.shape
+    adv = torch.zeros_like(values)
+    next_v = torch.zeros(B, dtype=values.dtype, device=values.device)
+    next_a = torch.zeros(B, dtype=values.dtype, device=values.device)
+    for t in range(T - 1, -1, -1):  # backwards: each step needs the one after it
+        m = mask[:, t]
+        delta = rewards[:, t] + gamma * next_v - values[:, t]
+        a = delta + gamma * lam * next_a
+        adv[:, t] = a * m
+        next_v = torch.where(m > 0, values[:, t], next_v * 0)
+        next_a = torch.where(m > 0, a, next_a * 0)
+    return adv, (adv + values) * mask
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """x normalised to mean 0, std 1 over the masked entries (zero elsewhere)."""
+    m = mask.to(x.dtype)
+    n = m.sum().clamp(min=1)
+    mean = (x * m).sum() / n
+    var = (((x - mean) * m) ** 2).sum() / n
+    return (x - mean) * torch.rsqrt(var + eps) * m
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+               clip: float = 0.2) -> torch.Tensor:
+    """PPO's clipped value loss: ½·max((V − R)², (clip(V, V_old ± clip) − R)²), mean over masked tokens."""
+    m = mask.to(values.dtype)
+    clipped = old_values + (values - old_values).clamp(-clip, clip)
+    loss = 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
+    return (loss * m).sum() / m.sum().clamp(min=1)
