@@ -1,4 +1,4 @@
-"""Reading JSON lines with errors that name the file and line (corpus, tokenizer input, metrics)."""
+"""Reading JSON lines with errors that name the file and line (corpus, tokenizer input, metrics, prompts)."""
 
 from __future__ import annotations
 
@@ -24,3 +24,15 @@ def iter_text_records(lines: Iterable[str], where: str | Path) -> Iterator[dict]
         if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
             raise ValueError(f"{where}:{lineno}: expected an object with a string 'text' field")
         yield rec
+
+
+def iter_prompt_records(lines: Iterable[str], where: str | Path) -> Iterator[tuple[int, list[dict], dict]]:
+    """(line number, chat messages, the record's other columns) of a prompts file: "prompt" is a string (one
+    user turn) or a list of chat messages; anything else raises naming where:line."""
+    for lineno, rec in iter_jsonl(lines, where):
+        p = rec.get("prompt") if isinstance(rec, dict) else None
+        if isinstance(p, str):
+            p = [{"role": "user", "content": p}]
+        if not isinstance(p, list) or not p:
+            raise ValueError(f"{where}:{lineno}: field 'prompt' must be a string or a list of chat messages")
+        yield lineno, p, {k: v for k, v in rec.items() if k != "prompt"}

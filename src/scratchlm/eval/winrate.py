@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from scratchlm.data.jsonl import iter_jsonl
+from scratchlm.data.jsonl import iter_prompt_records
 
 Judge = Callable[[Sequence[list[dict]], Sequence[str], Sequence[str]], list[float]]
 
@@ -48,15 +48,7 @@ def reward_judge(reward_model: Any, tokenizer: Any) -> Judge:
 
 def load_prompts(path: str | Path) -> list[list[dict]]:
     """Chat prompts from jsonl: "prompt" a string (one user turn) or a list of messages; errors name file:line."""
-    out = []
-    for n, rec in iter_jsonl(Path(path).read_text(encoding="utf-8").splitlines(), path):
-        p = rec.get("prompt") if isinstance(rec, dict) else None
-        if isinstance(p, str):
-            p = [{"role": "user", "content": p}]
-        if not isinstance(p, list) or not p:
-            raise ValueError(f"{path}:{n}: field 'prompt' must be a string or a list of chat messages")
-        out.append(p)
-    return out
+    return [msgs for _, msgs, _ in iter_prompt_records(Path(path).read_text(encoding="utf-8").splitlines(), path)]
 
 
 def compare_runs(run_a: str | Path, run_b: str | Path, judge_run: str | Path, prompts: list[list[dict]],

@@ -88,23 +88,20 @@ def teacher_answers(teacher_run: str | Path, prompts_file: str | Path, out_file:
     `synth.check_answer` accepts are kept (rejection sampling, as R1's distillation data was filtered);
     rows without "answer"/"task" columns are then an error naming file:line. Returns counts."""
     from scratchlm.data.clean import clean_messages
-    from scratchlm.data.jsonl import iter_jsonl
+    from scratchlm.data.jsonl import iter_prompt_records
     from scratchlm.data.synth import check_answer
     from scratchlm.generate import Engine, SamplingParams
     from scratchlm.run import load_run
 
+    rows = []
+    for n, msgs, cols in iter_prompt_records(Path(prompts_file).read_text(encoding="utf-8").splitlines(), prompts_file):
+        if check and not (isinstance(cols.get("answer"), str) and isinstance(cols.get("task"), str)):
+            raise ValueError(f"{prompts_file}:{n}: --check needs \"answer\" and \"task\" columns to grade the teacher")
+        rows.append((clean_messages(msgs), cols))
+    # the prompts are read first: a bad line is reported before the teacher's weights load
     model, tok, _ = load_run(teacher_run)
     if tok is None:
         raise ValueError(f"{teacher_run}: no tokenizer.json; the teacher must be a run folder with its tokenizer")
-    rows = []
-    for n, rec in iter_jsonl(Path(prompts_file).read_text(encoding="utf-8").splitlines(), prompts_file):
-        p = rec.get("prompt") if isinstance(rec, dict) else None
-        msgs = [{"role": "user", "content": p}] if isinstance(p, str) else p
-        if not isinstance(msgs, list) or not msgs:
-            raise ValueError(f"{prompts_file}:{n}: expected \"prompt\" as a string or a list of chat messages")
-        if check and not (isinstance(rec.get("answer"), str) and isinstance(rec.get("task"), str)):
-            raise ValueError(f"{prompts_file}:{n}: --check needs \"answer\" and \"task\" columns to grade the teacher")
-        rows.append((clean_messages(msgs), {k: v for k, v in rec.items() if k != "prompt"}))
     engine = Engine(model, tok)
     budget = int(model.config.max_seq_len) - max_new_tokens
     ids = [list(tok.encode_chat(m, add_generation_prompt=True)[0]) for m, _ in rows]
