@@ -44,6 +44,15 @@ async def _guarded(events: AsyncIterator[str]) -> AsyncIterator[str]:
         yield _sse({"error": {"message": str(e), "type": "server_error", "param": None, "code": code}})
 
 
+def _split_think(splitter: ThinkSplitter, ev: Any) -> tuple[str, str]:
+    """(reasoning, content) of one event's text; a sample's last event also flushes what the splitter held."""
+    r, c = splitter.feed(ev.text)
+    if ev.finish_reason is not None:
+        r2, c2 = splitter.finish()
+        r, c = r + r2, c + c2
+    return r, c
+
+
 def _sse(data: Any) -> str:
     """One server-sent event."""
     return f"data: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
@@ -230,10 +239,9 @@ class Handlers:
         completion_tokens = 0
         async for _, ev in self._collect([handle], request, t0):
             i = ev.index
-            r, c = splitters[i].feed(ev.text)
+            r, c = _split_think(splitters[i], ev)
             if ev.finish_reason is not None:
-                r2, c2 = splitters[i].finish()
-                r, c, finish[i] = r + r2, c + c2, ev.finish_reason
+                finish[i] = ev.finish_reason
             reasoning[i] += r
             content[i] += c
             if ev.token_id is not None:
@@ -267,10 +275,7 @@ class Handlers:
         completion_tokens = 0
         async for _, ev in self._collect([handle], request, t0):
             i = ev.index
-            r, c = splitters[i].feed(ev.text)
-            if ev.finish_reason is not None:
-                r2, c2 = splitters[i].finish()
-                r, c = r + r2, c + c2
+            r, c = _split_think(splitters[i], ev)
             lp = None
             if ev.token_id is not None:
                 completion_tokens += 1
