@@ -23,23 +23,12 @@ import json
 import os
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_random_run(preset: str, out: Path) -> Path:
@@ -61,29 +50,11 @@ def make_random_run(preset: str, out: Path) -> Path:
     return save_run(out / "run", Transformer(cfg.model), cfg, tok_dir)
 
 
-@contextmanager
 def server(run: Path, *extra: str):
-    """`scratchlm serve run` in a subprocess on a free port → its base URL."""
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "scratchlm.cli", "serve", str(run), "--port", str(port),
-                             "--model-name", "bench", "--log-level", "warning", *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(url + "/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"scratchlm serve {run} did not start:\n{proc.stderr.read() if proc.stderr else ''}")
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    """`scratchlm serve run` in a subprocess on a free port → its base URL (a context manager)."""
+    from scratchlm.serve.launch import serve_process
+
+    return serve_process(run, "--model-name", "bench", "--log-level", "warning", *extra)
 
 
 def stream_once(client: httpx.Client, url: str, body: dict) -> tuple[float, int, float]:

@@ -4,12 +4,13 @@ loopback port running in a thread."""
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
 from pathlib import Path
 
 import torch
+
+from scratchlm.serve.launch import free_port
 
 # What the tiny chat model learns by heart: a reasoning reply, plain replies, a long one (to keep a stream
 # busy), and an answer with thinking switched off (the prompt ends in an empty <think></think>).
@@ -64,13 +65,6 @@ def make_chat_run(root: Path, max_seq_len: int = 256, steps: int = 100) -> Path:
         opt.step()
     model.eval()
     return save_run(root / "run", model, cfg, tok_dir)
-
-
-def free_port() -> int:
-    """A free TCP port on the loopback interface."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LiveServer:

@@ -8,12 +8,11 @@ the same `schemathesis run` command against any running `scratchlm serve` (docs/
 import os
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 
-from serve_util import free_port
+from scratchlm.serve.launch import serve_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.ci]
 
@@ -22,28 +21,10 @@ CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,re
 
 @pytest.fixture(scope="module")
 def served(chat_run, tmp_path_factory):
-    port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "scratchlm.cli", "serve", str(chat_run), "--port", str(port),
-                                 "--model-name", "tiny", "--log-level", "warning"], stdout=out, stderr=subprocess.STDOUT,
-                                env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
+    with serve_process(chat_run, "--model-name", "tiny", "--log-level", "warning", log=log, timeout=60,
+                       env={"OMP_NUM_THREADS": "1"}) as url:
         yield url, log
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_serve_command_answers(served):
