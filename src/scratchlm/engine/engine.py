@@ -145,6 +145,7 @@ class _Seq:
     logprobs: bool = False
     top_logprobs: int = 0
     stop_ids: frozenset[int] = frozenset()
+    seen: torch.Tensor | None = None  # [1, V] tokens of the prompt and output, for the repetition penalty
     blocks: list[int] = field(default_factory=list)
     keys: list[bytes] = field(default_factory=list)  # prefix-cache key of each full block
     cached: int = 0  # tokens whose keys/values are in the blocks
@@ -494,11 +495,10 @@ class LLMEngine:
     def _accept(self, seq: _Seq, logits: torch.Tensor) -> None:
         """Sample seq's next token from logits [1, V] (the first after a prefill, or a decode step)."""
         p = seq.params
-        seen = None
-        if p.repetition_penalty != 1.0:
-            seen = torch.zeros_like(logits, dtype=torch.bool)
-            seen[0, torch.tensor(seq.tokens, device=logits.device)] = True
-        tok = int(sample(process_logits(logits, p, seen), p, seq.generator))
+        if p.repetition_penalty != 1.0 and seq.seen is None:  # built once, then one token marked per step
+            seq.seen = torch.zeros_like(logits, dtype=torch.bool)  # [1, V]
+            seq.seen[0, torch.tensor(seq.tokens, device=logits.device)] = True
+        tok = int(sample(process_logits(logits, p, seq.seen), p, seq.generator))
         lp = top = None
         if seq.logprobs or seq.top_logprobs:
             logp = torch.log_softmax(logits[0], dim=-1)  # the model's own distribution (before sampling filters)
@@ -513,6 +513,8 @@ class LLMEngine:
             self._finish(seq, "stop", seq.text.flush())
             return
         seq.tokens.append(tok)
+        if seq.seen is not None:
+            seq.seen[0, tok] = True
         seq.handle.token_ids[seq.index].append(tok)
         delta, stopped = seq.text.push(tok)
         if stopped:
