@@ -42,6 +42,7 @@ class GRPO(Objective):
         self.reference = reference
         self.position = 0  # prompts consumed, counted over all processes
         self._perm: tuple[int, np.ndarray] = (-1, np.arange(0))
+        self._engine: Any = None  # the rollout engine over self.policy, built on the first rollout
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """LoRA when configured; the tokenizer and (with rl.beta > 0) the reference come from the --init-from run."""
@@ -82,9 +83,12 @@ class GRPO(Objective):
         was_training = policy.training
         policy.eval()
         prompts = [self.shards.prompt(i) for i in indices]
-        # A fresh engine per rollout: the weights change every step, so no KV block may outlive it.
-        engine = LLMEngine(policy, self.tokenizer, prefix_caching=False, max_num_seqs=len(prompts) * G,
-                           max_waiting=len(prompts))
+        if self._engine is None:
+            # One engine (and KV pool) for the whole run. The weights change every step, so no computed block may
+            # be reused by a later rollout: without prefix caching a freed block is never looked up again.
+            self._engine = LLMEngine(policy, self.tokenizer, prefix_caching=False, max_num_seqs=len(prompts) * G,
+                                     max_waiting=len(prompts))
+        engine = self._engine
         params = [SamplingParams(temperature=rl.temperature, top_p=rl.top_p, max_new_tokens=rl.max_new_tokens,
                                  keep_stop_id=True, seed=seed + k * G) for k in range(len(prompts))]
         handles = [engine.submit([int(t) for t in p.ids], sp, n=G) for p, sp in zip(prompts, params)]
