@@ -231,6 +231,11 @@ def test_errors_name_the_limit():
         eng.submit([7], GREEDY)
     with pytest.raises(ValueError, match="cannot hold one sequence"):
         LLMEngine(model, block_size=8, num_blocks=4)
+    batch = LLMEngine(model)
+    with pytest.raises(ValueError, match="generate: prompt 1: .*outside the vocabulary"):
+        batch.generate([[5, 6], [5, 99999]], GREEDY)
+    assert batch.stats()["waiting"] == batch.stats()["running"] == 0  # prompt 0 was not left queued
+    assert batch.generate([[5, 6]], GREEDY) == LLMEngine(model).generate([[5, 6]], GREEDY)
 
 
 def test_block_pool_refcounts_and_lru_eviction():

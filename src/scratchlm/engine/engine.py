@@ -232,8 +232,18 @@ class LLMEngine:
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams | None = None) -> list[list[int]]:
-        """Generated ids (stop id / stop string cut off) for each prompt, all scheduled together."""
-        handles = [self.submit(p, params) for p in prompts]
+        """Generated ids (stop id / stop string cut off) for each prompt, all scheduled together. A prompt the
+        engine refuses is an error naming it, and none of the batch is left queued."""
+        handles: list[RequestHandle] = []
+        for i, p in enumerate(prompts):
+            try:
+                handles.append(self.submit(p, params))
+            except (ValueError, EngineFull) as e:
+                for h in handles:
+                    h.cancel()
+                if not self.running_in_background:
+                    self.step()  # drops the cancelled requests now
+                raise type(e)(f"generate: prompt {i}: {e}") from None
         while not all(h.finished for h in handles):
             if self.running_in_background:
                 with handles[0]._cond:
