@@ -59,8 +59,9 @@ def _pair_chunks(shards: Any, batch_pairs: int, max_pairs: int) -> list[list[int
 
 
 def _to(batch: dict[str, Any], model: nn.Module) -> dict[str, Any]:
-    device = next(model.parameters()).device
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    from scratchlm.train.objectives import to_device
+
+    return to_device(batch, next(model.parameters()).device)
 
 
 def _accuracy(margins: torch.Tensor) -> dict[str, float]:
