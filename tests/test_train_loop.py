@@ -122,6 +122,13 @@ def test_validation_logs_loss_and_ppl(tmp_path):
     assert vals and all(abs(r["val_ppl"] - np.exp(r["val_loss"])) < 1e-6 * r["val_ppl"] for r in vals)
 
 
+def test_every_log_step_records_resident_memory(tmp_path):
+    # rss_mb is what bench/bench_rl_memory.py reads to check that memory stays flat; only its presence is tested
+    _run(_cfg("train.max_steps=2"), tmp_path / "run")
+    recs = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [1, 2] and all(r["rss_mb"] > 0 for r in recs)
+
+
 def test_existing_checkpoints_need_resume(tmp_path):
     cfg = _cfg("train.max_steps=2")
     _run(cfg, tmp_path / "run")

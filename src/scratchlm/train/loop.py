@@ -24,7 +24,7 @@ from torch import nn
 from scratchlm.config import Config, ConfigError, load_run_config
 from scratchlm.data.jsonl import iter_jsonl
 from scratchlm.device import autocast, pick_device, pick_dtype
-from scratchlm.run import load_weights, save_run, tied_aliases
+from scratchlm.run import load_weights, tied_aliases
 from scratchlm.train import distributed as D
 from scratchlm.train import zero
 from scratchlm.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, restore_rng, save_checkpoint
@@ -54,6 +54,22 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def rss_mb() -> float | None:
+    """This process's resident set size in MB now (not the peak): /proc/self/status, else psutil, else None."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return psutil.Process().memory_info().rss / 2**20
 
 
 def build_optimizer(model: nn.Module, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
@@ -249,6 +265,9 @@ def train(
                            "tokens_per_s": tok_log / max(now - t_log, 1e-9), "elapsed_s": now - t_start}
                     if grad_norm is not None:
                         rec["grad_norm"] = float(grad_norm)
+                    rss = rss_mb()
+                    if rss is not None:
+                        rec["rss_mb"] = round(rss, 1)  # this process's resident memory: a leak shows as a rising line
                     rec.update({k: v for k, v in parts.items() if k != "ce_loss" or v != loss_mean})
                     metrics.log(rec)
                     t_log, tok_log = now, 0
@@ -279,7 +298,8 @@ def train(
             save(result.step)
         if info.is_main:
             if result.status == "done":
-                save_run(out_dir, raw if not info.enabled else _full_copy(raw, cfg, objective), cfg, tokenizer_dir)
+                objective.save_final(out_dir, raw if not info.enabled else _full_copy(raw, cfg, objective), cfg,
+                                     tokenizer_dir)
             if bar is not None:
                 bar.close()
             if result.status == "interrupted":
