@@ -204,7 +204,7 @@ class PreferenceConfig:
 
 @dataclass
 class RLConfig:
-    """RL on sampled completions (train/grpo.py, train/rl_losses.py): rollouts, rewards, the clipped loss."""
+    """RL on sampled completions (train/grpo.py, train/ppo.py, train/rl_losses.py): rollouts, rewards, the losses."""
 
     num_generations: int = 4  # G completions per prompt (train.batch_size prompts per micro-batch → B·G rows)
     max_new_tokens: int = 64
@@ -218,6 +218,15 @@ class RLConfig:
     reward_funcs: str = "answer,format"  # comma-separated names from train/rewards.py
     reward_weights: str = "1.0,0.1"  # one weight per reward function
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal (no signal)
+    num_iterations: int = 1  # μ: optimizer steps on each rollout batch, old log-probs kept (TRL's num_ppo_epochs)
+    # PPO (train/ppo.py; TRL's PPOConfig names). The clipped ratio uses eps_low / eps_high (TRL's cliprange: 0.2 both).
+    reward_model: str = ""  # a `scratchlm train reward` run scoring prompt + completion; empty = reward_funcs
+    kl_coef: float = 0.05  # β of the per-token −β·(log π − log π_ref) folded into the rewards; 0 loads no reference
+    gamma: float = 1.0  # discount over completion tokens in GAE
+    lam: float = 0.95  # GAE's λ: 1 = Monte-Carlo returns minus values, 0 = one-step TD errors
+    vf_coef: float = 0.1  # weight of the value loss in loss = policy loss + vf_coef · value loss
+    cliprange_value: float = 0.2  # the new value is clipped to the rollout's value ± this in the value loss
+    missing_eos_penalty: float = 0.0  # subtracted from the score of a completion cut at max_new_tokens (0 = off)
 
     def __post_init__(self) -> None:
         _validate(self, "rl")
@@ -324,6 +333,13 @@ _LIMITS: dict[str, tuple[float | None, float | None]] = {
     "rl.eps_low": (0, 1),
     "rl.eps_high": (0, None),
     "rl.beta": (0, None),
+    "rl.num_iterations": (1, None),
+    "rl.kl_coef": (0, None),
+    "rl.gamma": (0, 1),
+    "rl.lam": (0, 1),
+    "rl.vf_coef": (0, None),
+    "rl.cliprange_value": (0, None),
+    "rl.missing_eos_penalty": (0, None),
     "distill.temperature": (1e-3, None),
     "distill.alpha": (0, 1),
     "lora.rank": (0, None),

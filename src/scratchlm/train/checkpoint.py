@@ -5,6 +5,8 @@ A checkpoint is a folder `checkpoints/step-N/` holding
   optimizer.pt        optimizer state keyed by parameter name (loaded with weights_only=True)
   rng.pt              torch CPU/CUDA generator states (uint8 tensors, weights_only-safe)
   trainer.json        step, tokens seen, schedule step, objective data position, python/numpy RNG
+  objective.pt        only when the objective's state holds tensors (a rollout batch kept for its next
+                      optimisation pass): that whole state, loaded with weights_only=True
   config.toml         the resolved config
 It is written to `checkpoints/.tmp-step-N/`, every file fsynced, then renamed: a crash or SIGKILL
 while saving leaves only a stale temp folder (removed on the next save), never a half checkpoint.
@@ -118,6 +120,9 @@ def save_checkpoint(
     json_rng, tensor_rng = capture_rng()
     _save_torch(tensor_rng, tmp / "rng.pt")
     state = dict(trainer_state, step=step, rng=json_rng)
+    if _has_tensor(state.get("objective")):  # JSON cannot hold tensors: the objective's state goes to its own file
+        _save_torch(state.pop("objective"), tmp / OBJECTIVE_FILE)
+        state["objective_file"] = OBJECTIVE_FILE
     _write_text(tmp / "trainer.json", json.dumps(state, indent=1))
     if config is not None:
         config.save(tmp / "config.toml")
@@ -144,6 +149,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if missing:
         raise FileNotFoundError(f"{path}: incomplete checkpoint, missing {', '.join(missing)}")
     trainer = json.loads((path / "trainer.json").read_text(encoding="utf-8"))
+    if trainer.get("objective_file"):
+        obj = path / trainer.pop("objective_file")
+        if not obj.exists():
+            raise FileNotFoundError(f"{path}: incomplete checkpoint, missing {obj.name}")
+        trainer["objective"] = torch.load(obj, map_location="cpu", weights_only=True)
     return Checkpoint(
         path=path,
         step=int(trainer["step"]),
@@ -152,6 +162,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         trainer=trainer,
         rng_tensors=torch.load(path / "rng.pt", map_location="cpu", weights_only=True),
     )
+
+
+OBJECTIVE_FILE = "objective.pt"
+
+
+def _has_tensor(obj: Any) -> bool:
+    """Whether a (nested dict / list / tuple) state holds any tensor."""
+    if isinstance(obj, torch.Tensor):
+        return True
+    if isinstance(obj, dict):
+        return any(_has_tensor(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return any(_has_tensor(v) for v in obj)
+    return False
 
 
 def _save_torch(obj: Any, path: Path) -> None:

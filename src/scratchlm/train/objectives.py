@@ -95,8 +95,15 @@ class Objective:
         """Tokens the model processes for this batch (for tokens/s)."""
         return int(batch["input_ids"].numel())
 
+    def save_final(self, run_dir: Path, model: nn.Module, cfg: Config, tokenizer_dir: str | Path | None) -> None:
+        """Write the finished run folder from the trained module, as `load_run` opens it. A stage that trains more
+        than the model it hands on (PPO's critic) writes the rest beside it."""
+        from scratchlm.run import save_run
+
+        save_run(run_dir, model, cfg, tokenizer_dir)
+
     def state_dict(self) -> dict[str, Any]:
-        """JSON-able data position."""
+        """The data position (JSON-able; tensors, such as a kept rollout batch, go to the checkpoint's objective.pt)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

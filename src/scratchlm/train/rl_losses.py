@@ -70,11 +70,13 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
     """Clipped surrogate (or CISPO) loss over completion tokens, + β·k3 KL to the reference, aggregated by `agg`.
 
     logp / old_logp / ref_logp: [B, T] log-probs of the sampled tokens under the policy (with grad), the policy
-    that sampled them and the reference; advantages [B]; mask [B, T]; max_len: dr_grpo's constant (default T)."""
+    that sampled them and the reference; advantages [B] (per sequence) or [B, T] (per token); mask [B, T];
+    max_len: dr_grpo's constant (default T)."""
     if agg not in AGGREGATIONS:
         raise ValueError(f"policy_loss: agg={agg!r}; choose one of {', '.join(AGGREGATIONS)}")
     mask = mask.to(logp.dtype)
-    A = advantages.to(logp.dtype)[:, None]  # [B, 1]
+    A = advantages.to(logp.dtype)
+    A = A[:, None] if A.dim() == 1 else A  # [B, 1]: one per sequence (GRPO), or [B, T]: one per token (PPO's GAE)
     ratio = torch.exp(logp - old_logp.detach())
     if agg == "cispo":
         weight = ratio.clamp(max=1 + eps_high).detach()
