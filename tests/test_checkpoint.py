@@ -147,3 +147,17 @@ def test_sigkill_while_saving_resumes_from_previous_checkpoint(tmp_path):
     full = run_train("pretrain", tmp_path / "full", "debug", sets, str(tmp_path / "data"), progress=False)
     logged = [json.loads(ln)["loss"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
     np.testing.assert_allclose(logged, full.losses, rtol=0, atol=1e-6)
+
+
+def test_objective_state_with_tensors_goes_to_objective_pt(tmp_path):
+    # A rollout batch kept between two optimisation passes: tensors (and plain fields) in the objective's state.
+    buffer = [{"input_ids": torch.arange(6).view(2, 3), "old_logp": torch.randn(2, 3), "stats": {"reward": 0.5}}]
+    path = save_checkpoint(tmp_path / "ckpt", 3, {"w": torch.ones(2)}, {}, {"objective": {"position": 8,
+                                                                                          "buffer": buffer}})
+    assert (path / "objective.pt").exists() and "buffer" not in (path / "trainer.json").read_text()
+    got = load_checkpoint(path).trainer["objective"]
+    assert got["position"] == 8 and got["buffer"][0]["stats"] == {"reward": 0.5}
+    assert torch.equal(got["buffer"][0]["old_logp"], buffer[0]["old_logp"])
+    (path / "objective.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="objective.pt"):
+        load_checkpoint(path)

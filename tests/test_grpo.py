@@ -112,3 +112,26 @@ def test_reward_functions_and_config_errors(tok):
         parse_rewards("answer", "1,2")
     with pytest.raises(ConfigError, match="prepare --kind prompt"):
         GRPO(_cfg(), type("S", (), {"kind": "sft"})(), tokenizer=tok)
+
+
+def test_two_passes_per_rollout_clip_on_the_second_and_resume_exactly_between_them(tok, tmp_path):
+    # rl.num_iterations=2: each rollout batch serves two optimizer steps with its old log-probs kept, so the second
+    # pass is off-policy (ratio ≠ 1: clipping bites with a large lr); a stop at an odd step falls between the passes.
+    sets = ("rl.reward_funcs=length", "rl.reward_weights=1", "train.lr=3e-2", "train.max_steps=6",
+            "rl.num_iterations=2", "train.save_every=3")
+
+    def run(out, stop=None, resume=False):
+        c = _cfg(*sets)
+        torch.manual_seed(0)
+        return train(c, GRPO(c, PromptShards(tok), tokenizer=tok), tmp_path / out, build_model(c), resume=resume,
+                     stop_at_step=stop, progress=False)
+
+    full = run("full")
+    import json
+
+    recs = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["clip_fraction"] == 0 for r in recs[0::2])  # the first pass: the policy that sampled
+    assert max(r["clip_fraction"] for r in recs[1::2]) > 0
+    assert [r["completion_length"] for r in recs[0::2]] == [r["completion_length"] for r in recs[1::2]]
+    first, second = run("split", stop=3), run("split", resume=True)
+    np.testing.assert_allclose(first.losses + second.losses, full.losses, rtol=0, atol=1e-6)

@@ -124,3 +124,16 @@ def test_whiten_and_clipped_value_loss_by_hand():
     # token 0: unclipped (1 − 2)² = 1, clipped V = 0.7 → (0.7 − 2)² = 1.69: max 1.69; token 1: 1 and 1
     want = 0.5 * (1.69 + 1.0) / 2
     assert value_loss(v, old, ret, torch.ones(1, 2), clip=0.2).item() == pytest.approx(want)
+
+
+def test_per_token_advantages_by_hand():
+    # PPO's GAE gives one advantage per token: [B, T] broadcasts token by token instead of per row.
+    adv = torch.tensor([[1.0, -1.0, 2.0], [0.5, -2.0, 9.0]])  # (1, 2) is padding
+    out = policy_loss(NEW, OLD, adv, MASK, 0.2, 0.2, "dapo")
+    # ratios 1.6 1.0 0.6 / 0.8 1.4, ε = 0.2: row 0: −min(1.6·1, 1.2·1) = −1.2, −min(−1, −1) = 1.0,
+    # −min(0.6·2, 0.8·2) = −1.2; row 1: −min(0.8·0.5, 0.8·0.5) = −0.4, −min(1.4·−2, 1.2·−2) = 2.8
+    want = (-1.2 + 1.0 - 1.2 - 0.4 + 2.8) / 5
+    assert out.loss.item() == pytest.approx(want, rel=1e-5)
+    assert out.clip_fraction == pytest.approx(1 / 5)  # only token (0, 0) takes the bound
+    same = policy_loss(NEW, OLD, ADV[:, None].expand(2, 3), MASK, 0.2, 0.28, "grpo")
+    assert same.loss.item() == pytest.approx(policy_loss(NEW, OLD, ADV, MASK, 0.2, 0.28, "grpo").loss.item())

@@ -39,6 +39,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("grpo", "scratchlm.train.grpo:GRPO", "prompt",
           "RL on verifiable answers (GRPO / DAPO / Dr. GRPO / CISPO losses: --set rl.loss_agg=...) from --init-from "
           "SFT_RUN on `prepare --kind prompt` shards", needs_init=True),
+    Stage("ppo", "scratchlm.train.ppo:PPO", "prompt",
+          "RLHF with PPO (actor + critic, KL-shaped rewards, GAE, clipped policy and value losses) from --init-from "
+          "SFT_RUN on `prepare --kind prompt` shards; rewards from --set rl.reward_model=REWARD_RUN or rl.reward_funcs",
+          needs_init=True),
     Stage("distill", "scratchlm.train.distill:Distill", "sft",
           "logit distillation from --teacher RUN (T²·KL forward or reverse, mixed with CE by distill.alpha) on "
           "`prepare --kind sft` shards (e.g. teacher-written answers with their <think> traces)"),
