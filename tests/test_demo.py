@@ -14,7 +14,8 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out), "--no-progress", "--stages", "all"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["accuracy"]) == {"add2", "add2 (unseen phrasings)", "next_line", "author", "identity"}
+    assert set(summary["accuracy"]) == {"add2", "add2 (unseen phrasings)", "add3", "add3 (unseen phrasings)",
+                                        "next_line", "author", "identity"}
     # open-ended corpus chats are answered in the sample chats, not scored
     open_samples = [g for g in summary["samples"] if g["task"] in ("fortune", "recite", "continue")]
     assert {g["task"] for g in open_samples} == {"fortune", "recite", "continue"}
@@ -41,9 +42,20 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     assert set(dpo["tasks"]) == {"add2", "add2 (unseen phrasings)", "identity"}
     assert dpo["tasks"]["add2"][0] == summary["accuracy"]["add2"]  # "before" is the SFT model's own score
     assert dpo["implicit_margin"] != 0.0 and 0.0 <= dpo["logp_accuracy_after"] <= 1.0
-    assert set(summary["seconds"]) >= {"lora", "reward", "dpo", "rag"}
+    # GRPO: an RL run from the SFT model on add3 prompts; held-out before = the SFT model's own scores
+    g = summary["grpo"]
+    assert g["task"] == "add3" and set(g["tasks"]) >= {"add3", "add3 (unseen phrasings)", "add2"}
+    assert all(g["tasks"][k][0] == summary["accuracy"][k] for k in g["tasks"])
+    assert len(g["reward_log"]) == 2 and load_run(out / "grpo")[2].train.objective == "grpo"
+    # distillation: two students of one (smaller) size, with and without the teacher, same steps
+    d = summary["distill"]
+    assert d["params"]["distill"] == d["params"]["baseline"] < d["params"]["teacher"]
+    assert set(d["val_ppl"]) == {"teacher", "distill", "baseline"} and all(v > 1 for v in d["val_ppl"].values())
+    assert load_run(out / "distill")[2].train.objective == "distill"
+    assert load_run(out / "distill_baseline")[2].train.max_steps == load_run(out / "distill")[2].train.max_steps
+    assert set(summary["seconds"]) >= {"lora", "reward", "dpo", "grpo", "distill", "rag"}
     report = (out / "report.md").read_text()  # the report card covers every trained stage
-    assert all(f"{st}" in report for st in ("pretrain", "sft", "lora", "reward", "dpo"))
+    assert all(f"{st}" in report for st in ("pretrain", "sft", "lora", "reward", "dpo", "grpo", "distill"))
     assert (out / "loss_curves.png").exists()
     # the RAG question: both languages asked, the sources given are chunks of the indexed corpus
     rag = summary["rag"]
@@ -119,6 +131,6 @@ def test_demo_stages_flag():
 
     assert parse_stages("all") == list(STAGES) and parse_stages("pretrain, sft") == ["pretrain", "sft"]
     with pytest.raises(SystemExit, match="unknown stage"):
-        parse_stages("pretrain,sft,grpo")
+        parse_stages("pretrain,sft,sft2")
     with pytest.raises(SystemExit, match="start with pretrain,sft"):
         parse_stages("sft,lora")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -61,7 +62,7 @@ class DemoSettings:
     # 600 → 200 each raised held-out add2 from 0.80 / 0.835 to 0.83 / 0.895 (same two pretrained models).
     # fortune / recite / continue are open-ended chats from the corpus (sample chats, no accuracy).
     synth_sizes: dict[str, tuple[int, int]] = field(default_factory=lambda: {
-        "add2": (6000, 200), "next_line": (200, 200), "author": (200, 200), "identity": (400, 200),
+        "add2": (6000, 200), "add3": (400, 200), "next_line": (200, 200), "author": (200, 200), "identity": (400, 200),
         "fortune": (150, 20), "recite": (150, 20), "continue": (200, 20)})
     # Stages after SFT, opt-in (--stages): "lora" teaches the SFT model a new name with LoRA adapters
     # (MiniMind's lora_identity idea). Identity chats alone made every answer the new identity line (held-out add2
@@ -90,6 +91,23 @@ class DemoSettings:
     dpo_sets: list[str] = field(default_factory=lambda: [
         "train.lr=5e-5", "train.batch_size=16", "train.schedule=cosine", "pref.beta=0.1", "pref.rpo_alpha=1.0"])
     eval_pairs: int = 400  # held-out preference pairs scored per stage
+    # GRPO: RL on verifiable answers, on a task the SFT model gets right only sometimes. SFT saw few 3-digit sums
+    # (synth_sizes["add3"]), so its column-by-column trace breaks on the third column often; the rule reward
+    # (answer checked, plus a little for the <think> format) teaches it from its own samples.
+    grpo_task: str = "add3"
+    grpo_prompts: int = 2000  # training-side prompts of grpo_task (held-out ones come from the SFT synth set)
+    grpo_steps: int = 60
+    grpo_sets: list[str] = field(default_factory=lambda: [
+        "train.lr=2e-5", "train.batch_size=8", "train.schedule=constant", "rl.num_generations=8",
+        "rl.max_new_tokens=40", "rl.loss_agg=dapo", "rl.reward_funcs=answer,format", "rl.reward_weights=1.0,0.1"])
+    # Distillation: a student a quarter of the teacher's size, trained from scratch on the SFT data twice for the
+    # same steps, once with the SFT model as its teacher (logit KD) and once alone; held-out chat perplexity of both
+    # next to the teacher's.
+    distill_student: list[str] = field(default_factory=lambda: [
+        "model.d_model=128", "model.n_layers=4", "model.n_heads=4", "model.n_kv_heads=2"])
+    distill_steps: int = 400
+    distill_sets: list[str] = field(default_factory=lambda: [
+        "train.lr=3e-3", "distill.alpha=0.5", "distill.temperature=2.0"])
     # RAG: a few built-in-corpus documents per language indexed with e5 + BM25 (e5 embeds ~20 chunks/s on 2 cores),
     # then one English and one Chinese question answered by the SFT model from the retrieved chunks.
     rag_docs: int = 150
@@ -106,15 +124,17 @@ def quick_settings() -> DemoSettings:
     return DemoSettings(
         vocab_size=1024, preset="debug", model=["model.vocab_size=1024", "model.max_seq_len=128"],
         pretrain_steps=60, pretrain_batch=8, pretrain_seq_len=64, sft_steps=30, sft_batch=8, sft_seq_len=64,
-        synth_sizes={"add2": (300, 20), "next_line": (100, 20), "author": (100, 20), "identity": (100, 20),
+        synth_sizes={"add2": (300, 20), "add3": (30, 20), "next_line": (100, 20), "author": (100, 20), "identity": (100, 20),
                      "fortune": (30, 4), "recite": (30, 4), "continue": (30, 4)},
         eval_per_task=10, max_new_tokens=12, lora_steps=10, lora_sizes={"identity": (60, 10), "add2": (60, 0)},
         pref_sizes={"add2": (60, 10), "identity": (30, 6)}, reward_steps=10, dpo_steps=10, eval_pairs=16,
-        rag_docs=20, rag_embedder="hash", report_eval=False,
+        rag_docs=20, rag_embedder="hash", report_eval=False, grpo_prompts=40, grpo_steps=3,
+        grpo_sets=["train.lr=1e-4", "train.batch_size=2", "rl.num_generations=4", "rl.max_new_tokens=12"],
+        distill_steps=5, distill_student=["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.n_kv_heads=1"],
     )
 
 
-STAGES = ("pretrain", "sft", "lora", "reward", "dpo", "rag")  # in order; `--stages all` runs every one
+STAGES = ("pretrain", "sft", "lora", "reward", "dpo", "grpo", "distill", "rag")  # in order; `--stages all` runs every one
 
 
 def parse_stages(text: str) -> list[str]:
@@ -212,12 +232,12 @@ def _train_stage(kind: str, out: Path, s: DemoSettings, paths: dict[str, Path], 
 
     val = {"pretrain": paths["pretrain_val"], "reward": paths.get("pref_val"), "dpo": paths.get("pref_val")}.get(
         kind, paths["sft_val"])
-    if kind == "sft" and s.sft_pretrain_mix > 0:
+    if kind in ("sft", "distill") and s.sft_pretrain_mix > 0:
         sets = sets + [f"train.pretrain_mix_data={paths['pretrain']}"]
     resume = bool(list_checkpoints(out / "checkpoints"))  # an interrupted earlier demo continues
     if resume:
         _say(f"resuming {out} from its last checkpoint")
-    data = paths["pref"] if kind in ("reward", "dpo") else paths[kind]
+    data = {"reward": paths.get("pref"), "dpo": paths.get("pref"), "distill": paths["sft"]}.get(kind) or paths[kind]
     result = run_train("sft" if kind == "lora" else kind, out, s.preset, sets + [f"train.val_data={val}"], str(data),
                        init_from=init_from, resume=resume, tokenizer=paths["tokenizer"], progress=progress)
     if result.status != "done":
@@ -280,7 +300,8 @@ def _train_post_sft(stage: str, out: Path, s: DemoSettings, paths: dict[str, Pat
     return run_dir
 
 
-def run_reward_stage(out: Path, s: DemoSettings, paths: dict[str, Path], progress: bool) -> dict[str, Any]:
+def run_reward_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scores: dict[str, tuple[int, int]],
+                     progress: bool) -> dict[str, Any]:
     """A reward model from the SFT run on the preference pairs; held-out pair accuracy and mean margin (the
     freshly initialised score head before training is the reference point: about chance)."""
     import torch
@@ -329,7 +350,80 @@ def run_dpo_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scores
             "tasks": {k: [acc(sft_scores[k]), acc(v)] for k, v in sorted(scores.items()) if k in sft_scores}}
 
 
-def run_rag_stage(out: Path, s: DemoSettings, progress: bool) -> dict[str, Any]:
+def run_grpo_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scores: dict[str, tuple[int, int]],
+                   progress: bool) -> dict[str, Any]:
+    """GRPO from the SFT run on s.grpo_task prompts (rule rewards: the checked answer and the <think> format):
+    held-out accuracy of that task (training and unseen phrasings) and of add2, before and after."""
+    from scratchlm.data.prepare import prepare
+    from scratchlm.data.synth import build_synth
+    from scratchlm.run import load_run
+
+    if s.grpo_task not in s.synth_sizes:
+        raise SystemExit(f"scratchlm demo: the grpo stage trains {s.grpo_task!r}, which the SFT data does not hold "
+                         f"(synth_sizes: {', '.join(s.synth_sizes)}); its held-out prompts come from there")
+    files = build_synth(out / "data" / "grpo_synth", seed=s.seed, tasks={s.grpo_task: (s.grpo_prompts, 0)})
+    prompts = out / "data" / "grpo_prompts"
+    if not (prompts / "meta.json").exists():
+        prepare("prompt", paths["tokenizer"], [files["prompt_train"]], prompts, dedup=False)
+    run_dir = _train_post_sft("grpo", out, s, {**paths, "grpo": prompts}, s.grpo_steps, s.grpo_sets,
+                              f"GRPO: rewarding right {s.grpo_task} answers among the model's own samples", progress)
+    policy, tokenizer, _ = load_run(run_dir)
+    tasks = {s.grpo_task, "add2"}
+    scores, _ = evaluate_tasks(policy, tokenizer, paths["prompt_val"], s.eval_per_task, s.max_new_tokens, tasks=tasks)
+    acc = lambda c: c[0] / max(1, c[1])  # noqa: E731
+    return {"task": s.grpo_task, "reward_log": _reward_trend(run_dir),
+            "tasks": {k: [acc(sft_scores[k]), acc(v)] for k, v in sorted(scores.items()) if k in sft_scores}}
+
+
+def _reward_trend(run_dir: Path) -> list[float]:
+    """Mean rollout reward of the first and the last tenth of a run's logged steps (metrics.jsonl)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rewards = [r["reward"] for r in rows if "reward" in r]
+    if not rewards:
+        return []
+    k = max(1, len(rewards) // 10)
+    return [sum(rewards[:k]) / k, sum(rewards[-k:]) / k]
+
+
+def run_distill_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scores: dict[str, tuple[int, int]],
+                      progress: bool) -> dict[str, Any]:
+    """A small student (s.distill_student) trained from scratch on the SFT data twice for the same steps: with the
+    SFT model as teacher (out/distill) and alone (out/distill_baseline). Held-out chat perplexity (the SFT
+    objective's validation loss) and task accuracy of both students next to the teacher's."""
+    from scratchlm.eval.perplexity import stage_val_loss
+    from scratchlm.run import load_run
+
+    sets = [*stage_sets(s, "sft"), *s.distill_student, f"train.max_steps={s.distill_steps}",
+            f"train.save_every={s.distill_steps}", f"train.eval_every={s.distill_steps}",
+            f"train.warmup_steps={max(1, s.distill_steps // 20)}", *s.distill_sets]
+    teacher_dir = out / "sft"
+    runs = {"distill": out / "distill", "baseline": out / "distill_baseline"}
+    for name, run_dir in runs.items():
+        _check_stage_steps(run_dir, s.distill_steps)
+        if (run_dir / "model.safetensors").exists():
+            _say(f"{run_dir} already trained; delete it to train again")
+            continue
+        kind = "distill" if name == "distill" else "sft"
+        what = "with the SFT model as teacher" if name == "distill" else "alone (no teacher), for comparison"
+        _say(f"distillation: a small student from scratch {what}, {s.distill_steps} steps → {run_dir}")
+        extra = [f"distill.teacher={teacher_dir}"] if kind == "distill" else []
+        _train_stage(kind, run_dir, s, paths, sets + extra, None, progress)
+    result: dict[str, Any] = {"params": {}, "val_ppl": {}, "tasks": {}}
+    models = {"teacher": teacher_dir, **runs}
+    tasks = {"add2", "identity"}
+    _, _, cfg = load_run(runs["baseline"])  # one held-out set and batching for all three
+    for name, run_dir in models.items():
+        model, tokenizer, _ = load_run(run_dir)
+        result["params"][name] = int(model.num_params())
+        result["val_ppl"][name] = math.exp(stage_val_loss(model, cfg))
+        scores = sft_scores if name == "teacher" else evaluate_tasks(
+            model, tokenizer, paths["prompt_val"], s.eval_per_task, s.max_new_tokens, tasks=tasks)[0]
+        result["tasks"][name] = {k: c / max(1, n) for k, (c, n) in sorted(scores.items()) if k.split(" ")[0] in tasks}
+    return result
+
+
+def run_rag_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scores: dict[str, tuple[int, int]],
+                  progress: bool) -> dict[str, Any]:
     """Index a slice of the built-in corpus (s.rag_embedder fused with BM25), ask the SFT model one English and
     one Chinese held-out question with the retrieved chunks: the retrieved sources, whether the right document
     was among them, and the answer (with its citations) next to the answer without retrieval."""
@@ -424,17 +518,12 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoS
     after_sft: dict[str, Any] = {}
     if "reward" in s.stages or "dpo" in s.stages:
         paths = prepare_preference_data(out, s, paths)
-    for stage in ("lora", "reward", "dpo", "rag"):
+    runners = {"lora": run_lora_stage, "reward": run_reward_stage, "dpo": run_dpo_stage, "grpo": run_grpo_stage,
+               "distill": run_distill_stage, "rag": run_rag_stage}
+    for stage in STAGES[2:]:
         if stage in s.stages:
             t = time.perf_counter()
-            if stage == "lora":
-                after_sft[stage] = run_lora_stage(out, s, paths, scores, progress)
-            elif stage == "reward":
-                after_sft[stage] = run_reward_stage(out, s, paths, progress)
-            elif stage == "dpo":
-                after_sft[stage] = run_dpo_stage(out, s, paths, scores, progress)
-            else:
-                after_sft[stage] = run_rag_stage(out, s, progress)
+            after_sft[stage] = runners[stage](out, s, paths, scores, progress)
             times[stage] = time.perf_counter() - t
     times["total"] = time.perf_counter() - t0
     summary = {
@@ -496,6 +585,23 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
                       f"{d['logp_accuracy_before']:.3f} → {d['logp_accuracy_after']:.3f}")
         for task, (before, after) in d["tasks"].items():
             table.add_row(f"DPO: held-out {task} before → after", f"{before:.3f} → {after:.3f}")
+    if "grpo" in summary:
+        g = summary["grpo"]
+        if g["reward_log"]:
+            table.add_row("GRPO: mean rollout reward, first → last tenth of the steps",
+                          f"{g['reward_log'][0]:.3f} → {g['reward_log'][1]:.3f}")
+        for task, (before, after) in g["tasks"].items():
+            table.add_row(f"GRPO: held-out {task} before → after", f"{before:.3f} → {after:.3f}")
+    if "distill" in summary:
+        d = summary["distill"]
+        p = d["params"]
+        table.add_row(f"distill: held-out chat perplexity, teacher ({p['teacher'] / 1e6:.1f}M)",
+                      f"{d['val_ppl']['teacher']:.2f}")
+        table.add_row(f"distill: student ({p['distill'] / 1e6:.1f}M) with KD / alone, same steps",
+                      f"{d['val_ppl']['distill']:.2f} / {d['val_ppl']['baseline']:.2f}")
+        for task in d["tasks"]["teacher"]:
+            table.add_row(f"distill: held-out {task}, teacher / student with KD / alone",
+                          " / ".join(f"{d['tasks'][k].get(task, 0.0):.3f}" for k in ("teacher", "distill", "baseline")))
     for k, v in summary["seconds"].items():
         table.add_row(f"time: {k}", f"{v:.0f} s")
     console.print(table)

@@ -91,3 +91,22 @@ def ppl_bpb(model: Any, tokenizer: Any, val_dir: Path, seq_len: int, max_windows
     val = open_shards(val_dir)
     n = min(val.n_tokens, max_windows * seq_len + 1)
     return nll_and_bytes(model, val.read(0, n), seq_len, token_bytes(tokenizer), max_windows)
+
+
+def stage_val_loss(model: Any, cfg: Any) -> float:
+    """Mean loss of `model` on cfg.train.val_data under cfg's stage objective, computed as the training loop's
+    validation computes it (same batches): e.g. an SFT run's held-out chat NLL for a model that never ran it."""
+    import torch
+
+    from scratchlm.train.loop import validate
+    from scratchlm.train.objectives import make_objective
+
+    objective = make_objective(cfg)
+    device = next(model.parameters()).device
+    objective.setup(objective.info, model)
+    was_training = model.training
+    result = validate(model, objective, objective.info, device, torch.float32)
+    model.train(was_training)
+    if result is None:
+        raise ValueError(f"stage_val_loss: no validation data in train.val_data={cfg.train.val_data!r}")
+    return float(result["loss"])
