@@ -102,8 +102,8 @@ def test_stage_registry_is_the_one_list_of_stages(capsys):
     for name, spec in STAGES.items():
         assert load_config("debug", [f"train.objective={name}"]).train.objective == name
         assert issubclass(spec.objective_class(), Objective) and spec.objective_class().name == name
-    with pytest.raises(ConfigError, match="train.objective.*'ppo'.*pretrain"):
-        load_config("debug", ["train.objective=ppo"])  # not registered (yet): the error lists what is
+    with pytest.raises(ConfigError, match="train.objective.*'orpo'.*pretrain"):
+        load_config("debug", ["train.objective=orpo"])  # not registered: the error lists what is
 
 
 def test_stage_that_starts_from_a_model_needs_init_from(tmp_path, capsys):
