@@ -47,15 +47,20 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     assert g["task"] == "add3" and set(g["tasks"]) >= {"add3", "add3 (unseen phrasings)", "add2"}
     assert all(g["tasks"][k][0] == summary["accuracy"][k] for k in g["tasks"])
     assert len(g["reward_log"]) == 2 and load_run(out / "grpo")[2].train.objective == "grpo"
+    # PPO with the reward stage's model: held-out mean reward and task accuracy before and after
+    pp = summary["ppo"]
+    assert pp["prompts"] > 0 and len(pp["reward"]) == 2 and set(pp["reward_tasks"]) >= {"add2", "identity"}
+    assert set(pp["tasks"]) == {"add2", "add2 (unseen phrasings)", "identity"}
+    assert load_run(out / "ppo")[2].train.objective == "ppo" and (out / "ppo" / "critic" / "config.toml").exists()
     # distillation: two students of one (smaller) size, with and without the teacher, same steps
     d = summary["distill"]
     assert d["params"]["distill"] == d["params"]["baseline"] < d["params"]["teacher"]
     assert set(d["val_ppl"]) == {"teacher", "distill", "baseline"} and all(v > 1 for v in d["val_ppl"].values())
     assert load_run(out / "distill")[2].train.objective == "distill"
     assert load_run(out / "distill_baseline")[2].train.max_steps == load_run(out / "distill")[2].train.max_steps
-    assert set(summary["seconds"]) >= {"lora", "reward", "dpo", "grpo", "distill", "rag"}
+    assert set(summary["seconds"]) >= {"lora", "reward", "dpo", "grpo", "ppo", "distill", "rag"}
     report = (out / "report.md").read_text()  # the report card covers every trained stage
-    assert all(f"{st}" in report for st in ("pretrain", "sft", "lora", "reward", "dpo", "grpo", "distill"))
+    assert all(f"{st}" in report for st in ("pretrain", "sft", "lora", "reward", "dpo", "grpo", "ppo", "distill"))
     assert (out / "loss_curves.png").exists()
     # the RAG question: both languages asked, the sources given are chunks of the indexed corpus
     rag = summary["rag"]
@@ -134,3 +139,5 @@ def test_demo_stages_flag():
         parse_stages("pretrain,sft,sft2")
     with pytest.raises(SystemExit, match="start with pretrain,sft"):
         parse_stages("sft,lora")
+    with pytest.raises(SystemExit, match="ppo learns from the reward stage's model"):
+        parse_stages("pretrain,sft,ppo")

@@ -100,6 +100,12 @@ class DemoSettings:
     grpo_sets: list[str] = field(default_factory=lambda: [
         "train.lr=2e-5", "train.batch_size=8", "train.schedule=constant", "rl.num_generations=8",
         "rl.max_new_tokens=40", "rl.loss_agg=dapo", "rl.reward_funcs=answer,format", "rl.reward_weights=1.0,0.1"])
+    # PPO (RLHF): the reward stage's model scores the policy's samples on the preference tasks' prompts; held-out
+    # mean reward of greedy replies before and after, and task accuracy (which must not fall).
+    ppo_steps: int = 60
+    ppo_sets: list[str] = field(default_factory=lambda: [
+        "train.lr=1e-5", "train.batch_size=8", "train.schedule=constant", "rl.num_generations=4",
+        "rl.max_new_tokens=48", "rl.kl_coef=0.05"])
     # Distillation: a student a quarter of the teacher's size, trained from scratch on the SFT data twice for the
     # same steps, once with the SFT model as its teacher (logit KD) and once alone; held-out chat perplexity of both
     # next to the teacher's.
@@ -130,11 +136,12 @@ def quick_settings() -> DemoSettings:
         pref_sizes={"add2": (60, 10), "identity": (30, 6)}, reward_steps=10, dpo_steps=10, eval_pairs=16,
         rag_docs=20, rag_embedder="hash", report_eval=False, grpo_prompts=40, grpo_steps=3,
         grpo_sets=["train.lr=1e-4", "train.batch_size=2", "rl.num_generations=4", "rl.max_new_tokens=12"],
+        ppo_steps=3, ppo_sets=["train.lr=1e-4", "train.batch_size=2", "rl.num_generations=2", "rl.max_new_tokens=12"],
         distill_steps=5, distill_student=["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.n_kv_heads=1"],
     )
 
 
-STAGES = ("pretrain", "sft", "lora", "reward", "dpo", "grpo", "distill", "rag")  # in order; `--stages all` runs every one
+STAGES = ("pretrain", "sft", "lora", "reward", "dpo", "grpo", "ppo", "distill", "rag")  # in order; `--stages all` runs every one
 
 
 def parse_stages(text: str) -> list[str]:
@@ -146,6 +153,8 @@ def parse_stages(text: str) -> list[str]:
                          f"{', '.join(STAGES)} or all")
     if names[:2] != ["pretrain", "sft"] or names != [n for n in STAGES if n in names]:
         raise SystemExit(f"scratchlm demo --stages {text}: start with pretrain,sft and keep the order {','.join(STAGES)}")
+    if "ppo" in names and "reward" not in names:
+        raise SystemExit(f"scratchlm demo --stages {text}: ppo learns from the reward stage's model; add reward")
     return names
 
 
@@ -385,6 +394,35 @@ def _reward_trend(run_dir: Path) -> list[float]:
     return [sum(rewards[:k]) / k, sum(rewards[-k:]) / k]
 
 
+def run_ppo_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scores: dict[str, tuple[int, int]],
+                  progress: bool) -> dict[str, Any]:
+    """PPO from the SFT run with the reward stage's model as the reward, on the preference tasks' prompts: held-out
+    mean reward of greedy replies (overall and per task) and held-out task accuracy, before and after."""
+    from scratchlm.data.prepare import prepare
+    from scratchlm.eval.preference import held_out_reward
+    from scratchlm.run import load_run
+
+    synth = out / "data" / "pref_synth"
+    prompts = out / "data" / "ppo_prompts"
+    if not (prompts / "meta.json").exists():
+        prepare("prompt", paths["tokenizer"], [synth / "prompt_train.jsonl"], prompts, dedup=False)
+    sets = [*s.ppo_sets, f"rl.reward_model={out / 'reward'}"]
+    run_dir = _train_post_sft("ppo", out, s, {**paths, "ppo": prompts}, s.ppo_steps, sets,
+                              "PPO: the reward model scores the model's own replies", progress)
+    rm, _, _ = load_run(out / "reward")
+    sft, _, _ = load_run(out / "sft")
+    policy, tokenizer, _ = load_run(run_dir)
+    n_new = 3 * s.max_new_tokens  # the open-ended replies need room
+    before = held_out_reward(sft, tokenizer, rm, synth / "prompt_val.jsonl", s.eval_per_task, n_new)
+    after = held_out_reward(policy, tokenizer, rm, synth / "prompt_val.jsonl", s.eval_per_task, n_new)
+    tasks = {t for t in s.pref_sizes if t in sft_scores}
+    scores, _ = evaluate_tasks(policy, tokenizer, paths["prompt_val"], s.eval_per_task, s.max_new_tokens, tasks=tasks)
+    acc = lambda c: c[0] / max(1, c[1])  # noqa: E731
+    return {"prompts": before["n"], "reward": [before["mean"], after["mean"]],
+            "reward_tasks": {k: [before["tasks"][k], after["tasks"][k]] for k in sorted(before["tasks"])},
+            "tasks": {k: [acc(sft_scores[k]), acc(v)] for k, v in sorted(scores.items()) if k in sft_scores}}
+
+
 def run_distill_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scores: dict[str, tuple[int, int]],
                       progress: bool) -> dict[str, Any]:
     """A small student (s.distill_student) trained from scratch on the SFT data twice for the same steps: with the
@@ -516,10 +554,10 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoS
     times["eval"] = time.perf_counter() - t
 
     after_sft: dict[str, Any] = {}
-    if "reward" in s.stages or "dpo" in s.stages:
+    if {"reward", "dpo", "ppo"} & set(s.stages):
         paths = prepare_preference_data(out, s, paths)
     runners = {"lora": run_lora_stage, "reward": run_reward_stage, "dpo": run_dpo_stage, "grpo": run_grpo_stage,
-               "distill": run_distill_stage, "rag": run_rag_stage}
+               "ppo": run_ppo_stage, "distill": run_distill_stage, "rag": run_rag_stage}
     for stage in STAGES[2:]:
         if stage in s.stages:
             t = time.perf_counter()
@@ -592,6 +630,12 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
                           f"{g['reward_log'][0]:.3f} → {g['reward_log'][1]:.3f}")
         for task, (before, after) in g["tasks"].items():
             table.add_row(f"GRPO: held-out {task} before → after", f"{before:.3f} → {after:.3f}")
+    if "ppo" in summary:
+        pp = summary["ppo"]
+        table.add_row(f"PPO: held-out mean reward-model score ({pp['prompts']} prompts), SFT → PPO",
+                      f"{pp['reward'][0]:.2f} → {pp['reward'][1]:.2f}")
+        for task, (before, after) in pp["tasks"].items():
+            table.add_row(f"PPO: held-out {task} before → after", f"{before:.3f} → {after:.3f}")
     if "distill" in summary:
         d = summary["distill"]
         p = d["params"]

@@ -3,6 +3,7 @@ how often a model's own log-probs prefer the chosen reply, and a reward model's 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -67,3 +68,37 @@ def _to(batch: dict[str, Any], model: nn.Module) -> dict[str, Any]:
 def _accuracy(margins: torch.Tensor) -> dict[str, float]:
     """Share of strictly positive margins (a tie is not a win) and their mean."""
     return {"accuracy": float((margins > 0).float().mean()), "margin": float(margins.float().mean())}
+
+
+@torch.no_grad()
+def held_out_reward(policy: nn.Module, tokenizer: Any, reward_model: nn.Module, prompt_file: str | Path,
+                    per_task: int = 50, max_new_tokens: int = 64) -> dict[str, Any]:
+    """Mean reward-model score of `policy`'s greedy replies to the prompts of a held-out prompts file (at most
+    `per_task` of each task): {"mean", "n", "tasks": {task: mean}}, the number PPO with that reward model raises."""
+    from collections import defaultdict
+
+    from scratchlm.data.clean import clean_messages
+    from scratchlm.data.jsonl import iter_prompt_records
+    from scratchlm.generate import Engine, SamplingParams
+    from scratchlm.train.reward import score_texts
+
+    prompt_file = Path(prompt_file)
+    by_task: dict[str, list[list[dict]]] = defaultdict(list)
+    with prompt_file.open(encoding="utf-8") as f:
+        for _, messages, cols in iter_prompt_records(f, prompt_file):
+            task = str(cols.get("task", ""))
+            if len(by_task[task]) < per_task:
+                by_task[task].append(clean_messages(messages))
+    prompts = [m for ms in by_task.values() for m in ms]
+    if not prompts:
+        raise ValueError(f"{prompt_file}: no prompts to score")
+    context = int(policy.config.max_seq_len) - max_new_tokens
+    ids = [list(tokenizer.encode_chat(m, add_generation_prompt=True)[0])[-context:] for m in prompts]
+    out = Engine(policy, tokenizer).generate(ids, SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens))
+    replies = [tokenizer.decode(o, skip_special_tokens=True) for o in out]
+    scores = score_texts(reward_model, tokenizer, prompts, replies)
+    tasks, i = {}, 0
+    for task, ms in by_task.items():
+        tasks[task] = sum(scores[i:i + len(ms)]) / len(ms)
+        i += len(ms)
+    return {"mean": sum(scores) / len(scores), "n": len(scores), "tasks": tasks}
