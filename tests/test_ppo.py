@@ -126,8 +126,9 @@ def test_reward_model_scores_and_initialises_the_critic(tok, tok_dir, tmp_path):
     nl = tok.encode("\n")
     seqs = [[int(t) for t in s.prompts[i // 2].ids] + comp + (nl if stop else [])
             for i, (comp, stop) in enumerate(zip(s.completions, s.stopped))]
-    want = [float(rm(torch.tensor([q]), torch.tensor([len(q)]))) - (0.0 if stop else 1.0)
-            for q, stop in zip(seqs, s.stopped)]
+    with torch.no_grad():
+        want = [float(rm(torch.tensor([q]), torch.tensor([len(q)]))) - (0.0 if stop else 1.0)
+                for q, stop in zip(seqs, s.stopped)]
     assert b["stats"]["objective/scores"] == pytest.approx(float(np.mean(want)), abs=1e-5)
     assert "rewards/length/mean" not in b["stats"]  # the reward model replaces the rule rewards
 
@@ -173,3 +174,21 @@ def test_config_errors(tok, tok_dir, tmp_path):
     c = _cfg(tok, f"rl.reward_model={tmp_path / 'rm2'}", f"train.init_from={sft}")
     with pytest.raises(ConfigError, match="tokenizer.json is not the one"):
         PPO(c, PromptShards(tok)).prepare_model(build_model(c))
+
+
+def test_lora_trains_the_policy_adapters_and_the_whole_critic(tok, tok_dir, tmp_path):
+    sft, _ = _runs(tmp_path, tok, tok_dir)
+    c = _cfg(tok, "train.max_steps=2", "lora.rank=2", "lora.targets=wq,wv", "train.lr=1e-2")
+    res = train(c, PPO(c, PromptShards(tok)), tmp_path / "ppo", build_model(c), init_from=sft, tokenizer_dir=tok_dir,
+                progress=False)
+    assert res.status == "done" and all(np.isfinite(res.losses))
+    from scratchlm.model.lora import lora_modules
+    from scratchlm.run import run_kind
+
+    assert run_kind(tmp_path / "ppo") == "adapter"
+    model, _, _ = load_run(tmp_path / "ppo")  # the base from lora.base, the adapters on it
+    mods = lora_modules(model)
+    assert mods and any(float(m.lora_B.weight.detach().abs().sum()) > 0 for m in mods.values())  # B starts at 0: trained
+    base, _, _ = load_run(sft)
+    critic, _, _ = load_run(tmp_path / "ppo" / CRITIC_DIR)
+    assert not torch.equal(critic.lm.embed.weight, base.embed.weight)  # the critic's whole trunk trained
