@@ -40,6 +40,17 @@ def _addition_prompts(path: Path, n: int, seed: int) -> Path:
     return path
 
 
+def _checkable(src: Path, dst: Path) -> Path:
+    """The records of src whose task the answer reward can grade (synth's prompt files also hold open-ended chats,
+    on which `check_answer` raises)."""
+    from scratchlm.data.synth import is_checkable
+
+    lines = [ln for ln in src.read_text(encoding="utf-8").splitlines()
+             if ln.strip() and is_checkable(json.loads(ln).get("task", ""))]
+    dst.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
+    return dst
+
+
 def _random_sft_run(root: Path, preset: str, prompts: Path, seed: int) -> Path:
     """A run folder with a tokenizer trained on the prompts and a randomly initialised `preset` model of its vocab."""
     from scratchlm.config import load_config
@@ -81,7 +92,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        prompts = args.prompts or _addition_prompts(tmp / "prompts.jsonl", 400, 0)
+        prompts = _checkable(args.prompts, tmp / "prompts.jsonl") if args.prompts else \
+            _addition_prompts(tmp / "prompts.jsonl", 400, 0)
         init = args.init_from or _random_sft_run(tmp, args.preset, prompts, 0)
         prepare("prompt", init, [prompts], tmp / "prompt_shards")
         out = args.keep or tmp / "grpo"
