@@ -5,8 +5,9 @@
     python bench/bench_rollout.py --quick      # a smoke run in a few seconds
 
 Both sides sample the same batch with temperature 1 on the same weights:
-- ours: `LLMEngine(model, tokenizer, prefix_caching=False, max_num_seqs=P·G)`, one `submit(prompt, n=G)` per prompt
-  (G samples share one prefill), then `step()` until every handle finishes: what train/grpo.py's rollout does.
+- ours: one `LLMEngine(model, tokenizer, prefix_caching=False, max_num_seqs=P·G)` for every rollout, one
+  `submit(prompt, n=G)` per prompt (G samples share one prefill), then `step()` until every handle finishes: what
+  train/rollout.py does.
 - transformers: the weights written by `scratchlm.export.hf.export_hf`, loaded with `AutoModelForCausalLM`, one
   `generate(do_sample=True, num_return_sequences=G)` over the P prompts left-padded as one batch (use_cache=True).
 Generated tokens are counted per row up to and including the stop token (RL trains on it). Without --run the model
@@ -84,9 +85,8 @@ def _count(rows: list[list[int]], stop: set[int]) -> int:
 
 
 @torch.inference_mode()
-def ours(model, tokenizer, prompts: list[list[int]], G: int, n_new: int, seed: int) -> int:
-    """One rollout through the engine as train/grpo.py drives it; returns generated tokens (stop ids included)."""
-    eng = LLMEngine(model, tokenizer, prefix_caching=False, max_num_seqs=len(prompts) * G, max_waiting=len(prompts))
+def ours(eng: LLMEngine, prompts: list[list[int]], G: int, n_new: int, seed: int) -> int:
+    """One rollout through the engine as train/rollout.py drives it; returns generated tokens (stop ids included)."""
     handles = [eng.submit(p, SamplingParams(temperature=1.0, max_new_tokens=n_new, keep_stop_id=True,
                                             seed=seed + k * G), n=G) for k, p in enumerate(prompts)]
     while not all(h.finished for h in handles):
@@ -155,13 +155,15 @@ def main() -> None:
     print(f"batch: {P} prompts ({min(map(len, prompts))}..{max(map(len, prompts))} tokens) × G={G} completions, "
           f"temperature 1.0, max_new_tokens={n_new}, median of {args.repeats} repeats (sides alternate)")
 
-    ours(model, tokenizer, prompts[:2], 2, 4, args.seed)  # warm-up: allocations, first-call costs
+    # one engine (and KV pool) for every rollout, as a GRPO run keeps it
+    eng = LLMEngine(model, tokenizer, prefix_caching=False, max_num_seqs=P * G, max_waiting=P)
+    ours(eng, prompts[:2], 2, 4, args.seed)  # warm-up: allocations, first-call costs
     theirs(hf, prompts[:2], 2, 4, args.seed, eos, PAD_TOKEN_ID)
     rates: dict[str, list[float]] = {"ours": [], "transformers": []}
     tokens: dict[str, list[int]] = {"ours": [], "transformers": []}
     for r in range(args.repeats):
         seed = args.seed + 1000 * (r + 1)
-        for name, fn in (("ours", lambda: ours(model, tokenizer, prompts, G, n_new, seed)),
+        for name, fn in (("ours", lambda: ours(eng, prompts, G, n_new, seed)),
                          ("transformers", lambda: theirs(hf, prompts, G, n_new, seed, eos, PAD_TOKEN_ID))):
             t = time.perf_counter()
             n = fn()
