@@ -54,3 +54,62 @@ def test_token_logprobs_equal_full_logits_gather(variant):
     packed = model.token_logprobs(ids, targets, doc_ids=docs)
     alone = model.token_logprobs(ids[:, 8:], targets[:, 8:])
     torch.testing.assert_close(packed[:, 8:], alone, rtol=1e-5, atol=1e-5)
+
+
+def _pair():
+    torch.manual_seed(0)
+    model = Transformer(load_config("debug").model)
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=g)
+    targets = torch.randint(0, model.config.vocab_size, (2, 12), generator=g)
+    targets[:, :4] = -100
+    return model, ids, targets
+
+
+def test_forward_per_token_is_token_logprobs():
+    # The per-token path through forward (what a DDP / FSDP-wrapped model must be called with) is token_logprobs.
+    from scratchlm.train.objectives import token_logprobs
+
+    model, ids, targets = _pair()
+    want = model.token_logprobs(ids, targets)
+    torch.testing.assert_close(model(ids, targets=targets, per_token=True), want, rtol=0, atol=0)
+    torch.testing.assert_close(token_logprobs(model, ids, targets), want, rtol=0, atol=0)
+    mask = torch.ones_like(ids)
+    mask[:, 8:] = 0  # loss_mask drops targets, as in the ModelOutput path
+    got = model(ids, targets=targets, loss_mask=mask, per_token=True)
+    assert (got[:, 8:] == 0).all()
+    torch.testing.assert_close(got[:, :8], want[:, :8], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="per_token=True"):
+        model(ids, per_token=True)
+    # nothing counted: all zeros, with the head still in the graph (DDP waits for a gradient of every weight)
+    none = model(ids, targets=torch.full_like(targets, -100), per_token=True)
+    assert (none == 0).all()
+    none.sum().backward()
+    assert model.lm_head.weight.grad is not None and model.layers[0].attn.wo.weight.grad is not None
+
+
+def test_token_logprobs_through_ddp_equal_the_plain_model(tmp_path):
+    # DDP forwards no attribute but `forward` (model.token_logprobs raises there) and all-reduces only gradients of
+    # a forward it ran: objectives.token_logprobs goes through forward. One gloo process is enough to check both.
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from scratchlm.train.objectives import token_logprobs
+
+    if dist.is_initialized():
+        pytest.skip("a process group is already running in this process")
+    model, ids, targets = _pair()
+    want = model.token_logprobs(ids, targets)
+    w = model.layers[0].attn.wo.weight
+    (g_want,) = torch.autograd.grad(want.sum(), w)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        ddp = DDP(model)
+        with pytest.raises(AttributeError):
+            ddp.token_logprobs(ids, targets)
+        got = token_logprobs(ddp, ids, targets)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        got.sum().backward()  # the reducer was prepared in forward: backward all-reduces and fills .grad
+        torch.testing.assert_close(w.grad, g_want)
+    finally:
+        dist.destroy_process_group()

@@ -229,7 +229,7 @@ class Transformer(nn.Module):
     ) -> torch.Tensor:
         """log p(targets[:, t] | input_ids[:, :t+1]) [B, T], 0 where targets is -100: the one per-token path
         (on the fast cross-entropy, the head only at counted positions) that DPO, reward models, PPO, GRPO and
-        distillation use."""
+        distillation use. On a plain model only: a wrapped one reaches it through `forward(..., per_token=True)`."""
         x, _ = self.hidden_states(input_ids, None, attention_mask, doc_ids)
         if targets.shape != input_ids.shape:
             raise ValueError(f"targets shape {tuple(targets.shape)} must equal input_ids shape {tuple(input_ids.shape)}")
@@ -238,6 +238,8 @@ class Transformer(nn.Module):
         if bool(keep.any()):
             logits = self.lm_head(self.norm(x[keep]))  # [N, V]
             out = out.masked_scatter(keep, -token_nll(logits.float(), targets[keep]))
+        elif torch.is_grad_enabled():  # nothing counted: the head at one position, times 0, keeps it in the graph (DDP)
+            out = out + self.lm_head(self.norm(x[:1, :1])).float().sum() * 0.0
         return out
 
     def forward(
@@ -249,12 +251,23 @@ class Transformer(nn.Module):
         attention_mask: Optional[torch.Tensor] = None,
         doc_ids: Optional[torch.Tensor] = None,
         full_logits: bool = True,
-    ) -> ModelOutput:
+        per_token: bool = False,
+    ) -> ModelOutput | torch.Tensor:
         """input_ids [B, T] → ModelOutput; targets[:, t] is the token after input_ids[:, t] (-100 = ignore).
 
         doc_ids [B, T] (training on packed rows): tokens with different ids never attend to each other.
         full_logits=False (with targets): the output head runs only where a target is counted, which is all
-        a training loss needs (in SFT about a third of the positions; the head is a large matmul)."""
+        a training loss needs (in SFT about a third of the positions; the head is a large matmul).
+        per_token=True (with targets): instead of a ModelOutput, the log-prob of each target [B, T] (0 where
+        not counted), as `token_logprobs`. It is a `forward` argument so that a model wrapped for training
+        (DDP, FSDP2, DeepSpeed, torch.compile) computes it inside the wrapper's forward, where gradients are
+        synchronised and sharded weights gathered: call it as train.objectives.token_logprobs(model, x, y)."""
+        if per_token:
+            if targets is None or cache is not None:
+                raise ValueError("Transformer.forward(per_token=True) scores given targets: pass targets, no cache")
+            if loss_mask is not None:
+                targets = self._masked_targets(input_ids.shape, targets, loss_mask)
+            return self.token_logprobs(input_ids, targets, attention_mask, doc_ids)
         cfg = self.config
         T = input_ids.shape[-1]
         x, aux_losses = self.hidden_states(input_ids, cache, attention_mask, doc_ids)

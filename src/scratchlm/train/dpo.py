@@ -2,7 +2,8 @@
 
 A batch holds B preference pairs as 2B right-padded rows (chosen rows first, then rejected), each target
 counted only on the assistant's reply (the shards' mask). The policy's summed completion log-probs come from
-`Transformer.token_logprobs`; the frozen reference (the --init-from run, loaded once, eval mode, no grad)
+`Transformer.token_logprobs` through the model's forward (objectives.token_logprobs: the loop may hand a DDP / FSDP
+wrapped model); the frozen reference (the --init-from run, loaded once, eval mode, no grad)
 scores the same rows under torch.no_grad(). SimPO is reference-free: no reference model is loaded.
 """
 
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from scratchlm.config import Config, ConfigError
-from scratchlm.train.objectives import IGNORE, Batch, PairObjective
+from scratchlm.train.objectives import IGNORE, Batch, PairObjective, token_logprobs
 from scratchlm.train.preference import preference_loss, reward_metrics
 
 
@@ -70,12 +71,12 @@ class DPO(PairObjective):
         pc = self.cfg.pref
         x, y = batch["input_ids"], batch["targets"]
         B = x.shape[0] // 2
-        logps = model.token_logprobs(x, y).sum(-1)  # [2B]
+        logps = token_logprobs(model, x, y).sum(-1)  # [2B]
         lens = (y != IGNORE).sum(-1).clamp(min=1).to(logps.dtype)
         ref = (None, None)
         if self.reference is not None:
             with torch.no_grad():
-                r = self.reference.token_logprobs(x, y).sum(-1)
+                r = token_logprobs(self.reference, x, y).sum(-1)
             ref = (r[:B], r[B:])
         return preference_loss(logps[:B], logps[B:], ref[0], ref[1], lens[:B], lens[B:], pc.beta, pc.loss_type,
                                pc.label_smoothing, pc.simpo_gamma, pc.rpo_alpha)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from scratchlm.config import Config
-from scratchlm.train.objectives import IGNORE, Batch
+from scratchlm.train.objectives import IGNORE, Batch, token_logprobs
 from scratchlm.train.rewards import parse_rewards
 from scratchlm.train.rl_losses import group_advantages, policy_loss, zero_variance_groups
 from scratchlm.train.rollout import RolloutObjective, rows_batch
@@ -69,7 +69,7 @@ class GRPO(RolloutObjective):
         """The clipped policy loss over completion tokens (+ β·KL); rollout statistics as metrics."""
         rl = self.cfg.rl
         x, y = batch["input_ids"], batch["targets"]
-        logp = model.token_logprobs(x, y)  # [B, T]
+        logp = token_logprobs(model, x, y)  # [B, T], through forward: the model may be DDP / FSDP wrapped
         mask = y != IGNORE
         out = policy_loss(logp, batch["old_logp"], batch["advantages"], mask, rl.eps_low, rl.eps_high, rl.loss_agg,
                           batch.get("ref_logp"), rl.beta, max_len=rl.max_new_tokens)

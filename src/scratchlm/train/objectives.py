@@ -135,6 +135,14 @@ def _forward(model: nn.Module, batch: Batch, full_logits: bool = False) -> Any:
     return model(batch["input_ids"], targets=batch["targets"], doc_ids=batch.get("doc_ids"), full_logits=full_logits)
 
 
+def token_logprobs(model: nn.Module, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p of each target [B, T] (0 where targets is IGNORE) through the model's `forward`, so that it holds on a
+    plain model and on one wrapped for training: DDP prepares its gradient all-reduce in forward (and forwards no
+    other attribute), FSDP2 gathers sharded weights around forward, DeepSpeed and torch.compile run forward. The
+    objectives call this, never `model.token_logprobs`, on the model the loop hands them."""
+    return model(input_ids, targets=targets, per_token=True)
+
+
 def _epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
     """The order items are visited in during one epoch: a permutation seeded by (seed, epoch)."""
     return np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from scratchlm.config import Config, ConfigError
-from scratchlm.train.objectives import IGNORE, Batch, Objective, _epoch_order, _open
+from scratchlm.train.objectives import IGNORE, Batch, Objective, _epoch_order, _open, token_logprobs
 
 
 class Samples(NamedTuple):
@@ -131,9 +131,10 @@ class RolloutObjective(Objective):
 
     @torch.no_grad()
     def logprobs(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        """log p of every target under `model` [B, T] (0 off the completion), on the host."""
+        """log p of every target under `model` [B, T] (0 off the completion), on the host. Through forward: under
+        FSDP2 the policy is the sharded root, whose weights are gathered only there."""
         dev = _device(model)
-        return model.token_logprobs(batch["input_ids"].to(dev), batch["targets"].to(dev)).cpu()
+        return token_logprobs(model, batch["input_ids"].to(dev), batch["targets"].to(dev)).cpu()
 
     def rollout(self, indices: list[int], seed: int) -> Batch:
         """One micro-batch of training rows from these prompts' samples (each stage builds its own)."""
