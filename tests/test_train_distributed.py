@@ -36,9 +36,9 @@ def _sets(batch_size, *extra):
             "train.log_every=1", "train.save_every=2", "train.eval_every=0", "train.warmup_steps=1", *extra]
 
 
-def _torchrun(data, out, *sets, stop_at=None, init_from=None):
+def _torchrun(data, out, *sets, stop_at=None, init_from=None, stage="pretrain", expect_ok=True):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "scratchlm.cli", "train", "pretrain", "--config", "debug", "--data", str(data),
+           "-m", "scratchlm.cli", "train", stage, "--config", "debug", "--data", str(data),
            "--out", str(out), "--no-progress"]
     if init_from:
         cmd += ["--init-from", str(init_from)]
@@ -48,7 +48,9 @@ def _torchrun(data, out, *sets, stop_at=None, init_from=None):
         cmd += ["--stop-at-step", str(stop_at)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    if expect_ok:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
 
 
 def _how(parallel):
@@ -103,3 +105,44 @@ def test_fsdp_saves_a_lora_run_as_its_adapters(data, tmp_path):
     ref, _, _ = load_run(tmp_path / "one")
     for (k, a), b in zip(model.state_dict().items(), ref.state_dict().values()):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=1e-4, err_msg=k)
+
+
+@pytest.fixture(scope="module")
+def dpo_setup(data, tmp_path_factory):
+    """Preference shards on the fixture's tokenizer and a 2-step pretrain run to start DPO from (its reference)."""
+    from scratchlm.data.prepare import prepare
+
+    d = tmp_path_factory.mktemp("dpo")
+    rng = np.random.default_rng(1)
+    words = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran", "far", "away"]
+    rows = []
+    for _ in range(40):
+        q = [{"role": "user", "content": " ".join(rng.choice(words, size=4))}]
+        rows.append({"chosen": q + [{"role": "assistant", "content": " ".join(rng.choice(words, size=3))}],
+                     "rejected": q + [{"role": "assistant", "content": " ".join(rng.choice(words, size=5))}]})
+    src = d / "pairs.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prepare("preference", data.parent / "tok", [src], d / "pref", dedup=False)
+    base = run_train("pretrain", d / "base", "debug", _sets(8, "train.max_steps=2"), str(data), progress=False)
+    return d / "pref", base.out_dir
+
+
+@pytest.mark.ci
+def test_dpo_under_ddp_matches_one_process(dpo_setup, tmp_path):
+    # DPO's log-probs go through the wrapped model's forward (objectives.token_logprobs): DDP has no
+    # `token_logprobs` attribute, and a method other than forward would skip its gradient all-reduce.
+    pref, base = dpo_setup
+    sets = ["model.vocab_size=300", "train.max_steps=3", "train.seq_len=32", "train.log_every=1",
+            "train.save_every=0", "train.eval_every=0", "train.warmup_steps=1", "train.lr=1e-2"]
+    one = run_train("dpo", tmp_path / "one", "debug", sets + ["train.batch_size=4"], str(pref), init_from=base,
+                    progress=False)
+    _torchrun(pref, tmp_path / "two", *sets, "train.batch_size=2", "train.parallel=ddp", stage="dpo", init_from=base)
+    np.testing.assert_allclose(_losses(tmp_path / "two"), one.losses, rtol=0, atol=1e-5)
+    model, _, _ = load_run(tmp_path / "two")
+    ref, _, _ = load_run(tmp_path / "one")
+    start, _, _ = load_run(base)
+    moved = 0.0
+    for (k, a), b, c in zip(model.state_dict().items(), ref.state_dict().values(), start.state_dict().values()):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=1e-4, err_msg=k)
+        moved = max(moved, float((a - c).abs().max()))
+    assert moved > 1e-3  # the steps did train (the ranks agreeing on unchanged weights would prove nothing)
