@@ -114,6 +114,21 @@ def test_reward_functions_and_config_errors(tok):
         GRPO(_cfg(), type("S", (), {"kind": "sft"})(), tokenizer=tok)
 
 
+def test_fsdp_on_several_processes_is_refused_up_front(tok, tmp_path, monkeypatch):
+    # The engine samples outside the training forward (inference_mode, a different number of steps per rank):
+    # FSDP2's sharded weights cannot serve it, so the loop stops before loading anything and names the way out.
+    from scratchlm.train import distributed as D
+    from scratchlm.train.dpo import DPO
+    from scratchlm.train.ppo import PPO
+
+    assert not GRPO.fsdp and not PPO.fsdp and DPO.fsdp
+    monkeypatch.setattr(D, "setup_distributed", lambda device: D.DistInfo(rank=0, world_size=2, device=device))
+    cfg = _cfg("train.parallel=fsdp", "train.max_steps=1")
+    with pytest.raises(ConfigError, match="the grpo stage samples .* use train.parallel=ddp"):
+        train(cfg, GRPO(cfg, PromptShards(tok), tokenizer=tok), tmp_path / "run", build_model(cfg), progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_two_passes_per_rollout_clip_on_the_second_and_resume_exactly_between_them(tok, tmp_path):
     # rl.num_iterations=2: each rollout batch serves two optimizer steps with its old log-probs kept, so the second
     # pass is off-policy (ratio ≠ 1: clipping bites with a large lr); a stop at an odd step falls between the passes.

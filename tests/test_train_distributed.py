@@ -1,5 +1,6 @@
 """torchrun: 2-process gloo DDP and FSDP2 match one process with the same global batch; their
-checkpoints load on one process and resume there."""
+checkpoints load on one process and resume there. DPO and GRPO under DDP match one process too; the rollout
+stages refuse FSDP up front."""
 
 import json
 import os
@@ -108,11 +109,12 @@ def test_fsdp_saves_a_lora_run_as_its_adapters(data, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def dpo_setup(data, tmp_path_factory):
-    """Preference shards on the fixture's tokenizer and a 2-step pretrain run to start DPO from (its reference)."""
+def post_setup(data, tmp_path_factory):
+    """Preference and prompt shards on the fixture's tokenizer, and a 2-step pretrain run to start DPO / GRPO from
+    (init_std=0.2: peaked enough that some samples stop early, so GRPO's length reward varies within a group)."""
     from scratchlm.data.prepare import prepare
 
-    d = tmp_path_factory.mktemp("dpo")
+    d = tmp_path_factory.mktemp("post")
     rng = np.random.default_rng(1)
     words = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran", "far", "away"]
     rows = []
@@ -120,29 +122,65 @@ def dpo_setup(data, tmp_path_factory):
         q = [{"role": "user", "content": " ".join(rng.choice(words, size=4))}]
         rows.append({"chosen": q + [{"role": "assistant", "content": " ".join(rng.choice(words, size=3))}],
                      "rejected": q + [{"role": "assistant", "content": " ".join(rng.choice(words, size=5))}]})
-    src = d / "pairs.jsonl"
-    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    prepare("preference", data.parent / "tok", [src], d / "pref", dedup=False)
-    base = run_train("pretrain", d / "base", "debug", _sets(8, "train.max_steps=2"), str(data), progress=False)
-    return d / "pref", base.out_dir
+    (d / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prepare("preference", data.parent / "tok", [d / "pairs.jsonl"], d / "pref", dedup=False)
+    prompts = [{"prompt": [{"role": "user", "content": f"What is {i} plus {i}?"}], "answer": str(2 * i)} for i in range(16)]
+    (d / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in prompts))
+    prepare("prompt", data.parent / "tok", [d / "prompts.jsonl"], d / "prompts", dedup=False)
+    base = run_train("pretrain", d / "base", "debug", _sets(8, "train.max_steps=2", "model.init_std=0.2"), str(data),
+                     progress=False)
+    return d, base.out_dir
 
 
-@pytest.mark.ci
-def test_dpo_under_ddp_matches_one_process(dpo_setup, tmp_path):
-    # DPO's log-probs go through the wrapped model's forward (objectives.token_logprobs): DDP has no
-    # `token_logprobs` attribute, and a method other than forward would skip its gradient all-reduce.
-    pref, base = dpo_setup
-    sets = ["model.vocab_size=300", "train.max_steps=3", "train.seq_len=32", "train.log_every=1",
-            "train.save_every=0", "train.eval_every=0", "train.warmup_steps=1", "train.lr=1e-2"]
-    one = run_train("dpo", tmp_path / "one", "debug", sets + ["train.batch_size=4"], str(pref), init_from=base,
-                    progress=False)
-    _torchrun(pref, tmp_path / "two", *sets, "train.batch_size=2", "train.parallel=ddp", stage="dpo", init_from=base)
-    np.testing.assert_allclose(_losses(tmp_path / "two"), one.losses, rtol=0, atol=1e-5)
-    model, _, _ = load_run(tmp_path / "two")
-    ref, _, _ = load_run(tmp_path / "one")
-    start, _, _ = load_run(base)
+def _same_trained_weights(run, ref, start):
+    """run's weights equal ref's (two processes against one), and moved away from `start`."""
+    model, _, _ = load_run(run)
+    want, _, _ = load_run(ref)
+    first, _, _ = load_run(start)
     moved = 0.0
-    for (k, a), b, c in zip(model.state_dict().items(), ref.state_dict().values(), start.state_dict().values()):
+    for (k, a), b, c in zip(model.state_dict().items(), want.state_dict().values(), first.state_dict().values()):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=1e-4, err_msg=k)
         moved = max(moved, float((a - c).abs().max()))
     assert moved > 1e-3  # the steps did train (the ranks agreeing on unchanged weights would prove nothing)
+
+
+_POST = ["model.vocab_size=300", "train.max_steps=3", "train.seq_len=32", "train.log_every=1", "train.save_every=0",
+         "train.eval_every=0", "train.warmup_steps=1", "train.lr=1e-2"]
+
+
+@pytest.mark.ci
+def test_dpo_under_ddp_matches_one_process(post_setup, tmp_path):
+    # DPO's log-probs go through the wrapped model's forward (objectives.token_logprobs): DDP has no
+    # `token_logprobs` attribute, and a method other than forward would skip its gradient all-reduce.
+    d, base = post_setup
+    one = run_train("dpo", tmp_path / "one", "debug", _POST + ["train.batch_size=4"], str(d / "pref"), init_from=base,
+                    progress=False)
+    _torchrun(d / "pref", tmp_path / "two", *_POST, "train.batch_size=2", "train.parallel=ddp", stage="dpo",
+              init_from=base)
+    np.testing.assert_allclose(_losses(tmp_path / "two"), one.losses, rtol=0, atol=1e-5)
+    _same_trained_weights(tmp_path / "two", tmp_path / "one", base)
+
+
+GRPO_SETS = ["rl.num_generations=4", "rl.max_new_tokens=16", "rl.temperature=2.0", "rl.reward_funcs=length",
+             "rl.reward_weights=1", "rl.loss_agg=grpo"]  # grpo: a mean over sequences, so the same on 1 or 2 processes
+
+
+def test_grpo_under_ddp_matches_one_process(post_setup, tmp_path):
+    # Rollouts are seeded by global position: each rank samples what one process samples for those prompts.
+    d, base = post_setup
+    run_train("grpo", tmp_path / "one", "debug", _POST + GRPO_SETS + ["train.batch_size=4"], str(d / "prompts"),
+              init_from=base, progress=False)
+    _torchrun(d / "prompts", tmp_path / "two", *_POST, *GRPO_SETS, "train.batch_size=2", stage="grpo", init_from=base)
+    recs = [json.loads(r) for r in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert any(r.get("reward_std", 0) > 0 for r in recs)  # some group had a signal to learn from
+    _same_trained_weights(tmp_path / "two", tmp_path / "one", base)
+
+
+@pytest.mark.parametrize("stage", ["grpo", "ppo"])
+def test_rollout_stages_refuse_fsdp(post_setup, tmp_path, stage):
+    d, base = post_setup
+    proc = _torchrun(d / "prompts", tmp_path / "run", *_POST, *GRPO_SETS[:2], "train.parallel=fsdp", stage=stage,
+                     init_from=base, expect_ok=False)
+    assert proc.returncode != 0
+    assert f"train.parallel=fsdp: the {stage} stage samples" in proc.stdout + proc.stderr
+    assert "use train.parallel=ddp" in proc.stdout + proc.stderr

@@ -183,6 +183,9 @@ def train(
         if tc.compile:
             raise ConfigError("train.compile=true with train.deepspeed: DeepSpeed wraps the model itself; "
                               "drop one of them")
+    if info.enabled and ds_config is None and tc.parallel == "fsdp" and not objective.fsdp:
+        raise ConfigError(f"train.parallel=fsdp: the {objective.name} stage samples from the policy outside the "
+                          f"training forward, which FSDP2's sharded weights do not allow; use train.parallel=ddp")
     seed_everything(tc.seed)
     ckpt_root = out_dir / "checkpoints"
 

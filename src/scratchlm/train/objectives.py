@@ -40,6 +40,7 @@ class Objective:
     name = "base"
 
     val_is_nll = True  # the validation loss is a next-token NLL (the loop also logs its perplexity)
+    fsdp = True  # runs under train.parallel=fsdp on several processes (the rollout stages do not: train/rollout.py)
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg

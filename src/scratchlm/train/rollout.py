@@ -37,6 +37,10 @@ class RolloutObjective(Objective):
     write `rollout(indices, seed) -> Batch` (built from `sample`, `score`, `rows_batch`, `logprobs`) and `loss`."""
 
     val_is_nll = False
+    # Not under FSDP2: the engine runs the policy outside the training forward, under inference_mode and for a
+    # different number of steps on each rank; sharded weights would be gathered there by unmatched collectives
+    # into inference tensors (PPO's policy is not even the FSDP root). The loop refuses it up front.
+    fsdp = False
 
     def __init__(self, cfg: Config, shards: Any = None, tokenizer: Any = None, reference: nn.Module | None = None) -> None:
         super().__init__(cfg)
