@@ -133,6 +133,25 @@ def test_reward_model_scores_and_initialises_the_critic(tok, tok_dir, tmp_path):
     assert "rewards/length/mean" not in b["stats"]  # the reward model replaces the rule rewards
 
 
+def test_whitened_scores_put_the_reward_models_scale_aside(tok, tok_dir, tmp_path):
+    """rl.whiten_scores: the scores folded into the rewards have mean 0 and std 1 over the rollout batch (the logged
+    objective/scores stay the raw ones), and the critic's head starts at zero instead of the reward head's scale."""
+    sft, rm_dir = _runs(tmp_path, tok, tok_dir)
+    c = _cfg(tok, f"rl.reward_model={rm_dir}", f"train.init_from={sft}", "rl.whiten_scores=true", "rl.kl_coef=0",
+             "rl.gamma=1", "rl.lam=1")
+    obj = PPO(c, PromptShards(tok))
+    model = obj.prepare_model(build_model(c))
+    assert float(model.critic.head.weight.detach().abs().sum()) == 0.0
+    obj.setup(obj.info, model)
+    b = obj.rollout([0, 1], seed=5)
+    raw, _ = obj._scores(obj.sample(model.policy, [0, 1], seed=5))
+    assert b["stats"]["objective/scores"] == pytest.approx(float(raw.mean()), abs=1e-5)
+    # No KL and zero values with γ = λ = 1: every completion token's return is that completion's whitened score.
+    first = (b["targets"] != IGNORE).float().argmax(1)
+    returns = b["returns"][torch.arange(len(first)), first]
+    torch.testing.assert_close(returns, (raw - raw.mean()) / raw.std(), atol=1e-5, rtol=0)
+
+
 def test_run_folder_opens_as_a_chat_model_with_the_critic_beside(tok, tok_dir, tmp_path):
     sft, rm_dir = _runs(tmp_path, tok, tok_dir)
     c = _cfg(tok, "train.max_steps=2", f"rl.reward_model={rm_dir}")

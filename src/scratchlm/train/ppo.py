@@ -122,7 +122,10 @@ class PPO(RolloutObjective):
                 raise ConfigError(f"ppo: the reward model's vocabulary has {rv} tokens, the policy's {pv}: they must "
                                   "share the tokenizer")
             critic = ValueModel(copy.deepcopy(self.reward_model.lm))
-            critic.head.weight.data.copy_(self.reward_model.head.weight)
+            if self.cfg.rl.whiten_scores:  # the head's scale is the raw scores', not the whitened ones'
+                nn.init.zeros_(critic.head.weight)
+            else:
+                critic.head.weight.data.copy_(self.reward_model.head.weight)
         else:
             critic = ValueModel(copy.deepcopy(model))  # before LoRA: the critic trains its whole trunk
             nn.init.zeros_(critic.head.weight)
@@ -168,6 +171,9 @@ class PPO(RolloutObjective):
         scores, stats = self._scores(s)
         stopped = torch.tensor(s.stopped)
         scores = scores - rl.missing_eos_penalty * (~stopped).float()  # TRL: a reply that never ended loses this much
+        raw = scores
+        if rl.whiten_scores and scores.numel() > 1:
+            scores = (scores - scores.mean()) / (scores.std() + 1e-8)
         rows = [([int(t) for t in s.prompts[i // G].ids], c) for i, c in enumerate(s.completions)]
         batch = rows_batch(rows, self.cfg.model.max_seq_len)
         mask = (batch["targets"] != IGNORE).float()  # [B, T]
@@ -181,8 +187,8 @@ class PPO(RolloutObjective):
         non_score = -rl.kl_coef * kl
         stats.update({"objective/kl": float(kl.mean()), "objective/entropy": float((-old_logp * mask).sum(1).mean()),
                       "objective/non_score_reward": float(non_score.mean()),
-                      "objective/rlhf_reward": float((scores + non_score).mean()),
-                      "objective/scores": float(scores.mean()),
+                      "objective/rlhf_reward": float((raw + non_score).mean()),
+                      "objective/scores": float(raw.mean()),
                       "val/num_eos_tokens": float(stopped.sum()),
                       "completion_length": float(sum(len(c) for c in s.completions) / len(s.completions))})
         batch.update(old_logp=old_logp, old_values=old_values, advantages=whiten(adv, mask), returns=returns,
