@@ -113,3 +113,18 @@ def test_token_logprobs_through_ddp_equal_the_plain_model(tmp_path):
         torch.testing.assert_close(w.grad, g_want)
     finally:
         dist.destroy_process_group()
+
+
+def test_per_token_path_keeps_mtp_heads_in_the_graph():
+    # DDP waits for a gradient of every trainable weight; the MTP heads take no part in the log-probs, so they get
+    # exact zeros (DPO / GRPO / PPO from an MTP run under DDP would otherwise stop at the second step).
+    torch.manual_seed(0)
+    model = Transformer(load_config("debug", ["model.mtp_depth=1"]).model)
+    ids = torch.randint(0, model.config.vocab_size, (2, 10))
+    lp = model(ids, targets=ids, per_token=True)
+    torch.testing.assert_close(lp, model.token_logprobs(ids, ids))
+    lp.sum().backward()
+    for name, p in model.mtp.named_parameters():
+        assert p.grad is not None and not p.grad.any(), name
+    with torch.no_grad():  # nothing added outside training
+        assert not model.token_logprobs(ids, ids).requires_grad

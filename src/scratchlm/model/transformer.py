@@ -240,6 +240,14 @@ class Transformer(nn.Module):
             out = out.masked_scatter(keep, -token_nll(logits.float(), targets[keep]))
         elif torch.is_grad_enabled():  # nothing counted: the head at one position, times 0, keeps it in the graph (DDP)
             out = out + self.lm_head(self.norm(x[:1, :1])).float().sum() * 0.0
+        if self.mtp and torch.is_grad_enabled():
+            # The MTP heads take no part in these log-probs, but DDP waits for a gradient of every trainable weight:
+            # a zero term keeps theirs in the graph (DPO / GRPO / PPO from an MTP run would stop at step 2). FSDP2's
+            # sharded weights (DTensors, with a device_mesh) need no such term, and could not be added to a tensor.
+            unused = [p.view(-1)[:1] for p in self.mtp.parameters()
+                      if p.requires_grad and getattr(p, "device_mesh", None) is None]
+            if unused:
+                out = out + torch.cat(unused).float().sum() * 0.0
         return out
 
     def forward(
