@@ -24,11 +24,11 @@ class PromptShards:
 
     kind = "prompt"
 
-    def __init__(self, tok, n: int = 8):
+    def __init__(self, tok, n: int = 8, task: str = "add2"):
         self.items = []
         for i in range(n):
             ids, _ = tok.encode_chat([{"role": "user", "content": f"What is {i} plus {i}?"}], add_generation_prompt=True)
-            self.items.append(Prompt(np.asarray(ids), str(2 * i), {"task": "add2"}))
+            self.items.append(Prompt(np.asarray(ids), str(2 * i), {"task": task}))
         self.n_docs = n
 
     def prompt(self, i: int) -> Prompt:
@@ -112,6 +112,11 @@ def test_reward_functions_and_config_errors(tok):
         parse_rewards("answer", "1,2")
     with pytest.raises(ConfigError, match="prepare --kind prompt"):
         GRPO(_cfg(), type("S", (), {"kind": "sft"})(), tokenizer=tok)
+    # Open-ended prompts (a synth prompt file holds fortune / recite / continue too) cannot be checked: refused at
+    # construction, naming the task, instead of stopping at the first one drawn mid-run.
+    with pytest.raises(ConfigError, match=r"8 of 8 prompts are of task\(s\) 'fortune'.*drop `answer`"):
+        GRPO(_cfg("rl.reward_funcs=answer", "rl.reward_weights=1"), PromptShards(tok, task="fortune"), tokenizer=tok)
+    GRPO(_cfg("rl.reward_funcs=format", "rl.reward_weights=1"), PromptShards(tok, task="fortune"), tokenizer=tok)
 
 
 def test_fsdp_on_several_processes_is_refused_up_front(tok, tmp_path, monkeypatch):

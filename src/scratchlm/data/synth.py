@@ -673,6 +673,11 @@ def _number(text: str) -> int | None:
     return int(m.group()) if m else None
 
 
+def can_check(task: str) -> bool:
+    """Whether `check_answer` knows how to grade `task` (arithmetic, identity, next_line, author)."""
+    return task in ("identity", "next_line", "author") or bool(ARITH_RE.match(task))
+
+
 def check_answer(task: str, completion: str, answer: str) -> bool:
     """True when a completion answers correctly (whitespace/punctuation-insensitive; see module doc)."""
     completion = _strip_completion(completion)

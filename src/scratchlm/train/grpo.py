@@ -34,6 +34,7 @@ class GRPO(RolloutObjective):
     def __init__(self, cfg: Config, shards: Any = None, tokenizer: Any = None, reference: nn.Module | None = None) -> None:
         super().__init__(cfg, shards, tokenizer, reference)
         self.rewards = parse_rewards(cfg.rl.reward_funcs, cfg.rl.reward_weights)
+        self.check_rewards_apply(self.rewards)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """LoRA when configured; the tokenizer and (with rl.beta > 0) the reference come from the --init-from run."""

@@ -90,6 +90,7 @@ class PPO(RolloutObjective):
         self.reward_model = reward_model
         self.rewards = [] if (rl.reward_model or reward_model is not None) else parse_rewards(rl.reward_funcs,
                                                                                                 rl.reward_weights)
+        self.check_rewards_apply(self.rewards)
         if rl.reward_model and reward_model is None and (why := _reward_run_error(rl.reward_model)):
             raise ConfigError(f"rl.reward_model={rl.reward_model!r}: {why}")
         self.critic_cfg: Config | None = None  # the critic's run config (its model shape), set by prepare_model

@@ -58,6 +58,21 @@ class RolloutObjective(Objective):
         self._passes = 0  # optimizer steps already taken on self._buffer
 
     # -- setup ----------------------------------------------------------------------------------------
+    def check_rewards_apply(self, rewards: list[tuple[str, Any, float]]) -> None:
+        """Refuse, before any training, prompts the `answer` reward cannot check (open-ended synthetic tasks such as
+        fortune): mid-run it would stop at the first such prompt drawn."""
+        if "answer" not in [n for n, _, _ in rewards]:
+            return
+        from scratchlm.data.synth import can_check
+
+        tasks = [str(self.shards.prompt(i).columns.get("task", "")) for i in range(self.shards.n_docs)]
+        bad = sorted({t for t in tasks if not can_check(t)})
+        if bad:
+            n = sum(t in bad for t in tasks)
+            raise ConfigError(f"train.data={self.cfg.train.data!r}: {n} of {len(tasks)} prompts are of task(s) "
+                              f"{', '.join(repr(b) for b in bad)}, which the `answer` reward cannot check; prepare "
+                              "prompts of checkable tasks only (add2, identity, ...) or drop `answer` from rl.reward_funcs")
+
     def _load_init(self, need_reference: bool) -> None:
         """The tokenizer (rewards decode completions) and, when asked, the frozen reference: the --init-from run."""
         init = self.cfg.train.init_from
