@@ -75,6 +75,40 @@ def test_rollout_batch_targets_completions_and_groups_sum_to_zero(tok):
     assert torch.equal(again["input_ids"], x)  # seeded: the same samples
 
 
+def test_one_step_on_a_rigged_reward_raises_that_tokens_probability(tok, monkeypatch):
+    # reward = 1 when the completion contains token X: one GRPO step (the real rollout and loss, a plain SGD update)
+    # must make X more likely where the policy samples, here measured at every completion position of the batch.
+    from scratchlm.train import rewards
+
+    rigged = {}
+    monkeypatch.setitem(rewards.REWARD_FUNCS, "has_x", lambda prompts, completions, completion_ids, **_: [
+        float(rigged["x"] in ids) for ids in completion_ids])
+    cfg = _cfg("rl.reward_funcs=has_x", "rl.reward_weights=1", "rl.num_generations=8", "rl.loss_agg=grpo")
+    torch.manual_seed(0)
+    obj = GRPO(cfg, PromptShards(tok), tokenizer=tok)
+    model = obj.prepare_model(build_model(cfg))
+    obj.setup(obj.info, model)
+    # X: a token in about half of the completions these (seeded) rollouts sample
+    comps = obj.sample(model, [0, 1, 2, 3], seed=11).completions
+    rigged["x"] = min(range(VOCAB["n"]), key=lambda v: abs(sum(v in c for c in comps) - len(comps) / 2))
+    X = rigged["x"]
+    b = obj.rollout([0, 1, 2, 3], seed=11)
+    assert 0 < b["stats"]["reward"] < 1  # some groups hold both kinds of completion: there is a signal
+
+    def p_x() -> float:
+        with torch.no_grad():
+            logits = model(b["input_ids"]).logits  # [B, T, V]
+        return float(logits.softmax(-1)[..., X][b["targets"] != IGNORE].mean())
+
+    before = p_x()
+    loss, _ = obj.loss(model, b)
+    loss.backward()
+    with torch.no_grad():
+        for prm in model.parameters():
+            prm -= 0.01 * prm.grad  # a small step: the first-order effect (at 0.2 it overshoots)
+    assert p_x() > 1.2 * before  # measured: 0.0099 → 0.0134
+
+
 def test_grpo_learns_the_length_reward_and_resumes_exactly(tok, tmp_path):
     # −length/max_new_tokens: the policy learns to emit <|im_end|> sooner. Every other part is the real thing.
     sets = ("rl.reward_funcs=length", "rl.reward_weights=1", "train.lr=1e-2", "train.max_steps=12", "rl.temperature=1.0")
