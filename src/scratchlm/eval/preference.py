@@ -72,9 +72,11 @@ def _accuracy(margins: torch.Tensor) -> dict[str, float]:
 
 @torch.no_grad()
 def held_out_reward(policy: nn.Module, tokenizer: Any, reward_model: nn.Module, prompt_file: str | Path,
-                    per_task: int = 50, max_new_tokens: int = 64) -> dict[str, Any]:
-    """Mean reward-model score of `policy`'s greedy replies to the prompts of a held-out prompts file (at most
-    `per_task` of each task): {"mean", "n", "tasks": {task: mean}}, the number PPO with that reward model raises."""
+                    per_task: int = 50, max_new_tokens: int = 64, temperature: float = 0.0, samples: int = 1,
+                    seed: int = 0) -> dict[str, Any]:
+    """Mean reward-model score of `policy`'s replies to the prompts of a held-out prompts file (at most `per_task`
+    of each task; greedy, or `samples` replies each at `temperature`, seeded): {"mean", "n", "tasks": {task: mean}},
+    the number PPO with that reward model raises."""
     from collections import defaultdict
 
     from scratchlm.data.clean import clean_messages
@@ -94,9 +96,12 @@ def held_out_reward(policy: nn.Module, tokenizer: Any, reward_model: nn.Module, 
         raise ValueError(f"{prompt_file}: no prompts to score")
     context = int(policy.config.max_seq_len) - max_new_tokens
     ids = [list(tokenizer.encode_chat(m, add_generation_prompt=True)[0])[-context:] for m in prompts]
-    out = Engine(policy, tokenizer).generate(ids, SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens))
-    replies = [tokenizer.decode(o, skip_special_tokens=True) for o in out]
-    scores = score_texts(reward_model, tokenizer, prompts, replies)
+    engine = Engine(policy, tokenizer)
+    scores = [0.0] * len(prompts)
+    for k in range(samples):  # the mean over `samples` replies per prompt
+        params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed + k)
+        replies = [tokenizer.decode(o, skip_special_tokens=True) for o in engine.generate(ids, params)]
+        scores = [s + r / samples for s, r in zip(scores, score_texts(reward_model, tokenizer, prompts, replies))]
     tasks, i = {}, 0
     for task, ms in by_task.items():
         tasks[task] = sum(scores[i:i + len(ms)]) / len(ms)
