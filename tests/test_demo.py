@@ -50,7 +50,7 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     # PPO with the reward stage's model: held-out mean reward and task accuracy before and after
     pp = summary["ppo"]
     assert pp["prompts"] > 0 and len(pp["reward"]) == 2 and set(pp["reward_tasks"]) >= {"add2", "identity"}
-    assert set(pp["tasks"]) == {"add2", "add2 (unseen phrasings)", "identity"}
+    assert set(pp["tasks"]) == {"add2", "add2 (unseen phrasings)", "add3", "add3 (unseen phrasings)", "identity"}
     assert load_run(out / "ppo")[2].train.objective == "ppo" and (out / "ppo" / "critic" / "config.toml").exists()
     # distillation: two students of one (smaller) size, with and without the teacher, same steps
     d = summary["distill"]

@@ -102,12 +102,16 @@ class DemoSettings:
     grpo_sets: list[str] = field(default_factory=lambda: [
         "train.lr=5e-5", "train.batch_size=8", "train.schedule=constant", "rl.num_generations=8",
         "rl.max_new_tokens=40", "rl.loss_agg=dapo", "rl.reward_funcs=answer,format", "rl.reward_weights=1.0,0.1"])
-    # PPO (RLHF): the reward stage's model scores the policy's samples on the preference tasks' prompts; held-out
-    # mean reward of greedy replies before and after, and task accuracy (which must not fall).
+    # PPO (RLHF): the reward stage's model scores the policy's samples; held-out mean reward before and after, and
+    # task accuracy (which must not fall). It trains on the prompts no rule can check: on add2 prompts the policy
+    # found replies the reward model scores higher but that are wrong (add2 0.96 → 0.815 in 60 steps, → 0.52 in
+    # 120 steps of two passes, while the reward model's add2 score rose 5.9 → 8.9): arithmetic is GRPO's. On these
+    # prompts, KL β 0.1 still cost add3 0.55 → 0.40; β 0.3 kept it (0.525), greedy held-out reward 10.6 → 11.9.
+    ppo_tasks: tuple[str, ...] = ("identity", "fortune", "recite", "continue")
     ppo_steps: int = 60
     ppo_sets: list[str] = field(default_factory=lambda: [
         "train.lr=2e-5", "train.batch_size=8", "train.schedule=constant", "rl.num_generations=4",
-        "rl.max_new_tokens=48", "rl.kl_coef=0.05", "rl.whiten_scores=true"])
+        "rl.max_new_tokens=48", "rl.kl_coef=0.3", "rl.whiten_scores=true"])
     ppo_eval_samples: int = 4  # sampled replies per held-out prompt for the mean reward
     # Distillation: a student a quarter of the teacher's size, trained from scratch on the SFT data twice for the
     # same steps, once with the SFT model as its teacher (logit KD) and once alone; held-out chat perplexity of both
@@ -411,7 +415,11 @@ def run_ppo_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scores
     synth = out / "data" / "pref_synth"
     prompts = out / "data" / "ppo_prompts"
     if not (prompts / "meta.json").exists():
-        prepare("prompt", paths["tokenizer"], [synth / "prompt_train.jsonl"], prompts, dedup=False)
+        chosen = out / "data" / "ppo_prompts.jsonl"
+        lines = (synth / "prompt_train.jsonl").read_text(encoding="utf-8").splitlines()
+        chosen.write_text("".join(f"{line}\n" for line in lines if json.loads(line)["task"] in s.ppo_tasks),
+                          encoding="utf-8")
+        prepare("prompt", paths["tokenizer"], [chosen], prompts, dedup=False)
     sets = [*s.ppo_sets, f"rl.reward_model={out / 'reward'}"]
     run_dir = _train_post_sft("ppo", out, s, {**paths, "ppo": prompts}, s.ppo_steps, sets,
                               "PPO: the reward model scores the model's own replies", progress)
@@ -424,7 +432,7 @@ def run_ppo_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scores
     before, after = (held_out_reward(m, tokenizer, rm, held, s.eval_per_task, n_new, temperature=1.0,
                                      samples=s.ppo_eval_samples, seed=s.seed) for m in (sft, policy))
     greedy = [held_out_reward(m, tokenizer, rm, held, s.eval_per_task, n_new)["mean"] for m in (sft, policy)]
-    tasks = {t for t in s.pref_sizes if t in sft_scores}
+    tasks = {t for t in (*s.pref_sizes, s.grpo_task) if t in sft_scores}  # add3: the most fragile skill
     scores, _ = evaluate_tasks(policy, tokenizer, paths["prompt_val"], s.eval_per_task, s.max_new_tokens, tasks=tasks)
     acc = lambda c: c[0] / max(1, c[1])  # noqa: E731
     return {"prompts": before["n"], "samples": s.ppo_eval_samples, "reward": [before["mean"], after["mean"]],
