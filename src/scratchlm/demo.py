@@ -267,6 +267,15 @@ def _train_stage(kind: str, out: Path, s: DemoSettings, paths: dict[str, Path], 
 # What a person would type after the demo (training-style requests): shown greedy in the summary.
 DEMO_CHATS = ["Tell me a fortune.", "说一句名言。", "Recite a poem by 李白.", "背诵一首杜甫的诗。",
               "Continue this text: The best way to predict the future", "What is 47 plus 38?", "你是谁？"]
+def _accuracy(counts: tuple[int, int]) -> float:
+    return counts[0] / max(1, counts[1])
+
+
+def _before_after(sft_scores: dict[str, tuple[int, int]], scores: dict[str, tuple[int, int]]) -> dict[str, list[float]]:
+    """{task: [the SFT model's held-out accuracy, this stage's]} for the tasks both were scored on."""
+    return {k: [_accuracy(sft_scores[k]), _accuracy(v)] for k, v in sorted(scores.items()) if k in sft_scores}
+
+
 def run_lora_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scores: dict[str, tuple[int, int]],
                    progress: bool) -> dict[str, Any]:
     """Identity LoRA over the SFT run (new name s.lora_name, add2 chats replayed); held-out identity with the new
@@ -286,11 +295,10 @@ def run_lora_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_score
     model, tokenizer, _ = load_run(run_dir)
     new, _ = evaluate_tasks(model, tokenizer, files["prompt_val"], s.eval_per_task, s.max_new_tokens, tasks={"identity"})
     old, _ = evaluate_tasks(model, tokenizer, paths["prompt_val"], s.eval_per_task, s.max_new_tokens, tasks={"add2"})
-    acc = lambda c: c[0] / max(1, c[1])  # noqa: E731
-    return {"name": s.lora_name, "identity_new_name": acc(new["identity"]),
-            "add2_before": acc(sft_scores["add2"]), "add2_after": acc(old["add2"]),
-            "add2_unseen_before": acc(sft_scores.get("add2" + UNSEEN, (0, 0))),
-            "add2_unseen_after": acc(old.get("add2" + UNSEEN, (0, 0)))}
+    return {"name": s.lora_name, "identity_new_name": _accuracy(new["identity"]),
+            "add2_before": _accuracy(sft_scores["add2"]), "add2_after": _accuracy(old["add2"]),
+            "add2_unseen_before": _accuracy(sft_scores.get("add2" + UNSEEN, (0, 0))),
+            "add2_unseen_after": _accuracy(old.get("add2" + UNSEEN, (0, 0)))}
 
 
 def prepare_preference_data(out: Path, s: DemoSettings, paths: dict[str, Path]) -> dict[str, Path]:
@@ -362,11 +370,10 @@ def run_dpo_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scores
     own_after = logprob_preference(policy, held, seq, max_pairs=s.eval_pairs)
     tasks = {t for t in s.pref_sizes if t in sft_scores}
     scores, _ = evaluate_tasks(policy, tokenizer, paths["prompt_val"], s.eval_per_task, s.max_new_tokens, tasks=tasks)
-    acc = lambda c: c[0] / max(1, c[1])  # noqa: E731
     return {"pairs": min(held.n_pairs, s.eval_pairs), "implicit_accuracy": implicit["accuracy"],
             "implicit_margin": implicit["margin"], "logp_accuracy_before": own_before["accuracy"],
             "logp_accuracy_after": own_after["accuracy"],
-            "tasks": {k: [acc(sft_scores[k]), acc(v)] for k, v in sorted(scores.items()) if k in sft_scores}}
+            "tasks": _before_after(sft_scores, scores)}
 
 
 def run_grpo_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scores: dict[str, tuple[int, int]],
@@ -389,9 +396,8 @@ def run_grpo_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_score
     policy, tokenizer, _ = load_run(run_dir)
     tasks = {s.grpo_task, "add2"}
     scores, _ = evaluate_tasks(policy, tokenizer, paths["prompt_val"], s.eval_per_task, s.max_new_tokens, tasks=tasks)
-    acc = lambda c: c[0] / max(1, c[1])  # noqa: E731
     return {"task": s.grpo_task, "reward_log": _reward_trend(run_dir),
-            "tasks": {k: [acc(sft_scores[k]), acc(v)] for k, v in sorted(scores.items()) if k in sft_scores}}
+            "tasks": _before_after(sft_scores, scores)}
 
 
 def _reward_trend(run_dir: Path) -> list[float]:
@@ -434,11 +440,10 @@ def run_ppo_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scores
     greedy = [held_out_reward(m, tokenizer, rm, held, s.eval_per_task, n_new)["mean"] for m in (sft, policy)]
     tasks = {t for t in (*s.pref_sizes, s.grpo_task) if t in sft_scores}  # add3: the most fragile skill
     scores, _ = evaluate_tasks(policy, tokenizer, paths["prompt_val"], s.eval_per_task, s.max_new_tokens, tasks=tasks)
-    acc = lambda c: c[0] / max(1, c[1])  # noqa: E731
     return {"prompts": before["n"], "samples": s.ppo_eval_samples, "reward": [before["mean"], after["mean"]],
             "reward_greedy": greedy,
             "reward_tasks": {k: [before["tasks"][k], after["tasks"][k]] for k in sorted(before["tasks"])},
-            "tasks": {k: [acc(sft_scores[k]), acc(v)] for k, v in sorted(scores.items()) if k in sft_scores}}
+            "tasks": _before_after(sft_scores, scores)}
 
 
 def run_distill_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scores: dict[str, tuple[int, int]],
@@ -474,7 +479,7 @@ def run_distill_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_sc
         result["val_ppl"][name] = math.exp(stage_val_loss(model, cfg))
         scores = sft_scores if name == "teacher" else evaluate_tasks(
             model, tokenizer, paths["prompt_val"], s.eval_per_task, s.max_new_tokens, tasks=tasks)[0]
-        result["tasks"][name] = {k: c / max(1, n) for k, (c, n) in sorted(scores.items()) if k.split(" ")[0] in tasks}
+        result["tasks"][name] = {k: _accuracy(v) for k, v in sorted(scores.items()) if k.split(" ")[0] in tasks}
     return result
 
 
@@ -605,6 +610,11 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoS
     return summary
 
 
+def _task_rows(table: Any, stage: str, tasks: dict[str, list[float]]) -> None:
+    for task, (before, after) in tasks.items():
+        table.add_row(f"{stage}: held-out {task} before → after", f"{before:.3f} → {after:.3f}")
+
+
 def print_summary(summary: dict[str, Any], out: Path) -> None:
     """The summary table and a few sample chats (rich)."""
     from rich.console import Console
@@ -639,22 +649,19 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
                       f"0.000 → {d['implicit_accuracy']:.3f}")
         table.add_row("DPO: own log-probs prefer the chosen reply, SFT → DPO",
                       f"{d['logp_accuracy_before']:.3f} → {d['logp_accuracy_after']:.3f}")
-        for task, (before, after) in d["tasks"].items():
-            table.add_row(f"DPO: held-out {task} before → after", f"{before:.3f} → {after:.3f}")
+        _task_rows(table, "DPO", d["tasks"])
     if "grpo" in summary:
         g = summary["grpo"]
         if g["reward_log"]:
             table.add_row("GRPO: mean rollout reward, first → last tenth of the steps",
                           f"{g['reward_log'][0]:.3f} → {g['reward_log'][1]:.3f}")
-        for task, (before, after) in g["tasks"].items():
-            table.add_row(f"GRPO: held-out {task} before → after", f"{before:.3f} → {after:.3f}")
+        _task_rows(table, "GRPO", g["tasks"])
     if "ppo" in summary:
         pp = summary["ppo"]
         table.add_row(f"PPO: held-out mean reward ({pp['prompts']} prompts × {pp['samples']} samples), SFT → PPO",
                       f"{pp['reward'][0]:.2f} → {pp['reward'][1]:.2f}")
         table.add_row("PPO: the same for greedy replies", f"{pp['reward_greedy'][0]:.2f} → {pp['reward_greedy'][1]:.2f}")
-        for task, (before, after) in pp["tasks"].items():
-            table.add_row(f"PPO: held-out {task} before → after", f"{before:.3f} → {after:.3f}")
+        _task_rows(table, "PPO", pp["tasks"])
     if "distill" in summary:
         d = summary["distill"]
         p = d["params"]
