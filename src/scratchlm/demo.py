@@ -267,6 +267,8 @@ def _train_stage(kind: str, out: Path, s: DemoSettings, paths: dict[str, Path], 
 # What a person would type after the demo (training-style requests): shown greedy in the summary.
 DEMO_CHATS = ["Tell me a fortune.", "说一句名言。", "Recite a poem by 李白.", "背诵一首杜甫的诗。",
               "Continue this text: The best way to predict the future", "What is 47 plus 38?", "你是谁？"]
+
+
 def _accuracy(counts: tuple[int, int]) -> float:
     return counts[0] / max(1, counts[1])
 
@@ -412,8 +414,9 @@ def _reward_trend(run_dir: Path) -> list[float]:
 
 def run_ppo_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scores: dict[str, tuple[int, int]],
                   progress: bool) -> dict[str, Any]:
-    """PPO from the SFT run with the reward stage's model as the reward, on the preference tasks' prompts: held-out
-    mean reward of greedy replies (overall and per task) and held-out task accuracy, before and after."""
+    """PPO from the SFT run with the reward stage's model as the reward, on the training prompts of s.ppo_tasks:
+    held-out mean reward of sampled and of greedy replies (overall and per task) and held-out task accuracy, before
+    and after."""
     from scratchlm.data.prepare import prepare
     from scratchlm.eval.preference import held_out_reward
     from scratchlm.run import load_run
