@@ -30,7 +30,7 @@ from torch import nn
 
 from scratchlm.config import Config, ConfigError
 from scratchlm.train.objectives import IGNORE, Batch
-from scratchlm.train.reward import RewardModel
+from scratchlm.train.reward import RewardModel, score_ids
 from scratchlm.train.rewards import parse_rewards
 from scratchlm.train.rl_losses import gae, kl_shaped_rewards, policy_loss, value_loss, whiten
 from scratchlm.train.rollout import RolloutObjective, rows_batch
@@ -151,18 +151,12 @@ class PPO(RolloutObjective):
         weighted rule rewards."""
         if self.reward_model is None:
             return self.score(self.rewards, s)
-        G, cap = self.cfg.rl.num_generations, int(self.reward_model.config.max_seq_len)
+        G = self.cfg.rl.num_generations
         newline = self.tokenizer.encode("\n")
         # A reply that stopped ends as the reward model was trained on chat turns: <|im_end|> then the newline.
-        seqs = [([int(t) for t in s.prompts[i // G].ids] + c + (newline if stop else []))[-cap:]
+        seqs = [[int(t) for t in s.prompts[i // G].ids] + c + (newline if stop else [])
                 for i, (c, stop) in enumerate(zip(s.completions, s.stopped))]
-        T = max(len(q) for q in seqs)
-        ids = torch.zeros((len(seqs), T), dtype=torch.long)  # right-padded: causal, so padding never reaches a score
-        for r, q in enumerate(seqs):
-            ids[r, : len(q)] = torch.tensor(q)
-        dev = next(self.reward_model.parameters()).device
-        scores = self.reward_model(ids.to(dev), torch.tensor([len(q) for q in seqs])).cpu()
-        return scores, {}
+        return score_ids(self.reward_model, seqs), {}
 
     @torch.no_grad()
     def rollout(self, indices: list[int], seed: int) -> Batch:

@@ -32,32 +32,39 @@ class RewardModel(nn.Module):
         return self.head(self.lm.norm(last)).squeeze(-1).float()
 
 
+def right_padded(seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id sequences as right-padded rows input_ids [B, T] (0 after each end) and their lengths [B]."""
+    T = max(len(s) for s in seqs)
+    ids = torch.zeros((len(seqs), T), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, : len(s)] = torch.as_tensor(np.asarray(s, dtype=np.int64))
+    return ids, torch.tensor([len(s) for s in seqs])
+
+
 def reward_batch(shards: Any, indices: Sequence[int], seq_len: int) -> Batch:
     """Pairs as whole sequences, right-padded: input_ids [2B, T] (chosen rows, then rejected) and lengths [2B]."""
     seqs = [shards.pair(int(i)).chosen for i in indices] + [shards.pair(int(i)).rejected for i in indices]
-    seqs = [np.asarray(s[-seq_len:], dtype=np.int64) for s in seqs]  # keep the ends: the score reads the last token
-    T = max(len(s) for s in seqs)
-    x = np.zeros((len(seqs), T), dtype=np.int64)
-    for r, s in enumerate(seqs):
-        x[r, : len(s)] = s
-    return {"input_ids": torch.from_numpy(x), "lengths": torch.tensor([len(s) for s in seqs])}
+    ids, lengths = right_padded([s[-seq_len:] for s in seqs])  # keep the ends: the score reads the last token
+    return {"input_ids": ids, "lengths": lengths}
+
+
+@torch.no_grad()
+def score_ids(model: RewardModel, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Scores [N] (on the host) of token-id sequences, each cut to its last max_seq_len tokens (the score reads the
+    end): one right-padded forward."""
+    cap = int(model.config.max_seq_len)
+    ids, lengths = right_padded([list(s)[-cap:] for s in seqs])
+    return model(ids.to(next(model.parameters()).device), lengths).cpu()
 
 
 def score_texts(model: RewardModel, tokenizer: Any, prompts: Sequence[list[dict]], completions: Sequence[str],
                 batch: int = 16) -> list[float]:
     """Reward of each (prompt messages, assistant completion), as the chat template encodes the conversation."""
     out: list[float] = []
-    device = next(model.parameters()).device
     for i in range(0, len(prompts), batch):
         seqs = [tokenizer.encode_chat(list(p) + [{"role": "assistant", "content": c}])[0]
                 for p, c in zip(prompts[i:i + batch], completions[i:i + batch])]
-        seqs = [s[-model.config.max_seq_len:] for s in seqs]
-        T = max(len(s) for s in seqs)
-        ids = torch.zeros((len(seqs), T), dtype=torch.long)
-        for r, s in enumerate(seqs):
-            ids[r, : len(s)] = torch.tensor(s)
-        with torch.no_grad():
-            out += model(ids.to(device), torch.tensor([len(s) for s in seqs])).tolist()
+        out += score_ids(model, seqs).tolist()
     return out
 
 
