@@ -336,3 +336,63 @@ def test_ring_rollback_limits():
     assert torch.allclose(model(ids[:, 8:], cache=cache).logits, model(ids).logits[:, 8:], atol=1e-4)
     with pytest.raises(ValueError, match="sliding-window ring"):
         cache.pos = 5
+
+
+@pytest.mark.parametrize("variant", ["gqa", "moe", "mla"])
+def test_packed_weights_change_no_output_and_no_parameter(variant, tmp_path):
+    # pack_for_inference_ (what LLMEngine does) moves q/k/v and gate/up into one buffer per group: inference then
+    # runs one matmul per group with no copy, and nothing a user sees may change.
+    from scratchlm.model.layers import packed_weight
+    from scratchlm.run import load_weights, save_model
+
+    model, ref = _model(VARIANTS[variant]), _model(VARIANTS[variant])
+    params = dict(model.named_parameters())
+    model.pack_for_inference_()
+    assert dict(model.named_parameters()) == params  # the same Parameter objects under the same names
+    groups = [[m.w1, m.w3] for m in model.modules() if hasattr(m, "w3")]
+    groups += [[m.wq, m.wk, m.wv] for m in model.modules() if hasattr(m, "wk")]
+    assert groups and all(packed_weight(g) is not None for g in groups)
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[k], v, rtol=0, atol=0)
+    ids = _ids(model, 2, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, ref(ids).logits, rtol=1e-5, atol=1e-5)
+        cache = model.new_cache(1, 12)  # decode, one row: the path the packing is for
+        ref_cache = ref.new_cache(1, 12)
+        model(ids[:1, :8], cache=cache), ref(ids[:1, :8], cache=ref_cache)
+        torch.testing.assert_close(model(ids[:1, 8:], cache=cache).logits, ref(ids[:1, 8:], cache=ref_cache).logits,
+                                   rtol=1e-5, atol=1e-5)
+    # Training multiplies by each weight on its own: every packed parameter gets its own gradient.
+    model.train()
+    model(ids, targets=ids).loss.backward()
+    assert all(m.weight.grad is not None and m.weight.grad.abs().sum() > 0 for g in groups for m in g)
+    # safetensors refuses tensors that share a buffer: the saved file holds standalone copies that load back.
+    save_model(model, tmp_path / "model.safetensors")
+    fresh = _model(VARIANTS[variant], seed=5)
+    load_weights(fresh, tmp_path / "model.safetensors")
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[k], v, rtol=0, atol=0)
+    # .to() gives each weight its own storage again: the forward falls back to separate matmuls, still right.
+    model.double().eval()
+    assert all(packed_weight(g) is None for g in groups)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits.float(), ref(ids).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_lora_adapters_hold_on_packed_weights():
+    # An adapter wrapped around a packed weight adds its update on the one-matmul path too, and merging it
+    # writes into the shared buffer.
+    from scratchlm.model.lora import apply_lora, merge_lora
+
+    model, ref = _model(VARIANTS["gqa"]), _model(VARIANTS["gqa"])
+    model.pack_for_inference_()
+    for m in (model, ref):
+        torch.manual_seed(3)
+        for lora in apply_lora(m, rank=4, alpha=8, dropout=0.0, targets="wq,wv,w1").values():
+            torch.nn.init.normal_(lora.lora_B.weight, std=0.1)
+    ids = _ids(model, 1, 7)
+    with torch.no_grad():
+        want = ref(ids).logits
+        torch.testing.assert_close(model(ids).logits, want, rtol=1e-5, atol=1e-5)
+        merge_lora(model)
+        torch.testing.assert_close(model(ids).logits, want, rtol=1e-5, atol=1e-5)
