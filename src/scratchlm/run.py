@@ -40,17 +40,10 @@ def tied_aliases(model: torch.nn.Module) -> dict[str, str]:
     return aliases
 
 
-def _standalone(t: torch.Tensor) -> torch.Tensor:
-    """t on the CPU in a storage of its own: safetensors refuses tensors that share one (weights packed for
-    inference by `Transformer.pack_for_inference_` are views of one buffer)."""
-    t = t.detach().to("cpu").contiguous()
-    return t if t.untyped_storage().nbytes() == t.numel() * t.element_size() else t.clone()
-
-
 def save_weights(state: dict[str, torch.Tensor], path: str | Path, aliases: dict[str, str] | None = None) -> None:
     """Write a state dict as safetensors, storing tied tensors once (aliases dropped), fsynced."""
     aliases = aliases or {}
-    out = {k: _standalone(v) for k, v in state.items() if k not in aliases}
+    out = {k: v.detach().to("cpu").contiguous() for k, v in state.items() if k not in aliases}
     path = Path(path)
     save_file(out, str(path), metadata={"format": "pt"})
     _fsync(path)

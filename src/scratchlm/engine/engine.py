@@ -156,17 +156,11 @@ class _Seq:
 
 
 class LLMEngine:
-    """Continuous batching over a paged KV cache for a `Transformer` (see the module docstring).
-
-    pack_weights (default on) packs the model's q/k/v and gate/up weights into one buffer each
-    (`Transformer.pack_for_inference_`): same values and names, fewer matmuls per decode step. Pass False for a
-    model that is being trained between calls (RL rollouts), whose parameters the optimiser holds."""
+    """Continuous batching over a paged KV cache for a `Transformer` (see the module docstring)."""
 
     def __init__(self, model: torch.nn.Module, tokenizer=None, *, block_size: int = 16, num_blocks: int | None = None,
                  max_num_seqs: int = 16, max_waiting: int = 64, prefix_caching: bool = True,
-                 max_prefill_tokens: int = 4096, pack_weights: bool = True) -> None:
-        if pack_weights and hasattr(model, "pack_for_inference_"):
-            model.pack_for_inference_()  # q/k/v and gate/up as one matmul each: batch-1 decode is many small ones
+                 max_prefill_tokens: int = 4096) -> None:
         p = next(model.parameters())
         self.model, self.tokenizer, self.config = model, tokenizer, model.config
         self.device, self.dtype = p.device, p.dtype

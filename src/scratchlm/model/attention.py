@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from scratchlm.config import ModelConfig
-from scratchlm.model.layers import RMSNorm, apply_rope, linear_weight, project, yarn_mscale
+from scratchlm.model.layers import FUSE_MIN_ROWS, RMSNorm, apply_rope, fused_linear, linear_weight, yarn_mscale
 
 if TYPE_CHECKING:
     from scratchlm.model.cache import KVCache
@@ -140,8 +140,12 @@ class Attention(nn.Module):
         cache: Optional["KVCache"] = None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
-        # Parameters stay separate so names match Llama's q/k/v_proj; `project` fuses the matmuls when it pays.
-        q, k, v = project(x, [self.wq, self.wk, self.wv])  # [B, T, nq], [B, T, nkv], [B, T, nkv]
+        if B * T >= FUSE_MIN_ROWS:
+            # One matmul for q, k, v (and one for their input gradient): the weight concat is a small copy
+            # next to a large matmul. Parameters stay separate so names match Llama's q/k/v_proj.
+            q, k, v = fused_linear(x, [self.wq, self.wk, self.wv])  # [B, T, nq], [B, T, nkv], [B, T, nkv]
+        else:  # decoding: a concat per step would cost as much as the matmuls themselves
+            q, k, v = self.wq(x), self.wk(x), self.wv(x)
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
         k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, hd]
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)

@@ -156,57 +156,12 @@ def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
     return RMSNorm(dim, cfg.norm_eps)
 
 
-def fused_linear(x: torch.Tensor, linears: list[nn.Linear], weight: torch.Tensor | None = None) -> list[torch.Tensor]:
+def fused_linear(x: torch.Tensor, linears: list[nn.Linear]) -> list[torch.Tensor]:
     """x through several bias-free linears with one matmul over their concatenated weights (one kernel for
     the output and one for the input gradient); a LoRA-wrapped linear's update is added to its slice, so
-    adapters hold on the fused path too. `weight`: the concatenation when it already exists (`packed_weight`)."""
-    if weight is None:
-        weight = torch.cat([m.weight for m in linears])
-    out = F.linear(x, weight).split([m.out_features for m in linears], dim=-1)
+    adapters hold on the fused path too."""
+    out = F.linear(x, torch.cat([m.weight for m in linears])).split([m.out_features for m in linears], dim=-1)
     return [y + m.delta(x) if hasattr(m, "delta") and not m.merged else y for y, m in zip(out, linears)]
-
-
-def project(x: torch.Tensor, linears: list[nn.Linear]) -> list[torch.Tensor]:
-    """x through linears that share it as input (q/k/v, gate/up), in as few matmuls as pays off.
-
-    Weights packed into one buffer (`pack_linears_`, inference only) run as one matmul with no copy; otherwise
-    many rows run as one matmul over the concatenated weights (the copy is small next to the matmul) and few
-    rows (decoding) as separate matmuls, where a concat per step would cost as much as the matmuls."""
-    packed = None if torch.is_grad_enabled() else packed_weight(linears)
-    if packed is not None or x.numel() >= FUSE_MIN_ROWS * x.shape[-1]:
-        return fused_linear(x, linears, packed)
-    return [m(x) for m in linears]
-
-
-def pack_linears_(linears: list[nn.Linear]) -> None:
-    """Move the weights of linears that share an input into one [Σ out, in] buffer, each weight becoming a view
-    of its rows (same Parameter objects, same values), so that `project` multiplies by all of them at once.
-
-    At batch 1 a decode step is a chain of small matmuls, and each one pays a fixed cost besides reading its
-    weight; packing q/k/v and gate/up saves three of seven per layer without holding a second copy."""
-    ws = [m.weight for m in linears]
-    if packed_weight(linears) is not None or len({(w.device, w.dtype, w.shape[1]) for w in ws}) != 1:
-        return
-    buf = torch.cat([w.detach() for w in ws])  # [Σ out, in]
-    start = 0
-    for w in ws:
-        w.data = buf[start:start + w.shape[0]]
-        start += w.shape[0]
-
-
-def packed_weight(linears: list[nn.Linear]) -> torch.Tensor | None:
-    """The linears' weights as one [Σ out, in] matrix without a copy when they lie back to back in one buffer
-    (`pack_linears_`), else None (never packed, or moved since: `.to()` gives each weight its own storage)."""
-    ws = [m.weight for m in linears]
-    first = ws[0]
-    end, storage = first.data_ptr(), first.untyped_storage().data_ptr()
-    for w in ws:
-        if (w.data_ptr() != end or w.untyped_storage().data_ptr() != storage or not w.is_contiguous()
-                or w.shape[1] != first.shape[1] or w.dtype != first.dtype):
-            return None
-        end += w.numel() * w.element_size()
-    rows = sum(w.shape[0] for w in ws)
-    return first.detach().as_strided((rows, first.shape[1]), (first.shape[1], 1))
 
 
 def linear_weight(m: nn.Linear) -> torch.Tensor:
@@ -225,7 +180,11 @@ class SwiGLU(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = project(x, [self.w1, self.w3])  # parameters kept separate for their names
+        if x.numel() >= FUSE_MIN_ROWS * x.shape[-1]:
+            # gate and up in one matmul (weights concatenated, parameters kept separate for their names)
+            gate, up = fused_linear(x, [self.w1, self.w3])
+        else:  # few rows (decoding, a lightly used expert): the weight concat would dominate
+            gate, up = self.w1(x), self.w3(x)
         return self.dropout(self.w2(F.silu(gate) * up))
 
 

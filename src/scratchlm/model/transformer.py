@@ -17,7 +17,7 @@ import torch.nn as nn
 from scratchlm.config import ModelConfig
 from scratchlm.model.attention import MLA, Attention, AttnPlan, build_document_mask, build_mask, document_positions
 from scratchlm.model.cache import KVCache
-from scratchlm.model.layers import RMSNorm, SwiGLU, cross_entropy_sum, make_norm, pack_linears_, rope_cache, token_nll
+from scratchlm.model.layers import RMSNorm, SwiGLU, cross_entropy_sum, make_norm, rope_cache, token_nll
 
 
 @dataclass
@@ -126,17 +126,6 @@ class Transformer(nn.Module):
                     per_expert = sum(p.numel() for p in experts[0].parameters())
                     total -= (len(experts) - self.config.top_k) * per_expert
         return total
-
-    def pack_for_inference_(self) -> "Transformer":
-        """Put the weights of projections that share an input (q/k/v, gate/up) into one buffer each, so that
-        inference multiplies by them in one matmul without a copy (`layers.pack_linears_`). Values, names and
-        Parameter objects stay the same; training (grad enabled) still multiplies by each one separately."""
-        for module in self.modules():
-            if isinstance(module, Attention):
-                pack_linears_([module.wq, module.wk, module.wv])
-            elif isinstance(module, SwiGLU):
-                pack_linears_([module.w1, module.w3])
-        return self
 
     def new_cache(
         self,

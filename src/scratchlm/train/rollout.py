@@ -118,9 +118,8 @@ class RolloutObjective(Objective):
         if self._engine is None:
             # One engine (and KV pool) for the whole run. The weights change every step, so no computed block may
             # be reused by a later rollout: without prefix caching a freed block is never looked up again.
-            # The policy's weights stay as the optimiser and the wrappers (DDP) know them: no packing.
             self._engine = LLMEngine(policy, self.tokenizer, prefix_caching=False, max_num_seqs=len(prompts) * G,
-                                     max_waiting=len(prompts), pack_weights=False)
+                                     max_waiting=len(prompts))
         engine = self._engine
         params = [SamplingParams(temperature=rl.temperature, top_p=rl.top_p, max_new_tokens=rl.max_new_tokens,
                                  keep_stop_id=True, seed=seed + k * G) for k in range(len(prompts))]
