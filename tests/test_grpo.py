@@ -14,7 +14,7 @@ from scratchlm.run import build_model
 from scratchlm.train.grpo import GRPO
 from scratchlm.train.loop import train
 from scratchlm.train.objectives import IGNORE
-from scratchlm.train.rewards import answer_reward, format_reward, parse_rewards
+from scratchlm.train.rewards import answer_reward, digits_reward, format_reward, parse_rewards
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -140,6 +140,12 @@ def test_every_aggregation_and_dynamic_sampling_train(tok, tmp_path, agg):
 def test_reward_functions_and_config_errors(tok):
     assert answer_reward([None] * 2, ["<think>1+1=2</think>2", "3"], answer=["2", "2"], task=["add2", "add2"]) == [1.0, 0.0]
     assert format_reward([None] * 3, ["<think>a</think>2", "2", "<think></think>2"]) == [1.0, 0.0, 0.0]
+    # digits: the share of the answer's digits right, from the units; wrong lengths and signs count against it.
+    got = digits_reward([None] * 7, ["<think>4+6=10 4+1+1=6 4+5=9</think>960", "91", "1019", "990", "no number",
+                                     "-12", "-12"], answer=["990", "913", "929", "990", "990", "12", "-13"],
+                        task=["add3"] * 5 + ["sub2"] * 2)
+    assert got == [2 / 3, 0.0, 0.25, 1.0, 0.0, 0.0, 0.5]
+    assert digits_reward([None], ["Paris"], answer=["Paris"], task=["identity"]) == [0.0]  # arithmetic only
     with pytest.raises(ConfigError, match="unknown nope"):
         parse_rewards("answer,nope", "1,1")
     with pytest.raises(ConfigError, match="2 weights for 1 reward functions"):

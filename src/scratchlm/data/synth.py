@@ -678,6 +678,20 @@ def can_check(task: str) -> bool:
     return task in ("identity", "next_line", "author") or bool(ARITH_RE.match(task))
 
 
+def digit_credit(task: str, completion: str, answer: str) -> float:
+    """Partial credit for an arithmetic answer: the share of its digits that are right, aligned from the units
+    (a wrong length counts against it: 960 for 990 → 2/3, 91 for 913 → 0/3, 1019 for 929 → 1/4); 1.0 exactly
+    when `check_answer` is right, 0.0 for a missing number, a wrong sign, or a task that is not arithmetic."""
+    if not ARITH_RE.match(task):
+        return 0.0
+    got = _number(_strip_completion(completion))
+    want = int(answer)
+    if got is None or (got < 0) != (want < 0):
+        return 0.0
+    a, b = str(abs(got))[::-1], str(abs(want))[::-1]
+    return sum(x == y for x, y in zip(a, b)) / max(len(a), len(b))
+
+
 def check_answer(task: str, completion: str, answer: str) -> bool:
     """True when a completion answers correctly (whitespace/punctuation-insensitive; see module doc)."""
     completion = _strip_completion(completion)

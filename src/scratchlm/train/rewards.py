@@ -20,6 +20,15 @@ def answer_reward(prompts: Sequence[Any], completions: Sequence[str], answer: Se
     return [float(check_answer(t, c, a)) for c, a, t in zip(completions, answer, task)]
 
 
+def digits_reward(prompts: Sequence[Any], completions: Sequence[str], answer: Sequence[str],
+                  task: Sequence[str], **_: Any) -> list[float]:
+    """The share of an arithmetic answer's digits that are right (`synth.digit_credit`): a denser signal than
+    `answer` for a model that is seldom wholly right, where a group of all-zero answers would teach nothing."""
+    from scratchlm.data.synth import digit_credit
+
+    return [digit_credit(t, c, a) for c, a, t in zip(completions, answer, task)]
+
+
 def format_reward(prompts: Sequence[Any], completions: Sequence[str], **_: Any) -> list[float]:
     """1.0 when the completion reasons in a non-empty <think>…</think> block and then answers, else 0.0."""
     return [float(bool(_THINK_THEN_ANSWER.match(c))) for c in completions]
@@ -31,7 +40,8 @@ def length_reward(prompts: Sequence[Any], completions: Sequence[str], completion
     return [-len(ids) / max_new_tokens for ids in completion_ids]
 
 
-REWARD_FUNCS: dict[str, RewardFunc] = {"answer": answer_reward, "format": format_reward, "length": length_reward}
+REWARD_FUNCS: dict[str, RewardFunc] = {"answer": answer_reward, "digits": digits_reward, "format": format_reward,
+                                       "length": length_reward}
 
 
 def parse_rewards(names: str, weights: str) -> list[tuple[str, RewardFunc, float]]:
