@@ -14,8 +14,7 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out), "--no-progress", "--stages", "all"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["accuracy"]) == {"add2", "add2 (unseen phrasings)", "add3", "add3 (unseen phrasings)",
-                                        "next_line", "author", "identity"}
+    assert set(summary["accuracy"]) == {"add2", "add2 (unseen phrasings)", "next_line", "author", "identity"}
     # open-ended corpus chats are answered in the sample chats, not scored
     open_samples = [g for g in summary["samples"] if g["task"] in ("fortune", "recite", "continue")]
     assert {g["task"] for g in open_samples} == {"fortune", "recite", "continue"}
@@ -42,15 +41,17 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     assert set(dpo["tasks"]) == {"add2", "add2 (unseen phrasings)", "identity"}
     assert dpo["tasks"]["add2"][0] == summary["accuracy"]["add2"]  # "before" is the SFT model's own score
     assert dpo["implicit_margin"] != 0.0 and 0.0 <= dpo["logp_accuracy_after"] <= 1.0
-    # GRPO: an RL run from the SFT model on add3 prompts; held-out before = the SFT model's own scores
+    # GRPO: an RL run from the SFT model on add3 prompts (a task SFT never saw, with its own held-out prompts);
+    # add2's "before" is the SFT model's own score
     g = summary["grpo"]
-    assert g["task"] == "add3" and set(g["tasks"]) >= {"add3", "add3 (unseen phrasings)", "add2"}
-    assert all(g["tasks"][k][0] == summary["accuracy"][k] for k in g["tasks"])
+    assert set(g["tasks"]) == {"add3", "add3 (unseen phrasings)", "add2", "add2 (unseen phrasings)"}
+    assert g["task"] == "add3" and all(0.0 <= a <= 1.0 for pair in g["tasks"].values() for a in pair)
+    assert all(g["tasks"][k][0] == summary["accuracy"][k] for k in ("add2", "add2 (unseen phrasings)"))
     assert len(g["reward_log"]) == 2 and load_run(out / "grpo")[2].train.objective == "grpo"
     # PPO with the reward stage's model: held-out mean reward and task accuracy before and after
     pp = summary["ppo"]
     assert pp["prompts"] > 0 and len(pp["reward"]) == 2 and set(pp["reward_tasks"]) >= {"add2", "identity"}
-    assert set(pp["tasks"]) == {"add2", "add2 (unseen phrasings)", "add3", "add3 (unseen phrasings)", "identity"}
+    assert set(pp["tasks"]) == {"add2", "add2 (unseen phrasings)", "identity"}
     assert load_run(out / "ppo")[2].train.objective == "ppo" and (out / "ppo" / "critic" / "config.toml").exists()
     # distillation: two students of one (smaller) size, with and without the teacher, same steps
     d = summary["distill"]

@@ -62,7 +62,7 @@ class DemoSettings:
     # 600 → 200 each raised held-out add2 from 0.80 / 0.835 to 0.83 / 0.895 (same two pretrained models).
     # fortune / recite / continue are open-ended chats from the corpus (sample chats, no accuracy).
     synth_sizes: dict[str, tuple[int, int]] = field(default_factory=lambda: {
-        "add2": (6000, 200), "add3": (400, 200), "next_line": (200, 200), "author": (200, 200), "identity": (400, 200),
+        "add2": (6000, 200), "next_line": (200, 200), "author": (200, 200), "identity": (400, 200),
         "fortune": (150, 20), "recite": (150, 20), "continue": (200, 20)})
     # Stages after SFT, opt-in (--stages): "lora" teaches the SFT model a new name with LoRA adapters
     # (MiniMind's lora_identity idea). Identity chats alone made every answer the new identity line (held-out add2
@@ -91,12 +91,14 @@ class DemoSettings:
     dpo_sets: list[str] = field(default_factory=lambda: [
         "train.lr=5e-5", "train.batch_size=16", "train.schedule=cosine", "pref.beta=0.1", "pref.rpo_alpha=1.0"])
     eval_pairs: int = 400  # held-out preference pairs scored per stage
-    # GRPO: RL on verifiable answers, on a task the SFT model gets right only sometimes. SFT saw few 3-digit sums
-    # (synth_sizes["add3"]), so its column-by-column trace breaks on the third column often; the rule reward
-    # (answer checked, plus a little for the <think> format) teaches it from its own samples.
+    # GRPO: RL on verifiable answers (the answer checked, plus a little for the <think> format) on 3-digit sums, which
+    # the SFT data does not hold. It needs a task the SFT model gets right only sometimes, and none of the default
+    # demo's is: 400 add3 chats in the SFT mix landed add3 at 0.04 / 0.005 (seeds 0 / 1) and cost add2 (unseen
+    # phrasings 0.95 → 0.81, 0.89 → 0.655), 700 at 0.000, so they were taken out again; from the default SFT model
+    # the stage shows the mechanics and what RL cannot do from no right samples (docs/post_training.md).
     grpo_task: str = "add3"
-    grpo_prompts: int = 2000  # training-side prompts of grpo_task (held-out ones come from the SFT synth set)
-    # Measured from an SFT model at add3 0.55 (R1's pretrained model + this SFT mix), held-out add3 after GRPO:
+    grpo_prompts: int = 2000  # training-side prompts of grpo_task; eval_per_task held-out ones beside them
+    # Measured from an SFT model at add3 0.55 (R1's pretrained model + the SFT mix with 400 add3 chats), held-out add3:
     # 60 steps lr 5e-5 0.655, lr 1e-4 0.60; 120 steps lr 5e-5 0.68 / 0.685 (train.seed 0 / 1), with β 0.04 0.71.
     # The k3 KL to the SFT model (β 0.04) keeps add2 when add3 has nothing to teach: from an SFT model at add3 0.04,
     # add2 went 1.0 → 0.69 without it and → 0.99 with it. docs/post_training.md.
@@ -142,7 +144,7 @@ def quick_settings() -> DemoSettings:
     return DemoSettings(
         vocab_size=1024, preset="debug", model=["model.vocab_size=1024", "model.max_seq_len=128"],
         pretrain_steps=60, pretrain_batch=8, pretrain_seq_len=64, sft_steps=30, sft_batch=8, sft_seq_len=64,
-        synth_sizes={"add2": (300, 20), "add3": (30, 20), "next_line": (100, 20), "author": (100, 20), "identity": (100, 20),
+        synth_sizes={"add2": (300, 20), "next_line": (100, 20), "author": (100, 20), "identity": (100, 20),
                      "fortune": (30, 4), "recite": (30, 4), "continue": (30, 4)},
         eval_per_task=10, max_new_tokens=12, lora_steps=10, lora_sizes={"identity": (60, 10), "add2": (60, 0)},
         pref_sizes={"add2": (60, 10), "identity": (30, 6)}, reward_steps=10, dpo_steps=10, eval_pairs=16,
@@ -384,25 +386,27 @@ def run_dpo_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scores
 def run_grpo_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scores: dict[str, tuple[int, int]],
                    progress: bool) -> dict[str, Any]:
     """GRPO from the SFT run on s.grpo_task prompts (rule rewards: the checked answer and the <think> format):
-    held-out accuracy of that task (training and unseen phrasings) and of add2, before and after."""
+    held-out accuracy of that task (training and unseen phrasings; its own held-out prompts, scored for the SFT model
+    here) and of add2, before and after."""
     from scratchlm.data.prepare import prepare
     from scratchlm.data.synth import build_synth
     from scratchlm.run import load_run
 
-    if s.grpo_task not in s.synth_sizes:
-        raise SystemExit(f"scratchlm demo: the grpo stage trains {s.grpo_task!r}, which the SFT data does not hold "
-                         f"(synth_sizes: {', '.join(s.synth_sizes)}); its held-out prompts come from there")
-    files = build_synth(out / "data" / "grpo_synth", seed=s.seed, tasks={s.grpo_task: (s.grpo_prompts, 0)})
+    files = build_synth(out / "data" / "grpo_synth", seed=s.seed,
+                        tasks={s.grpo_task: (s.grpo_prompts, s.eval_per_task)})
     prompts = out / "data" / "grpo_prompts"
     if not (prompts / "meta.json").exists():
         prepare("prompt", paths["tokenizer"], [files["prompt_train"]], prompts, dedup=False)
     run_dir = _train_post_sft("grpo", out, s, {**paths, "grpo": prompts}, s.grpo_steps, s.grpo_sets,
                               f"GRPO: rewarding right {s.grpo_task} answers among the model's own samples", progress)
     policy, tokenizer, _ = load_run(run_dir)
-    tasks = {s.grpo_task, "add2"}
-    scores, _ = evaluate_tasks(policy, tokenizer, paths["prompt_val"], s.eval_per_task, s.max_new_tokens, tasks=tasks)
+    sft_model = load_run(out / "sft")[0]
+    task_before, _ = evaluate_tasks(sft_model, tokenizer, files["prompt_val"], s.eval_per_task, s.max_new_tokens)
+    task_after, _ = evaluate_tasks(policy, tokenizer, files["prompt_val"], s.eval_per_task, s.max_new_tokens)
+    scores, _ = evaluate_tasks(policy, tokenizer, paths["prompt_val"], s.eval_per_task, s.max_new_tokens,
+                               tasks={"add2"})
     return {"task": s.grpo_task, "reward_log": _reward_trend(run_dir),
-            "tasks": _before_after(sft_scores, scores)}
+            "tasks": {**_before_after(task_before, task_after), **_before_after(sft_scores, scores)}}
 
 
 def _reward_trend(run_dir: Path) -> list[float]:
@@ -444,7 +448,7 @@ def run_ppo_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scores
     before, after = (held_out_reward(m, tokenizer, rm, held, s.eval_per_task, n_new, temperature=1.0,
                                      samples=s.ppo_eval_samples, seed=s.seed) for m in (sft, policy))
     greedy = [held_out_reward(m, tokenizer, rm, held, s.eval_per_task, n_new)["mean"] for m in (sft, policy)]
-    tasks = {t for t in (*s.pref_sizes, s.grpo_task) if t in sft_scores}  # add3: the most fragile skill
+    tasks = {t for t in (*s.pref_sizes, s.grpo_task) if t in sft_scores}  # grpo_task when SFT holds it: the most fragile
     scores, _ = evaluate_tasks(policy, tokenizer, paths["prompt_val"], s.eval_per_task, s.max_new_tokens, tasks=tasks)
     return {"prompts": before["n"], "samples": s.ppo_eval_samples, "reward": [before["mean"], after["mean"]],
             "reward_greedy": greedy,
