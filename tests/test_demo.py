@@ -41,13 +41,21 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     assert set(dpo["tasks"]) == {"add2", "add2 (unseen phrasings)", "identity"}
     assert dpo["tasks"]["add2"][0] == summary["accuracy"]["add2"]  # "before" is the SFT model's own score
     assert dpo["implicit_margin"] != 0.0 and 0.0 <= dpo["logp_accuracy_after"] <= 1.0
-    # GRPO: an RL run from the SFT model on add3 prompts (a task SFT never saw, with its own held-out prompts);
-    # add2's "before" is the SFT model's own score
+    # GRPO: a cold start (SFT until some add3 dev prompts are right, checked every grpo_cold_every steps), then an RL
+    # run from it on add3 prompts (a task the main SFT never saw, with its own held-out prompts); "before" of the
+    # cold start is the SFT model's own score, "before" of GRPO the cold start's
     g = summary["grpo"]
-    assert set(g["tasks"]) == {"add3", "add3 (unseen phrasings)", "add2", "add2 (unseen phrasings)"}
-    assert g["task"] == "add3" and all(0.0 <= a <= 1.0 for pair in g["tasks"].values() for a in pair)
-    assert all(g["tasks"][k][0] == summary["accuracy"][k] for k in ("add2", "add2 (unseen phrasings)"))
+    keys = {"add3", "add3 (unseen phrasings)", "add2", "add2 (unseen phrasings)"}
+    assert set(g["tasks"]) == set(g["cold_start"]) == keys and g["task"] == "add3"
+    assert all(0.0 <= a <= 1.0 for part in ("tasks", "cold_start") for pair in g[part].values() for a in pair)
+    assert all(g["cold_start"][k][0] == summary["accuracy"][k] for k in ("add2", "add2 (unseen phrasings)"))
+    assert all(g["tasks"][k][0] == g["cold_start"][k][1] for k in keys)
+    checked = [step for step, _ in g["cold_start_dev"]]
+    assert checked == list(range(2, g["cold_start_steps"] + 1, 2)) and g["cold_start_steps"] <= 4
+    assert all(acc < 0.4 for _, acc in g["cold_start_dev"][:-1])  # it stops at the first check that reaches the target
+    assert load_run(out / "grpo_cold")[2].train.objective == "sft"
     assert len(g["reward_log"]) == 2 and load_run(out / "grpo")[2].train.objective == "grpo"
+    assert load_run(out / "grpo")[2].train.init_from == str(out / "grpo_cold")
     # PPO with the reward stage's model: held-out mean reward and task accuracy before and after
     pp = summary["ppo"]
     assert pp["prompts"] > 0 and len(pp["reward"]) == 2 and set(pp["reward_tasks"]) >= {"add2", "identity"}

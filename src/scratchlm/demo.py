@@ -92,16 +92,28 @@ class DemoSettings:
         "train.lr=5e-5", "train.batch_size=16", "train.schedule=cosine", "pref.beta=0.1", "pref.rpo_alpha=1.0"])
     eval_pairs: int = 400  # held-out preference pairs scored per stage
     # GRPO: RL on verifiable answers (the answer checked, plus a little for the <think> format) on 3-digit sums, which
-    # the SFT data does not hold. It needs a task the SFT model gets right only sometimes, and none of the default
-    # demo's is: 400 add3 chats in the SFT mix landed add3 at 0.04 / 0.005 (seeds 0 / 1) and cost add2 (unseen
-    # phrasings 0.95 → 0.81, 0.89 → 0.655), 700 at 0.000, so they were taken out again; from the default SFT model
-    # the stage shows the mechanics and what RL cannot do from no right samples (docs/post_training.md).
+    # the SFT data does not hold. RL needs a task the model gets right only sometimes, and none of the default SFT
+    # model's is: 400 add3 chats in the SFT mix landed add3 at 0.04 / 0.005 (seeds 0 / 1) and cost add2, 700 at
+    # 0.000. So the stage starts with a cold start (DeepSeek-R1's name for a little SFT on the RL task's format before
+    # RL): a short SFT run from the SFT model on add3 chats with add2 replayed, which puts add3 in reach, then GRPO
+    # from there (docs/post_training.md).
     grpo_task: str = "add3"
     grpo_prompts: int = 2000  # training-side prompts of grpo_task; eval_per_task held-out ones beside them
-    # Measured from an SFT model at add3 0.55 (R1's pretrained model + the SFT mix with 400 add3 chats), held-out add3:
-    # 60 steps lr 5e-5 0.655, lr 1e-4 0.60; 120 steps lr 5e-5 0.68 / 0.685 (train.seed 0 / 1), with β 0.04 0.71.
-    # The k3 KL to the SFT model (β 0.04) keeps add2 when add3 has nothing to teach: from an SFT model at add3 0.04,
-    # add2 went 1.0 → 0.69 without it and → 0.99 with it. docs/post_training.md.
+    # The cold start's landing swings with the seed: from the seed-0 SFT model (2000 add3 + 2000 add2 chats, constant
+    # lr 3e-4) held-out add3 was 0.00 / 0.19 / 0.30 / 0.18 / 0.62 / 0.73 / 0.84 after 50 / 75 / 100 / 125 / 150 / 175
+    # / 200 steps, from seed 1's 0.04 after 150. So it trains until the model answers grpo_cold_target of
+    # grpo_cold_dev training-side prompts right (greedy, checked every grpo_cold_every steps, at most grpo_cold_steps):
+    # right sometimes, which is where GRPO has groups to learn from. Without the add2 replay the model would write
+    # three columns for every sum.
+    grpo_cold_sizes: dict[str, tuple[int, int]] = field(default_factory=lambda: {"add3": (2000, 0), "add2": (2000, 0)})
+    grpo_cold_steps: int = 400
+    grpo_cold_every: int = 25
+    grpo_cold_target: float = 0.4
+    grpo_cold_dev: int = 100
+    grpo_cold_sets: list[str] = field(default_factory=lambda: ["train.lr=3e-4", "train.schedule=constant"])
+    # Prompts of other tasks in GRPO's batches (rewarded by the same rules): on add3 prompts alone, GRPO from a cold
+    # start at add3 0.30 reached 0.435 but wrote three columns for two-digit sums too (add2 0.93 → 0.215).
+    grpo_replay: dict[str, int] = field(default_factory=lambda: {"add2": 1000})
     grpo_steps: int = 120
     grpo_sets: list[str] = field(default_factory=lambda: [
         "train.lr=5e-5", "train.batch_size=8", "train.schedule=constant", "rl.num_generations=8",
@@ -149,6 +161,8 @@ def quick_settings() -> DemoSettings:
         eval_per_task=10, max_new_tokens=12, lora_steps=10, lora_sizes={"identity": (60, 10), "add2": (60, 0)},
         pref_sizes={"add2": (60, 10), "identity": (30, 6)}, reward_steps=10, dpo_steps=10, eval_pairs=16,
         rag_docs=20, rag_embedder="hash", report_eval=False, grpo_prompts=40, grpo_steps=3,
+        grpo_cold_sizes={"add3": (40, 0), "add2": (40, 0)}, grpo_cold_steps=4, grpo_cold_every=2,
+        grpo_cold_dev=10, grpo_replay={"add2": 20},
         grpo_sets=["train.lr=1e-4", "train.batch_size=2", "rl.num_generations=4", "rl.max_new_tokens=12"],
         ppo_steps=3, ppo_sets=["train.lr=1e-4", "train.batch_size=2", "rl.num_generations=2", "rl.max_new_tokens=12"],
         ppo_eval_samples=1,
@@ -249,8 +263,11 @@ def prepare_demo_data(out: Path, s: DemoSettings) -> dict[str, Path]:
             "sft": data / "sft", "sft_val": data / "sft_val", "prompt_val": files["prompt_val"]}
 
 
+SFT_LIKE = {"lora": "sft", "grpo_cold": "sft"}  # demo stages trained by the sft objective on their own data
+
+
 def _train_stage(kind: str, out: Path, s: DemoSettings, paths: dict[str, Path], sets: list[str],
-                 init_from: Path | None, progress: bool) -> Any:
+                 init_from: Path | None, progress: bool, stop_at_step: int | None = None) -> Any:
     from scratchlm.train.checkpoint import list_checkpoints
     from scratchlm.train.cli import run_train
 
@@ -259,12 +276,13 @@ def _train_stage(kind: str, out: Path, s: DemoSettings, paths: dict[str, Path], 
     if kind in ("sft", "distill") and s.sft_pretrain_mix > 0:
         sets = sets + [f"train.pretrain_mix_data={paths['pretrain']}"]
     resume = bool(list_checkpoints(out / "checkpoints"))  # an interrupted earlier demo continues
-    if resume:
+    if resume and stop_at_step is None:  # a stage trained in parts (the cold start) resumes each part
         _say(f"resuming {out} from its last checkpoint")
     data = {"reward": paths.get("pref"), "dpo": paths.get("pref"), "distill": paths["sft"]}.get(kind) or paths[kind]
-    result = run_train("sft" if kind == "lora" else kind, out, s.preset, sets + [f"train.val_data={val}"], str(data),
-                       init_from=init_from, resume=resume, tokenizer=paths["tokenizer"], progress=progress)
-    if result.status != "done":
+    result = run_train(SFT_LIKE.get(kind, kind), out, s.preset, sets + [f"train.val_data={val}"], str(data),
+                       init_from=init_from, resume=resume, tokenizer=paths["tokenizer"], stop_at_step=stop_at_step,
+                       progress=progress)
+    if result.status not in ("done", "stopped"):
         raise KeyboardInterrupt  # stopped by a signal: the checkpoint is saved, rerun the demo to continue
     return result
 
@@ -322,15 +340,15 @@ def prepare_preference_data(out: Path, s: DemoSettings, paths: dict[str, Path]) 
 
 
 def _train_post_sft(stage: str, out: Path, s: DemoSettings, paths: dict[str, Path], steps: int, sets: list[str],
-                    what: str, progress: bool) -> Path:
-    """Train demo stage `stage` from the SFT run into out/stage (skipped when it finished before)."""
+                    what: str, progress: bool, init: str = "sft") -> Path:
+    """Train demo stage `stage` from run out/init (the SFT run) into out/stage (skipped when it finished before)."""
     run_dir = out / stage
     _check_stage_steps(run_dir, steps)
     if (run_dir / "model.safetensors").exists():
         _say(f"{run_dir} already trained; delete it to train again")
     else:
         _say(f"{what} for {steps} steps → {run_dir}")
-        _train_stage(stage, run_dir, s, paths, post_sft_sets(s, steps, sets), out / "sft", progress)
+        _train_stage(stage, run_dir, s, paths, post_sft_sets(s, steps, sets), out / init, progress)
     return run_dir
 
 
@@ -383,30 +401,76 @@ def run_dpo_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scores
             "tasks": _before_after(sft_scores, scores)}
 
 
+def cold_start(out: Path, s: DemoSettings, paths: dict[str, Path], dev_prompts: Path, progress: bool) -> dict[str, Any]:
+    """SFT from the SFT run on s.grpo_cold_sizes chats into out/grpo_cold, s.grpo_cold_every steps at a time, until
+    the greedy accuracy on the first s.grpo_cold_dev s.grpo_task prompts of `dev_prompts` (training side) reaches
+    s.grpo_cold_target or s.grpo_cold_steps are done; returns {"steps", "dev": [[step, accuracy], ...]}."""
+    from scratchlm.data.prepare import prepare
+    from scratchlm.data.synth import build_synth
+    from scratchlm.config import load_run_config
+    from scratchlm.run import load_run, load_weights, save_run
+
+    run_dir, data = out / "grpo_cold", out / "data"
+    record = run_dir / "cold_start.json"
+    _check_stage_steps(run_dir, s.grpo_cold_steps)
+    if (run_dir / "model.safetensors").exists() and record.exists():
+        _say(f"{run_dir} already trained; delete it to train again")
+        return json.loads(record.read_text())
+    chats = build_synth(data / "grpo_cold_synth", seed=s.seed, tasks=dict(s.grpo_cold_sizes))
+    if not (data / "grpo_cold_sft" / "meta.json").exists():
+        prepare("sft", paths["tokenizer"], [chats["sft_train"]], data / "grpo_cold_sft", dedup=False)
+    paths = {**paths, "grpo_cold": data / "grpo_cold_sft"}
+    # keep every checkpoint: a rerun after an interruption re-checks the ones it has
+    sets = post_sft_sets(s, s.grpo_cold_steps, [*s.grpo_cold_sets, f"train.save_every={s.grpo_cold_every}",
+                                                f"train.keep_last={s.grpo_cold_steps // s.grpo_cold_every + 1}"])
+    _say(f"GRPO's cold start: SFT on {s.grpo_task} chats (add2 replayed) until {s.grpo_cold_target:.0%} of "
+         f"{s.grpo_cold_dev} training-side {s.grpo_task} prompts are answered right → {run_dir}")
+    model, tokenizer, _ = load_run(out / "sft")
+    dev, step = [], 0
+    while step < s.grpo_cold_steps:
+        step = min(step + s.grpo_cold_every, s.grpo_cold_steps)
+        _train_stage("grpo_cold", run_dir, s, paths, sets, out / "sft", progress, stop_at_step=step)
+        load_weights(model, run_dir / "checkpoints" / f"step-{step}" / "model.safetensors")
+        counts, _ = evaluate_tasks(model, tokenizer, dev_prompts, s.grpo_cold_dev, s.max_new_tokens, tasks={s.grpo_task})
+        dev.append([step, _accuracy(counts[s.grpo_task])])
+        _say(f"cold start, step {step}: {dev[-1][1]:.2f} of the {s.grpo_task} dev prompts right")
+        if dev[-1][1] >= s.grpo_cold_target:
+            break
+    save_run(run_dir, model, load_run_config(run_dir), paths["tokenizer"])  # this step's model, wherever it stopped
+    result = {"steps": step, "dev": dev}
+    record.write_text(json.dumps(result) + "\n", encoding="utf-8")
+    return result
+
+
 def run_grpo_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scores: dict[str, tuple[int, int]],
                    progress: bool) -> dict[str, Any]:
-    """GRPO from the SFT run on s.grpo_task prompts (rule rewards: the checked answer and the <think> format):
-    held-out accuracy of that task (training and unseen phrasings; its own held-out prompts, scored for the SFT model
-    here) and of add2, before and after."""
+    """A cold start from the SFT run (`cold_start`), then GRPO from it on s.grpo_task prompts with s.grpo_replay
+    prompts beside them (rule rewards: the checked answer and the <think> format). Held-out accuracy of the task
+    (its own held-out prompts, training and unseen phrasings) and of add2 for the SFT model, the cold start and GRPO."""
     from scratchlm.data.prepare import prepare
     from scratchlm.data.synth import build_synth
     from scratchlm.run import load_run
 
-    files = build_synth(out / "data" / "grpo_synth", seed=s.seed,
-                        tasks={s.grpo_task: (s.grpo_prompts, s.eval_per_task)})
+    tasks = {s.grpo_task: (s.grpo_prompts, s.eval_per_task), **{k: (n, 0) for k, n in s.grpo_replay.items()}}
+    files = build_synth(out / "data" / "grpo_synth", seed=s.seed, tasks=tasks)
     prompts = out / "data" / "grpo_prompts"
     if not (prompts / "meta.json").exists():
         prepare("prompt", paths["tokenizer"], [files["prompt_train"]], prompts, dedup=False)
+    cold = cold_start(out, s, paths, files["prompt_train"], progress)
     run_dir = _train_post_sft("grpo", out, s, {**paths, "grpo": prompts}, s.grpo_steps, s.grpo_sets,
-                              f"GRPO: rewarding right {s.grpo_task} answers among the model's own samples", progress)
-    policy, tokenizer, _ = load_run(run_dir)
-    sft_model = load_run(out / "sft")[0]
-    task_before, _ = evaluate_tasks(sft_model, tokenizer, files["prompt_val"], s.eval_per_task, s.max_new_tokens)
-    task_after, _ = evaluate_tasks(policy, tokenizer, files["prompt_val"], s.eval_per_task, s.max_new_tokens)
-    scores, _ = evaluate_tasks(policy, tokenizer, paths["prompt_val"], s.eval_per_task, s.max_new_tokens,
-                               tasks={"add2"})
-    return {"task": s.grpo_task, "reward_log": _reward_trend(run_dir),
-            "tasks": {**_before_after(task_before, task_after), **_before_after(sft_scores, scores)}}
+                              f"GRPO: rewarding right {s.grpo_task} answers among the model's own samples", progress,
+                              init="grpo_cold")
+    scores = {}
+    for name in ("sft", "grpo_cold", "grpo"):
+        model, tokenizer, _ = load_run(out / name)
+        task, _ = evaluate_tasks(model, tokenizer, files["prompt_val"], s.eval_per_task, s.max_new_tokens,
+                                 tasks={s.grpo_task})
+        add2 = sft_scores if name == "sft" else evaluate_tasks(
+            model, tokenizer, paths["prompt_val"], s.eval_per_task, s.max_new_tokens, tasks={"add2"})[0]
+        scores[name] = {**task, **{k: v for k, v in add2.items() if k.startswith("add2")}}
+    return {"task": s.grpo_task, "reward_log": _reward_trend(run_dir), "cold_start_steps": cold["steps"],
+            "cold_start_dev": cold["dev"], "cold_start": _before_after(scores["sft"], scores["grpo_cold"]),
+            "tasks": _before_after(scores["grpo_cold"], scores["grpo"])}
 
 
 def _reward_trend(run_dir: Path) -> list[float]:
@@ -614,7 +678,8 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoS
     # The page to read after the demo: every stage's curves and metrics side by side (its time comes after the
     # total above, which the report quotes).
     t = time.perf_counter()
-    stage_dirs = [out / st for st in STAGES if st != "rag" and (out / st / "config.toml").exists()]
+    runs = [d for st in STAGES if st != "rag" for d in (("grpo_cold", st) if st == "grpo" else (st,))]
+    stage_dirs = [out / d for d in runs if (out / d / "config.toml").exists()]
     report = write_report(stage_dirs, out, summary, evaluate=s.report_eval, val_data=paths["pretrain_val"])
     _say(f"report card: {report} ({time.perf_counter() - t:.0f} s)")
     return summary
@@ -665,7 +730,10 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
         if g["reward_log"]:
             table.add_row("GRPO: mean rollout reward, first → last tenth of the steps",
                           f"{g['reward_log'][0]:.3f} → {g['reward_log'][1]:.3f}")
-        _task_rows(table, "GRPO", g["tasks"])
+        table.add_row("GRPO's cold start: SFT steps until the dev prompts were right sometimes",
+                      f"{g['cold_start_steps']} ({g['cold_start_dev'][-1][1]:.2f} right)")
+        _task_rows(table, "GRPO's cold start (from SFT)", g["cold_start"])
+        _task_rows(table, "GRPO (from the cold start)", g["tasks"])
     if "ppo" in summary:
         pp = summary["ppo"]
         table.add_row(f"PPO: held-out mean reward ({pp['prompts']} prompts × {pp['samples']} samples), SFT → PPO",
