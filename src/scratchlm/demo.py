@@ -412,6 +412,7 @@ def cold_start(out: Path, s: DemoSettings, paths: dict[str, Path], dev_prompts: 
     from scratchlm.data.synth import build_synth
     from scratchlm.config import load_run_config
     from scratchlm.run import load_run, load_weights, save_run
+    from scratchlm.train.checkpoint import list_checkpoints
 
     run_dir, data = out / "grpo_cold", out / "data"
     record = run_dir / "cold_start.json"
@@ -423,13 +424,12 @@ def cold_start(out: Path, s: DemoSettings, paths: dict[str, Path], dev_prompts: 
     if not (data / "grpo_cold_sft" / "meta.json").exists():
         prepare("sft", paths["tokenizer"], [chats["sft_train"]], data / "grpo_cold_sft", dedup=False)
     paths = {**paths, "grpo_cold": data / "grpo_cold_sft"}
-    # keep every checkpoint: a rerun after an interruption re-checks the ones it has
-    sets = post_sft_sets(s, s.grpo_cold_steps, [*s.grpo_cold_sets, f"train.save_every={s.grpo_cold_every}",
-                                                f"train.keep_last={s.grpo_cold_steps // s.grpo_cold_every + 1}"])
+    sets = post_sft_sets(s, s.grpo_cold_steps, [*s.grpo_cold_sets, f"train.save_every={s.grpo_cold_every}"])
     _say(f"GRPO's cold start: SFT on {s.grpo_task} chats (add2 replayed) until {s.grpo_cold_target:.0%} of "
          f"{s.grpo_cold_dev} training-side {s.grpo_task} prompts are answered right → {run_dir}")
     model, tokenizer, _ = load_run(out / "sft")
-    dev, step = [], 0
+    done = list_checkpoints(run_dir / "checkpoints")
+    dev, step = [], done[-1][0] - s.grpo_cold_every if done else 0  # a rerun checks the checkpoint it stopped at first
     while step < s.grpo_cold_steps:
         step = min(step + s.grpo_cold_every, s.grpo_cold_steps)
         _train_stage("grpo_cold", run_dir, s, paths, sets, out / "sft", progress, stop_at_step=step)
