@@ -105,7 +105,8 @@ class DemoSettings:
     # grpo_cold_dev training-side prompts right (greedy, checked every grpo_cold_every steps, at most grpo_cold_steps):
     # right sometimes, which is where GRPO has groups to learn from. Without the add2 replay the model would write
     # three columns for every sum.
-    grpo_cold_sizes: dict[str, tuple[int, int]] = field(default_factory=lambda: {"add3": (2000, 0), "add2": (2000, 0)})
+    grpo_cold_sizes: dict[str, tuple[int, int]] = field(default_factory=lambda: {
+        "add3": (2000, 0), "add2": (2000, 0), "identity": (400, 0)})
     grpo_cold_steps: int = 400
     grpo_cold_every: int = 25
     grpo_cold_target: float = 0.4
@@ -121,7 +122,7 @@ class DemoSettings:
     grpo_sets: list[str] = field(default_factory=lambda: [
         "train.lr=5e-5", "train.batch_size=8", "train.schedule=constant", "rl.num_generations=8",
         "rl.max_new_tokens=40", "rl.loss_agg=dapo", "rl.reward_funcs=answer,format", "rl.reward_weights=1.0,0.1",
-        "rl.beta=0.04"])
+        "rl.beta=0.04", "rl.temperature=0.7"])
     # PPO (RLHF): the reward stage's model scores the policy's samples; held-out mean reward before and after, and
     # task accuracy (which must not fall). It trains on the prompts no rule can check: on add2 prompts the policy
     # found replies the reward model scores higher but that are wrong (add2 0.96 → 0.815 in 60 steps, → 0.52 in
