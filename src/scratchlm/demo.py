@@ -427,7 +427,8 @@ def cold_start(out: Path, s: DemoSettings, paths: dict[str, Path], dev_prompts: 
         prepare("sft", paths["tokenizer"], [chats["sft_train"]], data / "grpo_cold_sft", dedup=False)
     paths = {**paths, "grpo_cold": data / "grpo_cold_sft"}
     sets = post_sft_sets(s, s.grpo_cold_steps, [*s.grpo_cold_sets, f"train.save_every={s.grpo_cold_every}"])
-    _say(f"GRPO's cold start: SFT on {s.grpo_task} chats (add2 replayed) until {s.grpo_cold_target:.0%} of "
+    replayed = ", ".join(k for k in s.grpo_cold_sizes if k != s.grpo_task)
+    _say(f"GRPO's cold start: SFT on {s.grpo_task} chats ({replayed} replayed) until {s.grpo_cold_target:.0%} of "
          f"{s.grpo_cold_dev} training-side {s.grpo_task} prompts are answered right → {run_dir}")
     model, tokenizer, _ = load_run(out / "sft")
     done = list_checkpoints(run_dir / "checkpoints")
