@@ -111,3 +111,33 @@ def test_mla_absorbed_equals_expanded(impl):
     k = torch.cat((k_nope, k_rope[:, None].expand(B, H, S, -1)), dim=-1)
     expanded = attend(torch.cat((q_nope, q_rope), -1), k, v, plan, mla.scale, impl)
     assert torch.allclose(mla._absorbed(q_nope, q_rope, c_kv, k_rope, plan, 0.0), expanded, atol=1e-5)
+
+
+def test_decode_sized_attention_runs_on_one_thread_and_gives_the_same_result(monkeypatch):
+    """A decode-sized SDPA call runs with torch on one thread (a passive OpenMP wake-up costs more than the work);
+    the result equals the all-threads one to rounding (the kernel splits its sums by thread count), and the thread
+    count comes back."""
+    import torch.nn.functional as F
+
+    import scratchlm.model.attention as attention
+    from scratchlm.device import one_cpu_thread
+
+    n = torch.get_num_threads()
+    seen = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: seen.append(torch.get_num_threads()) or sdpa(*a, **k))
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 8, 1, 32), torch.randn(1, 4, 96, 32), torch.randn(1, 4, 96, 32)
+    plan = AttnPlan(mask=None, is_causal=False)
+    serial = attend(q, k, v, plan, 0.2, "sdpa")  # 1·8·1·96 scores ≤ SERIAL_ATTENTION_SCORES
+    monkeypatch.setattr(attention, "SERIAL_ATTENTION_SCORES", 0)
+    parallel = attend(q, k, v, plan, 0.2, "sdpa")
+    assert seen == [1, n] and torch.get_num_threads() == n
+    torch.testing.assert_close(serial, parallel, rtol=0, atol=1e-6)
+    big = torch.randn(4, 8, 64, 32), torch.randn(4, 4, 64, 32), torch.randn(4, 4, 64, 32)  # a prefill: all threads
+    monkeypatch.setattr(attention, "SERIAL_ATTENTION_SCORES", 8192)
+    attend(*big, AttnPlan(mask=None, is_causal=True), 0.2, "sdpa")
+    assert seen[-1] == n
+    with pytest.raises(RuntimeError, match="inside"), one_cpu_thread():  # restored after an error too
+        raise RuntimeError("inside")
+    assert torch.get_num_threads() == n

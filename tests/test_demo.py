@@ -12,6 +12,7 @@ from scratchlm.demo import DEMO_CHATS
 @pytest.mark.ci
 def test_demo_quick_runs_end_to_end(tmp_path):
     out = tmp_path / "demo"
+    after_sft = ["lora", "reward", "dpo", "grpo", "ppo", "distill", "rag"]
     assert main(["demo", "--quick", "--out", str(out), "--no-progress", "--stages", "all"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["accuracy"]) == {"add2", "add2 (unseen phrasings)", "next_line", "author", "identity"}
@@ -78,6 +79,21 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     sft_cfg = (out / "sft" / "config.toml").read_text()
     assert 'schedule = "wsd"' in sft_cfg
     assert f"pretrain_mix = {summary['settings']['sft_pretrain_mix']}" in sft_cfg and "pretrain_mix_data" in sft_cfg
+    # on 2+ CPU threads the reward model and PPO ran in a second process beside the other stages; one after another
+    # (--one-lane, from the same SFT run) every stage gives the same numbers to the last digit
+    import shutil
+
+    import torch
+
+    assert summary["lanes"] == ([["lora", "dpo", "grpo", "distill", "rag"], ["reward", "ppo"]]
+                                if torch.get_num_threads() >= 2 else [after_sft])
+    one = tmp_path / "one_lane"
+    for part in ("pretrain", "sft", "tokenizer", "data"):
+        shutil.copytree(out / part, one / part)
+    assert main(["demo", "--quick", "--out", str(one), "--no-progress", "--stages", "all", "--one-lane"]) == 0
+    again = json.loads((one / "summary.json").read_text())
+    assert again["lanes"] == [after_sft]
+    assert {st: again[st] for st in after_sft} == {st: summary[st] for st in after_sft}
 
 
 def test_chat_pieces_are_what_the_template_encodes_between_control_tokens(tmp_path):
@@ -138,6 +154,22 @@ def test_stage_settings_reach_the_training_config():
     assert (pre.max_steps, pre.doc_mask, pre.lr, pre.seed) == (30, False, s.pretrain_lr, 7)
     with pytest.raises(ValueError, match="stage must be 'pretrain' or 'sft', got 'dpo'"):
         stage_sets(s, "dpo")
+
+
+def test_stage_lanes():
+    import torch
+
+    from scratchlm.demo import DemoSettings, stage_lanes
+
+    two = torch.get_num_threads() >= 2 and not torch.cuda.is_available()
+    s = DemoSettings(stages=["pretrain", "sft", "lora", "reward", "dpo", "ppo"])
+    assert stage_lanes(s) == ([["lora", "dpo"], ["reward", "ppo"]] if two else [["lora", "reward", "dpo", "ppo"]])
+    s.lanes = 1
+    assert stage_lanes(s) == [["lora", "reward", "dpo", "ppo"]]
+    # a lane of its own only when both lanes have work
+    assert stage_lanes(DemoSettings(stages=["pretrain", "sft", "reward", "ppo"])) == [["reward", "ppo"]]
+    assert stage_lanes(DemoSettings(stages=["pretrain", "sft", "grpo"])) == [["grpo"]]
+    assert stage_lanes(DemoSettings()) == []
 
 
 def test_demo_stages_flag():

@@ -1,13 +1,14 @@
 """The one place that picks devices and dtypes: fp32 on CPU, bf16 autocast on CUDA.
 
 CPU threads: torch's default count (one per core); scratchlm/__init__.py makes OpenMP threads wait passively
-(OMP_WAIT_POLICY=PASSIVE) because spinning threads collapse throughput on shared cores.
+(OMP_WAIT_POLICY=PASSIVE) because spinning threads collapse throughput on shared cores. `one_cpu_thread` runs
+an op too small to share on the calling thread alone.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
+from typing import ContextManager, Iterator
 
 import torch
 
@@ -42,3 +43,23 @@ def autocast(device: torch.device, dtype: torch.dtype) -> ContextManager:
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def one_cpu_thread(active: bool = True) -> Iterator[None]:
+    """Run the block on one CPU thread (when `active` and torch uses more): for ops smaller than a thread's wake-up.
+
+    A passive OpenMP thread sleeps between parallel regions, and waking it costs more than a decode step's
+    attention does on one core (1 query row over ~100 keys: 60–100 µs at 2 threads vs ~30 µs at 1). torch's
+    thread count is process-wide, so another Python thread running torch inside the block runs serially too.
+    """
+    n = torch.get_num_threads()
+    if not active or n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
