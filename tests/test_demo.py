@@ -79,13 +79,13 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     sft_cfg = (out / "sft" / "config.toml").read_text()
     assert 'schedule = "wsd"' in sft_cfg
     assert f"pretrain_mix = {summary['settings']['sft_pretrain_mix']}" in sft_cfg and "pretrain_mix_data" in sft_cfg
-    # on 2+ CPU threads the reward model and PPO ran in a second process beside the other stages; one after another
+    # on 2+ CPU threads the reward model, DPO and PPO ran in a second process beside the other stages; one after another
     # (--one-lane, from the same SFT run) every stage gives the same numbers to the last digit
     import shutil
 
     import torch
 
-    assert summary["lanes"] == ([["lora", "dpo", "grpo", "distill", "rag"], ["reward", "ppo"]]
+    assert summary["lanes"] == ([["lora", "grpo", "distill", "rag"], ["reward", "dpo", "ppo"]]
                                 if torch.get_num_threads() >= 2 else [after_sft])
     one = tmp_path / "one_lane"
     for part in ("pretrain", "sft", "tokenizer", "data"):
@@ -163,11 +163,11 @@ def test_stage_lanes():
 
     two = torch.get_num_threads() >= 2 and not torch.cuda.is_available()
     s = DemoSettings(stages=["pretrain", "sft", "lora", "reward", "dpo", "ppo"])
-    assert stage_lanes(s) == ([["lora", "dpo"], ["reward", "ppo"]] if two else [["lora", "reward", "dpo", "ppo"]])
+    assert stage_lanes(s) == ([["lora"], ["reward", "dpo", "ppo"]] if two else [["lora", "reward", "dpo", "ppo"]])
     s.lanes = 1
     assert stage_lanes(s) == [["lora", "reward", "dpo", "ppo"]]
     # a lane of its own only when both lanes have work
-    assert stage_lanes(DemoSettings(stages=["pretrain", "sft", "reward", "ppo"])) == [["reward", "ppo"]]
+    assert stage_lanes(DemoSettings(stages=["pretrain", "sft", "reward", "dpo", "ppo"])) == [["reward", "dpo", "ppo"]]
     assert stage_lanes(DemoSettings(stages=["pretrain", "sft", "grpo"])) == [["grpo"]]
     assert stage_lanes(DemoSettings()) == []
 

@@ -151,7 +151,7 @@ class DemoSettings:
     rag_embedder: str = "e5"
     # The report card scores every stage on the built-in multiple-choice set and bits per byte (~8 s a stage).
     report_eval: bool = True
-    lanes: int = 2  # 2: the reward and ppo stages run in a second process beside the others (CPU only); 1: in turn
+    lanes: int = 2  # 2: reward, dpo and ppo run in a second process beside the other stages (CPU only); 1: in turn
     eval_per_task: int = 200
     max_new_tokens: int = 32  # checkable answers are short; open-ended sample chats get 3x as many
     seed: int = 0
@@ -600,12 +600,15 @@ def run_rag_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scores
 
 RUNNERS = {"lora": "run_lora_stage", "reward": "run_reward_stage", "dpo": "run_dpo_stage", "grpo": "run_grpo_stage",
            "ppo": "run_ppo_stage", "distill": "run_distill_stage", "rag": "run_rag_stage"}
-SECOND_LANE = ("reward", "ppo")  # ppo needs the reward stage's model; no other stage needs either
+# ppo needs the reward stage's model, no other stage needs another's; dpo joins them to even out the lanes
+# (measured beside each other on one thread each, 2026-12-04: reward 914 s + ppo ~410 s against lora 102 s, dpo
+# 170 s, GRPO with its cold start ~660 s, distillation ~670 s)
+SECOND_LANE = ("reward", "dpo", "ppo")
 
 
 def stage_lanes(s: DemoSettings) -> list[list[str]]:
-    """The stages after SFT as one lane, or as two lanes (the reward model and PPO beside the rest) when they run
-    on a CPU with at least two threads and s.lanes is 2."""
+    """The stages after SFT as one lane, or as two lanes (the reward model, DPO and PPO beside the rest) when they
+    run on a CPU with at least two threads and s.lanes is 2."""
     import torch
 
     after = [st for st in STAGES[2:] if st in s.stages]
@@ -640,9 +643,10 @@ def run_lanes(lanes: list[list[str]], out: Path, s: DemoSettings, paths: dict[st
               scores: dict[str, tuple[int, int]], progress: bool) -> dict[str, tuple[Any, float]]:
     """Run the lanes of `stage_lanes`: a second lane goes to a spawned process and each lane gets half the threads.
 
-    Measured on 2 cores: a reward-model step runs 1.32× faster on two threads than on one, so two stages side by
-    side on one thread each finish sooner than one after the other on two; the losses are the same to the last
-    digit on one thread as on two."""
+    Why, measured on 2 cores: these small models use a second thread poorly (a reward-model step is only 1.32×
+    faster on two threads than on one), so two stages side by side on one thread each (each 1.5–1.8× slower than
+    alone on two) finish sooner than one after the other. Training losses are the same to the last digit on one
+    thread as on two; one-token attention differs in rounding (the CPU kernel splits its sums by thread count)."""
     import torch
 
     if len(lanes) < 2:
@@ -868,8 +872,8 @@ def add_cli(subparsers: Any) -> None:
                    help=f"stages to run, in order (default pretrain,sft; 'all' = {','.join(STAGES)}): lora teaches "
                         "the SFT model a new name with LoRA adapters")
     p.add_argument("--one-lane", action="store_true",
-                   help="run the stages after SFT one after another (default on a CPU: the reward and ppo stages "
-                        "in a second process beside the others, each on half the threads)")
+                   help="run the stages after SFT one after another (default on a CPU: reward, dpo and ppo in a "
+                        "second process beside the others, each process on half the threads)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the synthetic data, the tokenizer's text, initialisation and data order (default 0)")
     p.add_argument("--pretrain-steps", type=int, default=None, metavar="N",
