@@ -172,6 +172,14 @@ def test_stage_lanes():
     assert stage_lanes(DemoSettings()) == []
 
 
+def test_a_stage_that_fails_in_the_second_lane_is_reported_with_its_traceback(tmp_path, monkeypatch):
+    import scratchlm.demo as demo
+
+    monkeypatch.setattr(demo, "run_lora_stage", lambda *args: {"name": "Nova"})  # the first lane, in this process
+    with pytest.raises(SystemExit, match=r"a stage of reward failed in the second process:\n(.|\n)*Traceback"):
+        demo.run_lanes([["lora"], ["reward"]], tmp_path, demo.quick_settings(), {"tokenizer": tmp_path}, {}, False)
+
+
 def test_demo_stages_flag():
     from scratchlm.demo import STAGES, parse_stages
 

@@ -652,15 +652,42 @@ def run_lanes(lanes: list[list[str]], out: Path, s: DemoSettings, paths: dict[st
     if len(lanes) < 2:
         return _run_lane(lanes[0], out, s, paths, scores, progress, torch.get_num_threads()) if lanes else {}
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
     n = torch.get_num_threads()
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        # the second lane draws no progress bars: two processes would draw over each other's
-        second = pool.submit(_run_lane, lanes[1], out, s, paths, scores, False, n // 2, True)
+    ctx = multiprocessing.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    # the second lane draws no progress bars: two processes would draw over each other's
+    worker = ctx.Process(target=_second_lane, args=(send, lanes[1], out, s, paths, scores, n // 2), name="demo-lane-2")
+    worker.start()
+    send.close()
+    try:
         done = _run_lane(lanes[0], out, s, paths, scores, progress, n - n // 2)
-        done.update(second.result())
+        try:
+            status, payload = receive.recv()
+        except EOFError:
+            worker.join()
+            raise SystemExit(f"scratchlm demo: the process running {', '.join(lanes[1])} died (exit code "
+                             f"{worker.exitcode})") from None
+    except BaseException:
+        worker.terminate()  # a failed or interrupted first lane does not wait for the second
+        raise
+    finally:
+        worker.join()
+    if status == "error":
+        raise SystemExit(f"scratchlm demo: a stage of {', '.join(lanes[1])} failed in the second process:\n{payload}")
+    done.update(payload)
     return {st: done[st] for st in STAGES if st in done}
+
+
+def _second_lane(send: Any, stages: list[str], out: Path, s: DemoSettings, paths: dict[str, Path],
+                 scores: dict[str, tuple[int, int]], threads: int) -> None:
+    """The spawned process of `run_lanes`: runs its lane and sends ("ok", results) or ("error", the traceback)."""
+    import traceback
+
+    try:
+        send.send(("ok", _run_lane(stages, out, s, paths, scores, False, threads, spawned=True)))
+    except BaseException:
+        send.send(("error", traceback.format_exc()))
 
 
 def _check_stage_steps(run_dir: Path, steps: int) -> None:

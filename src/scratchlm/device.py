@@ -62,4 +62,3 @@ def one_cpu_thread(active: bool = True) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(n)
-
