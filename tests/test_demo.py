@@ -160,8 +160,9 @@ def test_stage_lanes():
     import torch
 
     from scratchlm.demo import DemoSettings, stage_lanes
+    from scratchlm.device import pick_device
 
-    two = torch.get_num_threads() >= 2 and not torch.cuda.is_available()
+    two = torch.get_num_threads() >= 2 and pick_device().type == "cpu"
     s = DemoSettings(stages=["pretrain", "sft", "lora", "reward", "dpo", "ppo"])
     assert stage_lanes(s) == ([["lora"], ["reward", "dpo", "ppo"]] if two else [["lora", "reward", "dpo", "ppo"]])
     s.lanes = 1

@@ -598,8 +598,6 @@ def run_rag_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scores
     return {"embedder": emb.name, "chunks": n_chunks, "questions": asked}
 
 
-RUNNERS = {"lora": "run_lora_stage", "reward": "run_reward_stage", "dpo": "run_dpo_stage", "grpo": "run_grpo_stage",
-           "ppo": "run_ppo_stage", "distill": "run_distill_stage", "rag": "run_rag_stage"}
 # ppo needs the reward stage's model, no other stage needs another's; dpo joins them to even out the lanes
 # (measured beside each other on one thread each, 2026-12-04: reward 914 s + ppo ~410 s against lora 102 s, dpo
 # 170 s, GRPO with its cold start ~660 s, distillation ~670 s)
@@ -611,10 +609,12 @@ def stage_lanes(s: DemoSettings) -> list[list[str]]:
     run on a CPU with at least two threads and s.lanes is 2."""
     import torch
 
+    from scratchlm.device import pick_device
+
     after = [st for st in STAGES[2:] if st in s.stages]
     second = [st for st in after if st in SECOND_LANE]
     first = [st for st in after if st not in SECOND_LANE]
-    if s.lanes == 2 and first and second and torch.get_num_threads() >= 2 and not torch.cuda.is_available():
+    if s.lanes == 2 and first and second and torch.get_num_threads() >= 2 and pick_device().type == "cpu":
         return [first, second]
     return [after] if after else []
 
@@ -625,17 +625,17 @@ def _run_lane(stages: list[str], out: Path, s: DemoSettings, paths: dict[str, Pa
     """Run `stages` in order on `threads` CPU threads; {stage: (its result, seconds)}."""
     import torch
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    from scratchlm.device import cpu_threads
+
+    runners = {"lora": run_lora_stage, "reward": run_reward_stage, "dpo": run_dpo_stage, "grpo": run_grpo_stage,
+               "ppo": run_ppo_stage, "distill": run_distill_stage, "rag": run_rag_stage}
     if spawned:
         torch.manual_seed(s.seed)  # a spawned process starts unseeded (every training run seeds itself as well)
     done = {}
-    try:
+    with cpu_threads(threads):
         for stage in stages:
             t = time.perf_counter()
-            done[stage] = (globals()[RUNNERS[stage]](out, s, paths, scores, progress), time.perf_counter() - t)
-    finally:
-        torch.set_num_threads(before)
+            done[stage] = (runners[stage](out, s, paths, scores, progress), time.perf_counter() - t)
     return done
 
 

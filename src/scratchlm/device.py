@@ -46,19 +46,26 @@ def autocast(device: torch.device, dtype: torch.dtype) -> ContextManager:
 
 
 @contextlib.contextmanager
-def one_cpu_thread(active: bool = True) -> Iterator[None]:
-    """Run the block on one CPU thread (when `active` and torch uses more): for ops smaller than a thread's wake-up.
+def cpu_threads(n: int, active: bool = True) -> Iterator[None]:
+    """Run the block with torch on `n` CPU threads (when `active`), then restore the count it had.
 
-    A passive OpenMP thread sleeps between parallel regions, and waking it costs more than a decode step's
-    attention does on one core (1 query row over ~100 keys: 60–100 µs at 2 threads vs ~30 µs at 1). torch's
-    thread count is process-wide, so another Python thread running torch inside the block runs serially too.
+    torch's thread count is process-wide, so another Python thread running torch inside the block uses `n` too.
     """
-    n = torch.get_num_threads()
-    if not active or n == 1:
+    before = torch.get_num_threads()
+    if not active or n == before:
         yield
         return
-    torch.set_num_threads(1)
+    torch.set_num_threads(n)
     try:
         yield
     finally:
-        torch.set_num_threads(n)
+        torch.set_num_threads(before)
+
+
+def one_cpu_thread(active: bool = True) -> ContextManager:
+    """Run the block on one CPU thread (when `active`): for ops smaller than a thread's wake-up.
+
+    A passive OpenMP thread sleeps between parallel regions, and waking it costs more than a decode step's
+    attention does on one core (1 query row over ~100 keys: 60–100 µs at 2 threads vs ~30 µs at 1).
+    """
+    return cpu_threads(1, active)
