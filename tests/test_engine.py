@@ -295,3 +295,40 @@ def test_tiny_top_p_keeps_the_most_likely_token():
     logits = torch.tensor([[0.1, 3.0, -1.0, 2.9]])
     params = SamplingParams(temperature=1.0, top_p=5e-324)
     assert sample(process_logits(logits, params), params).tolist() == [1]
+
+
+def test_a_decode_step_traces_as_one_graph():
+    # torch.compile (LLMEngine(compile=True)) needs the decode forward without graph breaks: the one-thread
+    # context of small attentions stands aside while compiling.
+    model = make_model()
+    eng = LLMEngine(model, block_size=4, num_blocks=32)
+    for tables in ([[0, 1, 2]], [[2, 0, 1], [3, 4, 5]]):
+        view = eng.kv.batch(tables, [9] * len(tables), [1] * len(tables))
+        with torch.inference_mode():
+            explained = torch._dynamo.explain(model)(torch.zeros(len(tables), 1, dtype=torch.long), cache=view)
+        assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_compiled_engine_equals_eager_without_recompiling_and_refuses_changed_weights():
+    from torch._dynamo.utils import counters
+
+    model = make_model()
+    eager = LLMEngine(model, block_size=4, num_blocks=64)
+    compiled = LLMEngine(model, block_size=4, num_blocks=64, compile=True)
+    torch._dynamo.reset()
+    compiled.warmup()  # compiles the decode shapes: one row in place, one row gathered, several rows
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs >= 2  # the in-place and the gathered read are different graphs
+    seqs = prompts(5, seed=3)
+    assert compiled.generate(seqs[:1], GREEDY) == eager.generate(seqs[:1], GREEDY)  # one row, other lengths
+    assert compiled.generate(seqs, GREEDY) == eager.generate(seqs, GREEDY)  # five rows of different lengths
+    assert counters["stats"]["unique_graphs"] == graphs, "a decode step recompiled after warmup"
+    assert_pool_whole(compiled)
+    with torch.no_grad():
+        model.lm_head.weight.add_(0.01)  # as an optimizer step would
+    with pytest.raises(RuntimeError, match="weights"):
+        compiled.generate(seqs[:1], GREEDY)
+    with pytest.raises(RuntimeError, match="before the first request"):
+        compiled.warmup()

@@ -51,8 +51,11 @@ def cpu_threads(n: int, active: bool = True) -> Iterator[None]:
 
     torch's thread count is process-wide, so another Python thread running torch inside the block uses `n` too.
     """
+    if not active or torch.compiler.is_compiling():  # a compiled graph picks its own threads
+        yield
+        return
     before = torch.get_num_threads()
-    if not active or n == before:
+    if n == before:
         yield
         return
     torch.set_num_threads(n)

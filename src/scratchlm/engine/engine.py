@@ -12,6 +12,10 @@ its blocks are freed and it waits again to be recomputed from its tokens so far 
 stays streamed). Callers get a `RequestHandle`: an iterator (threads) or async iterator (asyncio) of
 `TokenEvent`s, and `cancel()`. `start()` runs the loop in a background thread; without it, `generate()` runs
 the steps inline.
+
+`compile=True` (serving a trained model: `scratchlm serve --compile`) runs the decode forward through
+`torch.compile` with the weights frozen into the graph (`compile_frozen`); `warmup()` compiles it before the first
+request. A batch-1 decode step is then as fast as reading every weight once (docs/engine.md).
 """
 
 from __future__ import annotations
@@ -29,6 +33,25 @@ from scratchlm.engine.blocks import BlockPool, NoFreeBlocks, block_hash
 from scratchlm.engine.detok import IncrementalText
 from scratchlm.engine.paged_cache import PagedKVCache
 from scratchlm.generate import SamplingParams, make_generator, process_logits, sample
+
+
+def compile_frozen(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` under torch.compile with its weights folded into the graph as constants (inductor's freezing).
+
+    Freezing is what makes a small-batch decode step fast on a CPU: linear weights are repacked once for
+    oneDNN's GEMM, and the small ops between the matmuls fuse into a few C++ kernels (with `cpp_wrapper`, called
+    from C++ rather than Python). The price: the graph keeps the weights of the moment it compiled, so the model
+    must not be trained afterwards (LLMEngine checks); shapes are dynamic, so batch size and context length
+    changes do not recompile.
+    """
+    device = next(model.parameters()).device
+    options = {"freezing": True, "cpp_wrapper": device.type == "cpu"}
+    return torch.compile(model, dynamic=True, options=options)
+
+
+def _weights_version(model: torch.nn.Module) -> int:
+    """Sum of the parameters' in-place write counters: changes when an optimizer (or a load) writes a weight."""
+    return sum(p._version for p in model.parameters())
 
 
 class PromptTooLong(ValueError):
@@ -160,7 +183,7 @@ class LLMEngine:
 
     def __init__(self, model: torch.nn.Module, tokenizer=None, *, block_size: int = 16, num_blocks: int | None = None,
                  max_num_seqs: int = 16, max_waiting: int = 64, prefix_caching: bool = True,
-                 max_prefill_tokens: int = 4096) -> None:
+                 max_prefill_tokens: int = 4096, compile: bool = False) -> None:
         p = next(model.parameters())
         self.model, self.tokenizer, self.config = model, tokenizer, model.config
         self.device, self.dtype = p.device, p.dtype
@@ -185,6 +208,10 @@ class LLMEngine:
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
         self.preemptions = 0
+        # The decode forward: the model itself, or its compiled and frozen form (serving a model nobody trains).
+        self.compiled = compile
+        self._decode_model = compile_frozen(model) if compile else model
+        self._frozen_version = _weights_version(model) if compile else 0
 
     # -- submitting ------------------------------------------------------------------------------------
     @property
@@ -251,6 +278,25 @@ class LLMEngine:
             else:
                 self.step()
         return [h.token_ids[0] for h in handles]
+
+    @torch.inference_mode()
+    def warmup(self) -> None:
+        """Compile the decode step now (compile=True), not at the first request: one forward for each shape it
+        meets — one sequence on consecutive blocks (no mask), one on scattered blocks, and several sequences. Its
+        writes land in free blocks, which nothing reads before a prefill overwrites them."""
+        if not self.compiled:
+            return
+        with self._lock:
+            if self.prompt_tokens_total or self.running or self.waiting:
+                raise RuntimeError("LLMEngine.warmup: call it before the first request (it writes into free blocks)")
+            bs, nb = self.block_size, self.pool.num_blocks
+            cached = min(2 * bs, self.max_seq_len - 1)  # tokens already cached: past one block when it can be
+            n = -(-(cached + 1) // bs)  # blocks per sequence
+            one = list(range(n))
+            for tables in ([one], [one[::-1]], [one, [(b + n) % nb for b in one]]):
+                view = self.kv.batch(tables, [cached] * len(tables), [1] * len(tables))
+                ids = torch.zeros(len(tables), 1, dtype=torch.long, device=self.device)
+                self._decode_model(ids, cache=view)
 
     def stats(self) -> dict[str, int]:
         """Counters for /metrics: sequences running and waiting, blocks, tokens so far."""
@@ -468,7 +514,10 @@ class LLMEngine:
         seqs = list(self.running)
         view = self.kv.batch([s.blocks for s in seqs], [s.cached for s in seqs], [1] * len(seqs))
         ids = torch.tensor([[s.tokens[-1]] for s in seqs], dtype=torch.long, device=self.device)
-        logits = self.model(ids, cache=view).logits[:, -1, :].float()  # [B, V]
+        if self.compiled and _weights_version(self.model) != self._frozen_version:
+            raise RuntimeError("LLMEngine(compile=True) froze the model's weights into its compiled decode step and "
+                               "they have changed since (training?): build a new engine, or use compile=False")
+        logits = self._decode_model(ids, cache=view).logits[:, -1, :].float()  # [B, V]
         for i, s in enumerate(seqs):
             s.cached += 1
             self._register_full_blocks(s)

@@ -9,8 +9,12 @@ from typing import Any
 
 
 def open_engine(run: str, device: str = "auto", block_size: int = 16, num_blocks: int | None = None,
-                max_num_seqs: int = 16, max_waiting: int = 64, prefix_caching: bool = True) -> tuple[Any, Any, Any]:
-    """(started LLMEngine, tokenizer, config) of a run folder; refuses runs that cannot generate text."""
+                max_num_seqs: int = 16, max_waiting: int = 64, prefix_caching: bool = True,
+                compile: bool = False) -> tuple[Any, Any, Any]:
+    """(started LLMEngine, tokenizer, config) of a run folder; refuses runs that cannot generate text. With
+    `compile`, the decode step is compiled (weights frozen) before it returns."""
+    import time
+
     from scratchlm.device import pick_device
     from scratchlm.engine import LLMEngine
     from scratchlm.run import load_run
@@ -21,7 +25,12 @@ def open_engine(run: str, device: str = "auto", block_size: int = 16, num_blocks
     if cfg.train.objective == "reward":
         raise ValueError(f"{run} is a reward model (train.objective='reward'): it scores text and cannot generate")
     engine = LLMEngine(model, tokenizer, block_size=block_size, num_blocks=num_blocks, max_num_seqs=max_num_seqs,
-                       max_waiting=max_waiting, prefix_caching=prefix_caching)
+                       max_waiting=max_waiting, prefix_caching=prefix_caching, compile=compile)
+    if compile:
+        print("compiling the decode step (torch.compile, weights frozen; about a minute on 2 CPU cores) ...", flush=True)
+        t = time.perf_counter()
+        engine.warmup()
+        print(f"compiled in {time.perf_counter() - t:.0f} s", flush=True)
     engine.start()
     return engine, tokenizer, cfg
 
@@ -34,11 +43,14 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-num-seqs", type=int, default=16, help="sequences decoded together at most")
     p.add_argument("--no-prefix-caching", dest="prefix_caching", action="store_false",
                    help="prefill every prompt in full, even a prefix another request already computed")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the decode step with torch.compile, weights frozen into it (needs a C++ compiler "
+                        "on a CPU; about a minute at start): batch-1 decode ~1.2x, 16 streams ~1.5x faster on 2 cores")
 
 
 def _engine_kwargs(args: argparse.Namespace) -> dict:
     return {"device": args.device, "block_size": args.block_size, "num_blocks": args.num_blocks,
-            "max_num_seqs": args.max_num_seqs, "prefix_caching": args.prefix_caching}
+            "max_num_seqs": args.max_num_seqs, "prefix_caching": args.prefix_caching, "compile": args.compile}
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
