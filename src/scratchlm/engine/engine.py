@@ -25,7 +25,7 @@ import itertools
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Iterator, Sequence
+from typing import Any, AsyncIterator, Callable, Iterator, Sequence
 
 import torch
 
@@ -35,7 +35,7 @@ from scratchlm.engine.paged_cache import PagedKVCache
 from scratchlm.generate import SamplingParams, make_generator, process_logits, sample
 
 
-def compile_frozen(model: torch.nn.Module) -> torch.nn.Module:
+def compile_frozen(model: torch.nn.Module) -> Callable[..., Any]:
     """`model` under torch.compile with its weights folded into the graph as constants (inductor's freezing).
 
     Freezing is what makes a small-batch decode step fast on a CPU: linear weights are repacked once for
@@ -44,9 +44,18 @@ def compile_frozen(model: torch.nn.Module) -> torch.nn.Module:
     must not be trained afterwards (LLMEngine checks); shapes are dynamic, so batch size and context length
     changes do not recompile.
     """
-    device = next(model.parameters()).device
-    options = {"freezing": True, "cpp_wrapper": device.type == "cpu"}
-    return torch.compile(model, dynamic=True, options=options)
+    from torch._inductor import config as inductor_config
+
+    settings = {"freezing": True, "cpp_wrapper": next(model.parameters()).device.type == "cpu"}
+    compiled = torch.compile(model, dynamic=True)
+
+    def forward(*args, **kwargs):
+        # Set around every call, not passed as torch.compile(options=...): compiling happens at a call, and
+        # freezing given as an option did not take effect (measured: 88 vs 103 tok/s, minimind-26m, batch 1).
+        with inductor_config.patch(settings):
+            return compiled(*args, **kwargs)
+
+    return forward
 
 
 def _weights_version(model: torch.nn.Module) -> int:

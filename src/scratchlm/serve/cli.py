@@ -45,7 +45,7 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
                    help="prefill every prompt in full, even a prefix another request already computed")
     p.add_argument("--compile", action="store_true",
                    help="compile the decode step with torch.compile, weights frozen into it (needs a C++ compiler "
-                        "on a CPU; about a minute at start): batch-1 decode ~1.2x, 16 streams ~1.5x faster on 2 cores")
+                        "on a CPU; about a minute at start): batch-1 decode ~1.2x faster on 2 cores, see docs/engine.md")
 
 
 def _engine_kwargs(args: argparse.Namespace) -> dict:
