@@ -111,6 +111,25 @@ def test_ppo_learns_the_length_reward_and_two_passes_resume_exactly(tok, tmp_pat
     np.testing.assert_allclose(first.losses + second.losses, full.losses, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("scale", [1.0, 10.0])
+def test_the_critic_trains_at_its_own_multiple_of_the_learning_rate(tok, tmp_path, scale):
+    """rl.critic_lr_scale: AdamW's first step moves every parameter with a gradient by its group's lr, so the largest
+    move of a critic weight is scale × the largest move of a policy weight (vf_coef cannot do this: Adam divides
+    it out)."""
+    c = _cfg(tok, "train.lr=1e-3", "train.max_steps=1", "train.weight_decay=0", "train.schedule=constant",
+             "train.grad_clip=0", "rl.temperature=1.0", f"rl.critic_lr_scale={scale}")
+    torch.manual_seed(0)
+    model = build_model(c)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    obj = _ppo(c, tok)
+    train(c, obj, tmp_path / "run", model, progress=False)
+    ac = obj.actor_critic
+    policy_move = max(float((p.detach() - start[n]).abs().max()) for n, p in ac.policy.named_parameters())
+    head_move = float(ac.critic.head.weight.detach().abs().max())  # the head started at zero
+    assert policy_move == pytest.approx(1e-3, rel=1e-3)
+    assert head_move == pytest.approx(scale * 1e-3, rel=1e-3)
+
+
 def test_reward_model_scores_and_initialises_the_critic(tok, tok_dir, tmp_path):
     sft, rm_dir = _runs(tmp_path, tok, tok_dir)
     c = _cfg(tok, f"rl.reward_model={rm_dir}", f"train.init_from={sft}", "rl.missing_eos_penalty=1.0")

@@ -179,7 +179,7 @@ def test_grpo_under_ddp_matches_one_process(post_setup, tmp_path):
 @pytest.mark.parametrize("stage", ["grpo", "ppo"])
 def test_rollout_stages_refuse_fsdp(post_setup, tmp_path, stage):
     d, base = post_setup
-    proc = _torchrun(d / "prompts", tmp_path / "run", *_POST, *GRPO_SETS[:2], "train.parallel=fsdp", stage=stage,
+    proc = _torchrun(d / "prompts", tmp_path / "run", *_POST, *GRPO_SETS, "train.parallel=fsdp", stage=stage,
                      init_from=base, expect_ok=False)
     assert proc.returncode != 0
     assert f"train.parallel=fsdp: the {stage} stage samples" in proc.stdout + proc.stderr

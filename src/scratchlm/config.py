@@ -225,6 +225,9 @@ class RLConfig:
     gamma: float = 1.0  # discount over completion tokens in GAE
     lam: float = 0.95  # GAE's λ: 1 = Monte-Carlo returns minus values, 0 = one-step TD errors
     vf_coef: float = 0.1  # weight of the value loss in loss = policy loss + vf_coef · value loss
+    # The critic's lr as a multiple of train.lr. AdamW's step size does not follow vf_coef, so only this lets the critic
+    # learn faster than the policy (verl and OpenRLHF train it at 10-20x the actor's lr).
+    critic_lr_scale: float = 1.0
     cliprange_value: float = 0.2  # the new value is clipped to the rollout's value ± this in the value loss
     missing_eos_penalty: float = 0.0  # subtracted from the score of a completion cut at max_new_tokens (0 = off)
     # Whiten each rollout batch's scores (mean 0, std 1) before the KL shaping, and start the critic's head at zero.
@@ -342,6 +345,7 @@ _LIMITS: dict[str, tuple[float | None, float | None]] = {
     "rl.gamma": (0, 1),
     "rl.lam": (0, 1),
     "rl.vf_coef": (0, None),
+    "rl.critic_lr_scale": (1e-6, None),
     "rl.cliprange_value": (0, None),
     "rl.missing_eos_penalty": (0, None),
     "distill.temperature": (1e-3, None),

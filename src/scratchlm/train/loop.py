@@ -77,12 +77,16 @@ def build_optimizer(model: nn.Module, cfg: Config, device: torch.device) -> torc
     output head), none on vectors (norm gains, DyT α/β, biases) — decaying a norm gain only pulls it
     towards 0, which fights the normalisation."""
     tc = cfg.train
-    decay, no_decay = [], []
-    for p in model.parameters():
+    # A module may train some parameters at a multiple of the schedule's lr (PPO's critic): `lr_scale_of(name)`.
+    scale_of = getattr(model, "lr_scale_of", None)
+    buckets: dict[tuple[bool, float], list[nn.Parameter]] = {(True, 1.0): [], (False, 1.0): []}  # as checkpoints hold
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    is_dtensor = any(type(p).__name__ == "DTensor" for p in decay)
+            scale = float(scale_of(name)) if scale_of is not None else 1.0
+            buckets.setdefault((p.dim() >= 2, scale), []).append(p)
+    groups = [{"params": ps, "weight_decay": tc.weight_decay if decay else 0.0, "lr_scale": scale}
+              for (decay, scale), ps in sorted(buckets.items(), key=lambda kv: (not kv[0][0], kv[0][1]))]
+    is_dtensor = any(type(p).__name__ == "DTensor" for g in groups for p in g["params"])
     # fused AdamW is one kernel over all tensors (CPU and CUDA); DTensors (FSDP) use the default
     fused = device.type in ("cpu", "cuda") and not is_dtensor
     return torch.optim.AdamW(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.eps, fused=fused)
@@ -253,7 +257,7 @@ def train(
             for step in range(start_step, end_step):
                 lr = lr_at(step, tc)
                 for group in optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
                 loss_mean, n_tok_all, parts, n_stop = _forward_backward(step_setup, step, stop.set, poison)
                 grad_norm = _apply_gradients(step_setup)
 

@@ -52,11 +52,16 @@ class ActorCritic(nn.Module):
     """The module the loop trains: `policy` (a Transformer, perhaps with LoRA adapters) and `critic` (a ValueModel);
     one optimizer over both. `forward` computes both so DDP/FSDP see a single forward per micro-batch."""
 
-    def __init__(self, policy: nn.Module, critic: ValueModel) -> None:
+    def __init__(self, policy: nn.Module, critic: ValueModel, critic_lr_scale: float = 1.0) -> None:
         super().__init__()
         self.policy = policy
         self.critic = critic
         self.config = policy.config
+        self.critic_lr_scale = critic_lr_scale
+
+    def lr_scale_of(self, name: str) -> float:
+        """The multiple of the schedule's lr a parameter trains at (read by the loop's build_optimizer)."""
+        return self.critic_lr_scale if name.startswith("critic.") else 1.0
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(log π of each target [B, T], 0 off the targets; V of each position [B, T])."""
@@ -133,7 +138,7 @@ class PPO(RolloutObjective):
         critic.requires_grad_(True)
         if self.critic_cfg is None:
             self.critic_cfg = self.cfg
-        return ActorCritic(super().prepare_model(model), critic)
+        return ActorCritic(super().prepare_model(model), critic, self.cfg.rl.critic_lr_scale)
 
     def setup(self, info: Any, policy: nn.Module | None = None) -> None:
         """The loop hands over the ActorCritic; rollouts sample with its policy."""
