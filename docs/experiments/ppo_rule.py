@@ -1,16 +1,22 @@
-"""PPO with the rule reward in place of the demo's GRPO stage, same rollouts: python ppo_rule.py SRC SEED COLD_FROM.
-Runs demo.run_grpo_stage with its training step swapped for the ppo objective (critic 30x lr, KL 0.04 per token)."""
+"""PPO with the rule reward in place of the demo's GRPO stage, on the same rollouts:
+
+    python ppo_rule.py SRC OUT SEED COLD_FROM
+
+The GRPO stage of stage_var.py (from COLD_FROM's cold start) with its training step done by the ppo objective
+(critic at 30x the lr, per-token KL 0.04)."""
 import sys
 from pathlib import Path
 
 import scratchlm.demo as demo
+from stage_var import run_variant
 
-orig = demo._train_post_sft
+_train_post_sft = demo._train_post_sft
 
 
 def as_ppo(stage, out, s, paths, steps, sets, what, progress, init="sft"):
+    """demo._train_post_sft, but the grpo stage trains with the ppo objective on the grpo prompts."""
     if stage != "grpo":
-        return orig(stage, out, s, paths, steps, sets, what, progress, init)
+        return _train_post_sft(stage, out, s, paths, steps, sets, what, progress, init)
     run_dir = out / "grpo"
     if not (run_dir / "model.safetensors").exists():
         demo._train_stage("ppo", run_dir, s, {**paths, "ppo": paths["grpo"]},
@@ -19,7 +25,7 @@ def as_ppo(stage, out, s, paths, steps, sets, what, progress, init="sft"):
     return run_dir
 
 
-demo._train_post_sft = as_ppo
-src, seed, cold = sys.argv[1], sys.argv[2], sys.argv[3]
-sys.argv = ["grpo_var.py", src, "ppo_rule", seed, cold]
-exec((Path(__file__).parent / "grpo_var.py").read_text())
+if __name__ == "__main__":
+    demo._train_post_sft = as_ppo  # run_grpo_stage looks it up in the module at call time
+    src, out, seed, cold = sys.argv[1:5]
+    print(run_variant("grpo", Path(src), Path(out), int(seed), [], Path(cold)))
