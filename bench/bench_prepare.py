@@ -23,8 +23,8 @@ from pathlib import Path
 from tokenizers import Tokenizer as HFTokenizer
 
 from scratchlm.data.corpus import corpus_texts
-from scratchlm.data.prepare import prepare
-from scratchlm.tokenizer import train_tokenizer
+from scratchlm.shards.prepare import prepare
+from scratchlm.tokenizer.bpe import train_tokenizer
 
 
 CPU: dict[str, float] = {}

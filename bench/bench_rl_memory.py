@@ -55,8 +55,8 @@ def _random_sft_run(root: Path, preset: str, prompts: Path, seed: int) -> Path:
     """A run folder with a tokenizer trained on the prompts and a randomly initialised `preset` model of its vocab."""
     from scratchlm.config import load_config
     from scratchlm.model.transformer import Transformer
-    from scratchlm.run import save_run
-    from scratchlm.tokenizer import Tokenizer, train_tokenizer
+    from scratchlm.runs import save_run
+    from scratchlm.tokenizer.bpe import Tokenizer, train_tokenizer
 
     text = root / "tok.txt"
     recs = [json.loads(ln) for ln in prompts.read_text(encoding="utf-8").splitlines()]
@@ -87,7 +87,7 @@ def main() -> None:
         ap.error("--steps must be at least 100 (step 100 is compared with step 10)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    from scratchlm.data.prepare import prepare
+    from scratchlm.shards.prepare import prepare
     from scratchlm.train.cli import run_train
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -41,8 +41,8 @@ def _random_run(root: Path, preset: str, seed: int) -> Path:
     """A run folder with a randomly initialised `preset` model and a small tokenizer (export_hf needs one)."""
     from scratchlm.config import load_config
     from scratchlm.model.transformer import Transformer
-    from scratchlm.run import save_run
-    from scratchlm.tokenizer import train_tokenizer
+    from scratchlm.runs import save_run
+    from scratchlm.tokenizer.bpe import train_tokenizer
 
     text = root / "t.txt"
     text.write_text("What is 3 plus 4? <think>3+4=7</think>7 the cat sat on the mat\n" * 20, encoding="utf-8")
@@ -131,7 +131,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from scratchlm.export.hf import EOS_TOKEN_ID, PAD_TOKEN_ID, export_hf
-    from scratchlm.run import load_run
+    from scratchlm.runs import load_run
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

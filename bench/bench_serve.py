@@ -37,8 +37,8 @@ def make_random_run(preset: str, out: Path) -> Path:
 
     from scratchlm.config import load_config
     from scratchlm.model.transformer import Transformer
-    from scratchlm.run import save_run
-    from scratchlm.tokenizer import Tokenizer, train_tokenizer
+    from scratchlm.runs import save_run
+    from scratchlm.tokenizer.bpe import Tokenizer, train_tokenizer
 
     text = out / "text.txt"
     words = "the cat sat on the mat while a quick brown fox jumped over lazy dogs 床前明月光 疑是地上霜".split()

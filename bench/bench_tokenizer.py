@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from scratchlm.data.corpus import corpus_texts, poems
-from scratchlm.tokenizer import Tokenizer, train_tokenizer
+from scratchlm.tokenizer.bpe import Tokenizer, train_tokenizer
 
 
 def best_of(fn: Callable[[], object], repeat: int) -> float:

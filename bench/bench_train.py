@@ -29,7 +29,7 @@ import torch
 from scratchlm.config import load_config
 from scratchlm.export.hf_mapping import hf_model
 from scratchlm.model.info import flops_per_token
-from scratchlm.run import build_model
+from scratchlm.runs import build_model
 from scratchlm.train.loop import train
 from scratchlm.train.objectives import Pretrain
 

@@ -27,9 +27,9 @@ def make_chat_run(root: Path, max_seq_len: int = 256, steps: int = 100) -> Path:
     tokenizer trained on them."""
     from scratchlm.config import load_config
     from scratchlm.model.transformer import Transformer
-    from scratchlm.run import save_run
+    from scratchlm.runs import save_run
     from scratchlm.serve.prompt import THINK_OFF
-    from scratchlm.tokenizer import Tokenizer, train_tokenizer
+    from scratchlm.tokenizer.bpe import Tokenizer, train_tokenizer
 
     text = root / "text.txt"
     lines = [q + "\n" + a for q, a in CHATS] + ["hello world", "床前明月光", "the quick brown fox"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from scratchlm.config import load_config
-from scratchlm.run import build_model, load_weights, save_model, tied_aliases
+from scratchlm.runs import build_model, load_weights, save_model, tied_aliases
 from scratchlm.train.checkpoint import (
     capture_rng,
     latest_checkpoint,
@@ -113,8 +113,8 @@ def test_sigkill_while_saving_resumes_from_previous_checkpoint(tmp_path):
     import sys
     import time
 
-    from scratchlm.data.prepare import prepare
-    from scratchlm.tokenizer import train_tokenizer
+    from scratchlm.shards.prepare import prepare
+    from scratchlm.tokenizer.bpe import train_tokenizer
     from scratchlm.train.cli import run_train
 
     text = tmp_path / "text.txt"

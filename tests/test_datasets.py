@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from scratchlm.data.datasets import open_shards
+from scratchlm.shards.datasets import open_shards
 from scratchlm.data.neardup import NearDupIndex, jaccard_estimate, lsh_params, minhash_signatures
-from scratchlm.data.shard_writer import ShardWriter
+from scratchlm.shards.writer import ShardWriter
 
 
 def _docs(seed: int, n: int, vocab: int = 1000) -> list[np.ndarray]:

@@ -33,7 +33,7 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     assert lo["name"] == "Nova" and all(0.0 <= lo[k] <= 1.0 for k in lo if k != "name")
     assert (out / "lora" / "adapter_model.safetensors").exists() and not (out / "lora" / "model.safetensors").exists()
     # reward and DPO stages: a reward run folder and a DPO run, held-out numbers before and after in the summary
-    from scratchlm.run import load_run
+    from scratchlm.runs import load_run
     from scratchlm.train.reward import RewardModel
 
     rw, dpo = summary["reward"], summary["dpo"]

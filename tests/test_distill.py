@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from scratchlm.config import ConfigError, load_config
-from scratchlm.run import build_model, save_run
+from scratchlm.runs import build_model, save_run
 from scratchlm.train.distill import Distill, kd_loss
 from scratchlm.train.loop import train
 from scratchlm.train.objectives import SFT
@@ -64,7 +64,7 @@ def test_distillation_pulls_the_student_towards_the_teacher(tok, tmp_path):  # n
         obj = Distill(cfg, shards, teacher=teacher) if name == "kd" else SFT(cfg, shards)
         res = train(cfg, obj, tmp_path / name, build_model(cfg), progress=False)
         assert all(np.isfinite(res.losses))
-        from scratchlm.run import load_run
+        from scratchlm.runs import load_run
 
         results[name] = _kl_to(load_run(tmp_path / name)[0], teacher, shards, cfg)
     assert results["kd"] < 0.5 * results["sft"]
@@ -83,7 +83,7 @@ def test_distill_errors(tok, tmp_path):  # noqa: F811
 def test_teacher_with_another_tokenizer_is_refused(tok, tmp_path):  # noqa: F811
     import json
 
-    from scratchlm.tokenizer import train_tokenizer
+    from scratchlm.tokenizer.bpe import train_tokenizer
 
     src = tmp_path / "other.txt"
     src.write_text("entirely different text for another tokenizer\n" * 30, encoding="utf-8")
@@ -106,7 +106,7 @@ def test_teacher_data_writes_checked_sft_conversations_that_prepare_accepts(chat
     import json
 
     from scratchlm.cli import main
-    from scratchlm.data.prepare import prepare
+    from scratchlm.shards.prepare import prepare
 
     prompts = tmp_path / "prompts.jsonl"
     rows = [{"prompt": "What is 2 plus 3?", "answer": "5", "task": "add1"},

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from scratchlm.config import ConfigError, load_config
-from scratchlm.data.datasets import Pair
-from scratchlm.run import build_model, load_run
+from scratchlm.shards.datasets import Pair
+from scratchlm.runs import build_model, load_run
 from scratchlm.eval.preference import logprob_preference, preference_accuracy
 from scratchlm.train.dpo import DPO, pair_batch
 from scratchlm.train.loop import train

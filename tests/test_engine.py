@@ -170,7 +170,7 @@ def test_stop_strings_cut_the_text_and_ids_like_the_contiguous_engine():
 
 
 def test_incremental_text_equals_whole_decode_and_holds_back_stop_prefixes(tmp_path):
-    from scratchlm.tokenizer import Tokenizer, train_tokenizer
+    from scratchlm.tokenizer.bpe import Tokenizer, train_tokenizer
 
     src = tmp_path / "t.txt"
     src.write_text("床前明月光，疑是地上霜。 hello world, the cat sat.\n" * 30, encoding="utf-8")

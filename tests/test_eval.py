@@ -12,14 +12,14 @@ import torch
 
 from scratchlm.cli import main
 from scratchlm.config import load_config
-from scratchlm.data.shard_writer import ShardWriter
+from scratchlm.shards.writer import ShardWriter
 from scratchlm.eval.cli import parse_tasks
 from scratchlm.eval.multiple_choice import (McItem, builtin_items, encode_pair, load_mc, score_mc)
 from scratchlm.eval.perplexity import nll_and_bytes, token_bytes
 from scratchlm.eval.text_metrics import bleu, exact_match, generation_scores, rouge_l, token_f1
 from scratchlm.model.transformer import Transformer
-from scratchlm.run import save_run
-from scratchlm.tokenizer import Tokenizer, train_tokenizer
+from scratchlm.runs import save_run
+from scratchlm.tokenizer.bpe import Tokenizer, train_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

@@ -17,8 +17,8 @@ from scratchlm.config import ConfigError, load_config  # noqa: E402
 from scratchlm.export.hf import ADAPTER_SUBDIR, OUR_CONFIG_KEY, export_hf, import_hf  # noqa: E402
 from scratchlm.model.lora import apply_lora, lora_modules  # noqa: E402
 from scratchlm.model.transformer import Transformer  # noqa: E402
-from scratchlm.run import load_run, save_run  # noqa: E402
-from scratchlm.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
+from scratchlm.runs import load_run, save_run  # noqa: E402
+from scratchlm.tokenizer.bpe import Tokenizer, train_tokenizer  # noqa: E402
 from scratchlm.train.reward import RewardModel  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

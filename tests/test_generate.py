@@ -309,8 +309,8 @@ def test_speculative_errors(model):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A run folder with a tiny tokenizer trained on a few lines and a random debug model."""
-    from scratchlm.run import save_run
-    from scratchlm.tokenizer import train_tokenizer
+    from scratchlm.runs import save_run
+    from scratchlm.tokenizer.bpe import train_tokenizer
 
     root = tmp_path_factory.mktemp("gen")
     text = root / "text.txt"
@@ -322,7 +322,7 @@ def run_dir(tmp_path_factory):
 
 
 def test_real_tokenizer_eos_and_chat_prompt(run_dir):
-    from scratchlm.run import load_run
+    from scratchlm.runs import load_run
 
     model, tok, _ = load_run(run_dir)
     engine = Engine(model, tok)
@@ -340,7 +340,7 @@ def test_real_tokenizer_eos_and_chat_prompt(run_dir):
 def test_cli_generate(run_dir, capsys, extra):
     from scratchlm.cli import main
 
-    from scratchlm.run import load_run
+    from scratchlm.runs import load_run
 
     args = ["generate", str(run_dir), "--prompt", "hello", "--temperature", "0", "--max-new-tokens", "6", *extra]
     assert main(args) == 0

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from scratchlm.config import ConfigError, load_config
-from scratchlm.data.datasets import Prompt
-from scratchlm.run import build_model
+from scratchlm.shards.datasets import Prompt
+from scratchlm.runs import build_model
 from scratchlm.train.grpo import GRPO
 from scratchlm.train.loop import train
 from scratchlm.train.objectives import IGNORE
@@ -37,7 +37,7 @@ class PromptShards:
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
-    from scratchlm.tokenizer import Tokenizer, train_tokenizer
+    from scratchlm.tokenizer.bpe import Tokenizer, train_tokenizer
 
     d = tmp_path_factory.mktemp("grpo")
     src = d / "t.txt"

@@ -20,8 +20,8 @@ from scratchlm.eval.lm_eval_tasks import TASK_DIR  # noqa: E402
 from scratchlm.eval.multiple_choice import builtin_items, score_mc  # noqa: E402
 from scratchlm.export.hf import export_hf  # noqa: E402
 from scratchlm.model.transformer import Transformer  # noqa: E402
-from scratchlm.run import load_run, save_run  # noqa: E402
-from scratchlm.tokenizer import train_tokenizer  # noqa: E402
+from scratchlm.runs import load_run, save_run  # noqa: E402
+from scratchlm.tokenizer.bpe import train_tokenizer  # noqa: E402
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow, pytest.mark.ci]  # ~20 s, mostly lm_eval's start
 

@@ -162,7 +162,7 @@ def _base_run(tmp_path):
     """A small pretrained run to put adapters on (a few steps on a repeating token stream)."""
     import numpy as np
 
-    from scratchlm.run import build_model
+    from scratchlm.runs import build_model
     from scratchlm.train.loop import train
     from scratchlm.train.objectives import Pretrain
     from tests.test_train_loop import SMALL, _shards
@@ -174,7 +174,7 @@ def _base_run(tmp_path):
 
 
 def _lora_run(tmp_path, base, out, stop_at_step=None, resume=False, seed=7):
-    from scratchlm.run import build_model
+    from scratchlm.runs import build_model
     from scratchlm.train.loop import train
     from scratchlm.train.objectives import Pretrain
     from tests.test_train_loop import SMALL, _shards
@@ -189,7 +189,7 @@ def _lora_run(tmp_path, base, out, stop_at_step=None, resume=False, seed=7):
 def test_lora_training_saves_adapters_only_and_resumes_exactly(tmp_path):
     import numpy as np
 
-    from scratchlm.run import load_run, run_kind
+    from scratchlm.runs import load_run, run_kind
     from scratchlm.train.checkpoint import latest_checkpoint, load_checkpoint
 
     base = _base_run(tmp_path)
@@ -212,7 +212,7 @@ def test_lora_training_saves_adapters_only_and_resumes_exactly(tmp_path):
 
 def test_lora_merge_command_writes_a_plain_run(tmp_path):
     from scratchlm.cli import main
-    from scratchlm.run import load_run, run_kind
+    from scratchlm.runs import load_run, run_kind
 
     base = _base_run(tmp_path)
     _lora_run(tmp_path, base, "lora")
@@ -227,7 +227,7 @@ def test_lora_merge_command_writes_a_plain_run(tmp_path):
 
 def test_lora_needs_a_base_run(tmp_path):
     from scratchlm.config import ConfigError
-    from scratchlm.run import build_model
+    from scratchlm.runs import build_model
     from scratchlm.train.loop import train
     from scratchlm.train.objectives import Pretrain
     from tests.test_train_loop import SMALL, _shards

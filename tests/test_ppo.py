@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from scratchlm.config import ConfigError, load_config
-from scratchlm.run import build_model, load_run, save_run
+from scratchlm.runs import build_model, load_run, save_run
 from scratchlm.train.loop import train
 from scratchlm.train.objectives import IGNORE
 from scratchlm.train.ppo import CRITIC_DIR, PPO, ActorCritic
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def tok_dir(tmp_path_factory):
-    from scratchlm.tokenizer import train_tokenizer
+    from scratchlm.tokenizer.bpe import train_tokenizer
 
     d = tmp_path_factory.mktemp("ppo")
     src = d / "t.txt"
@@ -33,7 +33,7 @@ def tok_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tok(tok_dir):
-    from scratchlm.tokenizer import Tokenizer
+    from scratchlm.tokenizer.bpe import Tokenizer
 
     return Tokenizer.load(tok_dir)
 
@@ -191,7 +191,7 @@ def test_run_folder_opens_as_a_chat_model_with_the_critic_beside(tok, tok_dir, t
 
 
 def test_config_errors(tok, tok_dir, tmp_path):
-    from scratchlm.tokenizer import train_tokenizer
+    from scratchlm.tokenizer.bpe import train_tokenizer
     from scratchlm.train.cli import run_train
 
     with pytest.raises(ConfigError, match="--init-from"):
@@ -221,7 +221,7 @@ def test_lora_trains_the_policy_adapters_and_the_whole_critic(tok, tok_dir, tmp_
                 progress=False)
     assert res.status == "done" and all(np.isfinite(res.losses))
     from scratchlm.model.lora import lora_modules
-    from scratchlm.run import run_kind
+    from scratchlm.runs import run_kind
 
     assert run_kind(tmp_path / "ppo") == "adapter"
     model, _, _ = load_run(tmp_path / "ppo")  # the base from lora.base, the adapters on it

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from scratchlm.cli import main as cli_main
-from scratchlm.data import prepare as prep_mod
+from scratchlm.shards import prepare as prep_mod
 from scratchlm.data.clean import clean_text, dedup_key, in_val_split
-from scratchlm.data.datasets import open_shards
-from scratchlm.data.prepare import parse_mix, prepare
-from scratchlm.data.shard_writer import token_dtype
-from scratchlm.data.sources import DataError
-from scratchlm.tokenizer import Tokenizer, train_tokenizer
+from scratchlm.shards.datasets import open_shards
+from scratchlm.shards.prepare import parse_mix, prepare
+from scratchlm.shards.writer import token_dtype
+from scratchlm.shards.sources import DataError
+from scratchlm.tokenizer.bpe import Tokenizer, train_tokenizer
 
 EN = [
     "The quick brown fox jumps over the lazy dog near the river bank today.",
@@ -399,7 +399,7 @@ def test_marker_strings_stay_text_by_default_with_a_warning(tmp_path, tok_dir, t
 
 
 def test_count_control_strings_counts_what_allow_special_parses(tok):
-    from scratchlm.data.prepare import count_control_strings
+    from scratchlm.shards.prepare import count_control_strings
 
     text = "<|im_start|>a<|im_end|><|reserved_3|> <|Rain|> <|im_end <think> <|endoftext|>"
     assert count_control_strings(text) == 4 == sum(i in tok.special_ids for i in tok.encode(text, allow_special=True))

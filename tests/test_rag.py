@@ -344,8 +344,8 @@ def test_answer_question_with_a_tiny_run(tmp_path):
     from scratchlm.rag.answer import answer_question
     from scratchlm.rag.embedders import RunEmbedder
     from scratchlm.rag.store import Hit
-    from scratchlm.run import load_run, save_run
-    from scratchlm.tokenizer import train_tokenizer
+    from scratchlm.runs import load_run, save_run
+    from scratchlm.tokenizer.bpe import train_tokenizer
 
     text = tmp_path / "t.txt"
     text.write_text("\n".join(["Sources: the cat sat on the mat", "床前明月光 Question Answer"] * 20), encoding="utf-8")

@@ -12,8 +12,8 @@ from scratchlm.cli import main
 from scratchlm.config import load_config
 from scratchlm.eval.report import write_report
 from scratchlm.model.transformer import Transformer
-from scratchlm.run import save_run
-from scratchlm.tokenizer import train_tokenizer
+from scratchlm.runs import save_run
+from scratchlm.tokenizer.bpe import train_tokenizer
 from scratchlm.train.reward import RewardModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

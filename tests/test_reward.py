@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from scratchlm.config import ConfigError, load_config
-from scratchlm.run import build_model, load_run
+from scratchlm.runs import build_model, load_run
 from scratchlm.train.loop import train
 from scratchlm.eval.preference import pair_accuracy
 from scratchlm.train.reward import Reward, RewardModel, reward_batch
@@ -50,7 +50,7 @@ def test_reward_training_learns_pairs_and_resumes_exactly(tmp_path):
 
 
 def test_reward_model_scores_texts_and_refuses_lora(tmp_path):
-    from scratchlm.tokenizer import Tokenizer, train_tokenizer
+    from scratchlm.tokenizer.bpe import Tokenizer, train_tokenizer
     from scratchlm.train.reward import score_texts
 
     src = tmp_path / "t.txt"

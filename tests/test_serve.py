@@ -41,7 +41,7 @@ def test_think_splitter_in_any_pieces(text, reasoning, content):
 
 
 def test_chat_prompt_thinking_off_and_history_fit(chat_run):
-    from scratchlm.tokenizer import Tokenizer
+    from scratchlm.tokenizer.bpe import Tokenizer
 
     tok = Tokenizer.load(chat_run)
     on = chat_prompt_ids(tok, ADD)
@@ -57,7 +57,7 @@ def test_chat_prompt_thinking_off_and_history_fit(chat_run):
 
 def test_chat_run_problem_names_what_is_missing(chat_run, tmp_path):
     from scratchlm.config import load_run_config
-    from scratchlm.run import load_run, save_run
+    from scratchlm.runs import load_run, save_run
 
     model, tok, cfg = load_run(chat_run)
     assert chat_run_problem(chat_run, cfg, tok) is None
@@ -91,7 +91,7 @@ def _metrics(url: str) -> dict[str, float]:
 
 
 def test_openai_chat_completion_reasoning_and_usage(client, chat_run):
-    from scratchlm.tokenizer import Tokenizer
+    from scratchlm.tokenizer.bpe import Tokenizer
 
     r = client.chat.completions.create(model="tiny", messages=ADD, temperature=0)
     msg = r.choices[0].message
@@ -253,7 +253,7 @@ def test_terminal_chat_script(server, chat_run):
 
     from scratchlm.generate import SamplingParams
     from scratchlm.serve.chat import chat_loop
-    from scratchlm.tokenizer import Tokenizer
+    from scratchlm.tokenizer.bpe import Tokenizer
 
     engine = server[1]
     script = iter(["What is 2 plus 3?", "/think off", "What is 2 plus 3?", "/think maybe", "/system be brief",

@@ -8,7 +8,7 @@ import pytest
 
 from scratchlm.cli import main
 from scratchlm.data.corpus import iter_corpus
-from scratchlm.tokenizer import (
+from scratchlm.tokenizer.bpe import (
     CONTROL_TOKENS,
     MIN_VOCAB_SIZE,
     RESERVED_TOKENS,
@@ -345,7 +345,7 @@ def test_cli_train_and_stats(data, tmp_path, capsys):
 
 
 def test_stats_numbers(tok, data):
-    from scratchlm.tokenizer import tokenizer_stats
+    from scratchlm.tokenizer.bpe import tokenizer_stats
 
     recs = list(iter_records([data["jsonl"]]))
     stats = tokenizer_stats(tok, recs)

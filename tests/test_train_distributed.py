@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from scratchlm.run import load_run
+from scratchlm.runs import load_run
 from scratchlm.train.checkpoint import latest_checkpoint, load_checkpoint
 from scratchlm.train.cli import run_train
 
@@ -19,8 +19,8 @@ pytestmark = pytest.mark.slow  # each torchrun start costs seconds; the parity t
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from scratchlm.data.prepare import prepare
-    from scratchlm.tokenizer import train_tokenizer
+    from scratchlm.shards.prepare import prepare
+    from scratchlm.tokenizer.bpe import train_tokenizer
 
     d = tmp_path_factory.mktemp("data")
     rng = np.random.default_rng(0)
@@ -112,7 +112,7 @@ def test_fsdp_saves_a_lora_run_as_its_adapters(data, tmp_path):
 def post_setup(data, tmp_path_factory):
     """Preference and prompt shards on the fixture's tokenizer, and a 2-step pretrain run to start DPO / GRPO from
     (init_std=0.2: peaked enough that some samples stop early, so GRPO's length reward varies within a group)."""
-    from scratchlm.data.prepare import prepare
+    from scratchlm.shards.prepare import prepare
 
     d = tmp_path_factory.mktemp("post")
     rng = np.random.default_rng(1)

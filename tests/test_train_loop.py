@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from scratchlm.config import ConfigError, load_config
-from scratchlm.run import build_model, load_run
+from scratchlm.runs import build_model, load_run
 from scratchlm.train.checkpoint import list_checkpoints
 from scratchlm.train.loop import TrainingDiverged, train
 from scratchlm.train.objectives import IGNORE, SFT, Objective, Pretrain
@@ -17,7 +17,7 @@ SMALL = ["train.batch_size=2", "train.seq_len=16", "train.log_every=1", "train.e
 
 
 class ArrayShards:
-    """Token shards held in memory, with the same read API as scratchlm.data.datasets.Shards."""
+    """Token shards held in memory, with the same read API as scratchlm.shards.datasets.Shards."""
 
     def __init__(self, ids, mask=None, doc_starts=(0,), kind="pretrain", vocab_size=512):
         self.ids = np.asarray(ids, dtype=np.uint16)
@@ -148,7 +148,7 @@ def test_too_little_data_is_a_clear_error():
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
-    from scratchlm.tokenizer import Tokenizer, train_tokenizer
+    from scratchlm.tokenizer.bpe import Tokenizer, train_tokenizer
 
     d = tmp_path_factory.mktemp("tok")
     src = d / "text.txt"

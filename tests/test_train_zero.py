@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from scratchlm.config import ConfigError, load_config
-from scratchlm.run import build_model
+from scratchlm.runs import build_model
 from scratchlm.train.loop import train
 from scratchlm.train.objectives import Pretrain
 from scratchlm.train.zero import resolve_config

@@ -14,8 +14,8 @@ from scratchlm.config import load_config
 from scratchlm.eval.cli import generate_replies
 from scratchlm.eval.winrate import load_prompts, win_rate
 from scratchlm.model.transformer import Transformer
-from scratchlm.run import load_run, save_run
-from scratchlm.tokenizer import train_tokenizer
+from scratchlm.runs import load_run, save_run
+from scratchlm.tokenizer.bpe import train_tokenizer
 from scratchlm.train.reward import RewardModel, score_texts
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

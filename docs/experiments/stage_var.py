@@ -22,7 +22,7 @@ def sft_counts(src: Path, paths: dict[str, Path], s: demo.DemoSettings) -> dict[
     """The SFT model's held-out task counts, evaluated once per demo folder (SRC/sft_counts.json)."""
     cache = src / "sft_counts.json"
     if not cache.exists():
-        from scratchlm.run import load_run
+        from scratchlm.runs import load_run
 
         sft, tok, _ = load_run(src / "sft")
         scores, _ = demo.evaluate_tasks(sft, tok, paths["prompt_val"], s.eval_per_task, s.max_new_tokens)

@@ -13,9 +13,9 @@ import sys
 COMMAND_MODULES = [
     "scratchlm.demo",
     "scratchlm.data.cli",
-    "scratchlm.tokenizer",
-    "scratchlm.data.prepare",
-    "scratchlm.model.info",
+    "scratchlm.tokenizer.cli",
+    "scratchlm.shards.cli",
+    "scratchlm.model.cli",
     "scratchlm.train.cli",
     "scratchlm.train.lora_cli",
     "scratchlm.generate_cli",

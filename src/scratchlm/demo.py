@@ -236,7 +236,7 @@ def write_chat_pieces(path: Path, sft_train: Path) -> None:
     ("assistant", "等于多少"): measured 46 → 41 tokens per add2 chat and 52 → 33 per identity chat, so each
     SFT step sees more conversations."""
     from scratchlm.data.jsonl import iter_jsonl
-    from scratchlm.tokenizer import TAG_TOKENS
+    from scratchlm.tokenizer.bpe import TAG_TOKENS
 
     tags = re.compile("|".join(map(re.escape, TAG_TOKENS)))
     with path.open("w", encoding="utf-8") as f, sft_train.open(encoding="utf-8") as lines:
@@ -250,9 +250,9 @@ def write_chat_pieces(path: Path, sft_train: Path) -> None:
 def prepare_demo_data(out: Path, s: DemoSettings) -> dict[str, Path]:
     """Tokenizer, pretrain shards (corpus train + validation splits) and SFT shards from synthetic tasks."""
     from scratchlm.data.corpus import corpus_path
-    from scratchlm.data.prepare import prepare
+    from scratchlm.shards.prepare import prepare
     from scratchlm.data.synth import build_synth
-    from scratchlm.tokenizer import train_tokenizer
+    from scratchlm.tokenizer.bpe import train_tokenizer
 
     data = out / "data"
     tok_dir = out / "tokenizer"
@@ -275,7 +275,7 @@ def prepare_demo_data(out: Path, s: DemoSettings) -> dict[str, Path]:
 
 def _prepare_once(kind: str, tokenizer: Path, src: Path, dst: Path) -> Path:
     """Prepare `src` into the shard folder `dst` unless an earlier run of this demo did (its meta.json is there)."""
-    from scratchlm.data.prepare import prepare
+    from scratchlm.shards.prepare import prepare
 
     if not (dst / "meta.json").exists():
         prepare(kind, tokenizer, [src], dst, dedup=False)
@@ -324,9 +324,9 @@ def run_lora_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_score
                    progress: bool) -> dict[str, Any]:
     """Identity LoRA over the SFT run (new name s.lora_name, add2 chats replayed); held-out identity with the new
     name, and held-out add2 before (the SFT model) and after."""
-    from scratchlm.data.prepare import prepare
+    from scratchlm.shards.prepare import prepare
     from scratchlm.data.synth import build_synth
-    from scratchlm.run import load_run
+    from scratchlm.runs import load_run
 
     run_dir = out / "lora"
     _check_stage_steps(run_dir, s.lora_steps)
@@ -375,9 +375,9 @@ def run_reward_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_sco
     freshly initialised score head before training is the reference point: about chance)."""
     import torch
 
-    from scratchlm.data.datasets import open_shards
+    from scratchlm.shards.datasets import open_shards
     from scratchlm.eval.preference import pair_accuracy
-    from scratchlm.run import load_run
+    from scratchlm.runs import load_run
     from scratchlm.train.reward import RewardModel
 
     run_dir = _train_post_sft("reward", out, s, paths, s.reward_steps, s.reward_sets,
@@ -397,9 +397,9 @@ def run_dpo_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scores
     """DPO from the SFT run (its own frozen reference) on the preference pairs: held-out implicit-reward accuracy
     (0 for the SFT model itself: policy = reference), how often the model's own log-probs prefer the chosen
     reply before and after, and held-out task accuracy before and after."""
-    from scratchlm.data.datasets import open_shards
+    from scratchlm.shards.datasets import open_shards
     from scratchlm.eval.preference import logprob_preference, preference_accuracy
-    from scratchlm.run import load_run
+    from scratchlm.runs import load_run
 
     run_dir = _train_post_sft("dpo", out, s, paths, s.dpo_steps, s.dpo_sets,
                               "DPO: preferring right replies over wrong ones", progress)
@@ -424,7 +424,7 @@ def cold_start(out: Path, s: DemoSettings, paths: dict[str, Path], dev_prompts: 
     s.grpo_cold_target or s.grpo_cold_steps are done; returns {"steps", "dev": [[step, accuracy], ...]}."""
     from scratchlm.data.synth import build_synth
     from scratchlm.config import load_run_config
-    from scratchlm.run import load_run, load_weights, save_run
+    from scratchlm.runs import load_run, load_weights, save_run
     from scratchlm.train.checkpoint import list_checkpoints
 
     run_dir, data = out / "grpo_cold", out / "data"
@@ -463,7 +463,7 @@ def run_grpo_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_score
     prompts beside them (rule rewards: the checked answer and the <think> format). Held-out accuracy of the task
     (its own held-out prompts, training and unseen phrasings) and of add2 for the SFT model, the cold start and GRPO."""
     from scratchlm.data.synth import build_synth
-    from scratchlm.run import load_run
+    from scratchlm.runs import load_run
 
     tasks = {s.grpo_task: (s.grpo_prompts, s.eval_per_task), **{k: (n, 0) for k, n in s.grpo_replay.items()}}
     files = build_synth(out / "data" / "grpo_synth", seed=s.seed, tasks=tasks)
@@ -501,7 +501,7 @@ def run_ppo_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scores
     held-out mean reward of sampled and of greedy replies (overall and per task) and held-out task accuracy, before
     and after."""
     from scratchlm.eval.preference import held_out_reward
-    from scratchlm.run import load_run
+    from scratchlm.runs import load_run
 
     synth = out / "data" / "pref_synth"
     chosen = out / "data" / "ppo_prompts.jsonl"
@@ -535,7 +535,7 @@ def run_distill_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_sc
     SFT model as teacher (out/distill) and alone (out/distill_baseline). Held-out chat perplexity (the SFT
     objective's validation loss) and task accuracy of both students next to the teacher's."""
     from scratchlm.eval.perplexity import stage_val_loss
-    from scratchlm.run import load_run
+    from scratchlm.runs import load_run
 
     sets = [*stage_sets(s, "sft"), *s.distill_student, f"train.max_steps={s.distill_steps}",
             f"train.save_every={s.distill_steps}", f"train.eval_every={s.distill_steps}",
@@ -578,7 +578,7 @@ def run_rag_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scores
     from scratchlm.rag.index import index_paths
     from scratchlm.rag.retrieve import Retriever
     from scratchlm.rag.store import VectorStore
-    from scratchlm.run import load_run
+    from scratchlm.runs import load_run
 
     corpus, questions = write_eval_set(out / "rag", n_per_kind=5, n_docs_per_lang=s.rag_docs, seed=s.seed)
     emb = get_embedder(s.rag_embedder)
@@ -714,7 +714,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoS
     """Run the whole demo into `out`; returns the summary (also written to out/summary.json)."""
     import torch
 
-    from scratchlm.run import load_run
+    from scratchlm.runs import load_run
 
     s = settings or (quick_settings() if quick else DemoSettings())
     out = Path(out)

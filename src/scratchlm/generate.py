@@ -360,7 +360,7 @@ def speculative_generate(
 def load_for_generate(run_dir: str | Path, device: str = "auto"):
     """(model in eval mode, tokenizer or None) from a run folder, on the chosen device."""
     from scratchlm.device import pick_device
-    from scratchlm.run import load_run
+    from scratchlm.runs import load_run
 
     model, tokenizer, _ = load_run(run_dir, device=pick_device(device))
     return model, tokenizer

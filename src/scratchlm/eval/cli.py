@@ -94,7 +94,7 @@ def evaluate_run(run_dir: str | Path, tasks: list[str], data: str | Path | None 
     """The run's numbers for `tasks` as a json-able dict {"run", task: {...}}; samples under "samples"."""
     import torch
 
-    from scratchlm.run import load_run
+    from scratchlm.runs import load_run
 
     run_dir = Path(run_dir)
     model, tokenizer, cfg = load_run(run_dir)

@@ -15,7 +15,7 @@ def perplexities(model: Any, train_dir: Path, val_dir: Path, seq_len: int,
     import numpy as np
     import torch
 
-    from scratchlm.data.datasets import open_shards
+    from scratchlm.shards.datasets import open_shards
 
     train, val = open_shards(train_dir), open_shards(val_dir)
     V = int(model.config.vocab_size)
@@ -86,7 +86,7 @@ def nll_and_bytes(model: Any, tokens: Any, seq_len: int, nbytes: Any, max_window
 
 def ppl_bpb(model: Any, tokenizer: Any, val_dir: Path, seq_len: int, max_windows: int = 400) -> dict[str, float]:
     """Validation perplexity and bits per byte over a prepared shard folder (`scratchlm prepare` output)."""
-    from scratchlm.data.datasets import open_shards
+    from scratchlm.shards.datasets import open_shards
 
     val = open_shards(val_dir)
     n = min(val.n_tokens, max_windows * seq_len + 1)

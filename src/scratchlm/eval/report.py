@@ -222,7 +222,7 @@ def _evaluate(stages: list[dict], val_data: Path | None) -> None:
 
 def _sample_replies(run_dir: str) -> list[str]:
     from scratchlm.eval.tasks import chat_replies
-    from scratchlm.run import load_run
+    from scratchlm.runs import load_run
 
     model, tok, _ = load_run(run_dir)
     return [r["reply"] for r in chat_replies(model, tok, list(SAMPLE_PROMPTS), 48)]

@@ -55,7 +55,7 @@ def compare_runs(run_a: str | Path, run_b: str | Path, judge_run: str | Path, pr
                  max_new_tokens: int = 48) -> dict[str, Any]:
     """Greedy replies of both runs to `prompts`, judged in both orders by the reward-model run `judge_run`."""
     from scratchlm.eval.cli import generate_replies
-    from scratchlm.run import load_run
+    from scratchlm.runs import load_run
 
     replies = []
     for run in (run_a, run_b):

@@ -9,7 +9,7 @@ from typing import Any
 def _cmd_export(args: argparse.Namespace) -> int:
     from scratchlm.export.hf import ADAPTER_SUBDIR, export_hf, hf_architecture
     from scratchlm.config import load_run_config
-    from scratchlm.run import run_kind
+    from scratchlm.runs import run_kind
 
     out = export_hf(args.run, args.out, merge=args.merge, custom=args.custom, dtype=args.dtype)
     arch = "ScratchLMForCausalLM (needs scratchlm installed)" if args.custom else hf_architecture(load_run_config(args.run).model)

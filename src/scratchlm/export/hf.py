@@ -104,7 +104,7 @@ def export_hf(run_dir: str | Path, out: str | Path, merge: bool = False, custom:
 
     from scratchlm.export.hf_mapping import hf_model
     from scratchlm.model.lora import merge_lora
-    from scratchlm.run import load_run, run_kind
+    from scratchlm.runs import load_run, run_kind
 
     if dtype not in DTYPES:
         raise ValueError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
@@ -296,8 +296,8 @@ def import_hf(hf_dir: str | Path, out: str | Path) -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from scratchlm.model.transformer import Transformer
-    from scratchlm.run import save_run
-    from scratchlm.tokenizer import Tokenizer
+    from scratchlm.runs import save_run
+    from scratchlm.tokenizer.bpe import Tokenizer
 
     hf_dir, out = Path(hf_dir), Path(out)
     if not (hf_dir / "config.json").is_file():

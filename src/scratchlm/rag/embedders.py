@@ -145,7 +145,7 @@ class RunEmbedder(Embedder):
     """
 
     def __init__(self, run_dir: str | Path, batch_size: int = 16, device: str = "cpu"):
-        from scratchlm.run import load_run
+        from scratchlm.runs import load_run
 
         run_dir = Path(run_dir)
         self.model, self.tokenizer, cfg = load_run(run_dir, device=device)

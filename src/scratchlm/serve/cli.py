@@ -17,7 +17,7 @@ def open_engine(run: str, device: str = "auto", block_size: int = 16, num_blocks
 
     from scratchlm.device import pick_device
     from scratchlm.engine import LLMEngine
-    from scratchlm.run import load_run
+    from scratchlm.runs import load_run
 
     model, tokenizer, cfg = load_run(run, device=pick_device(device))
     if tokenizer is None:
@@ -89,10 +89,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_chat(args: argparse.Namespace) -> int:
     from scratchlm.generate import SamplingParams
-    from scratchlm.run import load_run_config
+    from scratchlm.runs import load_run_config
     from scratchlm.serve.chat import chat_loop
     from scratchlm.serve.prompt import chat_run_problem
-    from scratchlm.tokenizer import Tokenizer
+    from scratchlm.tokenizer.bpe import Tokenizer
 
     # Checked before the weights load: a base model gets its message at once.
     tok = Tokenizer.load(args.run) if (Path(args.run) / "tokenizer.json").is_file() else None

@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file
 
 from scratchlm.config import Config
-from scratchlm.run import save_weights
+from scratchlm.runs import save_weights
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 # Test hook: seconds to sleep between writing the weights and the optimizer state, so a test can

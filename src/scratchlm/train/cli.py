@@ -65,7 +65,7 @@ def find_tokenizer_dir(cfg: Config, init_from: str | Path | None, explicit: str 
 def check_same_tokenizer(init_from: str | Path, data: str | Path, flag: str = "--init-from") -> None:
     """Refuse to continue (or distil from) a run on data prepared with another tokenizer (its ids would mean other
     tokens); `flag` names the option that gave the run."""
-    from scratchlm.data.prepare import tokenizer_hash
+    from scratchlm.shards.prepare import tokenizer_hash
 
     tok, meta = Path(init_from) / "tokenizer.json", Path(data) / "meta.json" if data else None
     if meta is None or not tok.exists() or not meta.exists():
@@ -91,7 +91,7 @@ def run_train(
     progress: bool = True,
 ) -> TrainResult:
     """Train one stage (`pretrain`, `sft`, ...) into run folder `out`."""
-    from scratchlm.run import build_model
+    from scratchlm.runs import build_model
     from scratchlm.train.loop import train
     from scratchlm.train.objectives import make_objective
 

@@ -51,7 +51,7 @@ class Distill(SFT):
         if self.teacher is None:
             if not dc.teacher:
                 raise ConfigError("distill needs a teacher: --teacher RUN (or --set distill.teacher=RUN)")
-            from scratchlm.run import load_run
+            from scratchlm.runs import load_run
             from scratchlm.train.cli import check_same_tokenizer
 
             check_same_tokenizer(dc.teacher, self.cfg.train.data, flag="--teacher")
@@ -91,7 +91,7 @@ def teacher_answers(teacher_run: str | Path, prompts_file: str | Path, out_file:
     from scratchlm.data.jsonl import iter_prompt_records
     from scratchlm.data.synth import check_answer
     from scratchlm.generate import Engine, SamplingParams
-    from scratchlm.run import load_run
+    from scratchlm.runs import load_run
 
     rows = []
     for n, msgs, cols in iter_prompt_records(Path(prompts_file).read_text(encoding="utf-8").splitlines(), prompts_file):

@@ -52,7 +52,7 @@ class DPO(PairObjective):
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """LoRA when configured; the reference is the init run's model, frozen (none for SimPO)."""
         if self.cfg.pref.loss_type != "simpo" and self.reference is None:
-            from scratchlm.run import load_run
+            from scratchlm.runs import load_run
 
             if not self.cfg.train.init_from:
                 raise ConfigError("DPO needs a reference model: pass --init-from SFT_RUN (or use pref.loss_type=simpo)")

@@ -24,7 +24,7 @@ from torch import nn
 from scratchlm.config import Config, ConfigError, load_run_config
 from scratchlm.data.jsonl import iter_jsonl
 from scratchlm.device import autocast, pick_device, pick_dtype
-from scratchlm.run import load_weights, tied_aliases
+from scratchlm.runs import load_weights, tied_aliases
 from scratchlm.train import distributed as D
 from scratchlm.train import zero
 from scratchlm.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, restore_rng, save_checkpoint
@@ -440,7 +440,7 @@ def _full_copy(raw: nn.Module, cfg: Config, objective: Objective) -> nn.Module:
     stage shaped the trained one (LoRA adapters, a reward head), so save_run writes what the stage trained."""
     if not any(type(p).__name__ == "DTensor" for p in raw.parameters()):
         return raw
-    from scratchlm.run import build_model
+    from scratchlm.runs import build_model
 
     plain = objective.prepare_model(build_model(cfg))
     _load_model_state(plain, D.full_model_state(raw), "fsdp state")

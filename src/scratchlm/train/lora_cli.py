@@ -10,7 +10,7 @@ from typing import Any
 def merge_run(run: str | Path, out: str | Path) -> Path:
     """Load an adapter run (base + adapters), merge the adapters into the weights, save a full-model run."""
     from scratchlm.model.lora import merge_lora
-    from scratchlm.run import load_run, run_kind, save_run
+    from scratchlm.runs import load_run, run_kind, save_run
 
     run, out = Path(run), Path(out)
     if run_kind(run) != "adapter":

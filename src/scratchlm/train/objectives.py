@@ -99,7 +99,7 @@ class Objective:
     def save_final(self, run_dir: Path, model: nn.Module, cfg: Config, tokenizer_dir: str | Path | None) -> None:
         """Write the finished run folder from the trained module, as `load_run` opens it. A stage that trains more
         than the model it hands on (PPO's critic) writes the rest beside it."""
-        from scratchlm.run import save_run
+        from scratchlm.runs import save_run
 
         save_run(run_dir, model, cfg, tokenizer_dir)
 
@@ -112,7 +112,7 @@ class Objective:
 
 
 def _open(path: str, field: str) -> Any:
-    from scratchlm.data.datasets import open_shards
+    from scratchlm.shards.datasets import open_shards
 
     if not path:
         raise ConfigError(f"{field} is empty: point it at a prepared shard folder (scratchlm prepare --out DIR), "

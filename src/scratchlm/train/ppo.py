@@ -104,8 +104,8 @@ class PPO(RolloutObjective):
         """The frozen scorer from rl.reward_model, after checking it speaks the policy's tokenizer."""
         rl = self.cfg.rl
         if self.reward_model is None and rl.reward_model:
-            from scratchlm.data.prepare import tokenizer_hash
-            from scratchlm.run import load_run
+            from scratchlm.shards.prepare import tokenizer_hash
+            from scratchlm.runs import load_run
             from scratchlm.train.cli import check_same_tokenizer
 
             check_same_tokenizer(rl.reward_model, self.cfg.train.data, flag="rl.reward_model")
@@ -221,7 +221,7 @@ class PPO(RolloutObjective):
     def save_final(self, run_dir: Path, model: nn.Module, cfg: Config, tokenizer_dir: str | Path | None) -> None:
         """The policy as the run's model (chat, eval and export open it); the critic in critic/, a reward-model run
         folder (its trunk and head, read at the last token by `load_run`) that can start another PPO run."""
-        from scratchlm.run import save_run
+        from scratchlm.runs import save_run
 
         save_run(run_dir, model.policy, cfg, tokenizer_dir)
         ccfg = copy.deepcopy(self.critic_cfg or cfg)

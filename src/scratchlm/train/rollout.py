@@ -26,7 +26,7 @@ from scratchlm.train.objectives import IGNORE, Batch, Objective, _epoch_order, _
 class Samples(NamedTuple):
     """One rollout's completions: G consecutive rows per prompt (N·G rows in all)."""
 
-    prompts: list[Any]  # N data.datasets.Prompt (ids up to the assistant generation prompt, answer, columns)
+    prompts: list[Any]  # N shards.datasets.Prompt (ids up to the assistant generation prompt, answer, columns)
     completions: list[list[int]]  # N·G token lists, the stop id kept when the sample stopped
     texts: list[str]  # the completions decoded without special tokens
     stopped: list[bool]  # N·G: ended on a stop id (False: cut at rl.max_new_tokens)
@@ -77,14 +77,14 @@ class RolloutObjective(Objective):
         """The tokenizer (rewards decode completions) and, when asked, the frozen reference: the --init-from run."""
         init = self.cfg.train.init_from
         if self.tokenizer is None:
-            from scratchlm.tokenizer import Tokenizer
+            from scratchlm.tokenizer.bpe import Tokenizer
 
             if not init:
                 raise ConfigError(f"{self.name} decodes completions for its rewards: pass --init-from RUN "
                                   "(with tokenizer.json)")
             self.tokenizer = Tokenizer.load(init)
         if need_reference and self.reference is None:
-            from scratchlm.run import load_run
+            from scratchlm.runs import load_run
 
             if not init:
                 raise ConfigError(f"{self.name} keeps the policy near its reference, the --init-from run: pass "

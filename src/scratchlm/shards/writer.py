@@ -1,4 +1,4 @@
-"""Writes a token-shard dataset folder crash-safely (the reader is `scratchlm.data.datasets`).
+"""Writes a token-shard dataset folder crash-safely (the reader is `scratchlm.shards.datasets`).
 
 Layout of a dataset folder:
     meta.json                  written last, atomically: the only entry point a reader trusts

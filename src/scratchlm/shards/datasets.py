@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scratchlm.data.shard_writer import FORMAT, VERSION
+from scratchlm.shards.writer import FORMAT, VERSION
 
 
 @dataclass

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from scratchlm.config import Config, ConfigError, load_run_config
 
 if TYPE_CHECKING:  # pragma: no cover
-    from scratchlm.tokenizer import Tokenizer
+    from scratchlm.tokenizer.bpe import Tokenizer
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
@@ -144,7 +144,7 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None) -> t
     model.eval()
     tokenizer = None
     if (run_dir / "tokenizer.json").exists():
-        from scratchlm.tokenizer import Tokenizer
+        from scratchlm.tokenizer.bpe import Tokenizer
 
         tokenizer = Tokenizer.load(run_dir)
     return model, tokenizer, cfg

@@ -173,7 +173,7 @@ def _field(rec: dict, name: str, types: type | tuple, where: str) -> Any:
 
 def _messages(msgs: list, where: str, field: str) -> list[dict]:
     """A validated chat (roles and contents checked by the tokenizer's rules), role/content only."""
-    from scratchlm.tokenizer import validate_messages
+    from scratchlm.tokenizer.bpe import validate_messages
 
     if not msgs:
         raise DataError(f"{where}: {field!r} is an empty list")

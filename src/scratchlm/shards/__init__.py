@@ -1,0 +1,1 @@
+"""Token shards: prepare text into memory-mapped shards, write them, read them as datasets."""
