@@ -18,6 +18,7 @@ from typing import Any
 
 from scratchlm.eval.perplexity import perplexities
 from scratchlm.eval.tasks import UNSEEN, chat_replies, evaluate_tasks, pick_samples
+from scratchlm.runs import read_metrics
 
 
 @dataclass
@@ -487,8 +488,7 @@ def run_grpo_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_score
 
 def _reward_trend(run_dir: Path) -> list[float]:
     """Mean rollout reward of the first and the last tenth of a run's logged steps (metrics.jsonl)."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    rewards = [r["reward"] for r in rows if "reward" in r]
+    rewards = [r["reward"] for r in read_metrics(run_dir) if "reward" in r]
     if not rewards:
         return []
     k = max(1, len(rewards) // 10)

@@ -12,6 +12,7 @@ Weights are only ever read with safetensors.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -160,3 +161,30 @@ def run_kind(run_dir: str | Path) -> str:
 def _fsync(path: Path) -> None:
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
+
+
+# ----------------------------------------------------------------------------------------------
+# metrics.jsonl: one JSON object per logged step, appended by the training loop, read by plots and reports
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every record of a run's metrics.jsonl in order ([] when it has none); a bad line is an error naming file:line."""
+    from scratchlm.data.jsonl import iter_jsonl
+
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    return [rec for _, rec in iter_jsonl(path.read_text(encoding="utf-8").splitlines(), path)]
+
+
+def write_metrics(run_dir: str | Path, records: list[dict[str, Any]]) -> None:
+    """Replace a run's metrics.jsonl with `records` (an empty list starts a fresh log)."""
+    (Path(run_dir) / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+
+
+def append_metrics(run_dir: str | Path, record: dict[str, Any]) -> None:
+    """Append one record to a run's metrics.jsonl."""
+    with (Path(run_dir) / METRICS_FILE).open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")

@@ -14,20 +14,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-from scratchlm.data.jsonl import iter_jsonl
+from scratchlm.runs import read_metrics
 
 ACCURACY_KEYS = ("mc acc", "mc acc_norm")  # eval metrics on a 0-1 scale, drawn in the accuracy panel
 # Asked of every stage by `evaluate=True` (greedy), so the report shows how answers change from stage to stage.
 SAMPLE_PROMPTS = ("What is your name?", "What is 23 + 45?", "背诵一首李白的诗。", "Tell me a fortune.")
 
 
-def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
+def train_and_val_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
     """(train records, validation records) of a run's metrics.jsonl; a bad line is an error naming file:line."""
-    path = Path(run_dir) / "metrics.jsonl"
     train, val = [], []
-    if not path.is_file():
-        return train, val
-    for _, rec in iter_jsonl(path.read_text(encoding="utf-8").splitlines(), path):
+    for rec in read_metrics(run_dir):
         if "loss" in rec:
             train.append(rec)
         elif any(k.startswith("val_") for k in rec):
@@ -41,7 +38,7 @@ def stage_facts(run_dir: Path) -> dict[str, Any]:
     from scratchlm.model.info import count_params, describe
 
     cfg = load_run_config(run_dir)
-    train, val = read_metrics(run_dir)
+    train, val = train_and_val_metrics(run_dir)
     m = cfg.model
     kind = "adapter" if (Path(run_dir) / "adapter_config.json").exists() and not (Path(run_dir) / "model.safetensors").exists() else "model"
     facts: dict[str, Any] = {
@@ -170,7 +167,7 @@ def write_report(run_dirs: list[Path], out: Path, summary: dict | None = None, e
             table.setdefault(k, {})[st["name"]] = v
         for k, v in st["val"].items():
             table.setdefault(k, {})[st["name"]] = v
-    plot_losses(stages, [read_metrics(r) for r in run_dirs], out / "loss_curves.png")
+    plot_losses(stages, [train_and_val_metrics(r) for r in run_dirs], out / "loss_curves.png")
     has_bars = plot_metrics(names, table, out / "metrics.png") is not None
 
     first = stages[0]

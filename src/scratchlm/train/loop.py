@@ -8,7 +8,6 @@ checkpoints (train/checkpoint.py), exact resume, SIGINT/SIGTERM, and stopping on
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import signal
@@ -22,9 +21,8 @@ import torch
 from torch import nn
 
 from scratchlm.config import Config, ConfigError, load_run_config
-from scratchlm.data.jsonl import iter_jsonl
 from scratchlm.device import autocast, pick_device, pick_dtype
-from scratchlm.runs import load_weights, tied_aliases
+from scratchlm.runs import METRICS_FILE, append_metrics, load_weights, read_metrics, tied_aliases, write_metrics
 from scratchlm.train import distributed as D
 from scratchlm.train import zero
 from scratchlm.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, restore_rng, save_checkpoint
@@ -123,17 +121,15 @@ class _Metrics:
 
     def __init__(self, out_dir: Path, enabled: bool, resume_step: int | None, tensorboard: bool) -> None:
         self.enabled = enabled
-        self.path = out_dir / "metrics.jsonl"
+        self.out_dir = out_dir
         self.tb = None
         if not enabled:
             return
         if resume_step is None:
-            self.path.write_text("", encoding="utf-8")
-        elif self.path.exists():
+            write_metrics(out_dir, [])
+        elif (out_dir / METRICS_FILE).exists():
             # drop lines logged after the checkpoint we resume from: they will be logged again
-            keep = [ln for ln in self.path.read_text(encoding="utf-8").splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
-            self.path.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+            write_metrics(out_dir, [r for r in read_metrics(out_dir) if r.get("step", 0) <= resume_step])
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -145,8 +141,7 @@ class _Metrics:
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        append_metrics(self.out_dir, record)
         if self.tb is not None:
             for k, v in record.items():
                 if k != "step" and isinstance(v, (int, float)):
@@ -496,11 +491,11 @@ def plot_metrics(run_dir: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / METRICS_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path}: no metrics to plot (is {run_dir} a run folder?)")
     train_pts, val_pts = [], []
-    for _, rec in iter_jsonl(path.read_text(encoding="utf-8").splitlines(), path):
+    for rec in read_metrics(run_dir):
         if "loss" in rec:
             train_pts.append((rec["step"], rec["loss"]))
         if "val_loss" in rec:
