@@ -3,7 +3,7 @@
     python bench/bench_rl_memory.py [--steps 110] [--preset tiny] [--batch 4] [--g 8] [--new 32] [--beta 0.04]
     python bench/bench_rl_memory.py --init-from /work/exp/R1/sft --prompts /work/exp/R1/data/synth/prompt_train.jsonl
 
-A real GRPO run through the public entry (`scratchlm.train.cli.run_train("grpo", ...)`: the loop, rollouts through
+A real GRPO run through the public entry (`scratchlm.train.cli.train_stage("grpo", ...)`: the loop, rollouts through
 the engine, rewards, the reference model when --beta > 0, the optimizer) for --steps steps, logging every 10. Without
 --init-from it first makes everything it needs in a temporary folder: a small tokenizer, addition prompts
 (`prepare --kind prompt`) and a randomly initialised --preset model as the SFT run. Rewards are the config's
@@ -88,7 +88,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     from scratchlm.shards.prepare import prepare
-    from scratchlm.train.cli import run_train
+    from scratchlm.train.stage import train_stage
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -104,7 +104,7 @@ def main() -> None:
         print(f"GRPO from {args.init_from or f'a random {args.preset} model'}: {args.steps} steps of {args.batch} "
               f"prompts × G={args.g}, max_new_tokens={args.new}, beta={args.beta}, CPU threads={torch.get_num_threads()}")
         t = time.perf_counter()
-        res = run_train("grpo", out, None, sets, str(tmp / "prompt_shards"), init, progress=False)
+        res = train_stage("grpo", out, None, sets, str(tmp / "prompt_shards"), init, progress=False)
         recs = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     rss = {r["step"]: r["rss_mb"] for r in recs if "rss_mb" in r}
     lengths = {r["step"]: r.get("completion_length") for r in recs if "rss_mb" in r}

@@ -115,7 +115,7 @@ def test_sigkill_while_saving_resumes_from_previous_checkpoint(tmp_path):
 
     from scratchlm.shards.prepare import prepare
     from scratchlm.tokenizer.bpe import train_tokenizer
-    from scratchlm.train.cli import run_train
+    from scratchlm.train.stage import train_stage
 
     text = tmp_path / "text.txt"
     rng = np.random.default_rng(0)
@@ -125,7 +125,7 @@ def test_sigkill_while_saving_resumes_from_previous_checkpoint(tmp_path):
     sets = ["model.vocab_size=300", "train.max_steps=6", "train.save_every=2", "train.seq_len=16",
             "train.batch_size=2", "train.log_every=1", "train.eval_every=0"]
     out = tmp_path / "run"
-    run_train("pretrain", out, "debug", sets, str(tmp_path / "data"), stop_at_step=2, progress=False)
+    train_stage("pretrain", out, "debug", sets, str(tmp_path / "data"), stop_at_step=2, progress=False)
     good = {p.name: p.read_bytes() for p in (out / "checkpoints" / "step-2").iterdir()}
 
     cmd = [sys.executable, "-m", "scratchlm.cli", "train", "pretrain", "--config", "debug", "--resume",
@@ -142,9 +142,9 @@ def test_sigkill_while_saving_resumes_from_previous_checkpoint(tmp_path):
 
     assert latest_checkpoint(out / "checkpoints").name == "step-2"
     assert {p.name: p.read_bytes() for p in (out / "checkpoints" / "step-2").iterdir()} == good
-    rest = run_train("pretrain", out, "debug", sets, str(tmp_path / "data"), resume=True, progress=False)
+    rest = train_stage("pretrain", out, "debug", sets, str(tmp_path / "data"), resume=True, progress=False)
     assert rest.step == 6 and not list((out / "checkpoints").glob(".tmp-*"))
-    full = run_train("pretrain", tmp_path / "full", "debug", sets, str(tmp_path / "data"), progress=False)
+    full = train_stage("pretrain", tmp_path / "full", "debug", sets, str(tmp_path / "data"), progress=False)
     logged = [json.loads(ln)["loss"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
     np.testing.assert_allclose(logged, full.losses, rtol=0, atol=1e-6)
 

@@ -192,10 +192,10 @@ def test_run_folder_opens_as_a_chat_model_with_the_critic_beside(tok, tok_dir, t
 
 def test_config_errors(tok, tok_dir, tmp_path):
     from scratchlm.tokenizer.bpe import train_tokenizer
-    from scratchlm.train.cli import run_train
+    from scratchlm.train.stage import train_stage
 
     with pytest.raises(ConfigError, match="--init-from"):
-        run_train("ppo", tmp_path / "x", "debug", progress=False)
+        train_stage("ppo", tmp_path / "x", "debug", progress=False)
     with pytest.raises(ConfigError, match="--init-from"):
         PPO(_cfg(tok), PromptShards(tok)).prepare_model(build_model(_cfg(tok)))
     with pytest.raises(ConfigError, match="rl.reward_model=.*no such folder"):

@@ -12,7 +12,7 @@ import pytest
 
 from scratchlm.runs import load_run
 from scratchlm.train.checkpoint import latest_checkpoint, load_checkpoint
-from scratchlm.train.cli import run_train
+from scratchlm.train.stage import train_stage
 
 pytestmark = pytest.mark.slow  # each torchrun start costs seconds; the parity test also runs in CI
 
@@ -69,7 +69,7 @@ def _losses(run):
 @pytest.mark.ci
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp", "zero2"])
 def test_two_processes_match_one_with_same_global_batch(data, tmp_path, parallel):
-    one = run_train("pretrain", tmp_path / "one", "debug", _sets(8), str(data), progress=False)
+    one = train_stage("pretrain", tmp_path / "one", "debug", _sets(8), str(data), progress=False)
     _torchrun(data, tmp_path / "two", *_sets(4, _how(parallel)))
     np.testing.assert_allclose(_losses(tmp_path / "two"), one.losses, rtol=0, atol=1e-5)
     # the checkpoint written by 2 processes is a plain full state dict: it loads on this one
@@ -86,17 +86,17 @@ def test_two_processes_match_one_with_same_global_batch(data, tmp_path, parallel
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp", "zero2"])
 def test_resume_on_one_process_from_two(data, tmp_path, parallel):
-    full = run_train("pretrain", tmp_path / "full", "debug", _sets(8), str(data), progress=False)
+    full = train_stage("pretrain", tmp_path / "full", "debug", _sets(8), str(data), progress=False)
     _torchrun(data, tmp_path / "run", *_sets(4, _how(parallel)), stop_at=2)
-    rest = run_train("pretrain", tmp_path / "run", "debug", _sets(8), str(data), resume=True, progress=False)
+    rest = train_stage("pretrain", tmp_path / "run", "debug", _sets(8), str(data), resume=True, progress=False)
     assert rest.step == 4
     np.testing.assert_allclose(_losses(tmp_path / "run"), full.losses, rtol=0, atol=1e-5)
 
 
 def test_fsdp_saves_a_lora_run_as_its_adapters(data, tmp_path):
     # The final save gathers FSDP's shards into a module shaped as the stage shaped the trained one.
-    run_train("pretrain", tmp_path / "base", "debug", _sets(8), str(data), progress=False)
-    one = run_train("pretrain", tmp_path / "one", "debug", _sets(8, "lora.rank=4"), str(data),
+    train_stage("pretrain", tmp_path / "base", "debug", _sets(8), str(data), progress=False)
+    one = train_stage("pretrain", tmp_path / "one", "debug", _sets(8, "lora.rank=4"), str(data),
                     init_from=tmp_path / "base", progress=False)
     _torchrun(data, tmp_path / "two", *_sets(4, "train.parallel=fsdp", "lora.rank=4"), init_from=tmp_path / "base")
     assert (tmp_path / "two" / "adapter_model.safetensors").exists()
@@ -127,7 +127,7 @@ def post_setup(data, tmp_path_factory):
     prompts = [{"prompt": [{"role": "user", "content": f"What is {i} plus {i}?"}], "answer": str(2 * i)} for i in range(16)]
     (d / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in prompts))
     prepare("prompt", data.parent / "tok", [d / "prompts.jsonl"], d / "prompts", dedup=False)
-    base = run_train("pretrain", d / "base", "debug", _sets(8, "train.max_steps=2", "model.init_std=0.2"), str(data),
+    base = train_stage("pretrain", d / "base", "debug", _sets(8, "train.max_steps=2", "model.init_std=0.2"), str(data),
                      progress=False)
     return d, base.out_dir
 
@@ -153,7 +153,7 @@ def test_dpo_under_ddp_matches_one_process(post_setup, tmp_path):
     # DPO's log-probs go through the wrapped model's forward (objectives.token_logprobs): DDP has no
     # `token_logprobs` attribute, and a method other than forward would skip its gradient all-reduce.
     d, base = post_setup
-    one = run_train("dpo", tmp_path / "one", "debug", _POST + ["train.batch_size=4"], str(d / "pref"), init_from=base,
+    one = train_stage("dpo", tmp_path / "one", "debug", _POST + ["train.batch_size=4"], str(d / "pref"), init_from=base,
                     progress=False)
     _torchrun(d / "pref", tmp_path / "two", *_POST, "train.batch_size=2", "train.parallel=ddp", stage="dpo",
               init_from=base)
@@ -168,7 +168,7 @@ GRPO_SETS = ["rl.num_generations=4", "rl.max_new_tokens=16", "rl.temperature=2.0
 def test_grpo_under_ddp_matches_one_process(post_setup, tmp_path):
     # Rollouts are seeded by global position: each rank samples what one process samples for those prompts.
     d, base = post_setup
-    run_train("grpo", tmp_path / "one", "debug", _POST + GRPO_SETS + ["train.batch_size=4"], str(d / "prompts"),
+    train_stage("grpo", tmp_path / "one", "debug", _POST + GRPO_SETS + ["train.batch_size=4"], str(d / "prompts"),
               init_from=base, progress=False)
     _torchrun(d / "prompts", tmp_path / "two", *_POST, *GRPO_SETS, "train.batch_size=2", stage="grpo", init_from=base)
     recs = [json.loads(r) for r in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]

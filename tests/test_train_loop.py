@@ -355,7 +355,7 @@ def test_first_fit_rows_places_every_document_once_within_capacity():
 
 def test_init_from_a_run_with_another_tokenizer_is_an_error(tmp_path):
     """The data's meta.json names the sha256 of the tokenizer it was prepared with; another run's differs."""
-    from scratchlm.train.cli import check_same_tokenizer
+    from scratchlm.runs import check_same_tokenizer
 
     run, data = tmp_path / "run", tmp_path / "data"
     run.mkdir()

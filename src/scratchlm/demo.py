@@ -18,7 +18,6 @@ from typing import Any
 
 from scratchlm.eval.perplexity import perplexities
 from scratchlm.eval.tasks import UNSEEN, chat_replies, evaluate_tasks, pick_samples
-from scratchlm.runs import read_metrics
 
 
 @dataclass
@@ -289,7 +288,7 @@ SFT_LIKE = {"lora": "sft", "grpo_cold": "sft"}  # demo stages trained by the sft
 def _train_stage(kind: str, out: Path, s: DemoSettings, paths: dict[str, Path], sets: list[str],
                  init_from: Path | None, progress: bool, stop_at_step: int | None = None) -> Any:
     from scratchlm.train.checkpoint import list_checkpoints
-    from scratchlm.train.cli import run_train
+    from scratchlm.train.stage import train_stage
 
     val = {"pretrain": paths["pretrain_val"], "reward": paths.get("pref_val"), "dpo": paths.get("pref_val")}.get(
         kind, paths["sft_val"])
@@ -299,7 +298,7 @@ def _train_stage(kind: str, out: Path, s: DemoSettings, paths: dict[str, Path], 
     if resume and stop_at_step is None:  # a stage trained in parts (the cold start) resumes each part
         _say(f"resuming {out} from its last checkpoint")
     data = {"reward": paths.get("pref"), "dpo": paths.get("pref"), "distill": paths["sft"]}.get(kind) or paths[kind]
-    result = run_train(SFT_LIKE.get(kind, kind), out, s.preset, sets + [f"train.val_data={val}"], str(data),
+    result = train_stage(SFT_LIKE.get(kind, kind), out, s.preset, sets + [f"train.val_data={val}"], str(data),
                        init_from=init_from, resume=resume, tokenizer=paths["tokenizer"], stop_at_step=stop_at_step,
                        progress=progress)
     if result.status not in ("done", "stopped"):
@@ -488,6 +487,8 @@ def run_grpo_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_score
 
 def _reward_trend(run_dir: Path) -> list[float]:
     """Mean rollout reward of the first and the last tenth of a run's logged steps (metrics.jsonl)."""
+    from scratchlm.runs import read_metrics
+
     rewards = [r["reward"] for r in read_metrics(run_dir) if "reward" in r]
     if not rewards:
         return []

@@ -188,3 +188,19 @@ def append_metrics(run_dir: str | Path, record: dict[str, Any]) -> None:
     """Append one record to a run's metrics.jsonl."""
     with (Path(run_dir) / METRICS_FILE).open("a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def check_same_tokenizer(init_from: str | Path, data: str | Path, flag: str = "--init-from") -> None:
+    """Refuse to continue (or distil from) a run on data prepared with another tokenizer (its ids would mean other
+    tokens); `flag` names the option that gave the run."""
+    from scratchlm.shards.prepare import tokenizer_hash
+
+    tok, meta = Path(init_from) / "tokenizer.json", Path(data) / "meta.json" if data else None
+    if meta is None or not tok.exists() or not meta.exists():
+        return
+    data_hash = json.loads(meta.read_text(encoding="utf-8")).get("tokenizer_hash")
+    run_hash = tokenizer_hash(tok)
+    if data_hash and data_hash != run_hash:
+        raise ConfigError(f"{flag} {init_from}: its tokenizer.json (sha256 {run_hash[:16]}…) is not the one "
+                          f"{meta} was prepared with (sha256 {data_hash[:16]}…); prepare the data again with "
+                          f"--tokenizer {init_from}")

@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from scratchlm.runs import read_metrics
 
 ACCURACY_KEYS = ("mc acc", "mc acc_norm")  # eval metrics on a 0-1 scale, drawn in the accuracy panel
 # Asked of every stage by `evaluate=True` (greedy), so the report shows how answers change from stage to stage.
@@ -23,6 +22,8 @@ SAMPLE_PROMPTS = ("What is your name?", "What is 23 + 45?", "背诵一首李白�
 
 def train_and_val_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
     """(train records, validation records) of a run's metrics.jsonl; a bad line is an error naming file:line."""
+    from scratchlm.runs import read_metrics
+
     train, val = [], []
     for rec in read_metrics(run_dir):
         if "loss" in rec:

@@ -11,7 +11,7 @@ def _open(args: argparse.Namespace, create: bool):
     """(store, embedder): the embedder named by --embedder, else the one recorded in the database."""
     from pathlib import Path
 
-    from scratchlm.rag.embedders import get_embedder
+    from scratchlm.rag.embedders import embedder_spec, get_embedder
     from scratchlm.rag.store import VectorStore
 
     if create:
@@ -26,21 +26,13 @@ def _open(args: argparse.Namespace, create: bool):
     if not Path(args.db).exists():
         raise FileNotFoundError(f"{args.db}: no such rag database (build one with `scratchlm rag index DOCS --db {args.db}`)")
     store = VectorStore(args.db, create=False)
-    spec = args.embedder or _spec_for(store.embedder, args.db)
+    spec = args.embedder or embedder_spec(store.embedder, args.db)
     embedder = None if getattr(args, "mode", "") == "bm25" else get_embedder(spec)
     if embedder is not None and (embedder.name != store.embedder or embedder.dim != store.dim):
         store.close()
         raise ValueError(f"{args.db}: built with embedder {store.embedder!r} (dim {store.dim}), not {embedder.name!r} "
                          f"(dim {embedder.dim}); drop --embedder or pass the one that built it")
     return store, embedder
-
-
-def _spec_for(name: str, db: str) -> str:
-    """The --embedder spec that rebuilds the embedder recorded as `name`."""
-    known = {"all-MiniLM-L6-v2": "minilm", "multilingual-e5-small-q4": "e5", "hash-256": "hash"}
-    if name in known:
-        return known[name]
-    raise ValueError(f"{db}: built with embedder {name!r}; pass it again with --embedder run:PATH")
 
 
 def _cmd_index(args: argparse.Namespace) -> int:

@@ -192,3 +192,11 @@ def get_embedder(spec: str) -> Embedder:
     if spec.startswith("run:"):
         return RunEmbedder(spec[4:])
     raise ValueError(f"unknown embedder {spec!r}; choose one of: {', '.join(EMBEDDERS)}")
+
+
+def embedder_spec(name: str, db: str | Path) -> str:
+    """The `get_embedder` spec that rebuilds the embedder a database (`db`, named in the error) records as `name`."""
+    known = {"all-MiniLM-L6-v2": "minilm", "multilingual-e5-small-q4": "e5", "hash-256": "hash"}
+    if name in known:
+        return known[name]
+    raise ValueError(f"{db}: built with embedder {name!r}; pass it again with --embedder run:PATH")

@@ -14,8 +14,7 @@ class RagContext:
     """Retrieval for the server: one database, the embedder that built it, one connection per worker thread."""
 
     def __init__(self, db: str | Path, k: int = 3, mode: str = "hybrid") -> None:
-        from scratchlm.rag.cli import _spec_for
-        from scratchlm.rag.embedders import get_embedder
+        from scratchlm.rag.embedders import embedder_spec, get_embedder
         from scratchlm.rag.store import VectorStore
 
         self.db, self.k, self.mode = Path(db), k, mode
@@ -23,7 +22,7 @@ class RagContext:
             raise FileNotFoundError(f"--rag-db {db}: no such rag database (build one with `scratchlm rag index DOCS "
                                     f"--db {db}`)")
         with VectorStore(self.db, create=False) as store:  # fails here, at startup, on a corrupt or foreign file
-            self.embedder = get_embedder(_spec_for(store.embedder, str(db)))
+            self.embedder = get_embedder(embedder_spec(store.embedder, db))
             self.chunks = store.count()
         self._local = threading.local()
         self._embed_lock = threading.Lock()  # the embedders are not documented as thread-safe

@@ -3,117 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from scratchlm.config import Config, ConfigError, load_config, load_run_config, read_toml, upgrade_saved_config
-
-if TYPE_CHECKING:  # the loop imports torch: only the commands that train load it, not `--help`
-    from scratchlm.train.loop import TrainResult
-
-
-def resolve_train_config(
-    objective: str,
-    preset: str | None,
-    overrides: list[str] | None = None,
-    out: str | Path | None = None,
-    data: str | None = None,
-    init_from: str | Path | None = None,
-    resume: bool = False,
-) -> Config:
-    """The run's config: preset (or, on --resume without --config, the run's own config.toml),
-    the model shape of --init-from, then --data and --set overrides."""
-    base: dict[str, Any] = {"train": {"objective": objective}}
-    if init_from is not None:
-        # the weights decide the shape: a preset's model section must not silently disagree with them
-        base["model"] = load_run_config(init_from).to_dict()["model"]
-    if data is not None:
-        base["train"]["data"] = str(data)
-    if preset is None and resume and out is not None and (Path(out) / "config.toml").exists():
-        saved = upgrade_saved_config(read_toml(Path(out) / "config.toml"))
-        saved.setdefault("train", {}).update(base["train"])
-        return load_config(None, overrides, base=saved)
-    return load_config(preset or "tiny", overrides, base=base)
-
-
-def find_tokenizer_dir(cfg: Config, init_from: str | Path | None, explicit: str | Path | None) -> Path | None:
-    """Where the run's tokenizer files come from: --tokenizer, the --init-from run, or the data's meta."""
-    cands: list[Path] = []
-    if explicit:
-        if not (Path(explicit) / "tokenizer.json").exists():
-            raise FileNotFoundError(f"--tokenizer {explicit}: no tokenizer.json there")
-        return Path(explicit)
-    if init_from:
-        cands.append(Path(init_from))
-    if cfg.train.data:
-        data = Path(cfg.train.data)
-        cands.append(data)
-        meta = data / "meta.json"
-        if meta.exists():
-            tok = json.loads(meta.read_text(encoding="utf-8")).get("tokenizer_dir") or json.loads(
-                meta.read_text(encoding="utf-8")).get("tokenizer")
-            if isinstance(tok, str):
-                cands.append(Path(tok))
-    for c in cands:
-        if (c / "tokenizer.json").exists():
-            return c
-    return None
-
-
-def check_same_tokenizer(init_from: str | Path, data: str | Path, flag: str = "--init-from") -> None:
-    """Refuse to continue (or distil from) a run on data prepared with another tokenizer (its ids would mean other
-    tokens); `flag` names the option that gave the run."""
-    from scratchlm.shards.prepare import tokenizer_hash
-
-    tok, meta = Path(init_from) / "tokenizer.json", Path(data) / "meta.json" if data else None
-    if meta is None or not tok.exists() or not meta.exists():
-        return
-    data_hash = json.loads(meta.read_text(encoding="utf-8")).get("tokenizer_hash")
-    run_hash = tokenizer_hash(tok)
-    if data_hash and data_hash != run_hash:
-        raise ConfigError(f"{flag} {init_from}: its tokenizer.json (sha256 {run_hash[:16]}…) is not the one "
-                          f"{meta} was prepared with (sha256 {data_hash[:16]}…); prepare the data again with "
-                          f"--tokenizer {init_from}")
-
-
-def run_train(
-    objective: str,
-    out: str | Path,
-    preset: str | None = None,
-    overrides: list[str] | None = None,
-    data: str | None = None,
-    init_from: str | Path | None = None,
-    resume: bool = False,
-    tokenizer: str | Path | None = None,
-    stop_at_step: int | None = None,
-    progress: bool = True,
-) -> TrainResult:
-    """Train one stage (`pretrain`, `sft`, ...) into run folder `out`."""
-    from scratchlm.runs import build_model
-    from scratchlm.train.loop import train
-    from scratchlm.train.objectives import make_objective
-
-    from scratchlm.stages import get_stage
-
-    if get_stage(objective).needs_init and init_from is None and not resume:
-        raise ConfigError(f"scratchlm train {objective} starts from a trained model: pass --init-from RUN "
-                          "(e.g. an SFT run)")
-    cfg = resolve_train_config(objective, preset, overrides, out, data, init_from, resume)
-    if init_from is not None and not resume:
-        check_same_tokenizer(init_from, cfg.train.data)
-    tok_dir = find_tokenizer_dir(cfg, init_from, tokenizer)
-    obj = make_objective(cfg)
-    model = build_model(cfg)
-    return train(cfg, obj, out, model, init_from=None if resume else init_from, resume=resume,
-                 tokenizer_dir=tok_dir, stop_at_step=stop_at_step, progress=progress)
+from scratchlm.train.stage import train_stage
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     if getattr(args, "teacher", None):
         args.set = [*args.set, f"distill.teacher={args.teacher}"]
-    result = run_train(args.stage, args.out, args.config, args.set, args.data, args.init_from, args.resume,
+    result = train_stage(args.stage, args.out, args.config, args.set, args.data, args.init_from, args.resume,
                        args.tokenizer, args.stop_at_step, not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
         last = f"{result.losses[-1]:.4f}" if result.losses else "n/a"
@@ -183,4 +82,4 @@ def add_cli(subparsers: Any) -> None:
     pl.set_defaults(func=_cmd_plot)
 
 
-__all__ = ["run_train", "resolve_train_config", "find_tokenizer_dir", "add_cli", "ConfigError"]
+__all__ = ["add_cli"]

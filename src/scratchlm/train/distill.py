@@ -52,7 +52,7 @@ class Distill(SFT):
             if not dc.teacher:
                 raise ConfigError("distill needs a teacher: --teacher RUN (or --set distill.teacher=RUN)")
             from scratchlm.runs import load_run
-            from scratchlm.train.cli import check_same_tokenizer
+            from scratchlm.runs import check_same_tokenizer
 
             check_same_tokenizer(dc.teacher, self.cfg.train.data, flag="--teacher")
             self.teacher, _, _ = load_run(dc.teacher)

@@ -106,7 +106,7 @@ class PPO(RolloutObjective):
         if self.reward_model is None and rl.reward_model:
             from scratchlm.shards.prepare import tokenizer_hash
             from scratchlm.runs import load_run
-            from scratchlm.train.cli import check_same_tokenizer
+            from scratchlm.runs import check_same_tokenizer
 
             check_same_tokenizer(rl.reward_model, self.cfg.train.data, flag="rl.reward_model")
             init = self.cfg.train.init_from
