@@ -72,14 +72,14 @@ def mixtral_model(model: Any) -> Any:
     """A transformers MixtralForCausalLM holding copies of `model`'s weights (MoE on plain attention)."""
     import transformers
 
-    from scratchlm.export.hf_mapping import _rope_parameters, to_hf_state_dict
+    from scratchlm.export.hf_mapping import rope_parameters, to_hf_state_dict
 
     cfg: ModelConfig = model.config
     hf = transformers.MixtralForCausalLM(transformers.MixtralConfig(
         vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.moe_ffn_hidden,
         num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads,
         head_dim=cfg.head_dim, max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps,
-        tie_word_embeddings=cfg.tie_embeddings, rope_parameters=_rope_parameters(cfg), sliding_window=None,
+        tie_word_embeddings=cfg.tie_embeddings, rope_parameters=rope_parameters(cfg), sliding_window=None,
         num_local_experts=cfg.n_routed_experts, num_experts_per_tok=cfg.top_k, router_jitter_noise=0.0,
         initializer_range=cfg.init_std,
     ))

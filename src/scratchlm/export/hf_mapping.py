@@ -24,22 +24,9 @@ from typing import Any
 import torch
 
 from scratchlm.config import ModelConfig
+from scratchlm.model.hf_names import ATTN_NAMES, FFN_NAMES, MLA_NAMES
 
-_ATTN = {"wq": "q_proj", "wk": "k_proj", "wv": "v_proj", "wo": "o_proj"}
-_MLA = {
-    "wq": "q_proj",
-    "wq_a": "q_a_proj",
-    "q_norm": "q_a_layernorm",
-    "wq_b": "q_b_proj",
-    "wkv_a": "kv_a_proj_with_mqa",
-    "kv_norm": "kv_a_layernorm",
-    "wkv_b": "kv_b_proj",
-    "wo": "o_proj",
-}
-_FFN = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}
-
-
-def _rope_parameters(cfg: ModelConfig, deepseek: bool = False) -> dict[str, Any]:
+def rope_parameters(cfg: ModelConfig, deepseek: bool = False) -> dict[str, Any]:
     """transformers' rope_parameters dict for our rope_scaling (ntk has no static equivalent there)."""
     if cfg.rope_scaling == "none":
         return {"rope_type": "default", "rope_theta": cfg.rope_theta}
@@ -84,7 +71,7 @@ def llama_config(cfg: ModelConfig, **extra: Any) -> Any:
         max_position_embeddings=cfg.max_seq_len,
         rms_norm_eps=cfg.norm_eps,
         tie_word_embeddings=cfg.tie_embeddings,
-        rope_parameters=_rope_parameters(cfg),
+        rope_parameters=rope_parameters(cfg),
         initializer_range=cfg.init_std,
         attention_bias=False,
         mlp_bias=False,
@@ -129,7 +116,7 @@ def deepseek_v3_config(cfg: ModelConfig, **extra: Any) -> Any:
         max_position_embeddings=cfg.max_seq_len,
         rms_norm_eps=cfg.norm_eps,
         tie_word_embeddings=cfg.tie_embeddings,
-        rope_parameters=_rope_parameters(cfg, deepseek=True),
+        rope_parameters=rope_parameters(cfg, deepseek=True),
         rope_interleave=False,
         initializer_range=cfg.init_std,
         num_nextn_predict_layers=cfg.mtp_depth,
@@ -142,7 +129,7 @@ def _block_to_hf(sd: dict[str, torch.Tensor], src: str, dst: str, cfg: ModelConf
     """Map one Block's tensors from prefix `src` (ours) to `dst` (transformers)."""
     out[f"{dst}.input_layernorm.weight"] = sd[f"{src}.attn_norm.weight"]
     out[f"{dst}.post_attention_layernorm.weight"] = sd[f"{src}.ffn_norm.weight"]
-    names = _MLA if cfg.attention == "mla" else _ATTN
+    names = MLA_NAMES if cfg.attention == "mla" else ATTN_NAMES
     for ours, theirs in names.items():
         key = f"{src}.attn.{ours}.weight"
         if key in sd:
@@ -155,39 +142,11 @@ def _block_to_hf(sd: dict[str, torch.Tensor], src: str, dst: str, cfg: ModelConf
         out[f"{dst}.mlp.experts.gate_up_proj"] = torch.stack([torch.cat((e(i, "w1"), e(i, "w3"))) for i in range(E)])
         out[f"{dst}.mlp.experts.down_proj"] = torch.stack([e(i, "w2") for i in range(E)])
         if f"{src}.ffn.shared.w1.weight" in sd:  # Mixtral-style MoE has no shared experts
-            for ours, theirs in _FFN.items():
+            for ours, theirs in FFN_NAMES.items():
                 out[f"{dst}.mlp.shared_experts.{theirs}.weight"] = sd[f"{src}.ffn.shared.{ours}.weight"]
     else:
-        for ours, theirs in _FFN.items():
+        for ours, theirs in FFN_NAMES.items():
             out[f"{dst}.mlp.{theirs}.weight"] = sd[f"{src}.ffn.{ours}.weight"]
-
-
-def hf_module_name(ours: str, cfg: ModelConfig) -> str:
-    """Our path of one linear (`layers.3.attn.wq`, `layers.0.ffn.shared.w1`, `mtp.0.block.ffn.w2`) → its
-    transformers path (`model.layers.3.self_attn.q_proj`, ...): the names PEFT adapters are saved under."""
-    parts = ours.split(".")
-    if parts[0] == "layers" and len(parts) >= 4:
-        block, rest = f"model.layers.{parts[1]}", parts[2:]
-    elif parts[0] == "mtp" and len(parts) >= 5 and parts[2] == "block":
-        block, rest = f"model.layers.{cfg.n_layers + int(parts[1])}", parts[3:]
-    else:
-        raise ValueError(f"{ours}: not a linear inside a transformer block")
-    attn = _MLA if cfg.attention == "mla" else _ATTN
-    if rest[0] == "attn" and len(rest) == 2 and rest[1] in attn:
-        return f"{block}.self_attn.{attn[rest[1]]}"
-    if rest[0] == "ffn" and len(rest) == 2 and rest[1] in _FFN:
-        return f"{block}.mlp.{_FFN[rest[1]]}"
-    if rest[:2] == ["ffn", "shared"] and len(rest) == 3 and rest[2] in _FFN:
-        return f"{block}.mlp.shared_experts.{_FFN[rest[2]]}"
-    raise ValueError(f"{ours}: no single transformers linear (routed MoE experts are stacked there)")
-
-
-def our_linear_name(hf_name: str, cfg: ModelConfig) -> str:
-    """transformers' short linear name (q_proj, gate_proj, kv_b_proj, ...) → ours (wq, w1, wkv_b, ...)."""
-    table = {**{v: k for k, v in (_MLA if cfg.attention == "mla" else _ATTN).items()}, **{v: k for k, v in _FFN.items()}}
-    if hf_name not in table:
-        raise ValueError(f"{hf_name!r} is not a linear of this model in transformers' names; known: {', '.join(sorted(table))}")
-    return table[hf_name]
 
 
 def to_hf_state_dict(state_dict: dict[str, torch.Tensor], cfg: ModelConfig, mtp: bool = False) -> dict[str, torch.Tensor]:

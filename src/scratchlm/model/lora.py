@@ -156,7 +156,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
 
 def _peft_names(model: nn.Module) -> dict[str, str]:
     """Our adapter tensor names → PEFT's names on transformers' model (`base_model.model.<hf path>.lora_A.weight`)."""
-    from scratchlm.export.hf_mapping import hf_module_name
+    from scratchlm.model.hf_names import hf_module_name
 
     out: dict[str, str] = {}
     for key in adapter_state(model):
@@ -199,7 +199,7 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> dict[str, LoRALin
         ac = json.loads(cfg_file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{cfg_file}:{e.lineno}: bad JSON ({e.msg})") from None
-    from scratchlm.export.hf_mapping import our_linear_name
+    from scratchlm.model.hf_names import our_linear_name
 
     for key in ("r", "lora_alpha", "target_modules"):
         if key not in ac:
