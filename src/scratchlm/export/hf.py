@@ -72,29 +72,20 @@ def mixtral_model(model: Any) -> Any:
     """A transformers MixtralForCausalLM holding copies of `model`'s weights (MoE on plain attention)."""
     import transformers
 
-    from scratchlm.export.hf_mapping import rope_parameters, to_hf_state_dict
+    from scratchlm.export.hf_mapping import load_into_hf, shared_config_fields, to_hf_state_dict
 
     cfg: ModelConfig = model.config
     hf = transformers.MixtralForCausalLM(transformers.MixtralConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.moe_ffn_hidden,
-        num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads,
-        head_dim=cfg.head_dim, max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps,
-        tie_word_embeddings=cfg.tie_embeddings, rope_parameters=rope_parameters(cfg), sliding_window=None,
-        num_local_experts=cfg.n_routed_experts, num_experts_per_tok=cfg.top_k, router_jitter_noise=0.0,
-        initializer_range=cfg.init_std,
+        **shared_config_fields(cfg), intermediate_size=cfg.moe_ffn_hidden, num_key_value_heads=cfg.n_kv_heads,
+        head_dim=cfg.head_dim, sliding_window=None, num_local_experts=cfg.n_routed_experts,
+        num_experts_per_tok=cfg.top_k, router_jitter_noise=0.0,
     ))
     weights = to_hf_state_dict(model.state_dict(), cfg)
     for key in [k for k in weights if k.endswith("e_score_correction_bias")]:
         if bool(weights.pop(key).any()):  # the balancing bias steers the choice; Mixtral's router has none
             raise ConfigError(f"model.bias_balancing: {key.replace('model.', '', 1)} is not zero (balancing moved "
                               "the routing bias); Mixtral has no such bias (export with --custom)")
-    missing, unexpected = hf.load_state_dict(weights, strict=False)
-    missing = [k for k in missing if not (cfg.tie_embeddings and k == "lm_head.weight")]
-    if missing or unexpected:
-        raise RuntimeError(f"mixtral_model: weight mapping mismatch; missing={missing}, unexpected={unexpected}")
-    if cfg.tie_embeddings:
-        hf.tie_weights()
-    return hf.eval()
+    return load_into_hf(hf, weights, cfg, "mixtral_model")
 
 
 def export_hf(run_dir: str | Path, out: str | Path, merge: bool = False, custom: bool = False,

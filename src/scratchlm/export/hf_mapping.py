@@ -50,6 +50,21 @@ def rope_parameters(cfg: ModelConfig, deepseek: bool = False) -> dict[str, Any]:
     )
 
 
+def shared_config_fields(cfg: ModelConfig, deepseek: bool = False) -> dict[str, Any]:
+    """The transformers config fields every architecture we export to sets the same way from `cfg`."""
+    return dict(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.d_model,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        max_position_embeddings=cfg.max_seq_len,
+        rms_norm_eps=cfg.norm_eps,
+        tie_word_embeddings=cfg.tie_embeddings,
+        rope_parameters=rope_parameters(cfg, deepseek=deepseek),
+        initializer_range=cfg.init_std,
+    )
+
+
 def llama_config(cfg: ModelConfig, **extra: Any) -> Any:
     """A transformers LlamaConfig with the same shapes, norm eps, RoPE and tying as `cfg` (dense MHA/GQA)."""
     from transformers import LlamaConfig
@@ -61,18 +76,10 @@ def llama_config(cfg: ModelConfig, **extra: Any) -> Any:
             f"sliding_window={cfg.sliding_window})"
         )
     return LlamaConfig(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.d_model,
+        **shared_config_fields(cfg),
         intermediate_size=cfg.ffn_hidden,
-        num_hidden_layers=cfg.n_layers,
-        num_attention_heads=cfg.n_heads,
         num_key_value_heads=cfg.n_kv_heads,
         head_dim=cfg.head_dim,
-        max_position_embeddings=cfg.max_seq_len,
-        rms_norm_eps=cfg.norm_eps,
-        tie_word_embeddings=cfg.tie_embeddings,
-        rope_parameters=rope_parameters(cfg),
-        initializer_range=cfg.init_std,
         attention_bias=False,
         mlp_bias=False,
         **extra,
@@ -102,23 +109,15 @@ def deepseek_v3_config(cfg: ModelConfig, **extra: Any) -> Any:
         routed_scaling_factor=1.0,
     )
     return DeepseekV3Config(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.d_model,
+        **shared_config_fields(cfg, deepseek=True),
         intermediate_size=cfg.ffn_hidden,
-        num_hidden_layers=cfg.n_layers,
-        num_attention_heads=cfg.n_heads,
         num_key_value_heads=cfg.n_heads,
         q_lora_rank=cfg.q_lora_rank or None,
         kv_lora_rank=cfg.kv_lora_rank,
         qk_nope_head_dim=cfg.qk_nope_head_dim,
         qk_rope_head_dim=cfg.qk_rope_head_dim,
         v_head_dim=cfg.v_head_dim,
-        max_position_embeddings=cfg.max_seq_len,
-        rms_norm_eps=cfg.norm_eps,
-        tie_word_embeddings=cfg.tie_embeddings,
-        rope_parameters=rope_parameters(cfg, deepseek=True),
         rope_interleave=False,
-        initializer_range=cfg.init_std,
         num_nextn_predict_layers=cfg.mtp_depth,
         **moe,
         **extra,
@@ -180,11 +179,16 @@ def hf_model(model: torch.nn.Module) -> Any:
         hf = transformers.DeepseekV3ForCausalLM(deepseek_v3_config(cfg))
     else:
         hf = transformers.LlamaForCausalLM(llama_config(cfg))
-    weights = to_hf_state_dict(model.state_dict(), cfg)
+    return load_into_hf(hf, to_hf_state_dict(model.state_dict(), cfg), cfg, "hf_model")
+
+
+def load_into_hf(hf: Any, weights: dict[str, torch.Tensor], cfg: ModelConfig, who: str) -> Any:
+    """Load transformers-named `weights` into the transformers model `hf` (every key must match, but a tied
+    lm_head), tie the embeddings where `cfg` does, and return it in eval mode; `who` names the caller in errors."""
     missing, unexpected = hf.load_state_dict(weights, strict=False)
     missing = [k for k in missing if not (cfg.tie_embeddings and k == "lm_head.weight")]
     if missing or unexpected:
-        raise RuntimeError(f"hf_model: weight mapping mismatch; missing={missing}, unexpected={unexpected}")
+        raise RuntimeError(f"{who}: weight mapping mismatch; missing={missing}, unexpected={unexpected}")
     if cfg.tie_embeddings:
         hf.tie_weights()
     return hf.eval()
