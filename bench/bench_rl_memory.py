@@ -43,7 +43,7 @@ def _addition_prompts(path: Path, n: int, seed: int) -> Path:
 def _checkable(src: Path, dst: Path) -> Path:
     """The records of src whose task the answer reward can grade (synth's prompt files also hold open-ended chats,
     on which `check_answer` raises)."""
-    from scratchlm.data.synth import is_checkable
+    from scratchlm.data.open_tasks import is_checkable
 
     lines = [ln for ln in src.read_text(encoding="utf-8").splitlines()
              if ln.strip() and is_checkable(json.loads(ln).get("task", ""))]

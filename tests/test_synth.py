@@ -9,19 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from scratchlm.data.synth import (
-    FILES,
-    addition_trace,
-    Arithmetic,
-    OPEN_TASKS,
-    Identity,
-    build_synth,
-    is_checkable,
-    check_answer,
-    make_task,
-    resolve_sizes,
-    sample_examples,
-)
+from scratchlm.data.answers import check_answer
+from scratchlm.data.open_tasks import OPEN_TASKS, is_checkable
+from scratchlm.data.synth import FILES, build_synth, make_task, resolve_sizes, sample_examples
+from scratchlm.data.tasks import Arithmetic, Identity, addition_trace
 
 SIZES = {"add2": (300, 100), "next_line": (200, 100), "author": (200, 100), "identity": (200, 100), "arith3": (60, 30),
          "fortune": (60, 20), "recite": (60, 20), "continue": (60, 20)}
@@ -107,7 +98,7 @@ def test_identity_held_out_uses_new_phrasings():
         assert train and val and not (train & val)
     assert "who are you" in ident.questions("en", False) and "你是谁？" in ident.questions("zh", False)
     # No held-out core question is asked in training in any casing or punctuation.
-    from scratchlm.data.synth import _IDENTITY_QUESTIONS
+    from scratchlm.data.tasks import _IDENTITY_QUESTIONS
 
     def norm(q):
         return "".join(ch for ch in q.lower() if ch.isalnum())
@@ -120,7 +111,7 @@ def test_identity_held_out_uses_new_phrasings():
 
 def test_arithmetic_unseen_phrasings_never_occur_in_training(built):
     """The held-out phrasings of arithmetic are asked in no form during training (like identity's)."""
-    from scratchlm.data.synth import _ARITH_SUFFIXES, _ARITH_TEMPLATES
+    from scratchlm.data.tasks import _ARITH_SUFFIXES, _ARITH_TEMPLATES
 
     def pattern(template: str) -> re.Pattern:
         parts = re.split(r"\{(?:a|b|op|opw)\}", template)

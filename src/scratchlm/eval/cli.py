@@ -6,7 +6,7 @@
   CMMLU layouts are recognised), optionally few-shot;
 - gen: greedy replies to `{"prompt", "reference"}` jsonl (a synth prompt file's "answer" counts as the
   reference) scored by exact match, token F1, ROUGE-L and BLEU;
-- synth: held-out synthetic-task accuracy (`--synth` prompt file, checked by synth.check_answer);
+- synth: held-out synthetic-task accuracy (`--synth` prompt file, checked by answers.check_answer);
 - winrate: this run's greedy replies against `--vs RUN`'s on `--prompts`, judged by the reward-model run
   `--judge` in both orders (eval/winrate.py).
 """

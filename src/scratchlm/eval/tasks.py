@@ -1,4 +1,4 @@
-"""Held-out task accuracy with greedy decoding (synth.check_answer), and greedy replies to chat prompts."""
+"""Held-out task accuracy with greedy decoding (answers.check_answer), and greedy replies to chat prompts."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ def evaluate_tasks(model: Any, tokenizer: Any, prompt_file: Path, per_task: int,
     samples. Arithmetic in held-out phrasings scores as "<task> (unseen phrasings)"; open-ended tasks are answered
     (a few each) but not scored."""
     from scratchlm.data.clean import clean_messages
-    from scratchlm.data.synth import check_answer, is_checkable
+    from scratchlm.data.answers import check_answer
+    from scratchlm.data.open_tasks import is_checkable
     from scratchlm.generate import Engine, SamplingParams
 
     by_task: dict[str, list[dict]] = defaultdict(list)

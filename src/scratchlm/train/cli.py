@@ -74,7 +74,7 @@ def add_cli(subparsers: Any) -> None:
     td.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     td.add_argument("--max-new-tokens", type=int, default=128)
     td.add_argument("--check", action="store_true",
-                    help="keep only answers synth.check_answer accepts (needs answer/task columns): rejection sampling")
+                    help="keep only answers answers.check_answer accepts (needs answer/task columns): rejection sampling")
     td.add_argument("--seed", type=int, default=0)
     td.set_defaults(func=_cmd_teacher_data)
     pl = sub.add_parser("plot", help="draw RUN/loss.png from RUN/metrics.jsonl")

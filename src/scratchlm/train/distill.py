@@ -85,11 +85,11 @@ def teacher_answers(teacher_run: str | Path, prompts_file: str | Path, out_file:
     """Sequence-level distillation data: the teacher's answers (with their <think> traces) to the prompts of a
     JSON-lines file ({"prompt": messages or text, ...other columns}), written as SFT conversations
     ({"conversations": prompt + [assistant answer], ...columns}). With `check`, only answers that
-    `synth.check_answer` accepts are kept (rejection sampling, as R1's distillation data was filtered);
+    `answers.check_answer` accepts are kept (rejection sampling, as R1's distillation data was filtered);
     rows without "answer"/"task" columns are then an error naming file:line. Returns counts."""
     from scratchlm.data.clean import clean_messages
     from scratchlm.data.jsonl import iter_prompt_records
-    from scratchlm.data.synth import check_answer
+    from scratchlm.data.answers import check_answer
     from scratchlm.generate import Engine, SamplingParams
     from scratchlm.runs import load_run
 

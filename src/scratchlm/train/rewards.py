@@ -14,17 +14,17 @@ _THINK_THEN_ANSWER = re.compile(r"^\s*<think>.+?</think>\s*\S", re.S)
 
 def answer_reward(prompts: Sequence[Any], completions: Sequence[str], answer: Sequence[str],
                   task: Sequence[str], **_: Any) -> list[float]:
-    """1.0 when the completion's answer is right (`synth.check_answer`, after any <think> block), else 0.0."""
-    from scratchlm.data.synth import check_answer
+    """1.0 when the completion's answer is right (`answers.check_answer`, after any <think> block), else 0.0."""
+    from scratchlm.data.answers import check_answer
 
     return [float(check_answer(t, c, a)) for c, a, t in zip(completions, answer, task)]
 
 
 def digits_reward(prompts: Sequence[Any], completions: Sequence[str], answer: Sequence[str],
                   task: Sequence[str], **_: Any) -> list[float]:
-    """The share of an arithmetic answer's digits that are right (`synth.digit_credit`): a denser signal than
+    """The share of an arithmetic answer's digits that are right (`answers.digit_credit`): a denser signal than
     `answer` for a model that is seldom wholly right, where a group of all-zero answers would teach nothing."""
-    from scratchlm.data.synth import digit_credit
+    from scratchlm.data.answers import digit_credit
 
     return [digit_credit(t, c, a) for c, a, t in zip(completions, answer, task)]
 

@@ -63,7 +63,7 @@ class RolloutObjective(Objective):
         fortune): mid-run it would stop at the first such prompt drawn."""
         if "answer" not in [n for n, _, _ in rewards]:
             return
-        from scratchlm.data.synth import can_check
+        from scratchlm.data.answers import can_check
 
         tasks = [str(self.shards.prompt(i).columns.get("task", "")) for i in range(self.shards.n_docs)]
         bad = sorted({t for t in tasks if not can_check(t)})

@@ -1,0 +1,74 @@
+"""Checking a model's completion against a task's canonical answer (exact after normalising, digit credit)."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+ARITH_RE = re.compile(r"^(add|sub|mul|arith)(\d+)$")  # arithmetic task names: <op><digits>
+_SPECIAL_RE = re.compile(r"<\|[^|>]*\|>")
+_THINK_RE = re.compile(r"^.*</think>", re.S)
+_NUM_RE = re.compile(r"-?\d+")
+# Wrappers a correct short answer may come in ("作者是李白。", "The author is Li Bai.").
+_AUTHOR_PREFIXES = ("这首诗的作者是", "作者是", "是", "theauthoris", "itwaswrittenby", "writtenby", "answer")
+_AUTHOR_SUFFIXES = ("写的", "所作", "作")
+
+
+def _strip_completion(text: str) -> str:
+    """Drop special tokens and a leading reasoning trace: only the final answer is checked."""
+    return _THINK_RE.sub("", _SPECIAL_RE.sub("", text)).strip()
+
+
+def normalize(text: str) -> str:
+    """Compare form: NFKC, lower case, without whitespace, punctuation and symbols."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    return "".join(ch for ch in text if not (ch.isspace() or unicodedata.category(ch)[0] in "PS"))
+
+
+def _number(text: str) -> int | None:
+    """The number a completion answers with: the first number after the last '=' (or in the text)."""
+    text = unicodedata.normalize("NFKC", text)
+    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)  # 1,234 → 1234
+    if "=" in text:
+        text = text.rsplit("=", 1)[1]
+    m = _NUM_RE.search(text)
+    return int(m.group()) if m else None
+
+
+def can_check(task: str) -> bool:
+    """Whether `check_answer` knows how to grade `task` (arithmetic, identity, next_line, author)."""
+    return task in ("identity", "next_line", "author") or bool(ARITH_RE.match(task))
+
+
+def digit_credit(task: str, completion: str, answer: str) -> float:
+    """Partial credit for an arithmetic answer: the share of its digits that are right, aligned from the units
+    (a wrong length counts against it: 960 for 990 → 2/3, 91 for 913 → 0/3, 1019 for 929 → 1/4); 1.0 exactly
+    when `check_answer` is right, 0.0 for a missing number, a wrong sign, or a task that is not arithmetic."""
+    if not ARITH_RE.match(task):
+        return 0.0
+    got = _number(_strip_completion(completion))
+    want = int(answer)
+    if got is None or (got < 0) != (want < 0):
+        return 0.0
+    a, b = str(abs(got))[::-1], str(abs(want))[::-1]
+    return sum(x == y for x, y in zip(a, b)) / max(len(a), len(b))
+
+
+def check_answer(task: str, completion: str, answer: str) -> bool:
+    """True when a completion answers correctly (whitespace/punctuation-insensitive; see module doc)."""
+    completion = _strip_completion(completion)
+    if ARITH_RE.match(task):
+        got = _number(completion)
+        return got is not None and got == int(answer)
+    if task == "identity":
+        return normalize(answer) != "" and normalize(answer) in normalize(completion)
+    if task == "next_line":
+        return normalize(completion) == normalize(answer)
+    if task == "author":
+        got = normalize(completion)
+        for prefix in _AUTHOR_PREFIXES:
+            got = got.removeprefix(prefix)
+        for suffix in _AUTHOR_SUFFIXES:
+            got = got.removesuffix(suffix)
+        return got == normalize(answer)
+    raise ValueError(f"unknown synthetic task {task!r}; choose next_line, author, identity or <add|sub|mul|arith><digits>")
