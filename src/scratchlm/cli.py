@@ -22,7 +22,6 @@ COMMAND_MODULES = [
     "scratchlm.serve.cli",
     "scratchlm.rag.cli",
     "scratchlm.eval.cli",
-    "scratchlm.eval.report",
     "scratchlm.export.cli",
 ]
 
