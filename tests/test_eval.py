@@ -214,3 +214,27 @@ def test_eval_library_modules_import_no_cli_module():
         imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         assert not {m for m in imported if m.endswith(".cli") or m == "argparse"}, path.name
+
+
+def test_train_until_accuracy_stops_at_the_first_check_that_reaches_the_target(tmp_path):
+    from safetensors.torch import save_file
+
+    from scratchlm.eval.train_until import train_until_accuracy
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    trained = []
+
+    def train_to(step):  # a "checkpoint" whose weight is step / 10, so the score climbs with the steps
+        d = tmp_path / "checkpoints" / f"step-{step}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "trainer.json").write_text("{}")
+        save_file({"weight": torch.full((1, 1), step / 10)}, str(d / "model.safetensors"))
+        trained.append(step)
+
+    score = lambda m: round(m.weight.item(), 3)  # noqa: E731
+    step, dev = train_until_accuracy(model, tmp_path, train_to, score, every=2, max_steps=9, target=0.55)
+    assert (step, dev, trained) == (6, [[2, 0.2], [4, 0.4], [6, 0.6]], [2, 4, 6]) and score(model) == 0.6
+    # a rerun checks the checkpoint it stopped at first; the last part stops at max_steps
+    trained.clear()
+    step, dev = train_until_accuracy(model, tmp_path, train_to, score, every=2, max_steps=9, target=2.0)
+    assert (step, [s for s, _ in dev], trained) == (9, [6, 8, 9], [6, 8, 9])

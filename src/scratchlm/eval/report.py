@@ -226,19 +226,18 @@ def _sample_replies(run_dir: str) -> list[str]:
 
 
 def _summary_sections(summary: dict) -> list[str]:
-    """The demo summary's held-out accuracy, LoRA numbers, graded samples and chats as markdown."""
+    """The demo summary as markdown: its numbers (eval.summary's rows, the same the demo prints), the RAG answers,
+    the graded samples and the chats."""
+    from scratchlm.eval.summary import rag_lines, summary_rows, summary_title
+
     lines: list[str] = []
-    if summary.get("counts"):
-        lines += ["## Held-out task accuracy (from the demo's summary, greedy)", ""]
-        lines += _md_table(["task", "accuracy", "correct / total"],
-                           [[t, c / n if n else None, f"{c}/{n}"] for t, (c, n) in summary["counts"].items()])
-        lines.append("")
-    extra = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    for key, val in summary.items():
-        if isinstance(val, dict) and all(isinstance(x, (int, float, str)) for x in val.values()) and key not in ("counts", "accuracy", "settings"):
-            extra.update({f"{key}.{k}": v for k, v in val.items()})
-    if extra:
-        lines += ["## Other numbers", ""] + _md_table(["name", "value"], [[k, v] for k, v in extra.items()]) + [""]
+    rows = summary_rows(summary)
+    if rows:
+        lines += [f"## The demo's numbers ({summary_title(summary)})", ""]
+        lines += _md_table(["metric", "value"], [list(r) for r in rows]) + [""]
+    rag = rag_lines(summary)
+    if rag:
+        lines += ["## RAG", "", rag[0], "", "```", *rag[1:], "```", ""]
     if summary.get("samples"):
         lines += ["## Sample answers (held-out prompts, greedy)", ""]
         lines += _md_table(["task", "prompt", "reply", "expected", "ok"],
