@@ -5,7 +5,7 @@ import json
 import pytest
 
 from scratchlm.cli import main
-from scratchlm.demo import DEMO_CHATS
+from scratchlm.demo.run import DEMO_CHATS
 
 
 @pytest.mark.slow
@@ -97,7 +97,7 @@ def test_demo_quick_runs_end_to_end(tmp_path):
 
 
 def test_chat_pieces_are_what_the_template_encodes_between_control_tokens(tmp_path):
-    from scratchlm.demo import write_chat_pieces
+    from scratchlm.demo.data import write_chat_pieces
 
     chats = tmp_path / "sft_train.jsonl"
     chats.write_text(json.dumps({"conversations": [
@@ -112,7 +112,8 @@ def test_chat_pieces_are_what_the_template_encodes_between_control_tokens(tmp_pa
 
 def test_demo_flags_set_steps_and_seed_and_reject_bad_counts():
     from scratchlm.cli import build_parser
-    from scratchlm.demo import DemoSettings, settings_from_args
+    from scratchlm.demo.cli import settings_from_args
+    from scratchlm.demo.settings import DemoSettings
 
     parse = build_parser().parse_args
     default = settings_from_args(parse(["demo"]))
@@ -127,7 +128,8 @@ def test_demo_flags_set_steps_and_seed_and_reject_bad_counts():
 
 
 def test_demo_refuses_a_stage_folder_started_with_another_step_count(tmp_path):
-    from scratchlm.demo import quick_settings, run_demo
+    from scratchlm.demo.run import run_demo
+    from scratchlm.demo.settings import quick_settings
 
     out = tmp_path / "demo"
     (out / "pretrain").mkdir(parents=True)
@@ -142,7 +144,7 @@ def test_demo_refuses_a_stage_folder_started_with_another_step_count(tmp_path):
 
 def test_stage_settings_reach_the_training_config():
     from scratchlm.config import load_config
-    from scratchlm.demo import DemoSettings, stage_sets
+    from scratchlm.demo.settings import DemoSettings, stage_sets
 
     s = DemoSettings(sft_steps=40, sft_decay_frac=0.35, sft_schedule="wsd", pretrain_steps=30, seed=7,
                      sft_pretrain_mix=0.3)
@@ -159,7 +161,8 @@ def test_stage_settings_reach_the_training_config():
 def test_stage_lanes():
     import torch
 
-    from scratchlm.demo import DemoSettings, stage_lanes
+    from scratchlm.demo.run import stage_lanes
+    from scratchlm.demo.settings import DemoSettings
     from scratchlm.device import pick_device
 
     two = torch.get_num_threads() >= 2 and pick_device().type == "cpu"
@@ -174,20 +177,65 @@ def test_stage_lanes():
 
 
 def test_a_stage_that_fails_in_the_second_lane_is_reported_with_its_traceback(tmp_path, monkeypatch):
-    import scratchlm.demo as demo
+    import scratchlm.demo.run as demo
+    from scratchlm.demo.settings import quick_settings
 
-    monkeypatch.setattr(demo, "run_lora_stage", lambda *args: {"name": "Nova"})  # the first lane, in this process
+    monkeypatch.setitem(demo.AFTER_SFT, "lora", lambda *args: {"name": "Nova"})  # the first lane, in this process
     with pytest.raises(SystemExit, match=r"a stage of reward failed in the second process:\n(.|\n)*Traceback"):
-        demo.run_lanes([["lora"], ["reward"]], tmp_path, demo.quick_settings(), {"tokenizer": tmp_path}, {}, False)
+        demo.run_lanes([["lora"], ["reward"]], tmp_path, quick_settings(), {"tokenizer": tmp_path}, {}, False)
 
 
 def test_demo_stages_flag():
-    from scratchlm.demo import STAGES, parse_stages
+    from scratchlm.demo.settings import DEMO_STEPS, parse_stages
 
-    assert parse_stages("all") == list(STAGES) and parse_stages("pretrain, sft") == ["pretrain", "sft"]
+    assert parse_stages("all") == list(DEMO_STEPS) and parse_stages("pretrain, sft") == ["pretrain", "sft"]
     with pytest.raises(SystemExit, match="unknown stage"):
         parse_stages("pretrain,sft,sft2")
     with pytest.raises(SystemExit, match="start with pretrain,sft"):
         parse_stages("sft,lora")
     with pytest.raises(SystemExit, match="ppo learns from the reward stage's model"):
         parse_stages("pretrain,sft,ppo")
+
+
+def test_settings_come_from_the_settings_file(tmp_path):
+    import dataclasses
+
+    from scratchlm.config import read_toml
+    from scratchlm.demo.settings import SETTINGS_FILE, DemoSettings, _read_section, quick_settings
+
+    data = read_toml(SETTINGS_FILE)
+    fields = [f.name for f in dataclasses.fields(DemoSettings)]
+    assert sorted(data["demo"]) == sorted(fields) and set(data["quick"]) < set(fields)
+    s, q = DemoSettings(), quick_settings()
+    assert s.sft_steps == data["demo"]["sft_steps"] and q.sft_steps == data["quick"]["sft_steps"]
+    assert q.sft_lr == s.sft_lr  # what [quick] leaves out keeps the default
+    assert s.synth_sizes["add2"] == tuple(data["demo"]["synth_sizes"]["add2"]) and isinstance(s.ppo_tasks, tuple)
+    assert list(s.synth_sizes) == list(data["demo"]["synth_sizes"])  # the file's order: build_synth draws in it
+    s.stages.append("lora")
+    assert DemoSettings().stages == ["pretrain", "sft"]  # each instance its own lists
+    bad = tmp_path / "settings.toml"
+    bad.write_text("[quick]\nsft_stepz = 3\n")
+    with pytest.raises(ValueError, match="unknown setting"):
+        _read_section(DemoSettings, "quick", bad)
+
+
+def test_demo_steps_are_registered_stages_in_registry_order():
+    from scratchlm.demo.run import AFTER_SFT, BASE_STEPS
+    from scratchlm.demo.settings import DEMO_STEPS
+    from scratchlm.stages import STAGE_NAMES
+
+    # the demo's steps are not a second stage registry: the training stages among them are the registry's, in its
+    # order; lora (an adapter trained by the sft objective) and rag (no training) are the demo's own
+    trained = [st for st in DEMO_STEPS if st not in ("lora", "rag")]
+    assert trained == [st for st in STAGE_NAMES if st in trained]
+    assert list(BASE_STEPS) + list(AFTER_SFT) == list(DEMO_STEPS)
+
+
+def test_lanes_run_every_job_once_and_time_it():
+    from scratchlm.lanes import run_lanes
+
+    # `max` pickles, so it can run in the spawned second lane: run(job, progress) = max(job, False) = job
+    done = run_lanes([[3, 1], [2]], max, False, seed=0)
+    assert {job: result for job, (result, _) in done.items()} == {3: 3, 1: 1, 2: 2}
+    assert list(done)[:2] == [3, 1] and all(seconds >= 0 for _, seconds in done.values())
+    assert run_lanes([], max, False) == {}

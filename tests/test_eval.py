@@ -13,7 +13,7 @@ import torch
 from scratchlm.cli import main
 from scratchlm.config import load_config
 from scratchlm.shards.writer import ShardWriter
-from scratchlm.eval.cli import parse_tasks
+from scratchlm.eval.evaluate import parse_tasks
 from scratchlm.eval.multiple_choice import (McItem, builtin_items, encode_pair, load_mc, score_mc)
 from scratchlm.eval.perplexity import nll_and_bytes, token_bytes
 from scratchlm.eval.text_metrics import bleu, exact_match, generation_scores, rouge_l, token_f1
@@ -188,7 +188,7 @@ def test_fewshot_context_and_scoring(tok):
 
 
 def test_letters_style_and_gen_fewshot_turns(tok, tmp_path):
-    from scratchlm.eval.cli import with_shots
+    from scratchlm.eval.evaluate import with_shots
     from scratchlm.eval.multiple_choice import as_letters
 
     it = as_letters(McItem("Which is a colour? ", ["cat", "blue", "ten"], 1, "x"))
@@ -198,3 +198,43 @@ def test_letters_style_and_gen_fewshot_turns(tok, tmp_path):
     shot = with_shots(items[0], items, 0, 1)
     assert [m["content"] for m in shot["messages"]] == ["2+2?", "4", "1+1?"]  # same task first
     assert [m["role"] for m in shot["messages"]] == ["user", "assistant", "user"] and with_shots(items[0], items, 0, 0) is items[0]
+
+
+def test_eval_library_modules_import_no_cli_module():
+    # eval/cli.py holds only the arguments; the library (evaluate_run, winrate, the report card) never imports it
+    import ast
+    from pathlib import Path
+
+    import scratchlm.eval
+
+    for path in Path(scratchlm.eval.__file__).parent.glob("*.py"):
+        if path.name == "cli.py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not {m for m in imported if m.endswith(".cli") or m == "argparse"}, path.name
+
+
+def test_train_until_accuracy_stops_at_the_first_check_that_reaches_the_target(tmp_path):
+    from safetensors.torch import save_file
+
+    from scratchlm.eval.train_until import train_until_accuracy
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    trained = []
+
+    def train_to(step):  # a "checkpoint" whose weight is step / 10, so the score climbs with the steps
+        d = tmp_path / "checkpoints" / f"step-{step}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "trainer.json").write_text("{}")
+        save_file({"weight": torch.full((1, 1), step / 10)}, str(d / "model.safetensors"))
+        trained.append(step)
+
+    score = lambda m: round(m.weight.item(), 3)  # noqa: E731
+    step, dev = train_until_accuracy(model, tmp_path, train_to, score, every=2, max_steps=9, target=0.55)
+    assert (step, dev, trained) == (6, [[2, 0.2], [4, 0.4], [6, 0.6]], [2, 4, 6]) and score(model) == 0.6
+    # a rerun checks the checkpoint it stopped at first; the last part stops at max_steps
+    trained.clear()
+    step, dev = train_until_accuracy(model, tmp_path, train_to, score, every=2, max_steps=9, target=2.0)
+    assert (step, [s for s, _ in dev], trained) == (9, [6, 8, 9], [6, 8, 9])

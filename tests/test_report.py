@@ -49,7 +49,9 @@ def test_report_card_of_two_stages(tmp_path, capsys):
     assert "| pretrain | pretrain | full model | 10 | 2,560 | 5 | 512 | 5 |" in text  # steps, tokens, s, tokens/s, loss
     assert "| mc acc |" in text and "| val_ppl | 148.4 | 148.4 | 148.4 |" in text
     assert "## Sample answers per stage (greedy)" in text and "| What is your name? |" in text
-    assert "| add2 | 0.75 | 3/4 |" in text and "2\\|x" in text and "hello ⏎ there" in text and "seconds.total" in text
+    # the demo summary's numbers, rendered by eval.summary as the demo prints them
+    assert "| held-out accuracy: add2 | 0.750 (3/4) |" in text and "| time: total | 12 s |" in text
+    assert "2\\|x" in text and "hello ⏎ there" in text
     for png in ("loss_curves.png", "metrics.png"):
         assert (tmp_path / "report" / png).read_bytes().startswith(PNG) and f"({png})" in text
     # the command; a broken metrics line names file:line
@@ -61,3 +63,22 @@ def test_report_card_of_two_stages(tmp_path, capsys):
     assert main(["report", str(tmp_path / "sft"), "--out", str(tmp_path / "r3")]) == 1
     assert "metrics.jsonl:5: invalid JSON" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r4")]) == 1
+
+
+def test_summary_rows_are_the_one_rendering_of_the_demo_summary():
+    from scratchlm.eval.summary import rag_lines, summary_rows, summary_title
+
+    summary = {"params": 1234567, "counts": {"identity": [1, 2], "add2": [3, 4]}, "seconds": {"total": 90.0},
+               "val_ppl_pretrain": 200.0, "val_ppl_sft": 220.0, "val_ppl_unigram": 400.0,
+               "dpo": {"pairs": 16, "implicit_accuracy": 0.5, "logp_accuracy_before": 0.25, "logp_accuracy_after": 0.75,
+                       "tasks": {"add2": [0.5, 1.0]}},
+               "rag": {"embedder": "hash", "chunks": 7, "questions": [
+                   {"question": "q?", "expected": "a", "sources": ["corpus.jsonl:1"], "right_doc_retrieved": True,
+                    "answer": "a", "correct": True, "answer_without_rag": "b"}]}}
+    rows = dict(summary_rows(summary))
+    assert list(rows)[:2] == ["held-out accuracy: add2", "held-out accuracy: identity"]  # sorted by task
+    assert rows["held-out accuracy: add2"] == "0.750 (3/4)" and rows["ratio (pretrained / unigram)"] == "0.500"
+    assert rows["ratio (after SFT / pretrained)"] == "1.10" and rows["DPO: held-out add2 before → after"] == "0.500 → 1.000"
+    assert rows["time: total"] == "90 s" and summary_title(summary) == "scratchlm demo — 1,234,567 parameters, 1.5 min"
+    assert summary_rows({}) == [] and rag_lines({}) == []
+    assert rag_lines(summary)[0].startswith("RAG (hash + BM25 over 7 chunks") and "✓" in rag_lines(summary)[1]

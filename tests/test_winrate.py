@@ -11,7 +11,7 @@ import torch
 
 from scratchlm.cli import main
 from scratchlm.config import load_config
-from scratchlm.eval.cli import generate_replies
+from scratchlm.eval.tasks import generate_replies
 from scratchlm.eval.winrate import load_prompts, win_rate
 from scratchlm.model.transformer import Transformer
 from scratchlm.runs import load_run, save_run

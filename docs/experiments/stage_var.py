@@ -12,20 +12,24 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import scratchlm.demo as demo
+from scratchlm.demo.data import prepare_demo_data, prepare_preference_data
+from scratchlm.demo.grpo import run_grpo_stage
+from scratchlm.demo.ppo import run_ppo_stage
+from scratchlm.demo.settings import DemoSettings
+from scratchlm.eval.tasks import evaluate_tasks
 
 # stage → (its DemoSettings field of --set overrides, the demo stages it needs beside pretrain and sft)
 STAGES = {"ppo": ("ppo_sets", ["reward"]), "grpo": ("grpo_sets", [])}
 
 
-def sft_counts(src: Path, paths: dict[str, Path], s: demo.DemoSettings) -> dict[str, tuple[int, int]]:
+def sft_counts(src: Path, paths: dict[str, Path], s: DemoSettings) -> dict[str, tuple[int, int]]:
     """The SFT model's held-out task counts, evaluated once per demo folder (SRC/sft_counts.json)."""
     cache = src / "sft_counts.json"
     if not cache.exists():
         from scratchlm.runs import load_run
 
         sft, tok, _ = load_run(src / "sft")
-        scores, _ = demo.evaluate_tasks(sft, tok, paths["prompt_val"], s.eval_per_task, s.max_new_tokens)
+        scores, _ = evaluate_tasks(sft, tok, paths["prompt_val"], s.eval_per_task, s.max_new_tokens)
         cache.write_text(json.dumps({k: list(v) for k, v in scores.items()}))
     return {k: tuple(v) for k, v in json.loads(cache.read_text()).items()}
 
@@ -40,14 +44,14 @@ def run_variant(stage: str, src: Path, out: Path, seed: int, extra: list[str], c
     for d, target in links.items():
         if not (out / d).exists():
             (out / d).symlink_to(target.resolve())
-    s = demo.DemoSettings(seed=seed, stages=["pretrain", "sft", *needs, stage])
+    s = DemoSettings(seed=seed, stages=["pretrain", "sft", *needs, stage])
     s = replace(s, **{field: [*getattr(s, field), *extra]})
-    paths = demo.prepare_demo_data(out, s)
+    paths = prepare_demo_data(out, s)
     if stage == "ppo":
-        paths = demo.prepare_preference_data(out, s, paths)
+        paths = prepare_preference_data(out, s, paths)
     counts = sft_counts(src, paths, s)
     t = time.perf_counter()
-    run = {"ppo": demo.run_ppo_stage, "grpo": demo.run_grpo_stage}[stage]
+    run = {"ppo": run_ppo_stage, "grpo": run_grpo_stage}[stage]
     res = {**run(out, s, paths, counts, progress=False), "seconds": time.perf_counter() - t, "extra": extra}
     (out / f"{stage}_result.json").write_text(json.dumps(res, indent=1))
     return res

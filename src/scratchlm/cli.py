@@ -11,7 +11,7 @@ import sys
 # Modules that contribute commands, in the order `--help` lists them. Every `scratchlm` call imports them all,
 # so they import torch, numpy and `tokenizers` inside the functions that run a command, not at the top.
 COMMAND_MODULES = [
-    "scratchlm.demo",
+    "scratchlm.demo.cli",
     "scratchlm.data.cli",
     "scratchlm.tokenizer.cli",
     "scratchlm.shards.cli",
@@ -22,7 +22,6 @@ COMMAND_MODULES = [
     "scratchlm.serve.cli",
     "scratchlm.rag.cli",
     "scratchlm.eval.cli",
-    "scratchlm.eval.report",
     "scratchlm.export.cli",
 ]
 

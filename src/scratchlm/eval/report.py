@@ -9,7 +9,6 @@ stages compare), and the demo's summary dict (held-out task accuracy, samples, c
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -205,7 +204,7 @@ def write_report(run_dirs: list[Path], out: Path, summary: dict | None = None, e
 def _evaluate(stages: list[dict], val_data: Path | None) -> None:
     """Fill each stage's "eval" with built-in MC and (when a validation set is known) bpb on the same data."""
     from scratchlm.config import load_run_config
-    from scratchlm.eval.cli import evaluate_run
+    from scratchlm.eval.evaluate import evaluate_run
 
     if val_data is None:
         vd = load_run_config(stages[0]["dir"]).train.val_data
@@ -227,19 +226,18 @@ def _sample_replies(run_dir: str) -> list[str]:
 
 
 def _summary_sections(summary: dict) -> list[str]:
-    """The demo summary's held-out accuracy, LoRA numbers, graded samples and chats as markdown."""
+    """The demo summary as markdown: its numbers (eval.summary's rows, the same the demo prints), the RAG answers,
+    the graded samples and the chats."""
+    from scratchlm.eval.summary import rag_lines, summary_rows, summary_title
+
     lines: list[str] = []
-    if summary.get("counts"):
-        lines += ["## Held-out task accuracy (from the demo's summary, greedy)", ""]
-        lines += _md_table(["task", "accuracy", "correct / total"],
-                           [[t, c / n if n else None, f"{c}/{n}"] for t, (c, n) in summary["counts"].items()])
-        lines.append("")
-    extra = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    for key, val in summary.items():
-        if isinstance(val, dict) and all(isinstance(x, (int, float, str)) for x in val.values()) and key not in ("counts", "accuracy", "settings"):
-            extra.update({f"{key}.{k}": v for k, v in val.items()})
-    if extra:
-        lines += ["## Other numbers", ""] + _md_table(["name", "value"], [[k, v] for k, v in extra.items()]) + [""]
+    rows = summary_rows(summary)
+    if rows:
+        lines += [f"## The demo's numbers ({summary_title(summary)})", ""]
+        lines += _md_table(["metric", "value"], [list(r) for r in rows]) + [""]
+    rag = rag_lines(summary)
+    if rag:
+        lines += ["## RAG", "", rag[0], "", "```", *rag[1:], "```", ""]
     if summary.get("samples"):
         lines += ["## Sample answers (held-out prompts, greedy)", ""]
         lines += _md_table(["task", "prompt", "reply", "expected", "ok"],
@@ -248,27 +246,3 @@ def _summary_sections(summary: dict) -> list[str]:
     if summary.get("chats"):
         lines += ["## Chats", ""] + _md_table(["prompt", "reply"], [[c["prompt"], c["reply"]] for c in summary["chats"]]) + [""]
     return lines
-
-
-def _cmd_report(args: argparse.Namespace) -> int:
-    summary = None
-    if args.summary:
-        try:
-            summary = json.loads(Path(args.summary).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{args.summary}:{e.lineno}: bad JSON ({e.msg})") from None
-    path = write_report([Path(r) for r in args.runs], Path(args.out), summary, evaluate=args.eval,
-                        val_data=Path(args.val_data) if args.val_data else None)
-    print(f"wrote {path}")
-    return 0
-
-
-def add_cli(subparsers: Any) -> None:
-    """Register `scratchlm report`."""
-    p = subparsers.add_parser("report", help="report card of one or more stages: report.md + loss and metric charts")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders, in stage order (pretrain sft ...)")
-    p.add_argument("--out", required=True, help="folder for report.md and the PNGs")
-    p.add_argument("--summary", default=None, help="the demo's summary.json (held-out accuracy, samples, chats)")
-    p.add_argument("--eval", action="store_true", help="score every stage: built-in multiple choice, bits per byte")
-    p.add_argument("--val-data", default=None, help="shared validation shards for --eval (default: the first run's)")
-    p.set_defaults(func=_cmd_report)

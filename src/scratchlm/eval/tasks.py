@@ -64,6 +64,19 @@ def chat_replies(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens:
     return [{"prompt": p, "reply": tokenizer.decode(o, skip_special_tokens=True)} for p, o in zip(prompts, out)]
 
 
+def generate_replies(model: Any, tokenizer: Any, items: list[dict], max_new_tokens: int, batch: int = 32) -> list[str]:
+    """Greedy replies to chat prompts (the assistant turn opened by the chat template)."""
+    from scratchlm.generate import Engine, SamplingParams
+
+    window = int(model.config.max_seq_len) - max_new_tokens
+    ids = [tokenizer.encode_chat(it["messages"], add_generation_prompt=True)[0][-window:] for it in items]
+    engine, params = Engine(model, tokenizer), SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
+    out: list[str] = []
+    for b in range(0, len(ids), batch):
+        out += [tokenizer.decode(o, skip_special_tokens=True) for o in engine.generate(ids[b:b + batch], params)]
+    return out
+
+
 def pick_samples(graded: list[dict], per_task: int = 2) -> list[dict]:
     """A few answered prompts of every task for the summary: the first `per_task` of each, in task order."""
     out: dict[str, list[dict]] = defaultdict(list)

@@ -54,7 +54,7 @@ def load_prompts(path: str | Path) -> list[list[dict]]:
 def compare_runs(run_a: str | Path, run_b: str | Path, judge_run: str | Path, prompts: list[list[dict]],
                  max_new_tokens: int = 48) -> dict[str, Any]:
     """Greedy replies of both runs to `prompts`, judged in both orders by the reward-model run `judge_run`."""
-    from scratchlm.eval.cli import generate_replies
+    from scratchlm.eval.tasks import generate_replies
     from scratchlm.runs import load_run
 
     replies = []

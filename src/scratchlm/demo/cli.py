@@ -1,0 +1,53 @@
+"""`scratchlm demo`: the arguments only; `scratchlm.demo.run.run_demo` does the work."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from scratchlm.demo.settings import DEMO_STEPS, DemoSettings, parse_stages, quick_settings
+
+
+def settings_from_args(args: argparse.Namespace) -> DemoSettings:
+    """The DemoSettings that `scratchlm demo`'s flags ask for (--quick, --seed, --pretrain-steps, --sft-steps)."""
+    s = quick_settings() if args.quick else DemoSettings()
+    s.seed = args.seed
+    s.stages = parse_stages(args.stages)
+    if args.one_lane:
+        s.lanes = 1
+    for name in ("pretrain_steps", "sft_steps"):
+        steps = getattr(args, name)
+        if steps is not None:
+            if steps < 1:
+                raise SystemExit(f"scratchlm demo: --{name.replace('_', '-')} must be at least 1, got {steps}")
+            setattr(s, name, steps)
+    return s
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from scratchlm.demo.run import run_demo
+
+    run_demo(args.out, settings=settings_from_args(args), progress=not args.no_progress)
+    return 0
+
+
+def add_cli(subparsers: Any) -> None:
+    """Register `scratchlm demo`."""
+    p = subparsers.add_parser("demo", help="end to end on the built-in corpus: tokenizer → pretrain → SFT → eval")
+    p.add_argument("--out", default="runs/demo", help="folder for every stage (default runs/demo)")
+    p.add_argument("--quick", action="store_true", help="a ~1-minute version (tiny model, few steps)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--stages", default="pretrain,sft", metavar="LIST",
+                   help=f"stages to run, in order (default pretrain,sft; 'all' = {','.join(DEMO_STEPS)}): lora teaches "
+                        "the SFT model a new name with LoRA adapters")
+    p.add_argument("--one-lane", action="store_true",
+                   help="run the stages after SFT one after another (default on a CPU: reward, dpo and ppo in a "
+                        "second process beside the others, each process on half the threads)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the synthetic data, the tokenizer's text, initialisation and data order (default 0)")
+    p.add_argument("--pretrain-steps", type=int, default=None, metavar="N",
+                   help=f"pretraining steps (default {DemoSettings.pretrain_steps}; fewer weaken val perplexity)")
+    p.add_argument("--sft-steps", type=int, default=None, metavar="N",
+                   help=f"SFT steps (default {DemoSettings.sft_steps}, ~1 s each on 2 cores; more steps raise "
+                        "held-out add2 accuracy, see README)")
+    p.set_defaults(func=_cmd_demo)

@@ -1,0 +1,151 @@
+"""`run_demo`: the demo's steps in order — data and tokenizer → pretrain → SFT → evaluate (held-out task accuracy
+with greedy decoding; validation perplexity next to a unigram model's) → the steps after SFT (in one or two lanes)
+→ summary.json, the summary table and the report card."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from scratchlm.demo.common import check_stage_steps, say
+from scratchlm.demo.data import prepare_demo_data, prepare_preference_data
+from scratchlm.demo.distill import run_distill_stage
+from scratchlm.demo.dpo import run_dpo_stage
+from scratchlm.demo.grpo import run_grpo_stage
+from scratchlm.demo.lora import run_lora_stage
+from scratchlm.demo.ppo import run_ppo_stage
+from scratchlm.demo.pretrain import run_pretrain_stage
+from scratchlm.demo.rag import run_rag_stage
+from scratchlm.demo.reward import run_reward_stage
+from scratchlm.demo.settings import DEMO_STEPS, DemoSettings, quick_settings
+from scratchlm.demo.sft import run_sft_stage
+from scratchlm.eval.perplexity import perplexities
+from scratchlm.eval.tasks import chat_replies, evaluate_tasks, pick_samples
+
+# What a person would type after the demo (training-style requests): shown greedy in the summary.
+DEMO_CHATS = ["Tell me a fortune.", "说一句名言。", "Recite a poem by 李白.", "背诵一首杜甫的诗。",
+              "Continue this text: The best way to predict the future", "What is 47 plus 38?", "你是谁？"]
+
+BASE_STEPS = {"pretrain": run_pretrain_stage, "sft": run_sft_stage}
+# The steps after SFT: each starts from the SFT run and returns its part of the summary.
+AFTER_SFT = {"lora": run_lora_stage, "reward": run_reward_stage, "dpo": run_dpo_stage, "grpo": run_grpo_stage,
+             "ppo": run_ppo_stage, "distill": run_distill_stage, "rag": run_rag_stage}
+# ppo needs the reward stage's model, no other stage needs another's; dpo joins them to even out the lanes
+# (measured beside each other on one thread each, 2026-12-04: reward 914 s + ppo ~410 s against lora 102 s, dpo
+# 170 s, GRPO with its cold start ~660 s, distillation ~670 s)
+SECOND_LANE = ("reward", "dpo", "ppo")
+
+
+def stage_lanes(s: DemoSettings) -> list[list[str]]:
+    """The steps after SFT as one lane, or as two lanes (the reward model, DPO and PPO beside the rest) when they
+    run on a CPU with at least two threads and s.lanes is 2."""
+    from scratchlm.lanes import two_lanes_fit
+
+    after = [st for st in DEMO_STEPS[2:] if st in s.stages]
+    second = [st for st in after if st in SECOND_LANE]
+    first = [st for st in after if st not in SECOND_LANE]
+    if s.lanes == 2 and first and second and two_lanes_fit():
+        return [first, second]
+    return [after] if after else []
+
+
+def run_after_sft(out: Path, s: DemoSettings, paths: dict[str, Path], scores: dict[str, tuple[int, int]],
+                  stage: str, progress: bool) -> Any:
+    """Run step `stage` after SFT (the lanes' job runner: a module-level function, so a partial of it pickles)."""
+    return AFTER_SFT[stage](out, s, paths, scores, progress)
+
+
+def run_lanes(lanes: list[list[str]], out: Path, s: DemoSettings, paths: dict[str, Path],
+              scores: dict[str, tuple[int, int]], progress: bool) -> dict[str, tuple[Any, float]]:
+    """Run the lanes of `stage_lanes` (scratchlm.lanes); {step: (its result, seconds)} in DEMO_STEPS order."""
+    from scratchlm.lanes import run_lanes as run_in_lanes
+
+    done = run_in_lanes(lanes, partial(run_after_sft, out, s, paths, scores), progress, seed=s.seed,
+                        label="scratchlm demo")
+    return {st: done[st] for st in DEMO_STEPS if st in done}
+
+
+def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoSettings | None = None,
+             progress: bool = True) -> dict[str, Any]:
+    """Run the whole demo into `out`; returns the summary (also written to out/summary.json)."""
+    import torch
+
+    from scratchlm.runs import load_run
+
+    s = settings or (quick_settings() if quick else DemoSettings())
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(s.seed)
+    t0 = time.perf_counter()
+    times: dict[str, float] = {}
+    paths = prepare_demo_data(out, s)
+    times["data"] = time.perf_counter() - t0
+
+    for stage, train in BASE_STEPS.items():
+        run_dir = out / stage
+        check_stage_steps(run_dir, s.pretrain_steps if stage == "pretrain" else s.sft_steps)
+        if (run_dir / "model.safetensors").exists():
+            say(f"{run_dir} already trained; delete it to train again")
+            continue
+        t = time.perf_counter()
+        train(out, s, paths, progress)
+        times[stage] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    say("evaluating: held-out task accuracy (greedy) and validation perplexity")
+    pre_model, _, pre_cfg = load_run(out / "pretrain")
+    model, tokenizer, cfg = load_run(out / "sft")
+    seq = min(cfg.model.max_seq_len, s.pretrain_seq_len)
+    ppl_pre, ppl_uni = perplexities(pre_model, paths["pretrain"], paths["pretrain_val"], seq)
+    ppl_sft, _ = perplexities(model, paths["pretrain"], paths["pretrain_val"], seq)
+    scores, graded = evaluate_tasks(model, tokenizer, paths["prompt_val"], s.eval_per_task, s.max_new_tokens)
+    chats = chat_replies(model, tokenizer, DEMO_CHATS, 3 * s.max_new_tokens)
+    times["eval"] = time.perf_counter() - t
+
+    after_sft: dict[str, Any] = {}
+    if {"reward", "dpo", "ppo"} & set(s.stages):
+        paths = prepare_preference_data(out, s, paths)
+    lanes = stage_lanes(s)
+    if len(lanes) == 2:
+        say(f"the stages after SFT run in two processes of {torch.get_num_threads() // 2} thread(s) each: "
+            f"{', '.join(lanes[0])} | {', '.join(lanes[1])} (--one-lane runs them one after another)")
+    for stage, (result, seconds) in run_lanes(lanes, out, s, paths, scores, progress).items():
+        after_sft[stage], times[stage] = result, seconds
+    times["total"] = time.perf_counter() - t0
+    summary = {
+        "settings": asdict(s),
+        "params": int(model.num_params()),
+        "accuracy": {k: c / n for k, (c, n) in scores.items()},
+        "counts": {k: [c, n] for k, (c, n) in scores.items()},
+        "val_ppl_pretrain": ppl_pre, "val_ppl_sft": ppl_sft, "val_ppl_unigram": ppl_uni,
+        "seconds": times, "torch_threads": torch.get_num_threads(), "lanes": lanes,
+        "samples": pick_samples(graded), "chats": chats,
+        **after_sft,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
+    _print_summary(summary, out)
+    from scratchlm.eval.report import write_report
+
+    # The page to read after the demo: every stage's curves and metrics side by side (its time comes after the
+    # total above, which the report quotes).
+    t = time.perf_counter()
+    runs = [d for st in DEMO_STEPS if st != "rag" for d in (("grpo_cold", st) if st == "grpo" else (st,))]
+    stage_dirs = [out / d for d in runs if (out / d / "config.toml").exists()]
+    report = write_report(stage_dirs, out, summary, evaluate=s.report_eval, val_data=paths["pretrain_val"])
+    say(f"report card: {report} ({time.perf_counter() - t:.0f} s)")
+    return summary
+
+
+def _print_summary(summary: dict[str, Any], out: Path) -> None:
+    """The summary on the terminal (eval.summary, the report card's renderer) and where everything is."""
+    from rich.console import Console
+
+    from scratchlm.eval.summary import print_summary
+
+    print_summary(summary)
+    Console().print(f"everything is in {out}/ (a folder per stage, tokenizer/, data/, summary.json, report.md); "
+                    f"chat with: scratchlm generate {out}/sft --chat --prompt 'who are you?'")

@@ -1,0 +1,117 @@
+"""The one renderer of the demo's summary (summary.json): its numbers as (metric, value) rows and its RAG answers
+as text lines. The demo prints them as a rich table (`print_summary`); the report card writes them as markdown."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def summary_title(summary: dict[str, Any]) -> str:
+    """"scratchlm demo — N parameters, M min" (what the summary knows of it)."""
+    parts = [f"{summary['params']:,} parameters"] if "params" in summary else []
+    if "total" in summary.get("seconds", {}):
+        parts.append(f"{summary['seconds']['total'] / 60:.1f} min")
+    return "scratchlm demo — " + ", ".join(parts) if parts else "scratchlm demo"
+
+
+def _task_rows(stage: str, tasks: dict[str, list[float]]) -> list[tuple[str, str]]:
+    return [(f"{stage}: held-out {task} before → after", f"{before:.3f} → {after:.3f}")
+            for task, (before, after) in tasks.items()]
+
+
+def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """Every number of the summary that has one, as (metric, formatted value), in the order they are read."""
+    rows = []
+    counts = summary.get("counts", {})
+    for task in sorted(counts):
+        c, n = counts[task]
+        rows.append((f"held-out accuracy: {task}", f"{c / n if n else 0.0:.3f} ({c}/{n})"))
+    if all(k in summary for k in ("val_ppl_pretrain", "val_ppl_sft", "val_ppl_unigram")):
+        pre, sft, uni = summary["val_ppl_pretrain"], summary["val_ppl_sft"], summary["val_ppl_unigram"]
+        rows += [("val perplexity: pretrained model", f"{pre:.1f}"), ("val perplexity: after SFT", f"{sft:.1f}"),
+                 ("val perplexity: unigram model", f"{uni:.1f}"), ("ratio (pretrained / unigram)", f"{pre / uni:.3f}"),
+                 ("ratio (after SFT / pretrained)", f"{sft / pre:.2f}")]
+    if "lora" in summary:
+        lo = summary["lora"]
+        rows += [(f"LoRA: held-out identity answers {lo['name']!r}", f"{lo['identity_new_name']:.3f}"),
+                 ("LoRA: held-out add2 before → after", f"{lo['add2_before']:.3f} → {lo['add2_after']:.3f}"),
+                 ("LoRA: add2 unseen phrasings before → after",
+                  f"{lo['add2_unseen_before']:.3f} → {lo['add2_unseen_after']:.3f}")]
+    if "reward" in summary:
+        rw = summary["reward"]
+        rows.append((f"reward model: held-out pair accuracy ({rw['pairs']} pairs), untrained head → trained",
+                     f"{rw['accuracy_before']:.3f} → {rw['accuracy_after']:.3f}"))
+    if "dpo" in summary:
+        d = summary["dpo"]
+        rows += [(f"DPO: held-out implicit-reward accuracy ({d['pairs']} pairs), SFT → DPO",
+                  f"0.000 → {d['implicit_accuracy']:.3f}"),
+                 ("DPO: own log-probs prefer the chosen reply, SFT → DPO",
+                  f"{d['logp_accuracy_before']:.3f} → {d['logp_accuracy_after']:.3f}"), *_task_rows("DPO", d["tasks"])]
+    if "grpo" in summary:
+        g = summary["grpo"]
+        if g["reward_log"]:
+            rows.append(("GRPO: mean rollout reward, first → last tenth of the steps",
+                         f"{g['reward_log'][0]:.3f} → {g['reward_log'][1]:.3f}"))
+        rows.append(("GRPO's cold start: SFT steps until the dev prompts were right sometimes",
+                     f"{g['cold_start_steps']} ({g['cold_start_dev'][-1][1]:.2f} right)"))
+        rows += _task_rows("GRPO's cold start (from SFT)", g["cold_start"])
+        rows += _task_rows("GRPO (from the cold start)", g["tasks"])
+    if "ppo" in summary:
+        pp = summary["ppo"]
+        rows += [(f"PPO: held-out mean reward ({pp['prompts']} prompts × {pp['samples']} samples), SFT → PPO",
+                  f"{pp['reward'][0]:.2f} → {pp['reward'][1]:.2f}"),
+                 ("PPO: the same for greedy replies", f"{pp['reward_greedy'][0]:.2f} → {pp['reward_greedy'][1]:.2f}"),
+                 *_task_rows("PPO", pp["tasks"])]
+    if "distill" in summary:
+        d = summary["distill"]
+        p = d["params"]
+        rows += [(f"distill: held-out chat perplexity, teacher ({p['teacher'] / 1e6:.1f}M)", f"{d['val_ppl']['teacher']:.2f}"),
+                 (f"distill: student ({p['distill'] / 1e6:.1f}M) with KD / alone, same steps",
+                  f"{d['val_ppl']['distill']:.2f} / {d['val_ppl']['baseline']:.2f}")]
+        rows += [(f"distill: held-out {task}, teacher / student with KD / alone",
+                  " / ".join(f"{d['tasks'][k].get(task, 0.0):.3f}" for k in ("teacher", "distill", "baseline")))
+                 for task in d["tasks"]["teacher"]]
+    rows += [(f"time: {k}", f"{v:.0f} s") for k, v in summary.get("seconds", {}).items()]
+    return rows
+
+
+def rag_lines(summary: dict[str, Any]) -> list[str]:
+    """The RAG step's questions, sources and answers as text lines ([] when the summary has none)."""
+    if "rag" not in summary:
+        return []
+    rag = summary["rag"]
+    lines = [f"RAG ({rag['embedder']} + BM25 over {rag['chunks']} chunks of the built-in corpus; the SFT model "
+             "answers from the top 3):"]
+    for q in rag["questions"]:
+        found = "the right document retrieved" if q["right_doc_retrieved"] else "the right document NOT retrieved"
+        lines.append(f"  user: {q['question']}   (expected: {q['expected']}; {found})\n"
+                     f"      sources: {' '.join(q['sources'])}\n      assistant: {q['answer']}  "
+                     f"{'✓' if q['correct'] else '✗'}\n      without RAG: {q['answer_without_rag']}")
+    return lines
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """The summary table, the RAG answers and the sample chats on the terminal (rich)."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=summary_title(summary))
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for metric, value in summary_rows(summary):
+        table.add_row(metric, value)
+    console.print(table)
+    rag = rag_lines(summary)
+    if rag:
+        console.print(f"[bold]RAG[/bold]{escape(rag[0][3:])}")
+        for line in rag[1:]:
+            console.print(escape(line))
+    console.print("[bold]sample chats[/bold] (held-out prompts, greedy):")
+    for g in summary.get("samples", []):
+        mark = {True: "✓", False: "✗", None: ""}[g["ok"]]
+        console.print(escape(f"  [{g['task']}] user: {g['prompt']}\n      assistant: {g['reply']}  {mark}"))
+    console.print("[bold]chat[/bold] (requests as a person would type them, greedy):")
+    for c in summary.get("chats", []):
+        console.print(escape(f"  user: {c['prompt']}\n      assistant: {c['reply']}"))
