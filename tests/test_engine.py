@@ -13,7 +13,8 @@ import torch
 from scratchlm.engine import EngineFull, LLMEngine, PromptTooLong
 from scratchlm.engine.blocks import BlockPool, NoFreeBlocks, block_hash
 from scratchlm.engine.detok import IncrementalText
-from scratchlm.generate import Engine, SamplingParams
+from scratchlm.engine.offline import LLM
+from scratchlm.engine.sampling import SamplingParams
 from tests.test_generate import FakeTokenizer, make_model, naive_greedy
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -68,7 +69,7 @@ def test_engine_greedy_equals_naive_and_the_contiguous_engine(overrides):
     model = make_model(*overrides)
     ps = prompts(5)
     got = LLMEngine(model, block_size=4).generate(ps, GREEDY)
-    assert got == Engine(model).generate(ps, GREEDY)
+    assert got == LLM(model).generate(ps, GREEDY)
     assert got[0] == naive_greedy(model, ps[0], 12)
 
 
@@ -158,7 +159,7 @@ def test_stop_strings_cut_the_text_and_ids_like_the_contiguous_engine():
     model = make_model()
     tok = FakeTokenizer()
     p = [5, 17, 42]
-    free = Engine(model, tok).generate([p], GREEDY)[0]
+    free = LLM(model, tok).generate([p], GREEDY)[0]
     text = tok.decode(free, skip_special_tokens=True)
     stop = text[4:6]
     params = SamplingParams(temperature=0, max_new_tokens=12, stop_strings=[stop])
@@ -166,7 +167,7 @@ def test_stop_strings_cut_the_text_and_ids_like_the_contiguous_engine():
     h = eng.submit(p, params)
     streamed = "".join(e.text for e in h)
     assert streamed == text[: text.find(stop)] and h.finish_reasons == ["stop"]
-    assert h.token_ids[0] == Engine(model, tok).generate([p], params)[0]
+    assert h.token_ids[0] == LLM(model, tok).generate([p], params)[0]
 
 
 def test_incremental_text_equals_whole_decode_and_holds_back_stop_prefixes(tmp_path):
@@ -290,7 +291,7 @@ def test_a_failing_request_is_aborted_and_the_loop_keeps_serving():
 
 
 def test_tiny_top_p_keeps_the_most_likely_token():
-    from scratchlm.generate import process_logits, sample
+    from scratchlm.engine.sampling import process_logits, sample
 
     logits = torch.tensor([[0.1, 3.0, -1.0, 2.9]])
     params = SamplingParams(temperature=1.0, top_p=5e-324)

@@ -32,7 +32,8 @@ import torch
 from scratchlm.engine.blocks import BlockPool, NoFreeBlocks, block_hash
 from scratchlm.engine.detok import IncrementalText
 from scratchlm.engine.paged_cache import PagedKVCache
-from scratchlm.generate import SamplingParams, make_generator, process_logits, sample
+from scratchlm.engine.request import EngineFull, PromptTooLong, TokenEvent
+from scratchlm.engine.sampling import SamplingParams, make_generator, process_logits, sample
 
 
 def compile_frozen(model: torch.nn.Module) -> Callable[..., Any]:
@@ -61,27 +62,6 @@ def compile_frozen(model: torch.nn.Module) -> Callable[..., Any]:
 def _weights_version(model: torch.nn.Module) -> int:
     """Sum of the parameters' in-place write counters: changes when an optimizer (or a load) writes a weight."""
     return sum(p._version for p in model.parameters())
-
-
-class PromptTooLong(ValueError):
-    """The prompt (plus at least one new token) does not fit in the model's context."""
-
-
-class EngineFull(RuntimeError):
-    """The waiting queue is full: try again later (HTTP 429)."""
-
-
-@dataclass
-class TokenEvent:
-    """One step of one sample: its new token and text; `finish_reason` set on the sample's last event."""
-
-    index: int  # which of the request's n samples
-    token_id: int | None
-    text: str  # new text, detokenised incrementally, stop strings cut
-    logprob: float | None = None
-    top_logprobs: list[tuple[int, float]] | None = None
-    finish_reason: str | None = None  # "stop" | "length" | "abort"
-    error: str | None = None  # why an "abort" that nobody asked for happened (the engine failed on this request)
 
 
 class RequestHandle:

@@ -73,11 +73,12 @@ def per_subject(items: list[Any], limit: int | None) -> list[Any]:
 
 def generate_replies(model: Any, tokenizer: Any, items: list[dict], max_new_tokens: int, batch: int = 32) -> list[str]:
     """Greedy replies to chat prompts (the assistant turn opened by the chat template)."""
-    from scratchlm.generate import Engine, SamplingParams
+    from scratchlm.engine.offline import LLM
+    from scratchlm.engine.sampling import SamplingParams
 
     window = int(model.config.max_seq_len) - max_new_tokens
     ids = [tokenizer.encode_chat(it["messages"], add_generation_prompt=True)[0][-window:] for it in items]
-    engine, params = Engine(model, tokenizer), SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
+    engine, params = LLM(model, tokenizer), SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
     out: list[str] = []
     for b in range(0, len(ids), batch):
         out += [tokenizer.decode(o, skip_special_tokens=True) for o in engine.generate(ids[b:b + batch], params)]
