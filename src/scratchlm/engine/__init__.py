@@ -9,8 +9,8 @@ import importlib
 from typing import Any
 
 _WHERE = {
-    "LLMEngine": "scratchlm.engine.engine",
-    "RequestHandle": "scratchlm.engine.engine",
+    "LLMEngine": "scratchlm.engine.llm_engine",
+    "RequestHandle": "scratchlm.engine.request",
     "TokenEvent": "scratchlm.engine.request",
     "EngineFull": "scratchlm.engine.request",
     "PromptTooLong": "scratchlm.engine.request",

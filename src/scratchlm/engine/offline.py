@@ -9,7 +9,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from scratchlm.engine.engine import LLMEngine
+from scratchlm.engine.llm_engine import LLMEngine
 from scratchlm.engine.request import check_context
 from scratchlm.engine.sampling import SamplingParams
 

@@ -4,6 +4,7 @@ top-k, top-p), one draw per row, and the per-request seeded generator."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
@@ -99,3 +100,60 @@ def make_generator(seed: int | None, device: torch.device) -> torch.Generator | 
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
     return gen
+
+
+def sample_rows(logits: torch.Tensor, params: Sequence[SamplingParams], seen: Sequence[torch.Tensor | None],
+                generators: Sequence[torch.Generator | None]) -> list[int | Exception]:
+    """One token per row of logits [B, V], each row with its own parameters, repetition mask [1, V] (or None)
+    and generator: the token, or the exception that sampling this row raised (the other rows go on).
+
+    Gives exactly the tokens of `sample(process_logits(row, p, seen), p, generator)` row after row. The
+    elementwise steps (repetition penalty, temperature, top-k, greedy argmax) run once over all rows that share a
+    parameter value — the same op with the same scalar, element by element; the steps that reduce over a row in
+    floating point (top-p's softmax and cumsum, the draw's softmax) and the draws themselves run row by row, in
+    row order, so that every generator (or the global RNG) draws what and when it did one row at a time.
+    """
+    B = logits.shape[0]
+    out: list[int | Exception] = [0] * B
+    try:
+        x = logits.clone()
+        pen = _groups(i for i in range(B) if seen[i] is not None and params[i].repetition_penalty != 1.0)
+        for idx in pen(lambda i: params[i].repetition_penalty):
+            ix = torch.tensor(idx, device=x.device)
+            mask = torch.cat([seen[i] for i in idx])  # [G, V]
+            x[ix] = apply_repetition_penalty(x[ix], mask, params[idx[0]].repetition_penalty)
+        greedy = [i for i in range(B) if params[i].greedy]
+        if greedy:
+            for i, tok in zip(greedy, x[torch.tensor(greedy, device=x.device)].argmax(dim=-1).tolist()):
+                out[i] = tok
+        hot = _groups(i for i in range(B) if not params[i].greedy)
+        for idx in hot(lambda i: params[i].temperature):
+            ix = torch.tensor(idx, device=x.device)
+            x[ix] = x[ix] / params[idx[0]].temperature
+        for idx in hot(lambda i: params[i].top_k):
+            ix = torch.tensor(idx, device=x.device)
+            x[ix] = top_k_filter(x[ix], params[idx[0]].top_k)
+    except Exception as e:  # noqa: BLE001 — bad logits for the batch: every row reports it
+        return [e] * B
+    for i in range(B):
+        if params[i].greedy:
+            continue
+        try:
+            row = top_p_filter(x[i:i + 1], params[i].top_p)
+            out[i] = int(sample(row, params[i], generators[i]))
+        except Exception as e:  # noqa: BLE001 — this row's draw failed (e.g. its probabilities are not finite)
+            out[i] = e
+    return out
+
+
+def _groups(rows: Iterable[int]) -> Callable[[Callable[[int], Any]], list[list[int]]]:
+    """rows → a function that splits them by a key into lists of row indices (first-seen order)."""
+    rows = list(rows)
+
+    def by(key: Callable[[int], Any]) -> list[list[int]]:
+        groups: dict[Any, list[int]] = {}
+        for i in rows:
+            groups.setdefault(key(i), []).append(i)
+        return list(groups.values())
+
+    return by
