@@ -1,4 +1,4 @@
-"""Decode speed: our Engine with its KV cache vs recomputing the prefix, and vs transformers' generate().
+"""Decode speed: our `LLM` front (engine/offline.py) with its KV cache vs recomputing the prefix, and vs transformers' generate().
 
     python bench/bench_decode.py [--preset minimind-26m] [--new 128] [--threads N] [--profile]
 
@@ -6,7 +6,7 @@
    full forward over the whole prefix per token (what decoding without a cache costs), at the same
    positions (context ≈ 448…512). Goal ≥ 10×.
 2. ours vs transformers: greedy, batch 1, the same config and weights copied into LlamaForCausalLM
-   (scratchlm.export.hf_mapping), `Engine.generate` vs `LlamaForCausalLM.generate` (both end to end,
+   (scratchlm.export.hf_mapping), `LLM.generate` vs `LlamaForCausalLM.generate` (both end to end,
    prefill included, eos disabled so both produce exactly --new tokens). Goal ≥ 2×.
 3. --profile: torch.profiler table of our decode steps (where the time per token goes).
 
@@ -25,7 +25,8 @@ import time
 import torch
 
 from scratchlm.config import load_config
-from scratchlm.generate import Engine, SamplingParams
+from scratchlm.engine.offline import LLM
+from scratchlm.engine.sampling import SamplingParams
 from scratchlm.model.transformer import Transformer
 
 
@@ -73,7 +74,7 @@ def ours_vs_transformers(model: Transformer, n_prompt: int, n_new: int, repeats:
     from scratchlm.export.hf_mapping import hf_model
 
     hf = hf_model(model)
-    engine = Engine(model)
+    engine = LLM(model)
     prompt = torch.randint(0, model.config.vocab_size, (1, n_prompt))
     params = SamplingParams(temperature=0, max_new_tokens=n_new)
     ours_out = hf_out = None

@@ -9,7 +9,7 @@
 2. aggregate generated tokens/s of 1, 4 and 16 requests scheduled together (greedy, --new tokens each), eager
    and compiled. Goal: 16 ≥ 4× the aggregate of 1.
 3. KV memory held by 16 requests of mixed lengths at their peak: blocks in use × block bytes, against 16
-   contiguous caches of max_seq_len (what the Engine allocates per row). Goal ≤ 0.5×.
+   contiguous caches of max_seq_len (what a contiguous-cache generator allocates per row). Goal ≤ 0.5×.
 4. time to first token of a second chat turn (a long first turn already answered) with prefix caching on
    vs off.
 
@@ -30,7 +30,7 @@ import torch
 
 from scratchlm.config import load_config
 from scratchlm.engine import LLMEngine
-from scratchlm.generate import SamplingParams
+from scratchlm.engine.sampling import SamplingParams
 from scratchlm.model.cache import bytes_per_token
 from scratchlm.model.transformer import Transformer
 

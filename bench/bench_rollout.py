@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from scratchlm.engine import LLMEngine
-from scratchlm.generate import SamplingParams
+from scratchlm.engine.sampling import SamplingParams
 
 
 def _random_run(root: Path, preset: str, seed: int) -> Path:

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from scratchlm.config import load_config
-from scratchlm.model.attention import MLA, Attention, AttnPlan, attend, build_mask
+from scratchlm.model.attention import MLA, Attention, attend
+from scratchlm.model.masks import AttnPlan, build_mask
 from scratchlm.model.layers import rope_cache
 from scratchlm.model.transformer import Transformer
 
@@ -141,3 +142,25 @@ def test_decode_sized_attention_runs_on_one_thread_and_gives_the_same_result(mon
     with pytest.raises(RuntimeError, match="inside"), one_cpu_thread():  # restored after an error too
         raise RuntimeError("inside")
     assert torch.get_num_threads() == n
+
+
+@pytest.mark.parametrize("window", [0, 3])
+def test_build_mask_per_row_positions_match_the_paged_formula(window):
+    # The paged engine passes each row's own query positions [B, T]; the mask is its causal/valid/window rule.
+    cached, new = torch.tensor([0, 4, 2]), 3
+    total = cached + new - torch.tensor([0, 1, 2])  # rows 1 and 2 are right-padded
+    S = int(total.max())
+    q_pos = cached[:, None] + torch.arange(new)[None, :]  # [B, T]
+    k_pos = torch.arange(S)
+    k_valid = k_pos[None, :] < total[:, None]
+    diff = q_pos[:, :, None] - k_pos[None, None, :]
+    want = (diff >= 0) & k_valid[:, None, :]
+    if window:
+        want &= diff < window
+    want |= diff == 0
+    got = build_mask(q_pos, k_pos, k_valid, window)
+    assert got.shape == (3, 1, new, S)
+    assert torch.equal(got[:, 0], want)
+    # one shared row of positions is the same as that row given per row
+    shared = build_mask(q_pos[1], k_pos, k_valid[1:2], window)
+    assert torch.equal(shared[0], got[1])

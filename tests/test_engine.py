@@ -13,7 +13,8 @@ import torch
 from scratchlm.engine import EngineFull, LLMEngine, PromptTooLong
 from scratchlm.engine.blocks import BlockPool, NoFreeBlocks, block_hash
 from scratchlm.engine.detok import IncrementalText
-from scratchlm.generate import Engine, SamplingParams
+from scratchlm.engine.offline import LLM
+from scratchlm.engine.sampling import SamplingParams
 from tests.test_generate import FakeTokenizer, make_model, naive_greedy
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -68,7 +69,7 @@ def test_engine_greedy_equals_naive_and_the_contiguous_engine(overrides):
     model = make_model(*overrides)
     ps = prompts(5)
     got = LLMEngine(model, block_size=4).generate(ps, GREEDY)
-    assert got == Engine(model).generate(ps, GREEDY)
+    assert got == LLM(model).generate(ps, GREEDY)
     assert got[0] == naive_greedy(model, ps[0], 12)
 
 
@@ -158,7 +159,7 @@ def test_stop_strings_cut_the_text_and_ids_like_the_contiguous_engine():
     model = make_model()
     tok = FakeTokenizer()
     p = [5, 17, 42]
-    free = Engine(model, tok).generate([p], GREEDY)[0]
+    free = LLM(model, tok).generate([p], GREEDY)[0]
     text = tok.decode(free, skip_special_tokens=True)
     stop = text[4:6]
     params = SamplingParams(temperature=0, max_new_tokens=12, stop_strings=[stop])
@@ -166,7 +167,7 @@ def test_stop_strings_cut_the_text_and_ids_like_the_contiguous_engine():
     h = eng.submit(p, params)
     streamed = "".join(e.text for e in h)
     assert streamed == text[: text.find(stop)] and h.finish_reasons == ["stop"]
-    assert h.token_ids[0] == Engine(model, tok).generate([p], params)[0]
+    assert h.token_ids[0] == LLM(model, tok).generate([p], params)[0]
 
 
 def test_incremental_text_equals_whole_decode_and_holds_back_stop_prefixes(tmp_path):
@@ -290,7 +291,7 @@ def test_a_failing_request_is_aborted_and_the_loop_keeps_serving():
 
 
 def test_tiny_top_p_keeps_the_most_likely_token():
-    from scratchlm.generate import process_logits, sample
+    from scratchlm.engine.sampling import process_logits, sample
 
     logits = torch.tensor([[0.1, 3.0, -1.0, 2.9]])
     params = SamplingParams(temperature=1.0, top_p=5e-324)
@@ -332,3 +333,127 @@ def test_compiled_engine_equals_eager_without_recompiling_and_refuses_changed_we
         compiled.generate(seqs[:1], GREEDY)
     with pytest.raises(RuntimeError, match="before the first request"):
         compiled.warmup()
+
+
+# -- the parts: KV manager, scheduler, batched sampling --------------------------------------------------------
+def test_kv_manager_prefix_match_takes_cached_blocks_and_fork_shares_them():
+    from scratchlm.engine.kv_manager import KVManager
+    from scratchlm.engine.request import BlockTable
+
+    kv = KVManager(num_blocks=8, block_size=4)
+    toks = list(range(10, 20))  # 10 tokens: 2 full blocks + 2 in a partial one
+    first = BlockTable()
+    kv.admit(first, toks)
+    assert first.blocks == [0, 1, 2] and first.cached == 0
+    first.cached = len(toks)
+    kv.register_full_blocks(first, toks)
+    assert len(first.keys) == 2
+    assert [b for b, _ in kv.match_prefix(toks + [99])] == [0, 1] and kv.pool.hits == 0  # peeking takes nothing
+    second = BlockTable()
+    kv.admit(second, toks + [99])
+    assert second.blocks[:2] == [0, 1] and second.cached == 8 and kv.pool.hits == 2
+    assert kv.pool.refs[0] == kv.pool.refs[1] == 2
+    child = BlockTable()
+    copies = []
+    kv.fork(first, child, lambda src, dst, n: copies.append((src, dst, n)))
+    assert child.blocks[:2] == [0, 1] and kv.pool.refs[0] == 3 and copies == [(2, child.blocks[2], 2)]
+    for t in (first, second, child):
+        kv.free(t)
+    assert not any(kv.pool.refs) and kv.pool.num_free() == 8
+
+
+def test_kv_manager_admission_is_all_or_nothing():
+    from scratchlm.engine.blocks import NoFreeBlocks
+    from scratchlm.engine.kv_manager import KVManager
+    from scratchlm.engine.request import BlockTable
+
+    kv = KVManager(num_blocks=4, block_size=4)
+    held = BlockTable()
+    kv.admit(held, list(range(9)))  # 3 blocks
+    assert kv.fits(list(range(50, 55))) == (False, False)  # needs 2, one is free
+    assert kv.fits(list(range(50, 53)), headroom=1) == (True, False)
+    free_before, refs_before = list(kv.pool.free_ids), list(kv.pool.refs)
+    with pytest.raises(NoFreeBlocks):
+        kv.grow(BlockTable(), 8)
+    assert kv.pool.free_ids == free_before and kv.pool.refs == refs_before  # nothing taken
+    last = BlockTable()
+    kv.grow(last, 4)  # the pool is now full
+    refs_full = list(kv.pool.refs)
+    child = BlockTable()
+    with pytest.raises(NoFreeBlocks):  # the partial block cannot be copied: not even the full ones are shared
+        kv.fork(BlockTable([0, 1], [], 6), child, lambda *a: None)
+    assert kv.pool.refs == refs_full and child.blocks == []
+
+
+def test_scheduler_decides_prefill_then_decode_and_preempts_the_latest():
+    from scratchlm.engine.kv_manager import KVManager
+    from scratchlm.engine.request import Request, RequestHandle, Sample
+    from scratchlm.engine.scheduler import Scheduler
+
+    kv = KVManager(num_blocks=4, block_size=4)
+    sched = Scheduler(kv, max_num_seqs=4, max_prefill_tokens=100)
+
+    def request(n_tokens):
+        h = RequestHandle(None, "r", list(range(n_tokens)), 1)
+        return Request(h, [Sample(h, 0, list(range(n_tokens)), GREEDY, n_tokens, None, IncrementalText(None))])
+
+    a, b, c = request(4), request(4), request(8)
+    sched.waiting.extend([a, b, c])
+    plan = sched.schedule_prefill()
+    # a and b take a block each (+1 headroom); c would leave no headroom while others run: it waits
+    assert plan.prefill == [a, b] and not plan.decode and not plan.aborted and list(sched.waiting) == [c]
+    for r in plan.prefill:
+        r.parent.table.cached = 4
+        sched.running.append(r.parent)
+    plan = sched.schedule_decode()
+    # each needs a second block for its 5th token: a gets one, b gets the last
+    assert plan.decode == [a.parent, b.parent] and not plan.preempted
+    for s in plan.decode:
+        s.table.cached, s.tokens = 8, s.tokens + [0] * 4
+    plan = sched.schedule_decode()  # both need a third block, none is free: b (the latest) is preempted
+    assert plan.preempted == [b.parent] and plan.decode == [a.parent]
+    assert sched.waiting[0].samples == [b.parent] and b.parent.table.blocks == [] and sched.preemptions == 1
+
+
+def test_scheduler_aborts_a_request_too_big_even_alone_without_touching_the_pool():
+    from scratchlm.engine.kv_manager import KVManager
+    from scratchlm.engine.request import Request, RequestHandle, Sample
+    from scratchlm.engine.scheduler import Scheduler
+
+    kv = KVManager(num_blocks=2, block_size=4)
+    sched = Scheduler(kv, max_num_seqs=4, max_prefill_tokens=100)
+    h = RequestHandle(None, "r", list(range(12)), 1)
+    s = Sample(h, 0, list(range(12)), GREEDY, 12, None, IncrementalText(None))
+    sched.waiting.append(Request(h, [s]))
+    plan = sched.schedule_prefill()
+    assert plan.prefill == [] and [x for x, _ in plan.aborted] == [s] and not sched.waiting
+    assert kv.pool.num_free() == 2 and not any(kv.pool.refs)
+
+
+def test_batched_sampling_draws_exactly_what_row_by_row_sampling_draws():
+    from scratchlm.engine.sampling import make_generator, process_logits, sample, sample_rows
+
+    torch.manual_seed(0)
+    logits = torch.randn(7, 50) * 3
+    params = [SamplingParams(temperature=0.8, top_k=10, seed=1), SamplingParams(temperature=0),
+              SamplingParams(temperature=0.8, top_k=10, seed=2), SamplingParams(temperature=1.3, top_p=0.7),
+              SamplingParams(temperature=0.5, repetition_penalty=1.4, top_p=0.9, seed=4),
+              SamplingParams(temperature=0, repetition_penalty=1.4), SamplingParams(temperature=1.0, top_k=3)]
+    seen = [None] * 7
+    for i in (4, 5):
+        seen[i] = torch.zeros(1, 50, dtype=torch.bool)
+        seen[i][0, torch.randint(0, 50, (10,))] = True
+
+    def gens():
+        return [make_generator(p.seed, torch.device("cpu")) for p in params]
+
+    torch.manual_seed(5)
+    batched = sample_rows(logits, params, seen, gens())
+    torch.manual_seed(5)
+    g = gens()
+    alone = [int(sample(process_logits(logits[i:i + 1], p, seen[i]), p, g[i])) for i, p in enumerate(params)]
+    assert batched == alone
+    bad = logits.clone()
+    bad[3] = float("nan")
+    out = sample_rows(bad, params, seen, gens())
+    assert isinstance(out[3], Exception) and all(isinstance(t, int) for i, t in enumerate(out) if i != 3)

@@ -7,16 +7,15 @@ import pytest
 import torch
 
 from scratchlm.config import load_config
-from scratchlm.generate import (
-    Engine,
+from scratchlm.engine.offline import LLM
+from scratchlm.engine.sampling import (
     SamplingParams,
     apply_repetition_penalty,
     process_logits,
-    speculative_generate,
-    verify_proposals,
     top_k_filter,
     top_p_filter,
 )
+from scratchlm.engine.speculative import speculative_generate, verify_proposals
 from scratchlm.model.transformer import Transformer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -67,7 +66,7 @@ GREEDY = SamplingParams(temperature=0, max_new_tokens=12)
 )
 def test_cached_greedy_equals_naive_loop(overrides):
     model = make_model(*overrides)
-    engine = Engine(model)
+    engine = LLM(model)
     for prompt in PROMPTS[:3]:
         assert engine.generate([prompt], GREEDY)[0] == naive_greedy(model, prompt, 12)
 
@@ -79,7 +78,7 @@ def test_greedy_output_is_not_trivial(model):
 
 
 def test_batched_prompts_of_different_lengths_equal_each_alone(model):
-    engine = Engine(model)
+    engine = LLM(model)
     batched = engine.generate(PROMPTS, GREEDY)
     alone = [engine.generate([p], GREEDY)[0] for p in PROMPTS]
     assert batched == alone
@@ -88,12 +87,12 @@ def test_batched_prompts_of_different_lengths_equal_each_alone(model):
 def test_batched_moe_equals_alone():
     model = make_model("model.n_routed_experts=4", "model.top_k=2", "model.n_shared_experts=1")
     params = SamplingParams(temperature=0, max_new_tokens=6)
-    batched = Engine(model).generate(PROMPTS[:3], params)
+    batched = LLM(model).generate(PROMPTS[:3], params)
     assert batched == [naive_greedy(model, p, 6) for p in PROMPTS[:3]]
 
 
 def test_stop_ids_end_rows_and_are_not_returned(model):
-    engine = Engine(model)
+    engine = LLM(model)
     full = engine.generate(PROMPTS, GREEDY)
     stop = full[0][4]  # the 5th greedy token of row 0 becomes a stop id
     params = SamplingParams(temperature=0, max_new_tokens=12, stop_ids=[stop])
@@ -106,24 +105,24 @@ def test_stop_ids_end_rows_and_are_not_returned(model):
 
 
 def test_tokenizer_eos_is_always_a_stop_id(model):
-    engine = Engine(model)
+    engine = LLM(model)
     full = engine.generate([PROMPTS[0]], GREEDY)[0]
     tok = FakeTokenizer()
     tok.eos_id = full[3]
-    out = Engine(model, tok).generate([PROMPTS[0]], GREEDY)[0]
+    out = LLM(model, tok).generate([PROMPTS[0]], GREEDY)[0]
     assert out == full[: full.index(full[3])]
 
 
 def test_max_new_tokens(model):
     for n in (1, 5):
-        out = Engine(model).generate(PROMPTS, SamplingParams(temperature=0, max_new_tokens=n))
+        out = LLM(model).generate(PROMPTS, SamplingParams(temperature=0, max_new_tokens=n))
         assert [len(r) for r in out] == [n] * len(PROMPTS)
 
 
 def test_stop_strings_cut_text_and_ids(model):
     tok = FakeTokenizer()
     tok.eos_id = -1  # never sampled
-    engine = Engine(model, tok)
+    engine = LLM(model, tok)
     full = engine.generate([PROMPTS[0]], GREEDY)[0]
     text = tok.decode(full)
     stop = text[5:7]  # a two-character stop string spanning tokens 5 and 6
@@ -136,7 +135,7 @@ def test_stop_strings_cut_text_and_ids(model):
 
 def test_stop_strings_need_a_tokenizer(model):
     with pytest.raises(ValueError, match="stop_strings need a tokenizer"):
-        Engine(model).generate([PROMPTS[0]], SamplingParams(stop_strings=["x"]))
+        LLM(model).generate([PROMPTS[0]], SamplingParams(stop_strings=["x"]))
 
 
 def test_stop_strings_hold_back_a_possible_prefix():
@@ -156,7 +155,7 @@ def test_stop_strings_hold_back_a_possible_prefix():
 
 @pytest.mark.parametrize("params", [GREEDY, SamplingParams(temperature=0.9, top_k=50, seed=3, max_new_tokens=12)])
 def test_stream_yields_the_same_tokens_as_generate(model, params):
-    engine = Engine(model)
+    engine = LLM(model)
     for prompt in PROMPTS[:2]:
         assert list(engine.stream(prompt, params)) == engine.generate([prompt], params)[0]
 
@@ -164,14 +163,14 @@ def test_stream_yields_the_same_tokens_as_generate(model, params):
 def test_stream_with_stop_string_equals_generate(model):
     tok = FakeTokenizer()
     tok.eos_id = -1
-    engine = Engine(model, tok)
+    engine = LLM(model, tok)
     text = tok.decode(engine.generate([PROMPTS[2]], GREEDY)[0])
     params = SamplingParams(temperature=0, max_new_tokens=12, stop_strings=[text[6:9], "zzzz"])
     assert list(engine.stream(PROMPTS[2], params)) == engine.generate([PROMPTS[2]], params)[0]
 
 
 def test_seeded_sampling_is_reproducible(model):
-    engine = Engine(model)
+    engine = LLM(model)
     params = SamplingParams(temperature=1.0, seed=123, max_new_tokens=16)
     a = engine.generate(PROMPTS, params)
     b = engine.generate(PROMPTS, params)
@@ -181,7 +180,7 @@ def test_seeded_sampling_is_reproducible(model):
 
 
 def test_top_k_1_equals_greedy(model):
-    engine = Engine(model)
+    engine = LLM(model)
     params = SamplingParams(temperature=1.5, top_k=1, seed=0, max_new_tokens=12)
     assert engine.generate(PROMPTS, params) == engine.generate(PROMPTS, GREEDY)
 
@@ -209,7 +208,7 @@ def test_repetition_penalty_lowers_seen_tokens():
 
 
 def test_repetition_penalty_changes_generation(model):
-    engine = Engine(model)
+    engine = LLM(model)
     plain = engine.generate([PROMPTS[1]], SamplingParams(temperature=0, max_new_tokens=30))[0]
     penalised = engine.generate([PROMPTS[1]], SamplingParams(temperature=0, max_new_tokens=30, repetition_penalty=100.0))[0]
     # with a huge penalty a token is repeated only once every other logit is also penalised or -inf
@@ -224,7 +223,7 @@ def test_greedy_ignores_sampling_filters():
 
 
 def test_context_overflow_is_an_error_naming_the_prompt(model):
-    engine = Engine(model)
+    engine = LLM(model)
     long_prompt = list(range(1, 121))
     with pytest.raises(ValueError, match=r"prompt 1 has 120 tokens \+ max_new_tokens=20 = 140 exceeds model.max_seq_len=128"):
         engine.generate([[1, 2], long_prompt], SamplingParams(max_new_tokens=20))
@@ -232,7 +231,7 @@ def test_context_overflow_is_an_error_naming_the_prompt(model):
 
 
 def test_bad_input_errors(model):
-    engine = Engine(model)
+    engine = LLM(model)
     with pytest.raises(ValueError, match="prompt 0 is empty"):
         engine.generate([[]], GREEDY)
     with pytest.raises(ValueError, match="outside the vocabulary"):
@@ -245,7 +244,7 @@ def test_bad_input_errors(model):
 
 def test_speculative_greedy_equals_plain_greedy(model):
     draft = make_model("model.n_layers=1", "model.d_model=32", "model.n_heads=2", "model.n_kv_heads=1", seed=7)
-    engine = Engine(model)
+    engine = LLM(model)
     rates = []
     params = SamplingParams(temperature=0, max_new_tokens=16)
     for prompt in PROMPTS[:3]:
@@ -325,7 +324,7 @@ def test_real_tokenizer_eos_and_chat_prompt(run_dir):
     from scratchlm.runs import load_run
 
     model, tok, _ = load_run(run_dir)
-    engine = Engine(model, tok)
+    engine = LLM(model, tok)
     ids = engine.encode_prompt("hello", chat=True)
     assert tok.decode(ids).endswith("<|im_start|>assistant\n")
     assert tok.eos_id in engine.llm._stop_ids(SamplingParams())
@@ -346,7 +345,7 @@ def test_cli_generate(run_dir, capsys, extra):
     assert main(args) == 0
     out = capsys.readouterr().out
     model, tok, _ = load_run(run_dir)
-    engine = Engine(model, tok)
+    engine = LLM(model, tok)
     expected = engine.generate_text("hello", SamplingParams(temperature=0, max_new_tokens=6), chat="--chat" in extra)
     assert out.rstrip("\n") == expected.rstrip("\n")
 

@@ -1,5 +1,5 @@
 """The transformers wrapper: save/reload gives identical logits, Auto classes find it, generate() matches
-our Engine (greedy, including left-padded batches)."""
+our offline engine front, engine.offline.LLM (greedy, including left-padded batches)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ pytest.importorskip("transformers")
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 
 from scratchlm.config import ConfigError, load_config  # noqa: E402
-from scratchlm.generate import Engine, SamplingParams  # noqa: E402
+from scratchlm.engine.offline import LLM  # noqa: E402
+from scratchlm.engine.sampling import SamplingParams  # noqa: E402
 from scratchlm.model.hf import ScratchLMConfig, ScratchLMForCausalLM  # noqa: E402
 from scratchlm.model.transformer import Transformer  # noqa: E402
 
@@ -82,7 +83,7 @@ def test_transformers_generate_matches_engine_greedy(overrides):
     model = make_model(*overrides)
     wrapped = ScratchLMForCausalLM.from_transformer(model, eos_token_id=None, pad_token_id=0).eval()
     prompts = [[5, 17, 42, 9], [3, 4]]
-    ours = Engine(model).generate(prompts, SamplingParams(temperature=0, max_new_tokens=10))
+    ours = LLM(model).generate(prompts, SamplingParams(temperature=0, max_new_tokens=10))
     for prompt, expected in zip(prompts, ours):
         out = wrapped.generate(torch.tensor([prompt]), max_new_tokens=10, do_sample=False)
         assert out[0, len(prompt):].tolist() == expected

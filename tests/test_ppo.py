@@ -179,7 +179,7 @@ def test_run_folder_opens_as_a_chat_model_with_the_critic_beside(tok, tok_dir, t
     assert res.status == "done"
     model, tokenizer, cfg = load_run(tmp_path / "ppo")
     from scratchlm.engine import LLMEngine
-    from scratchlm.generate import SamplingParams
+    from scratchlm.engine.sampling import SamplingParams
     from scratchlm.model.transformer import Transformer
 
     assert type(model) is Transformer and cfg.train.objective == "ppo"

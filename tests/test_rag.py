@@ -339,7 +339,7 @@ def test_build_messages_fits_and_cites():
 def test_answer_question_with_a_tiny_run(tmp_path):
     torch = pytest.importorskip("torch")
     from scratchlm.config import load_config
-    from scratchlm.generate import Engine
+    from scratchlm.engine.offline import LLM
     from scratchlm.model.transformer import Transformer
     from scratchlm.rag.answer import answer_question
     from scratchlm.rag.embedders import RunEmbedder
@@ -355,7 +355,7 @@ def test_answer_question_with_a_tiny_run(tmp_path):
     run = save_run(tmp_path / "run", Transformer(cfg.model), cfg, tok_dir)
     model, tok, _ = load_run(run)
     hits = [Hit(1, "a.md", 0, "the cat sat on the mat " * 40, 0.1)]
-    ans = answer_question(Engine(model, tok), "Where did the cat sit?", hits, max_new_tokens=8)
+    ans = answer_question(LLM(model, tok), "Where did the cat sit?", hits, max_new_tokens=8)
     assert ans.sources == ["a.md#0"] and "[a.md#0]" in ans.with_citations()
     prompt_ids = tok.encode_chat([{"role": "user", "content": ans.prompt}], add_generation_prompt=True)[0]
     assert len(prompt_ids) <= cfg.model.max_seq_len - 8

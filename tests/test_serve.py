@@ -251,7 +251,7 @@ def test_16_concurrent_greedy_streams_each_equal_alone(client, server):
 def test_terminal_chat_script(server, chat_run):
     from rich.console import Console
 
-    from scratchlm.generate import SamplingParams
+    from scratchlm.engine.sampling import SamplingParams
     from scratchlm.serve.chat import chat_loop
     from scratchlm.tokenizer.bpe import Tokenizer
 

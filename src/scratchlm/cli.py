@@ -18,7 +18,7 @@ COMMAND_MODULES = [
     "scratchlm.model.cli",
     "scratchlm.train.cli",
     "scratchlm.train.lora_cli",
-    "scratchlm.generate_cli",
+    "scratchlm.engine.cli",
     "scratchlm.serve.cli",
     "scratchlm.rag.cli",
     "scratchlm.eval.cli",

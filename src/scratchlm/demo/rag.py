@@ -14,7 +14,7 @@ def run_rag_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scores
     """Index a slice of the built-in corpus (s.rag_embedder fused with BM25), ask the SFT model one English and
     one Chinese held-out question with the retrieved chunks: the retrieved sources, whether the right document
     was among them, and the answer (with its citations) next to the answer without retrieval."""
-    from scratchlm.generate import Engine
+    from scratchlm.engine.offline import LLM
     from scratchlm.rag.answer import answer_question
     from scratchlm.rag.embedders import get_embedder
     from scratchlm.rag.evalset import answer_contains, doc_of, write_eval_set
@@ -27,7 +27,7 @@ def run_rag_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scores
     emb = get_embedder(s.rag_embedder)
     say(f"RAG: indexing {corpus} with {emb.name} → {out / 'rag' / 'demo.db'}")
     model, tokenizer, _ = load_run(out / "sft")
-    engine = Engine(model, tokenizer)
+    engine = LLM(model, tokenizer)
     asked = []
     with VectorStore(out / "rag" / "demo.db", emb.name, emb.dim, "cosine") as store:
         index_paths(store, emb, [corpus], show_progress=progress)  # a rerun finds the file unchanged and skips it

@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 
 from scratchlm.config import ModelConfig
-from scratchlm.model.attention import AttnPlan
+from scratchlm.model.masks import AttnPlan, build_mask
 
 
 class PagedKVCache:
@@ -92,12 +92,8 @@ class PagedBatch:
         q_valid = q_pos < total_t[:, None]
         self.write_slots = torch.where(q_valid, read_slots.gather(1, q_pos.clamp(max=S - 1)),
                                        torch.full_like(q_pos, pool.scratch))  # [B, T]
-        diff = q_pos[:, :, None] - k_pos[None, None, :]  # [B, T, S]
-        allowed = (diff >= 0) & k_valid[:, None, :]
-        if pool.window:
-            allowed &= diff < pool.window
-        allowed |= diff == 0  # a padded query sees itself: no all-masked softmax row (NaN)
-        self._mask = allowed[:, None]  # [B, 1, T, S]
+        # Causal per row over its valid keys (and the window); a padded query sees itself: no NaN softmax row.
+        self._mask = build_mask(q_pos, k_pos, k_valid, pool.window)  # [B, 1, T, S]
         # [B, T]: every row continues at its own position (a padded query's may run past the RoPE table: clamped)
         self._rope_pos = q_pos.clamp(max=pool.cfg.max_seq_len - 1)
 

@@ -81,7 +81,8 @@ def held_out_reward(policy: nn.Module, tokenizer: Any, reward_model: nn.Module, 
 
     from scratchlm.data.clean import clean_messages
     from scratchlm.data.jsonl import iter_prompt_records
-    from scratchlm.generate import Engine, SamplingParams
+    from scratchlm.engine.offline import LLM
+    from scratchlm.engine.sampling import SamplingParams
     from scratchlm.train.reward import score_texts
 
     prompt_file = Path(prompt_file)
@@ -96,7 +97,7 @@ def held_out_reward(policy: nn.Module, tokenizer: Any, reward_model: nn.Module, 
         raise ValueError(f"{prompt_file}: no prompts to score")
     context = int(policy.config.max_seq_len) - max_new_tokens
     ids = [list(tokenizer.encode_chat(m, add_generation_prompt=True)[0])[-context:] for m in prompts]
-    engine = Engine(policy, tokenizer)
+    engine = LLM(policy, tokenizer)
     scores = [0.0] * len(prompts)
     for k in range(samples):  # the mean over `samples` replies per prompt
         params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed + k)

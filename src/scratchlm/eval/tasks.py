@@ -19,7 +19,8 @@ def evaluate_tasks(model: Any, tokenizer: Any, prompt_file: Path, per_task: int,
     from scratchlm.data.clean import clean_messages
     from scratchlm.data.answers import check_answer
     from scratchlm.data.open_tasks import is_checkable
-    from scratchlm.generate import Engine, SamplingParams
+    from scratchlm.engine.offline import LLM
+    from scratchlm.engine.sampling import SamplingParams
 
     by_task: dict[str, list[dict]] = defaultdict(list)
     new_tokens = {True: max_new_tokens, False: 3 * max_new_tokens}  # by is_checkable: a poem needs more
@@ -36,7 +37,7 @@ def evaluate_tasks(model: Any, tokenizer: Any, prompt_file: Path, per_task: int,
             rec["ids"] = list(tokenizer.encode_chat(clean_messages(rec["prompt"]), add_generation_prompt=True)[0])
             if len(rec["ids"]) <= context:  # a long "continue this text" may not fit a small model's window
                 by_task[key].append(rec)
-    engine = Engine(model, tokenizer)
+    engine = LLM(model, tokenizer)
     scores: dict[str, tuple[int, int]] = {}
     graded: list[dict] = []
     for key, recs in sorted(by_task.items()):
@@ -57,20 +58,22 @@ def evaluate_tasks(model: Any, tokenizer: Any, prompt_file: Path, per_task: int,
 
 def chat_replies(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int) -> list[dict]:
     """Greedy replies to single-turn user prompts: [{"prompt", "reply"}]."""
-    from scratchlm.generate import Engine, SamplingParams
+    from scratchlm.engine.offline import LLM
+    from scratchlm.engine.sampling import SamplingParams
 
     ids = [list(tokenizer.encode_chat([{"role": "user", "content": p}], add_generation_prompt=True)[0]) for p in prompts]
-    out = Engine(model, tokenizer).generate(ids, SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens))
+    out = LLM(model, tokenizer).generate(ids, SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens))
     return [{"prompt": p, "reply": tokenizer.decode(o, skip_special_tokens=True)} for p, o in zip(prompts, out)]
 
 
 def generate_replies(model: Any, tokenizer: Any, items: list[dict], max_new_tokens: int, batch: int = 32) -> list[str]:
     """Greedy replies to chat prompts (the assistant turn opened by the chat template)."""
-    from scratchlm.generate import Engine, SamplingParams
+    from scratchlm.engine.offline import LLM
+    from scratchlm.engine.sampling import SamplingParams
 
     window = int(model.config.max_seq_len) - max_new_tokens
     ids = [tokenizer.encode_chat(it["messages"], add_generation_prompt=True)[0][-window:] for it in items]
-    engine, params = Engine(model, tokenizer), SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
+    engine, params = LLM(model, tokenizer), SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
     out: list[str] = []
     for b in range(0, len(ids), batch):
         out += [tokenizer.decode(o, skip_special_tokens=True) for o in engine.generate(ids[b:b + batch], params)]

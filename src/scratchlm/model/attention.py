@@ -9,7 +9,6 @@ flash on GPU) and "reference" (softmax(QKᵀ·scale + mask)·V written out), whi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 import torch
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 from scratchlm.config import ModelConfig
 from scratchlm.device import one_cpu_thread
 from scratchlm.model.layers import FUSE_MIN_ROWS, RMSNorm, apply_rope, fused_linear, linear_weight, yarn_mscale
+from scratchlm.model.masks import AttnPlan
 
 if TYPE_CHECKING:
     from scratchlm.model.cache import KVCache
@@ -28,60 +28,6 @@ if TYPE_CHECKING:
 # SDPA, 8 heads of 64, mask given, 2-core EPYC, passive OpenMP: B=1 over 96 / 512 keys 1.7× / 1.5× faster on one
 # thread, B=8 over 96 keys 1.5×, B=2 over 512 and B=16 over 96 even, B=8 over 512 (32768) 0.7×.
 SERIAL_ATTENTION_SCORES = 8192
-
-
-@dataclass
-class AttnPlan:
-    """Which keys each query attends to, shared by all layers of one forward.
-
-    mask: bool [B or 1, 1, T, S] (True = attend) or None. With mask None, is_causal=True means plain causal
-    attention over T == S keys, and is_causal=False means every query sees every key (one-token decode).
-    """
-
-    mask: Optional[torch.Tensor]
-    is_causal: bool
-
-
-def build_mask(
-    q_pos: torch.Tensor, k_pos: torch.Tensor, k_valid: Optional[torch.Tensor], window: int
-) -> torch.Tensor:
-    """Boolean mask [B|1, 1, T, S] from absolute query positions [T], key positions [S], key validity [B, S].
-
-    A query attends to valid keys at or before it, and with a sliding window only to the last `window`
-    positions (itself included). Every query also sees its own key, so a left-padding query never has an
-    all-masked row (which would make softmax NaN and spread through 0·NaN in P·V).
-    """
-    diff = q_pos[:, None] - k_pos[None, :]  # [T, S] distance back from query to key
-    allowed = diff >= 0
-    if window:
-        allowed &= diff < window
-    allowed = allowed[None]  # [1, T, S]
-    if k_valid is not None:
-        allowed = allowed & k_valid[:, None, :]  # [B, T, S]
-    allowed = allowed | (diff == 0)[None]
-    return allowed[:, None]  # [B|1, 1, T, S]
-
-
-def document_positions(doc_ids: torch.Tensor) -> torch.Tensor:
-    """Position of each token inside its own document, for doc_ids [B, T] → [B, T] (0 at every doc start)."""
-    B, T = doc_ids.shape
-    idx = torch.arange(T, device=doc_ids.device).expand(B, T)
-    starts = torch.ones_like(doc_ids, dtype=torch.bool)
-    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
-    first = torch.where(starts, idx, torch.zeros_like(idx)).cummax(dim=1).values  # index where each doc began
-    return idx - first
-
-
-def build_document_mask(doc_ids: torch.Tensor, window: int) -> torch.Tensor:
-    """Block-diagonal causal mask [B, 1, T, T] for packed rows: a query sees earlier keys of its own document
-    only (doc_ids [B, T], equal ids = same document; runs of one id must be contiguous)."""
-    T = doc_ids.shape[1]
-    pos = torch.arange(T, device=doc_ids.device)
-    diff = pos[:, None] - pos[None, :]  # [T, S]
-    allowed = (diff >= 0)[None] & (doc_ids[:, :, None] == doc_ids[:, None, :])  # [B, T, S]
-    if window:
-        allowed &= (diff < window)[None]
-    return allowed[:, None]
 
 
 def attend(

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 
 from scratchlm.config import ModelConfig
-from scratchlm.model.attention import AttnPlan, build_mask
+from scratchlm.model.masks import AttnPlan, build_mask
 
 
 def bytes_per_token(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> int:

@@ -15,7 +15,8 @@ import torch
 import torch.nn as nn
 
 from scratchlm.config import ModelConfig
-from scratchlm.model.attention import MLA, Attention, AttnPlan, build_document_mask, build_mask, document_positions
+from scratchlm.model.attention import MLA, Attention
+from scratchlm.model.masks import AttnPlan, build_document_mask, build_mask, document_positions
 from scratchlm.model.cache import KVCache
 from scratchlm.model.layers import RMSNorm, SwiGLU, cross_entropy_sum, make_norm, rope_cache, token_nll
 

@@ -1,5 +1,5 @@
 """Answering with retrieved context: chunks (with their [source#chunk] keys) go into the user turn of
-the chat template, the model answers through the one generation path (`scratchlm.generate.Engine`),
+the chat template, the model answers through the one generation path (`scratchlm.engine.LLM`),
 and the result lists which sources were given and which the answer cited."""
 
 from __future__ import annotations
@@ -77,9 +77,9 @@ def cited_refs(text: str, allowed: Sequence[str]) -> list[str]:
 
 def answer_question(engine, question: str, hits: Sequence[Hit], max_new_tokens: int = 64,
                     temperature: float = 0.0, seed: int | None = 0) -> Answer:
-    """Generate an answer to `question` from `hits` with a `scratchlm.generate.Engine` (hits may be empty)."""
+    """Generate an answer to `question` from `hits` with a `scratchlm.engine.LLM` (hits may be empty)."""
     from scratchlm.data.clean import clean_text
-    from scratchlm.generate import SamplingParams
+    from scratchlm.engine.sampling import SamplingParams
 
     tok = engine.tokenizer
     if tok is None:

@@ -68,17 +68,17 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_ask(args: argparse.Namespace) -> int:
-    from scratchlm.generate import Engine, load_for_generate
+    from scratchlm.engine.offline import LLM
     from scratchlm.rag.answer import answer_question
     from scratchlm.rag.retrieve import Retriever
 
     store, embedder = _open(args, create=False)
     with store:
         hits = Retriever(store, embedder).search(args.question, k=args.k, metric=args.metric, mode=args.mode)
-    model, tokenizer = load_for_generate(args.run, args.device)
-    if tokenizer is None:
+    llm = LLM.from_run(args.run, args.device)
+    if llm.tokenizer is None:
         raise ValueError(f"{args.run}: no tokenizer.json in the run folder")
-    ans = answer_question(Engine(model, tokenizer), args.question, hits, max_new_tokens=args.max_new_tokens)
+    ans = answer_question(llm, args.question, hits, max_new_tokens=args.max_new_tokens)
     if args.show_context:
         print(ans.prompt, end="\n\n", file=sys.stderr)
     print(ans.with_citations())

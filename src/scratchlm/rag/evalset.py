@@ -197,14 +197,13 @@ def run_eval(embedders: list[str], workdir: str | Path, n_per_kind: int = 50, n_
 
 def answer_accuracy(run: str, spec: str, workdir: Path, questions: list[Question], per_kind: int, seed: int) -> dict:
     """Share of answers of `run` containing the expected string, with RAG (top-3 hybrid) and without."""
-    from scratchlm.generate import Engine, load_for_generate
+    from scratchlm.engine.offline import LLM
     from scratchlm.rag.answer import answer_question
     from scratchlm.rag.embedders import get_embedder
     from scratchlm.rag.retrieve import Retriever
     from scratchlm.rag.store import VectorStore
 
-    model, tok = load_for_generate(run, "cpu")
-    engine = Engine(model, tok)
+    engine = LLM.from_run(run, "cpu")
     emb = get_embedder(spec)
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", emb.name)
     by_kind: dict[str, list[Question]] = defaultdict(list)

@@ -7,6 +7,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from scratchlm.engine.cli import add_sampling_args
+
 
 def open_engine(run: str, device: str = "auto", block_size: int = 16, num_blocks: int | None = None,
                 max_num_seqs: int = 16, max_waiting: int = 64, prefix_caching: bool = True,
@@ -88,7 +90,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_chat(args: argparse.Namespace) -> int:
-    from scratchlm.generate import SamplingParams
+    from scratchlm.engine.cli import sampling_params
     from scratchlm.runs import load_run_config
     from scratchlm.serve.chat import chat_loop
     from scratchlm.serve.prompt import chat_run_problem
@@ -100,9 +102,7 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     if problem:
         raise ValueError(problem)
     engine, tokenizer, _ = open_engine(args.run, **_engine_kwargs(args))
-    params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                            repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
-                            seed=args.seed)
+    params = sampling_params(args)
     try:
         chat_loop(engine, tokenizer, params, system=args.system, think=not args.no_think)
     finally:
@@ -135,11 +135,6 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("run", metavar="RUN", help="run folder of a chat model (SFT or later stage)")
     c.add_argument("--system", default=None, help="system prompt")
     c.add_argument("--no-think", action="store_true", help="start with thinking off (/think on turns it back)")
-    c.add_argument("--max-new-tokens", type=int, default=256)
-    c.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
-    c.add_argument("--top-k", type=int, default=0, help="0 = off")
-    c.add_argument("--top-p", type=float, default=0.9, help="1 = off")
-    c.add_argument("--repetition-penalty", type=float, default=1.0)
-    c.add_argument("--seed", type=int, default=None)
+    add_sampling_args(c, default_temperature=0.7, default_max_new_tokens=256)
     _engine_args(c)
     c.set_defaults(func=_cmd_chat)

@@ -93,7 +93,7 @@ class Handlers:
 
     def _params(self, req: P._Sampling, prompt_len: int, max_tokens: int | None) -> Any:
         """SamplingParams of a request whose prompt has `prompt_len` tokens; 400 when they cannot fit."""
-        from scratchlm.generate import SamplingParams
+        from scratchlm.engine.sampling import SamplingParams
 
         limit = self.engine.max_seq_len
         if prompt_len >= limit:

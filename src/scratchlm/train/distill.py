@@ -90,7 +90,8 @@ def teacher_answers(teacher_run: str | Path, prompts_file: str | Path, out_file:
     from scratchlm.data.clean import clean_messages
     from scratchlm.data.jsonl import iter_prompt_records
     from scratchlm.data.answers import check_answer
-    from scratchlm.generate import Engine, SamplingParams
+    from scratchlm.engine.offline import LLM
+    from scratchlm.engine.sampling import SamplingParams
     from scratchlm.runs import load_run
 
     rows = []
@@ -102,7 +103,7 @@ def teacher_answers(teacher_run: str | Path, prompts_file: str | Path, out_file:
     model, tok, _ = load_run(teacher_run)
     if tok is None:
         raise ValueError(f"{teacher_run}: no tokenizer.json; the teacher must be a run folder with its tokenizer")
-    engine = Engine(model, tok)
+    engine = LLM(model, tok)
     budget = int(model.config.max_seq_len) - max_new_tokens
     ids = [list(tok.encode_chat(m, add_generation_prompt=True)[0]) for m, _ in rows]
     keep = [i for i, x in enumerate(ids) if len(x) <= budget]

@@ -109,7 +109,7 @@ class RolloutObjective(Objective):
         """rl.num_generations completions of each prompt, sampled by `policy` in eval mode; prompt k's samples are
         seeded by seed + k·G."""
         from scratchlm.engine import LLMEngine
-        from scratchlm.generate import SamplingParams
+        from scratchlm.engine.sampling import SamplingParams
 
         rl, G = self.cfg.rl, self.cfg.rl.num_generations
         was_training = policy.training

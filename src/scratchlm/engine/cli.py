@@ -1,0 +1,69 @@
+"""`scratchlm generate RUN_OR_DIR --prompt "..."`, and `add_sampling_args`: the one set of sampling options every
+command that samples shares. Apart from the library so that registering commands (every `scratchlm` call,
+`--help` included) does not import torch."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def add_sampling_args(parser: argparse.ArgumentParser, default_temperature: float = 0.7,
+                      default_max_new_tokens: int = 128, default_top_p: float = 0.9,
+                      default_seed: int | None = None) -> None:
+    """Add --max-new-tokens, --temperature, --top-k, --top-p, --repetition-penalty and --seed to `parser`."""
+    parser.add_argument("--max-new-tokens", type=int, default=default_max_new_tokens)
+    parser.add_argument("--temperature", type=float, default=default_temperature, help="0 = greedy")
+    parser.add_argument("--top-k", type=int, default=0, help="0 = off")
+    parser.add_argument("--top-p", type=float, default=default_top_p, help="1 = off")
+    parser.add_argument("--repetition-penalty", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=default_seed)
+
+
+def sampling_params(args: argparse.Namespace) -> Any:
+    """The SamplingParams of the options `add_sampling_args` added."""
+    from scratchlm.engine.sampling import SamplingParams
+
+    return SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                          repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
+                          seed=args.seed)
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from scratchlm.engine.offline import LLM
+
+    llm = LLM.from_run(args.run, args.device)
+    tokenizer = llm.tokenizer
+    if tokenizer is None:
+        raise ValueError(f"{args.run}: no tokenizer.json in the run folder; generate needs one to encode --prompt")
+    params = sampling_params(args)
+    ids = llm.encode_prompt(args.prompt, chat=args.chat)
+    if args.stream:
+        # decode the growing sequence and print the new suffix: a multi-byte character may span tokens
+        out: list[int] = []
+        shown = ""
+        for tok in llm.stream(ids, params):
+            out.append(tok)
+            text = tokenizer.decode(out, skip_special_tokens=True)
+            if not text.endswith("\ufffd"):
+                sys.stdout.write(text[len(shown):])
+                sys.stdout.flush()
+                shown = text
+        print(tokenizer.decode(out, skip_special_tokens=True)[len(shown):])
+    else:
+        out = llm.generate([ids], params)[0]
+        print(tokenizer.decode(out, skip_special_tokens=True))
+    return 0
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Register `scratchlm generate`."""
+    p = subparsers.add_parser("generate", help="generate text from a trained run folder")
+    p.add_argument("run", metavar="RUN_OR_DIR", help="run folder (config.toml, model.safetensors, tokenizer.json)")
+    p.add_argument("--prompt", required=True, help="the prompt text")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt as a ChatML user turn and open the assistant turn")
+    add_sampling_args(p, default_temperature=0.7, default_max_new_tokens=128)
+    p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.set_defaults(func=_cmd_generate)
