@@ -21,7 +21,7 @@ from torch import nn
 
 from scratchlm.config import Config
 from scratchlm.train.objectives import IGNORE, Batch, token_logprobs
-from scratchlm.train.rewards import parse_rewards
+from scratchlm.train.rule_rewards import parse_rewards
 from scratchlm.train.rl_losses import group_advantages, policy_loss, zero_variance_groups
 from scratchlm.train.rollout import RolloutObjective, rows_batch
 

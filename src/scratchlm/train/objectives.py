@@ -5,7 +5,7 @@ An objective owns its data: `next_batches()` returns this process's micro-batche
 step and advances a *global* data position (so a checkpoint resumes on any number of processes),
 `state_dict()` saves that position. `prepare_model` applies LoRA for any stage (the [lora] section) and lets a
 stage add heads (the reward model); `frozen_models()` are extra models a stage holds (DPO's reference), which
-the loop places on the device. The preference stages (train/reward.py, train/dpo.py) build on `PairObjective`.
+the loop places on the device. The preference stages (train/reward_objective.py, train/dpo.py) build on `PairObjective`.
 Rollout stages (PPO/GRPO) generate with `self.policy` (the model being trained, given to `setup`) inside
 `next_batches`; a batch may carry non-tensor fields (texts, answers), which `to_device` leaves where they are.
 `evaluate` returns a stage's own validation metrics beside its loss (logged as val_<name>).
