@@ -335,24 +335,6 @@ def test_pretrain_mix_keeps_the_sft_rows_and_checks_its_data(tok):
         load_config("debug", ["train.pretrain_mix=1.0"])
 
 
-def test_first_fit_rows_places_every_document_once_within_capacity():
-    from scratchlm.train.objectives import first_fit_rows
-
-    # hand-made: capacity 10; 6 goes to a new row, 5 does not fit beside it, 4 fits beside the 6, 5 beside the 5
-    lens = np.array([6, 5, 4, 5, 3])
-    rows = first_fit_rows(np.arange(5), lens, 10, open_rows=2)
-    assert [r.tolist() for r in rows] == [[0, 2], [1, 3], [4]]
-    # with one open row it is greedy in order: a row closes as soon as the next document does not fit
-    assert [r.tolist() for r in first_fit_rows(np.arange(5), lens, 10, open_rows=1)] == [[0], [1, 2], [3, 4]]
-    rng = np.random.default_rng(0)
-    lens = rng.integers(20, 90, size=500)
-    order = rng.permutation(500)
-    rows = first_fit_rows(order, lens, 129)
-    assert sorted(int(d) for r in rows for d in r) == list(range(500))
-    assert all(lens[r].sum() <= 129 for r in rows)
-    assert len(rows) < len(first_fit_rows(order, lens, 129, open_rows=1))  # fewer rows: less padding
-
-
 def test_init_from_a_run_with_another_tokenizer_is_an_error(tmp_path):
     """The data's meta.json names the sha256 of the tokenizer it was prepared with; another run's differs."""
     from scratchlm.runs import check_same_tokenizer

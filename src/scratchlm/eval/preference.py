@@ -60,7 +60,7 @@ def _pair_chunks(shards: Any, batch_pairs: int, max_pairs: int) -> list[list[int
 
 
 def _to(batch: dict[str, Any], model: nn.Module) -> dict[str, Any]:
-    from scratchlm.train.objectives import to_device
+    from scratchlm.train.batches import to_device
 
     return to_device(batch, next(model.parameters()).device)
 

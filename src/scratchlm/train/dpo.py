@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from scratchlm.config import Config, ConfigError
-from scratchlm.train.objectives import IGNORE, Batch, PairObjective, token_logprobs
+from scratchlm.train.batches import IGNORE, Batch
+from scratchlm.train.objectives import PairObjective, token_logprobs
 from scratchlm.train.preference import preference_loss, reward_metrics
 
 

@@ -26,7 +26,8 @@ from scratchlm.runs import METRICS_FILE, append_metrics, load_weights, read_metr
 from scratchlm.train import distributed as D
 from scratchlm.train import zero
 from scratchlm.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, restore_rng, save_checkpoint
-from scratchlm.train.objectives import Objective, nan_step, to_device
+from scratchlm.train.batches import to_device
+from scratchlm.train.objectives import Objective, nan_step
 from scratchlm.train.schedule import lr_at
 
 

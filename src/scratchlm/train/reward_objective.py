@@ -11,7 +11,8 @@ from torch import nn
 from scratchlm.config import ConfigError
 from scratchlm.model.reward import RewardModel
 from scratchlm.padding import right_pad
-from scratchlm.train.objectives import Batch, PairObjective
+from scratchlm.train.batches import Batch
+from scratchlm.train.objectives import PairObjective
 from scratchlm.train.preference import pairwise_reward_loss
 
 
