@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from scratchlm.config import Config, ConfigError
+from scratchlm.padding import right_pad
 
 Batch = dict[str, Any]  # tensors (moved to the device by the loop) and plain fields (texts, answers: left as they are)
 IGNORE = -100  # target id the model's cross-entropy skips
@@ -110,17 +111,11 @@ def rows_batch(source_rows: list[Row], use_mask: bool, use_docs: bool) -> Batch:
     """These rows as a batch (input_ids, targets, and doc_ids when a row has them), right-padded to the longest
     (padding is never a target)."""
     rows = [row_xy(row, use_mask, use_docs) for row in source_rows]
-    T = max(len(x) for x, _, _ in rows)
-    x = np.zeros((len(rows), T), dtype=np.int64)  # pad id is irrelevant: padded targets are ignored
-    y = np.full((len(rows), T), IGNORE, dtype=np.int64)
-    docs = np.full((len(rows), T), -1, dtype=np.int64)  # padding is a document of its own
-    for r, (xr, yr, dr) in enumerate(rows):
-        x[r, : len(xr)], y[r, : len(yr)] = xr, yr
-        if dr is not None:
-            docs[r, : len(dr)] = dr
-    batch = {"input_ids": torch.from_numpy(x), "targets": torch.from_numpy(y)}
-    if any(dr is not None for _, _, dr in rows):
-        batch["doc_ids"] = torch.from_numpy(docs)
+    x, _ = right_pad([xr for xr, _, _ in rows])  # the pad id is irrelevant: padded targets are ignored
+    T = x.shape[1]
+    batch = {"input_ids": x, "targets": right_pad([yr for _, yr, _ in rows], IGNORE, T)[0]}
+    if any(dr is not None for _, _, dr in rows):  # padding (and a row without ids) is a document of its own
+        batch["doc_ids"] = right_pad([() if dr is None else dr for _, _, dr in rows], -1, T)[0]
     return batch
 
 
