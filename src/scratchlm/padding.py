@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 
-def right_pad(rows: Sequence[Sequence[int]], pad: int = 0, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def right_pad(rows: Sequence[Sequence[int]], pad: int = 0,
+              length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids [B, T] int64, lengths [B] int64): each row's ids from column 0, then `pad` up to T, where T is
     `length` (at least the longest row) or else the longest row's length."""
     lens = [len(r) for r in rows]

@@ -14,7 +14,6 @@ Where rows come from (shard folders, epoch order, packing, padding into batches)
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -324,12 +323,3 @@ def make_objective(cfg: Config) -> Objective:
     from scratchlm.stages import objective_for
 
     return objective_for(cfg.train.objective, cfg)
-
-
-NAN_ENV = "SCRATCHLM_TEST_NAN_STEP"  # test hook read by the loop: poison the loss at this step
-
-
-def nan_step() -> int | None:
-    """The optimizer step (1-based) whose loss the NaN test hook poisons, if set."""
-    v = os.environ.get(NAN_ENV)
-    return int(v) if v else None
