@@ -37,7 +37,7 @@ def _cmd_teacher_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from scratchlm.train.loop import plot_metrics
+    from scratchlm.train.metrics_log import plot_metrics
 
     print(plot_metrics(args.run))
     return 0

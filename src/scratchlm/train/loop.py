@@ -1,10 +1,10 @@
 """THE training loop. It does not know the model or the stage: an Objective turns data into a loss.
 
-The loop owns: device and dtype (scratchlm.device), the backend (one process, DDP, FSDP2 or DeepSpeed ZeRO, one
-interface: train/distributed.py, train/zero.py), AdamW with
-decay/no-decay groups, the lr schedule (train/schedule.py), gradient accumulation, clipping,
-optional torch.compile, seeds, validation, metrics.jsonl, the progress bar, loss.png, tensorboard,
-checkpoints (train/checkpoint.py), exact resume, SIGINT/SIGTERM, and stopping on a NaN loss.
+The loop owns: device and dtype (scratchlm.device), the backend (one process, DDP, FSDP2 or DeepSpeed ZeRO behind
+one interface: train/distributed.py, train/zero.py), AdamW with decay/no-decay groups, the lr schedule
+(train/schedule.py), gradient accumulation, clipping, optional torch.compile, seeds, validation, metrics.jsonl,
+loss.png and tensorboard (train/metrics_log.py), the progress bar, checkpoints (train/checkpoint.py), exact
+resume, SIGINT/SIGTERM, and stopping on a NaN loss.
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ from torch import nn
 
 from scratchlm.config import Config, ConfigError, load_run_config
 from scratchlm.device import autocast, pick_device, pick_dtype
-from scratchlm.runs import METRICS_FILE, append_metrics, load_weights, read_metrics, tied_aliases, write_metrics
+from scratchlm.runs import load_weights, tied_aliases
 from scratchlm.train import distributed as D
 from scratchlm.train import zero
-from scratchlm.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, restore_rng, save_checkpoint
 from scratchlm.train.batches import to_device
+from scratchlm.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, restore_rng, save_checkpoint
+from scratchlm.train.metrics_log import MetricsLog, plot_metrics, rss_mb
 from scratchlm.train.objectives import Objective
 from scratchlm.train.schedule import lr_at
 
@@ -54,22 +55,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def rss_mb() -> float | None:
-    """This process's resident set size in MB now (not the peak): /proc/self/status, else psutil, else None."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    try:
-        import psutil
-    except ImportError:
-        return None
-    return psutil.Process().memory_info().rss / 2**20
 
 
 def build_optimizer(model: nn.Module, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
@@ -116,42 +101,6 @@ class _StopFlag:
     def __exit__(self, *exc: Any) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
-
-
-class _Metrics:
-    """metrics.jsonl (append, one JSON object per line) and optional tensorboard, on rank 0 only."""
-
-    def __init__(self, out_dir: Path, enabled: bool, resume_step: int | None, tensorboard: bool) -> None:
-        self.enabled = enabled
-        self.out_dir = out_dir
-        self.tb = None
-        if not enabled:
-            return
-        if resume_step is None:
-            write_metrics(out_dir, [])
-        elif (out_dir / METRICS_FILE).exists():
-            # drop lines logged after the checkpoint we resume from: they will be logged again
-            write_metrics(out_dir, [r for r in read_metrics(out_dir) if r.get("step", 0) <= resume_step])
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:
-                raise ConfigError("train.tensorboard=true needs the tensorboard package: "
-                                  "pip install 'scratchlm[tensorboard]'") from e
-            self.tb = SummaryWriter(str(out_dir / "tensorboard"))
-
-    def log(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        append_metrics(self.out_dir, record)
-        if self.tb is not None:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, record["step"])
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
 
 
 def train(
@@ -206,7 +155,7 @@ def train(
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(out_dir / "config.toml")
-    metrics = _Metrics(out_dir, info.is_main, start_step if ckpt is not None else None, tc.tensorboard)
+    metrics = MetricsLog(out_dir, info.is_main, start_step if ckpt is not None else None, tc.tensorboard)
     result = TrainResult(out_dir=out_dir, step=start_step, status="done", tokens=tokens_seen)
 
     def save(step: int) -> None:
@@ -447,37 +396,3 @@ def _progress_bar(enabled: bool, start: int, total: int) -> Any:
     from scratchlm.progress import progress
 
     return progress(total, initial=start, desc="train", unit="step")
-
-
-def plot_metrics(run_dir: str | Path) -> Path:
-    """Draw loss.png (train loss, and val loss when logged) from a run's metrics.jsonl."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    run_dir = Path(run_dir)
-    path = run_dir / METRICS_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no metrics to plot (is {run_dir} a run folder?)")
-    train_pts, val_pts = [], []
-    for rec in read_metrics(run_dir):
-        if "loss" in rec:
-            train_pts.append((rec["step"], rec["loss"]))
-        if "val_loss" in rec:
-            val_pts.append((rec["step"], rec["val_loss"]))
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if train_pts:
-        ax.plot(*zip(*train_pts), label="train loss", lw=1)
-    if val_pts:
-        ax.plot(*zip(*val_pts), "o-", label="val loss", ms=3)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)")
-    ax.set_title(run_dir.name)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    out = run_dir / "loss.png"
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
