@@ -226,7 +226,8 @@ def train(
         if result.step != last_saved and result.step > 0:
             save(result.step)
         if result.status == "done":
-            final = backend.full_model(lambda state: _plain_model(state, cfg, objective))  # every process: FSDP2 gathers
+            # every process: FSDP2's shards are gathered; the main process gets the plain module to save
+            final = backend.full_model(lambda state: _plain_model(state, cfg, objective))
             if info.is_main:
                 objective.save_final(out_dir, final, cfg, tokenizer_dir)
         if info.is_main:
