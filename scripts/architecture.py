@@ -163,14 +163,16 @@ def draw(graph: dict[str, set[str]], layers: dict[str, int], out: Path = PICTURE
         for i, u in enumerate(members):
             pos[u] = ((i + 1) / (len(members) + 1) + shift, layer)
     fig, ax = plt.subplots(figsize=(11, 10))
+    packages = {u for u in units if (SRC / "scratchlm" / u).is_dir()}
     for u, deps in units.items():
+        if u == CLI:  # every package's command module: its arrows would hide the rest
+            continue
         for d in deps:
             (x0, y0), (x1, y1) = pos[u], pos[d]
             ax.annotate("", xy=(x1, y1 + 0.18), xytext=(x0, y0 - 0.18),
                         arrowprops=dict(arrowstyle="->", color="0.6", lw=0.7, shrinkA=2, shrinkB=2))
     for u, (x, y) in pos.items():
-        ax.text(x, y, u + ("/" if u not in ("config", "device", "progress", "stages", "padding", "runs",
-                                             "scratchlm", CLI) else ""),
+        ax.text(x, y, u + ("/" if u in packages else ""),
                 ha="center", va="center", fontsize=10,
                 bbox=dict(boxstyle="round,pad=0.35", fc="#e8f0fe" if u != CLI else "#fde8e8", ec="0.3"))
     for layer in rows:
@@ -178,7 +180,9 @@ def draw(graph: dict[str, set[str]], layers: dict[str, int], out: Path = PICTURE
     ax.set_xlim(-0.12, 1.02)
     ax.set_ylim(-0.7, max(rows) + 0.7)
     ax.axis("off")
-    ax.set_title("scratchlm: packages by layer; arrows are imports (they only point down)", fontsize=11)
+    ax.set_title("scratchlm: packages by layer; arrows are imports, and they only point down\n"
+                 "(cli: scratchlm/cli.py and every <package>/cli.py, which import their own package; arrows left out)",
+                 fontsize=11)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

@@ -34,7 +34,7 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     assert (out / "lora" / "adapter_model.safetensors").exists() and not (out / "lora" / "model.safetensors").exists()
     # reward and DPO stages: a reward run folder and a DPO run, held-out numbers before and after in the summary
     from scratchlm.runs import load_run
-    from scratchlm.train.reward import RewardModel
+    from scratchlm.model.reward import RewardModel
 
     rw, dpo = summary["reward"], summary["dpo"]
     assert rw["pairs"] == 16 and all(0.0 <= rw[k] <= 1.0 for k in ("accuracy_before", "accuracy_after"))

@@ -126,7 +126,7 @@ def test_dpo_validation_logs_its_own_metrics_and_the_objective_sees_the_policy(t
 
 
 def test_to_device_moves_tensors_and_keeps_plain_fields():
-    from scratchlm.train.objectives import to_device
+    from scratchlm.train.batches import to_device
 
     b = to_device({"input_ids": torch.zeros(2, 3, dtype=torch.long), "answers": ["4", "7"]}, torch.device("cpu"))
     assert b["answers"] == ["4", "7"] and b["input_ids"].shape == (2, 3)

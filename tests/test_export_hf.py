@@ -19,7 +19,7 @@ from scratchlm.model.lora import apply_lora, lora_modules  # noqa: E402
 from scratchlm.model.transformer import Transformer  # noqa: E402
 from scratchlm.runs import load_run, save_run  # noqa: E402
 from scratchlm.tokenizer.bpe import Tokenizer, train_tokenizer  # noqa: E402
-from scratchlm.train.reward import RewardModel  # noqa: E402
+from scratchlm.model.reward import RewardModel  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

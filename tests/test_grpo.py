@@ -14,7 +14,7 @@ from scratchlm.runs import build_model
 from scratchlm.train.grpo import GRPO
 from scratchlm.train.loop import train
 from scratchlm.train.objectives import IGNORE
-from scratchlm.train.rewards import answer_reward, digits_reward, format_reward, parse_rewards
+from scratchlm.train.rule_rewards import answer_reward, digits_reward, format_reward, parse_rewards
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -78,10 +78,10 @@ def test_rollout_batch_targets_completions_and_groups_sum_to_zero(tok):
 def test_one_step_on_a_rigged_reward_raises_that_tokens_probability(tok, monkeypatch):
     # reward = 1 when the completion contains token X: one GRPO step (the real rollout and loss, a plain SGD update)
     # must make X more likely where the policy samples, here measured at every completion position of the batch.
-    from scratchlm.train import rewards
+    from scratchlm.train import rule_rewards
 
     rigged = {}
-    monkeypatch.setitem(rewards.REWARD_FUNCS, "has_x", lambda prompts, completions, completion_ids, **_: [
+    monkeypatch.setitem(rule_rewards.REWARD_FUNCS, "has_x", lambda prompts, completions, completion_ids, **_: [
         float(rigged["x"] in ids) for ids in completion_ids])
     cfg = _cfg("rl.reward_funcs=has_x", "rl.reward_weights=1", "rl.num_generations=8", "rl.loss_agg=grpo")
     torch.manual_seed(0)

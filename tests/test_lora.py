@@ -225,6 +225,18 @@ def test_lora_merge_command_writes_a_plain_run(tmp_path):
     torch.testing.assert_close(merged(x).logits, adapted(x).logits, rtol=0, atol=1e-5)
 
 
+def test_lora_merge_refuses_a_plain_run_and_its_own_folder(tmp_path):
+    from scratchlm.train.lora_merge import merge_run
+
+    base = _base_run(tmp_path)
+    with pytest.raises(ValueError, match="not a LoRA run"):
+        merge_run(base, tmp_path / "merged")
+    _lora_run(tmp_path, base, "lora")
+    with pytest.raises(ValueError, match="choose a new folder"):
+        merge_run(tmp_path / "lora", tmp_path / "lora")
+    assert not (tmp_path / "merged").exists()
+
+
 def test_lora_needs_a_base_run(tmp_path):
     from scratchlm.config import ConfigError
     from scratchlm.runs import build_model

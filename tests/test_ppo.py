@@ -15,7 +15,7 @@ from scratchlm.runs import build_model, load_run, save_run
 from scratchlm.train.loop import train
 from scratchlm.train.objectives import IGNORE
 from scratchlm.train.ppo import CRITIC_DIR, PPO, ActorCritic
-from scratchlm.train.reward import RewardModel
+from scratchlm.model.reward import RewardModel
 from tests.test_grpo import PromptShards
 
 pytestmark = pytest.mark.usefixtures("one_thread")

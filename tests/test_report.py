@@ -14,7 +14,7 @@ from scratchlm.eval.report import write_report
 from scratchlm.model.transformer import Transformer
 from scratchlm.runs import save_run
 from scratchlm.tokenizer.bpe import train_tokenizer
-from scratchlm.train.reward import RewardModel
+from scratchlm.model.reward import RewardModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

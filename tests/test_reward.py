@@ -11,7 +11,8 @@ from scratchlm.config import ConfigError, load_config
 from scratchlm.runs import build_model, load_run
 from scratchlm.train.loop import train
 from scratchlm.eval.preference import pair_accuracy
-from scratchlm.train.reward import Reward, RewardModel, reward_batch
+from scratchlm.model.reward import RewardModel
+from scratchlm.train.reward_objective import Reward, reward_batch
 from tests.test_dpo import PairShards, _base
 
 SETS = ["train.batch_size=4", "train.seq_len=24", "train.log_every=1", "train.eval_every=0", "train.save_every=0",
@@ -51,7 +52,7 @@ def test_reward_training_learns_pairs_and_resumes_exactly(tmp_path):
 
 def test_reward_model_scores_texts_and_refuses_lora(tmp_path):
     from scratchlm.tokenizer.bpe import Tokenizer, train_tokenizer
-    from scratchlm.train.reward import score_texts
+    from scratchlm.model.reward import score_texts
 
     src = tmp_path / "t.txt"
     src.write_text("hello there, how are you? fine thanks " * 50)

@@ -16,7 +16,7 @@ from scratchlm.eval.winrate import load_prompts, win_rate
 from scratchlm.model.transformer import Transformer
 from scratchlm.runs import load_run, save_run
 from scratchlm.tokenizer.bpe import train_tokenizer
-from scratchlm.train.reward import RewardModel, score_texts
+from scratchlm.model.reward import RewardModel, score_texts
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

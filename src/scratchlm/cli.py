@@ -17,7 +17,6 @@ COMMAND_MODULES = [
     "scratchlm.shards.cli",
     "scratchlm.model.cli",
     "scratchlm.train.cli",
-    "scratchlm.train.lora_cli",
     "scratchlm.engine.cli",
     "scratchlm.serve.cli",
     "scratchlm.rag.cli",

@@ -215,7 +215,7 @@ class RLConfig:
     beta: float = 0.0  # weight of the k3 KL to the reference (the --init-from run); 0 loads no reference
     scale_rewards: bool = True  # divide advantages by the group's std (GRPO); false = Dr. GRPO
     loss_agg: Literal["grpo", "dapo", "dr_grpo", "cispo"] = "dapo"
-    reward_funcs: str = "answer,format"  # comma-separated names from train/rewards.py
+    reward_funcs: str = "answer,format"  # comma-separated names from train/rule_rewards.py
     reward_weights: str = "1.0,0.1"  # one weight per reward function
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal (no signal)
     num_iterations: int = 1  # μ: optimizer steps on each rollout batch, old log-probs kept (TRL's num_ppo_epochs)

@@ -6,7 +6,7 @@ checkpoints/step-N/ and its weights, by kind (`run_kind`):
 - "adapter": adapter_config.json + adapter_model.safetensors (PEFT's layout) over the base run named by
   config.toml's lora.base; `load_run` loads the base and puts the adapters on it;
 - a reward model (train.objective = "reward"): model.safetensors of the trunk (`lm.*`) and its score head
-  (`head.weight`); `load_run` returns a `train.reward.RewardModel`.
+  (`head.weight`); `load_run` returns a `model.reward.RewardModel`.
 Weights are only ever read with safetensors.
 """
 
@@ -121,8 +121,8 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None) -> t
         raise FileNotFoundError(f"{run_dir}: no such run folder")
     cfg = load_run_config(run_dir)
     model = Transformer(cfg.model)
-    if cfg.train.objective == "reward":  # the trunk with a score head (train/reward.py)
-        from scratchlm.train.reward import RewardModel
+    if cfg.train.objective == "reward":  # the trunk with a score head (model/reward.py)
+        from scratchlm.model.reward import RewardModel
 
         model = RewardModel(model)
     if run_kind(run_dir) == "adapter":

@@ -30,7 +30,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("pretrain", "scratchlm.train.objectives:Pretrain", "pretrain", "next-token pretraining on token shards"),
     Stage("sft", "scratchlm.train.objectives:SFT", "sft",
           "supervised fine-tuning on ChatML conversations (assistant-only loss)"),
-    Stage("reward", "scratchlm.train.reward:Reward", "preference",
+    Stage("reward", "scratchlm.train.reward_objective:Reward", "preference",
           "reward model (scalar head on the last token, pairwise loss) from --init-from SFT_RUN on "
           "`prepare --kind preference` shards", needs_init=True),
     Stage("dpo", "scratchlm.train.dpo:DPO", "preference",

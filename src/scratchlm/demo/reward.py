@@ -18,7 +18,7 @@ def run_reward_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_sco
     from scratchlm.shards.datasets import open_shards
     from scratchlm.eval.preference import pair_accuracy
     from scratchlm.runs import load_run
-    from scratchlm.train.reward import RewardModel
+    from scratchlm.model.reward import RewardModel
 
     run_dir = train_post_sft("reward", out, s, paths, s.reward_steps, s.reward_sets,
                              "reward model: scoring right vs wrong replies", progress)

@@ -44,7 +44,7 @@ def logprob_preference(model: nn.Module, shards: Any, seq_len: int, batch_pairs:
 @torch.no_grad()
 def pair_accuracy(model: Any, shards: Any, seq_len: int, batch_pairs: int = 16, max_pairs: int = 200) -> dict[str, float]:
     """Held-out pair accuracy (r_chosen > r_rejected) and mean margin of a reward model."""
-    from scratchlm.train.reward import reward_batch
+    from scratchlm.train.reward_objective import reward_batch
 
     d = []
     for idx in _pair_chunks(shards, batch_pairs, max_pairs):
@@ -60,7 +60,7 @@ def _pair_chunks(shards: Any, batch_pairs: int, max_pairs: int) -> list[list[int
 
 
 def _to(batch: dict[str, Any], model: nn.Module) -> dict[str, Any]:
-    from scratchlm.train.objectives import to_device
+    from scratchlm.train.batches import to_device
 
     return to_device(batch, next(model.parameters()).device)
 
@@ -83,7 +83,7 @@ def held_out_reward(policy: nn.Module, tokenizer: Any, reward_model: nn.Module, 
     from scratchlm.data.jsonl import iter_prompt_records
     from scratchlm.engine.offline import LLM
     from scratchlm.engine.sampling import SamplingParams
-    from scratchlm.train.reward import score_texts
+    from scratchlm.model.reward import score_texts
 
     prompt_file = Path(prompt_file)
     by_task: dict[str, list[list[dict]]] = defaultdict(list)

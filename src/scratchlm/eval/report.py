@@ -97,7 +97,7 @@ def plot_losses(stages: list[dict], metrics: list[tuple[list[dict], list[dict]]]
     return path
 
 
-def plot_metrics(names: list[str], table: dict[str, dict[str, float]], path: Path) -> Path | None:
+def plot_metric_bars(names: list[str], table: dict[str, dict[str, float]], path: Path) -> Path | None:
     """Grouped bars of every metric per stage: accuracies (0-1) in one panel, bits per byte in another."""
     import matplotlib
 
@@ -168,7 +168,7 @@ def write_report(run_dirs: list[Path], out: Path, summary: dict | None = None, e
         for k, v in st["val"].items():
             table.setdefault(k, {})[st["name"]] = v
     plot_losses(stages, [train_and_val_metrics(r) for r in run_dirs], out / "loss_curves.png")
-    has_bars = plot_metrics(names, table, out / "metrics.png") is not None
+    has_bars = plot_metric_bars(names, table, out / "metrics.png") is not None
 
     first = stages[0]
     lines = [f"# Report card: {' → '.join(names)}", ""]

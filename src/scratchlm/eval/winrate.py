@@ -36,7 +36,7 @@ def win_rate(prompts: Sequence[list[dict]], replies_a: Sequence[str], replies_b:
 
 def reward_judge(reward_model: Any, tokenizer: Any) -> Judge:
     """A judge from a reward model: σ(r(prompt, first) − r(prompt, second))."""
-    from scratchlm.train.reward import score_texts
+    from scratchlm.model.reward import score_texts
 
     def judge(prompts: Sequence[list[dict]], firsts: Sequence[str], seconds: Sequence[str]) -> list[float]:
         a = score_texts(reward_model, tokenizer, prompts, firsts)

@@ -163,16 +163,14 @@ class RunEmbedder(Embedder):
         """Vectors [N, d_model] float32, unit length."""
         import torch
 
+        from scratchlm.padding import real_mask, right_pad
+
         out = []
         with torch.inference_mode():
             for i in range(0, len(texts), self.batch_size):
                 ids = [self.tokenizer.encode(t)[: self.max_len] or [0] for t in texts[i:i + self.batch_size]]
-                T = max(map(len, ids))
-                x = torch.zeros((len(ids), T), dtype=torch.long)
-                mask = torch.zeros((len(ids), T, 1))
-                for r, row in enumerate(ids):
-                    x[r, : len(row)] = torch.tensor(row)
-                    mask[r, : len(row)] = 1
+                x, lengths = right_pad(ids)
+                mask = real_mask(lengths, x.shape[1]).unsqueeze(-1).float()  # [B, T, 1]: 1 on real tokens
                 h, _ = self.model.hidden_states(x.to(self.device))
                 h = self.model.norm(h).float().cpu()  # [B, T, D]
                 out.append((h * mask).sum(1) / mask.sum(1))

@@ -1,4 +1,5 @@
-"""`scratchlm train STAGE|plot` (the stages of scratchlm/stages.py): thin wrappers around plain functions."""
+"""`scratchlm train STAGE|teacher-data|plot` (the stages of scratchlm/stages.py) and `scratchlm lora merge`: thin
+wrappers around plain functions."""
 
 from __future__ import annotations
 
@@ -36,14 +37,22 @@ def _cmd_teacher_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from scratchlm.train.loop import plot_metrics
+    from scratchlm.train.metrics_log import plot_metrics
 
     print(plot_metrics(args.run))
     return 0
 
 
+def _cmd_lora_merge(args: argparse.Namespace) -> int:
+    from scratchlm.train.lora_merge import merge_run
+
+    out = merge_run(args.run, args.out)
+    print(f"merged {args.run} into {out}/model.safetensors")
+    return 0
+
+
 def add_cli(subparsers: Any) -> None:
-    """Register `scratchlm train ...`."""
+    """Register `scratchlm train ...` and `scratchlm lora merge`."""
     from scratchlm.stages import STAGES
 
     p = subparsers.add_parser("train", help=f"train a model ({', '.join(STAGES)}); plot a run's loss")
@@ -80,6 +89,13 @@ def add_cli(subparsers: Any) -> None:
     pl = sub.add_parser("plot", help="draw RUN/loss.png from RUN/metrics.jsonl")
     pl.add_argument("run")
     pl.set_defaults(func=_cmd_plot)
+    lo = subparsers.add_parser("lora", help="LoRA adapter runs: merge into a plain run")
+    lsub = lo.add_subparsers(dest="lora_command", metavar="SUBCOMMAND")
+    lo.set_defaults(func=lambda args: (lo.print_help(), 2)[1])
+    m = lsub.add_parser("merge", help="fold a LoRA run's adapters into its base weights and write a plain run folder")
+    m.add_argument("run", help="the LoRA run folder (adapter_config.json + adapter_model.safetensors)")
+    m.add_argument("--out", required=True, help="folder for the merged run (model.safetensors + config + tokenizer)")
+    m.set_defaults(func=_cmd_lora_merge)
 
 
 __all__ = ["add_cli"]

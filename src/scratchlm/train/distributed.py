@@ -5,6 +5,10 @@ CPU) and wrap the plain model from outside (torchtitan's rule): DDP by default, 
 (`fully_shard`, each block then the root) with `train.parallel=fsdp`. State dicts always go through
 torch.distributed.checkpoint's full-state-dict API, so a checkpoint written by N processes loads on
 one process (or on M) unchanged.
+
+The loop reaches all of this through one `Backend` object: it wraps the plain model and builds its optimizer,
+runs each micro-batch's backward, steps (clipping first), and saves and loads full state dicts. `TorchBackend`
+(here) is one process, DDP or FSDP2; `zero.DeepSpeedBackend` is DeepSpeed ZeRO-1/2. The loop never asks which.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, ContextManager, Iterator
 
 import torch
 import torch.distributed as dist
@@ -137,3 +141,97 @@ def load_optimizer_state(raw: nn.Module, optimizer: torch.optim.Optimizer, state
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     set_optimizer_state_dict(raw, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+class Backend:
+    """How the loop trains the plain module `raw` on this process; subclasses fill in wrap, backward and step.
+
+    After `wrap`, `model` is the module to call in the training step and `optimizer` holds the param groups the
+    loop sets the lr of. Every method is called on every process (some are collectives)."""
+
+    def __init__(self, info: DistInfo) -> None:
+        self.info = info
+        self.raw: nn.Module | None = None  # the plain module: state dicts come from here (FSDP2 shards it in place)
+        self.model: nn.Module | None = None
+        self.optimizer: Any = None
+
+    def wrap(self, raw: nn.Module, make_optimizer: Callable[[nn.Module], torch.optim.Optimizer]) -> nn.Module:
+        """Wrap the plain model (on its device) for training and build its optimizer; returns the model to call."""
+        raise NotImplementedError
+
+    def set_lr(self, lr: float) -> None:
+        """This step's learning rate, times each param group's lr_scale."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+
+    def micro_batch(self, last: bool) -> ContextManager[None]:
+        """Context of one micro-batch's forward and backward; `last` marks the step's last micro-batch."""
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor, n_micro: int) -> None:
+        """Accumulate the gradients of one micro-batch's loss (already scaled to its share of the step)."""
+        raise NotImplementedError
+
+    def step(self, grad_clip: float) -> Any:
+        """Clip (when grad_clip > 0) and step the optimizer, then clear the gradients; the gradient norm or None."""
+        raise NotImplementedError
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        """The full model state dict on CPU (a collective under FSDP)."""
+        return full_model_state(self.raw)
+
+    def optimizer_state(self) -> dict[str, Any]:
+        """The full optimizer state keyed by parameter name, as checkpoints hold it (a collective)."""
+        raise NotImplementedError
+
+    def load_optimizer_state(self, state: dict[str, Any]) -> None:
+        """Load a full, name-keyed optimizer state (from a checkpoint written by any backend)."""
+        raise NotImplementedError
+
+    def full_model(self, plain_from: Callable[[dict[str, torch.Tensor]], nn.Module]) -> nn.Module | None:
+        """The trained model as a plain module on the main process (None elsewhere when the weights are sharded):
+        sharded (FSDP2) weights are gathered on every process and `plain_from(full state)` builds it."""
+        if not any(type(p).__name__ == "DTensor" for p in self.raw.parameters()):
+            return self.raw
+        if not self.info.is_main:
+            full_model_state(self.raw)  # matches the main process's collective
+            return None
+        return plain_from(full_model_state(self.raw))
+
+
+class TorchBackend(Backend):
+    """One process, DDP or FSDP2 (`parallel`), optionally torch.compile'd: our AdamW steps after our clipping."""
+
+    def __init__(self, info: DistInfo, parallel: str, compile: bool = False) -> None:
+        super().__init__(info)
+        self.parallel, self.compile = parallel, compile
+
+    def wrap(self, raw: nn.Module, make_optimizer: Callable[[nn.Module], torch.optim.Optimizer]) -> nn.Module:
+        self.raw = raw
+        model = wrap_model(raw, self.info, self.parallel)
+        if self.compile:
+            model = torch.compile(model)
+        self.model, self.optimizer = model, make_optimizer(raw)
+        return model
+
+    def micro_batch(self, last: bool) -> ContextManager[None]:
+        return no_grad_sync(self.model, last)  # gradients are all-reduced once, at the last micro-batch
+
+    def backward(self, loss: torch.Tensor, n_micro: int) -> None:
+        loss.backward()
+
+    def step(self, grad_clip: float) -> Any:
+        grad_norm = None
+        if grad_clip > 0:
+            grad_norm = nn.utils.clip_grad_norm_(self.raw.parameters(), grad_clip)
+            if hasattr(grad_norm, "full_tensor"):
+                grad_norm = grad_norm.full_tensor()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def optimizer_state(self) -> dict[str, Any]:
+        return full_optimizer_state(self.raw, self.optimizer)
+
+    def load_optimizer_state(self, state: dict[str, Any]) -> None:
+        load_optimizer_state(self.raw, self.optimizer, state)

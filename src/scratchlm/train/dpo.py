@@ -16,7 +16,9 @@ import torch
 from torch import nn
 
 from scratchlm.config import Config, ConfigError
-from scratchlm.train.objectives import IGNORE, Batch, PairObjective, token_logprobs
+from scratchlm.padding import right_pad
+from scratchlm.train.batches import IGNORE, Batch
+from scratchlm.train.objectives import PairObjective, token_logprobs
 from scratchlm.train.preference import preference_loss, reward_metrics
 
 
@@ -30,14 +32,14 @@ def pair_batch(shards: Any, indices: list[int], seq_len: int) -> Batch:
         p = shards.pair(int(i))
         rows.append((p.rejected, p.rejected_mask))
     T = min(seq_len, max(len(ids) for ids, _ in rows) - 1)
-    x = np.zeros((len(rows), T), dtype=np.int64)
-    y = np.full((len(rows), T), IGNORE, dtype=np.int64)
-    for r, (ids, mask) in enumerate(rows):
+    xs, ys = [], []
+    for ids, mask in rows:
         ids, mask = np.asarray(ids[: T + 1], dtype=np.int64), np.asarray(mask[: T + 1])
-        n = len(ids) - 1
-        x[r, :n] = ids[:-1]
-        y[r, :n] = np.where(mask[1:] > 0, ids[1:], IGNORE)  # the mask marks tokens to predict: it shifts with y
-    return {"input_ids": torch.from_numpy(x), "targets": torch.from_numpy(y)}
+        xs.append(ids[:-1])
+        ys.append(np.where(mask[1:] > 0, ids[1:], IGNORE))  # the mask marks tokens to predict: it shifts with y
+    x, _ = right_pad(xs, 0, T)  # the pad id is irrelevant: padded targets are ignored
+    y, _ = right_pad(ys, IGNORE, T)
+    return {"input_ids": x, "targets": y}
 
 
 class DPO(PairObjective):

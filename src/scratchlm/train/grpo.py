@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 from scratchlm.config import Config
-from scratchlm.train.objectives import IGNORE, Batch, token_logprobs
-from scratchlm.train.rewards import parse_rewards
+from scratchlm.train.batches import IGNORE, Batch
+from scratchlm.train.objectives import token_logprobs
+from scratchlm.train.rule_rewards import parse_rewards
 from scratchlm.train.rl_losses import group_advantages, policy_loss, zero_variance_groups
 from scratchlm.train.rollout import RolloutObjective, rows_batch
 

@@ -1,9 +1,10 @@
 """THE training loop. It does not know the model or the stage: an Objective turns data into a loss.
 
-The loop owns: device and dtype (scratchlm.device), DDP/FSDP2 (train/distributed.py), AdamW with
-decay/no-decay groups, the lr schedule (train/schedule.py), gradient accumulation, clipping,
-optional torch.compile, seeds, validation, metrics.jsonl, the progress bar, loss.png, tensorboard,
-checkpoints (train/checkpoint.py), exact resume, SIGINT/SIGTERM, and stopping on a NaN loss.
+The loop owns: device and dtype (scratchlm.device), the backend (one process, DDP, FSDP2 or DeepSpeed ZeRO behind
+one interface: train/distributed.py, train/zero.py), AdamW with decay/no-decay groups, the lr schedule
+(train/schedule.py), gradient accumulation, clipping, optional torch.compile, seeds, validation, metrics.jsonl,
+loss.png and tensorboard (train/metrics_log.py), the progress bar, checkpoints (train/checkpoint.py), exact
+resume, SIGINT/SIGTERM, and stopping on a NaN loss.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from torch import nn
 
 from scratchlm.config import Config, ConfigError, load_run_config
 from scratchlm.device import autocast, pick_device, pick_dtype
-from scratchlm.runs import METRICS_FILE, append_metrics, load_weights, read_metrics, tied_aliases, write_metrics
+from scratchlm.runs import load_weights, tied_aliases
 from scratchlm.train import distributed as D
 from scratchlm.train import zero
+from scratchlm.train.batches import to_device
 from scratchlm.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, restore_rng, save_checkpoint
-from scratchlm.train.objectives import Objective, nan_step, to_device
+from scratchlm.train.metrics_log import MetricsLog, plot_metrics, rss_mb
+from scratchlm.train.objectives import Objective
 from scratchlm.train.schedule import lr_at
 
 
@@ -52,22 +55,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def rss_mb() -> float | None:
-    """This process's resident set size in MB now (not the peak): /proc/self/status, else psutil, else None."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    try:
-        import psutil
-    except ImportError:
-        return None
-    return psutil.Process().memory_info().rss / 2**20
 
 
 def build_optimizer(model: nn.Module, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
@@ -116,42 +103,6 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
-class _Metrics:
-    """metrics.jsonl (append, one JSON object per line) and optional tensorboard, on rank 0 only."""
-
-    def __init__(self, out_dir: Path, enabled: bool, resume_step: int | None, tensorboard: bool) -> None:
-        self.enabled = enabled
-        self.out_dir = out_dir
-        self.tb = None
-        if not enabled:
-            return
-        if resume_step is None:
-            write_metrics(out_dir, [])
-        elif (out_dir / METRICS_FILE).exists():
-            # drop lines logged after the checkpoint we resume from: they will be logged again
-            write_metrics(out_dir, [r for r in read_metrics(out_dir) if r.get("step", 0) <= resume_step])
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:
-                raise ConfigError("train.tensorboard=true needs the tensorboard package: "
-                                  "pip install 'scratchlm[tensorboard]'") from e
-            self.tb = SummaryWriter(str(out_dir / "tensorboard"))
-
-    def log(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        append_metrics(self.out_dir, record)
-        if self.tb is not None:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, record["step"])
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
 def train(
     cfg: Config,
     objective: Objective,
@@ -176,15 +127,7 @@ def train(
     info = D.setup_distributed(pick_device(tc.device))
     device = info.device
     dtype = pick_dtype(device, tc.dtype)
-    ds_config = None
-    if tc.deepspeed:
-        ds_config = zero.resolve_config(zero.require_deepspeed(tc.deepspeed), cfg, info.world_size)
-        if tc.compile:
-            raise ConfigError("train.compile=true with train.deepspeed: DeepSpeed wraps the model itself; "
-                              "drop one of them")
-    if info.enabled and ds_config is None and tc.parallel == "fsdp" and not objective.fsdp:
-        raise ConfigError(f"train.parallel=fsdp: the {objective.name} stage samples from the policy outside the "
-                          f"training forward, which FSDP2's sharded weights do not allow; use train.parallel=ddp")
+    backend = make_backend(cfg, info, objective)
     seed_everything(tc.seed)
     ckpt_root = out_dir / "checkpoints"
 
@@ -199,23 +142,12 @@ def train(
         extra.to(device).eval().requires_grad_(False)
     raw = model  # the plain module: state dicts come from here (FSDP2 shards it in place)
     aliases = tied_aliases(raw)
-    engine = None  # the DeepSpeed engine, which then owns backward, clipping and the optimizer step
-    if ds_config is not None:
-        model = engine = zero.initialize(raw, build_optimizer(raw, cfg, device), ds_config, info)
-        optimizer = engine.optimizer
-    else:
-        model = D.wrap_model(raw, info, tc.parallel)
-        if tc.compile:
-            model = torch.compile(model)
-        optimizer = build_optimizer(raw, cfg, device)
+    model = backend.wrap(raw, lambda m: build_optimizer(m, cfg, device))
     objective.setup(info, raw)
 
     start_step, tokens_seen = 0, 0
     if ckpt is not None:
-        if engine is not None:
-            zero.scatter_optimizer_state(raw, engine, ckpt.optimizer)
-        else:
-            D.load_optimizer_state(raw, optimizer, ckpt.optimizer)
+        backend.load_optimizer_state(ckpt.optimizer)
         objective.load_state_dict(ckpt.trainer.get("objective", {}))
         start_step, tokens_seen = ckpt.step, int(ckpt.trainer.get("tokens", 0))
         restore_rng(ckpt.trainer["rng"], ckpt.rng_tensors)
@@ -223,16 +155,13 @@ def train(
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(out_dir / "config.toml")
-    metrics = _Metrics(out_dir, info.is_main, start_step if ckpt is not None else None, tc.tensorboard)
+    metrics = MetricsLog(out_dir, info.is_main, start_step if ckpt is not None else None, tc.tensorboard)
     result = TrainResult(out_dir=out_dir, step=start_step, status="done", tokens=tokens_seen)
 
     def save(step: int) -> None:
-        model_state = D.full_model_state(raw)  # collective under FSDP: every rank calls it
+        model_state = backend.model_state()  # collective under FSDP: every rank calls it
         model_state = {k: v for k, v in model_state.items() if k not in frozen}
-        if engine is not None:
-            optim_state = zero.gather_optimizer_state(raw, engine)  # collective: gathers the ZeRO shards
-        else:
-            optim_state = D.full_optimizer_state(raw, optimizer)
+        optim_state = backend.optimizer_state()  # collective: gathers FSDP or ZeRO shards
         if info.is_main:
             state = {"objective": objective.state_dict(), "tokens": result.tokens, "world_size": info.world_size,
                      "schedule": {"step": step, "kind": tc.schedule}}
@@ -240,8 +169,7 @@ def train(
         D.barrier(info)
 
     bar = _progress_bar(progress and info.is_main, start_step, tc.max_steps)
-    poison = nan_step()
-    step_setup = _Run(cfg, objective, info, device, dtype, model, raw, engine, optimizer, ckpt_root)
+    step_setup = _Run(cfg, objective, info, device, dtype, backend, ckpt_root)
     last_saved = start_step if ckpt is not None else -1
     end_step = min(tc.max_steps, stop_at_step) if stop_at_step is not None else tc.max_steps
     t_start = time.perf_counter()
@@ -251,10 +179,9 @@ def train(
         with _StopFlag() as stop:
             for step in range(start_step, end_step):
                 lr = lr_at(step, tc)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr * group.get("lr_scale", 1.0)
-                loss_mean, n_tok_all, parts, n_stop = _forward_backward(step_setup, step, stop.set, poison)
-                grad_norm = _apply_gradients(step_setup)
+                backend.set_lr(lr)
+                loss_mean, n_tok_all, parts, n_stop = _forward_backward(step_setup, step, stop.set)
+                grad_norm = backend.step(tc.grad_clip)
 
                 done = step + 1
                 result.step = done
@@ -298,10 +225,12 @@ def train(
         result.seconds = time.perf_counter() - t_start
         if result.step != last_saved and result.step > 0:
             save(result.step)
+        if result.status == "done":
+            # every process: FSDP2's shards are gathered; the main process gets the plain module to save
+            final = backend.full_model(lambda state: _plain_model(state, cfg, objective))
+            if info.is_main:
+                objective.save_final(out_dir, final, cfg, tokenizer_dir)
         if info.is_main:
-            if result.status == "done":
-                objective.save_final(out_dir, raw if not info.enabled else _full_copy(raw, cfg, objective), cfg,
-                                     tokenizer_dir)
             if bar is not None:
                 bar.close()
             if result.status == "interrupted":
@@ -310,8 +239,6 @@ def train(
                 plot_metrics(out_dir)
             except Exception as e:  # a plotting problem must never lose a finished run
                 print(f"warning: could not draw loss.png: {e}")
-        elif info.enabled and result.status == "done" and tc.parallel == "fsdp":
-            D.full_model_state(raw)  # matches rank 0's collective in _full_copy
     finally:
         metrics.close()
         if bar is not None:
@@ -329,15 +256,27 @@ class _Run:
     info: D.DistInfo
     device: torch.device
     dtype: torch.dtype
-    model: nn.Module  # as wrapped for training (DDP / FSDP / DeepSpeed / compiled)
-    raw: nn.Module  # the plain module
-    engine: Any  # the DeepSpeed engine, which then owns backward, clipping and the optimizer step
-    optimizer: torch.optim.Optimizer
+    backend: D.Backend  # the wrapped model, its backward and optimizer step
     ckpt_root: Path
 
 
-def _forward_backward(r: _Run, step: int, stop_requested: bool,
-                      poison: int | None) -> tuple[float, int, dict[str, float], float]:
+def make_backend(cfg: Config, info: D.DistInfo, objective: Objective) -> D.Backend:
+    """The backend train.* asks for (DeepSpeed ZeRO with train.deepspeed, else one process / DDP / FSDP2), after
+    checking that the stage and the settings fit it."""
+    tc = cfg.train
+    if tc.deepspeed:
+        ds_config = zero.resolve_config(zero.require_deepspeed(tc.deepspeed), cfg, info.world_size)
+        if tc.compile:
+            raise ConfigError("train.compile=true with train.deepspeed: DeepSpeed wraps the model itself; "
+                              "drop one of them")
+        return zero.DeepSpeedBackend(info, ds_config)
+    if info.enabled and tc.parallel == "fsdp" and not objective.fsdp:
+        raise ConfigError(f"train.parallel=fsdp: the {objective.name} stage samples from the policy outside the "
+                          f"training forward, which FSDP2's sharded weights do not allow; use train.parallel=ddp")
+    return D.TorchBackend(info, tc.parallel, tc.compile)
+
+
+def _forward_backward(r: _Run, step: int, stop_requested: bool) -> tuple[float, int, dict[str, float], float]:
     """Gradients of one optimizer step over this process's micro-batches; returns (mean loss over every
     process, tokens over every process, the objective's metrics, how many processes were asked to stop).
     Raises TrainingDiverged on a non-finite loss, before any weight changes."""
@@ -353,20 +292,13 @@ def _forward_backward(r: _Run, step: int, stop_requested: bool,
     bad = False
     for i, (batch, share) in enumerate(zip(batches, shares)):
         batch = to_device(batch, r.device)
-        sync = r.engine is not None or i == len(batches) - 1  # DeepSpeed syncs at its own boundary
-        with D.no_grad_sync(r.model, sync):
+        with r.backend.micro_batch(last=i == len(batches) - 1):
             with autocast(r.device, r.dtype):
-                loss, m = r.objective.loss(r.model, batch)
-            if poison is not None and step + 1 == poison:
-                loss = loss * float("nan")
+                loss, m = r.objective.loss(r.backend.model, batch)
             value = float(loss.detach())
             bad = bad or not math.isfinite(value)
             scaled = loss * (share * info.world_size)  # still run backward when bad: peers wait
-            if r.engine is not None:
-                r.engine.backward(scaled * len(batches))  # it divides by the accumulation steps itself
-                r.engine.step()  # steps the optimizer (after clipping) only at the last micro-batch
-            else:
-                scaled.backward()
+            r.backend.backward(scaled, len(batches))
         loss_sum += value * share
         n_tok += r.objective.tokens(batch)
         for k, v in m.items():
@@ -380,20 +312,6 @@ def _forward_backward(r: _Run, step: int, stop_requested: bool,
             f"saving. Last good checkpoint: {last if last else 'none'} (left untouched). "
             f"Try a lower train.lr, longer train.warmup_steps, or check the data.")
     return loss_mean, int(n_tok_all), parts, n_stop
-
-
-def _apply_gradients(r: _Run) -> Any:
-    """Clip and step (DeepSpeed already stepped inside its backward); the gradient norm, or None."""
-    if r.engine is not None:
-        return r.engine.get_global_grad_norm()
-    grad_norm = None
-    if r.cfg.train.grad_clip > 0:
-        grad_norm = nn.utils.clip_grad_norm_(r.raw.parameters(), r.cfg.train.grad_clip)
-        if hasattr(grad_norm, "full_tensor"):
-            grad_norm = grad_norm.full_tensor()
-    r.optimizer.step()
-    r.optimizer.zero_grad(set_to_none=True)
-    return grad_norm
 
 
 def _starting_point(cfg: Config, model: nn.Module, out_dir: Path, init_from: str | Path | None,
@@ -430,15 +348,13 @@ def _starting_point(cfg: Config, model: nn.Module, out_dir: Path, init_from: str
     return ckpt
 
 
-def _full_copy(raw: nn.Module, cfg: Config, objective: Objective) -> nn.Module:
-    """The final weights as a plain module (under FSDP the full state dict is gathered first), shaped as the
-    stage shaped the trained one (LoRA adapters, a reward head), so save_run writes what the stage trained."""
-    if not any(type(p).__name__ == "DTensor" for p in raw.parameters()):
-        return raw
+def _plain_model(state: dict[str, torch.Tensor], cfg: Config, objective: Objective) -> nn.Module:
+    """The final weights (the full state dict gathered from FSDP2's shards) as a plain module, shaped as the stage
+    shaped the trained one (LoRA adapters, a reward head), so save_run writes what the stage trained."""
     from scratchlm.runs import build_model
 
     plain = objective.prepare_model(build_model(cfg))
-    _load_model_state(plain, D.full_model_state(raw), "fsdp state")
+    _load_model_state(plain, state, "fsdp state")
     return plain
 
 
@@ -481,37 +397,3 @@ def _progress_bar(enabled: bool, start: int, total: int) -> Any:
     from scratchlm.progress import progress
 
     return progress(total, initial=start, desc="train", unit="step")
-
-
-def plot_metrics(run_dir: str | Path) -> Path:
-    """Draw loss.png (train loss, and val loss when logged) from a run's metrics.jsonl."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    run_dir = Path(run_dir)
-    path = run_dir / METRICS_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no metrics to plot (is {run_dir} a run folder?)")
-    train_pts, val_pts = [], []
-    for rec in read_metrics(run_dir):
-        if "loss" in rec:
-            train_pts.append((rec["step"], rec["loss"]))
-        if "val_loss" in rec:
-            val_pts.append((rec["step"], rec["val_loss"]))
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if train_pts:
-        ax.plot(*zip(*train_pts), label="train loss", lw=1)
-    if val_pts:
-        ax.plot(*zip(*val_pts), "o-", label="val loss", ms=3)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)")
-    ax.set_title(run_dir.name)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    out = run_dir / "loss.png"
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out

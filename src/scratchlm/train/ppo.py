@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 from scratchlm.config import Config, ConfigError
-from scratchlm.train.objectives import IGNORE, Batch
-from scratchlm.train.reward import RewardModel, score_ids
-from scratchlm.train.rewards import parse_rewards
+from scratchlm.train.batches import IGNORE, Batch
+from scratchlm.model.reward import RewardModel, score_ids
+from scratchlm.train.rule_rewards import parse_rewards
 from scratchlm.train.rl_losses import gae, kl_shaped_rewards, policy_loss, value_loss, whiten
 from scratchlm.train.rollout import RolloutObjective, rows_batch
 

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from scratchlm.config import Config, ConfigError
-from scratchlm.train.objectives import IGNORE, Batch, Objective, _epoch_order, _open, token_logprobs
+from scratchlm.train.batches import IGNORE, Batch, epoch_order, open_data
+from scratchlm.train.objectives import Objective, token_logprobs
 
 
 class Samples(NamedTuple):
@@ -44,7 +45,7 @@ class RolloutObjective(Objective):
 
     def __init__(self, cfg: Config, shards: Any = None, tokenizer: Any = None, reference: nn.Module | None = None) -> None:
         super().__init__(cfg)
-        self.shards = shards if shards is not None else _open(cfg.train.data, "train.data")
+        self.shards = shards if shards is not None else open_data(cfg.train.data, "train.data")
         kind = getattr(self.shards, "kind", "prompt")
         if kind != "prompt":
             raise ConfigError(f"train.data={cfg.train.data!r} holds {kind!r} shards; {self.name} needs "
@@ -101,7 +102,7 @@ class RolloutObjective(Objective):
         n = self.shards.n_docs
         epoch, i = divmod(pos, n)
         if self._perm[0] != epoch:
-            self._perm = (epoch, _epoch_order(n, self.cfg.train.seed, epoch, True))
+            self._perm = (epoch, epoch_order(n, self.cfg.train.seed, epoch, True))
         return int(self._perm[1][i])
 
     @torch.no_grad()

@@ -11,6 +11,10 @@ autocast, exactly as under DDP. The optimizer state is gathered into the same
 name-keyed AdamW state dict the DDP/FSDP2 path saves, so a ZeRO checkpoint resumes on any number of
 processes, with or without DeepSpeed, and a plain checkpoint resumes under ZeRO. ZeRO-3 (sharded
 weights) is left to FSDP2 (`train.parallel=fsdp`).
+
+`DeepSpeedBackend` is how the loop sees all this: the same `Backend` interface as one process, DDP and FSDP2
+(train/distributed.py). DeepSpeed's wrapped model (its `DeepSpeedEngine`) owns backward, clipping and the
+optimizer step; here it is called `ds_model`, what it is to the loop.
 """
 
 from __future__ import annotations
@@ -19,13 +23,13 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from scratchlm.config import PRESET_DIR, Config, ConfigError
-from scratchlm.train.distributed import DistInfo, full_optimizer_state, load_optimizer_state
+from scratchlm.train.distributed import Backend, DistInfo, full_optimizer_state, load_optimizer_state
 
 # Sections the loop owns: DeepSpeed's own optimizer or lr scheduler would fight train.lr and the schedule.
 _OWNED_SECTIONS = ("optimizer", "scheduler", "fp16")
@@ -110,16 +114,16 @@ def _ensure_process_group(device: torch.device) -> None:
 
 
 def initialize(raw: nn.Module, optimizer: torch.optim.Optimizer, ds_config: dict[str, Any], info: DistInfo) -> Any:
-    """Wrap the model and our AdamW in a DeepSpeed engine; the engine's optimizer keeps our param groups."""
+    """The model and our AdamW wrapped by DeepSpeed (its DeepSpeedEngine); its optimizer keeps our param groups."""
     import deepspeed
 
     _ensure_process_group(info.device)
-    engine, _, _, _ = deepspeed.initialize(model=raw, optimizer=optimizer, config=ds_config)
-    return engine
+    ds_model, _, _, _ = deepspeed.initialize(model=raw, optimizer=optimizer, config=ds_config)
+    return ds_model
 
 
-def _zero_optimizer(engine: Any) -> Any:
-    opt = engine.optimizer
+def _zero_optimizer(ds_model: Any) -> Any:
+    opt = ds_model.optimizer
     if not hasattr(opt, "single_partition_of_fp32_groups") or not hasattr(opt, "optimizer"):
         raise ConfigError(f"DeepSpeed {getattr(__import__('deepspeed'), '__version__', '?')}: its ZeRO optimizer "
                           f"({type(opt).__name__}) has an unknown layout; scratchlm was tested with 0.19")
@@ -133,23 +137,23 @@ def _link_state(zopt: Any) -> None:
     zopt._lazy_init_hp_params_optimizer_state()
 
 
-def _scratch_adamw(raw: nn.Module, engine: Any) -> torch.optim.Optimizer:
-    """A plain AdamW over the raw parameters with the engine's groups (same order and hyperparameters)."""
-    groups = [{k: v for k, v in g.items() if k != "params"} for g in engine.optimizer.param_groups]
+def _scratch_adamw(raw: nn.Module, ds_model: Any) -> torch.optim.Optimizer:
+    """A plain AdamW over the raw parameters with the ZeRO optimizer's groups (same order and hyperparameters)."""
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in ds_model.optimizer.param_groups]
     by_id = {id(p): p for p in raw.parameters()}
-    for g, params in zip(groups, engine.optimizer.bit16_groups):
+    for g, params in zip(groups, ds_model.optimizer.bit16_groups):
         g["params"] = [by_id[id(p)] for p in params]
     return torch.optim.AdamW(groups)
 
 
-def gather_optimizer_state(raw: nn.Module, engine: Any) -> dict[str, Any]:
+def gather_optimizer_state(raw: nn.Module, ds_model: Any) -> dict[str, Any]:
     """The sharded ZeRO AdamW state as the full, name-keyed state dict of the DDP/FSDP path (a collective)."""
     from deepspeed.utils import safe_get_full_optimizer_state
 
-    zopt = _zero_optimizer(engine)
+    zopt = _zero_optimizer(ds_model)
     base_state = zopt.optimizer.state
     flat = zopt.single_partition_of_fp32_groups
-    plain = _scratch_adamw(raw, engine)
+    plain = _scratch_adamw(raw, ds_model)
     if any(p in base_state for p in flat):  # after the first step; before it AdamW holds no state yet
         _link_state(zopt)
         step = next(base_state[p]["step"] for p in flat if p in base_state)
@@ -160,12 +164,12 @@ def gather_optimizer_state(raw: nn.Module, engine: Any) -> dict[str, Any]:
     return full_optimizer_state(raw, plain)
 
 
-def scatter_optimizer_state(raw: nn.Module, engine: Any, state: dict[str, Any]) -> None:
-    """Load a full, name-keyed AdamW state dict (from any checkpoint) into the engine's ZeRO shards."""
+def scatter_optimizer_state(raw: nn.Module, ds_model: Any, state: dict[str, Any]) -> None:
+    """Load a full, name-keyed AdamW state dict (from any checkpoint) into the ZeRO optimizer's shards."""
     from deepspeed.utils import safe_set_full_optimizer_state
 
-    zopt = _zero_optimizer(engine)
-    plain = _scratch_adamw(raw, engine)
+    zopt = _zero_optimizer(ds_model)
+    plain = _scratch_adamw(raw, ds_model)
     load_optimizer_state(raw, plain, state)
     if not plain.state:
         return
@@ -177,3 +181,32 @@ def scatter_optimizer_state(raw: nn.Module, engine: Any, state: dict[str, Any]) 
     for p, st in plain.state.items():
         for k in ADAM_KEYS:
             safe_set_full_optimizer_state(p, st[k].to(p.device), k)
+
+
+class DeepSpeedBackend(Backend):
+    """DeepSpeed ZeRO-1/2 behind the loop's Backend interface: `ds_model` steps (after clipping) at its own
+    accumulation boundary, inside the last micro-batch's backward."""
+
+    def __init__(self, info: DistInfo, ds_config: dict[str, Any]) -> None:
+        super().__init__(info)
+        self.ds_config = ds_config
+        self.ds_model: Any = None  # DeepSpeed's wrapped model (a DeepSpeedEngine)
+
+    def wrap(self, raw: nn.Module, make_optimizer: Callable[[nn.Module], torch.optim.Optimizer]) -> nn.Module:
+        self.raw = raw
+        self.model = self.ds_model = initialize(raw, make_optimizer(raw), self.ds_config, self.info)
+        self.optimizer = self.ds_model.optimizer
+        return self.model
+
+    def backward(self, loss: torch.Tensor, n_micro: int) -> None:
+        self.ds_model.backward(loss * n_micro)  # it divides by the accumulation steps itself
+        self.ds_model.step()  # steps the optimizer (after clipping) only at the last micro-batch
+
+    def step(self, grad_clip: float) -> Any:
+        return self.ds_model.get_global_grad_norm()  # clipped and stepped inside the last backward
+
+    def optimizer_state(self) -> dict[str, Any]:
+        return gather_optimizer_state(self.raw, self.ds_model)  # collective: gathers the ZeRO shards
+
+    def load_optimizer_state(self, state: dict[str, Any]) -> None:
+        scatter_optimizer_state(self.raw, self.ds_model, state)
