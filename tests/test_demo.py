@@ -5,7 +5,7 @@ import json
 import pytest
 
 from scratchlm.cli import main
-from scratchlm.demo.run import DEMO_CHATS
+from scratchlm.demo.pipeline import DEMO_CHATS
 
 
 @pytest.mark.slow
@@ -128,7 +128,7 @@ def test_demo_flags_set_steps_and_seed_and_reject_bad_counts():
 
 
 def test_demo_refuses_a_stage_folder_started_with_another_step_count(tmp_path):
-    from scratchlm.demo.run import run_demo
+    from scratchlm.demo.pipeline import run_demo
     from scratchlm.demo.settings import quick_settings
 
     out = tmp_path / "demo"
@@ -161,7 +161,7 @@ def test_stage_settings_reach_the_training_config():
 def test_stage_lanes():
     import torch
 
-    from scratchlm.demo.run import stage_lanes
+    from scratchlm.demo.pipeline import stage_lanes
     from scratchlm.demo.settings import DemoSettings
     from scratchlm.device import pick_device
 
@@ -177,7 +177,7 @@ def test_stage_lanes():
 
 
 def test_a_stage_that_fails_in_the_second_lane_is_reported_with_its_traceback(tmp_path, monkeypatch):
-    import scratchlm.demo.run as demo
+    import scratchlm.demo.pipeline as demo
     from scratchlm.demo.settings import quick_settings
 
     monkeypatch.setitem(demo.AFTER_SFT, "lora", lambda *args: {"name": "Nova"})  # the first lane, in this process
@@ -220,7 +220,7 @@ def test_settings_come_from_the_settings_file(tmp_path):
 
 
 def test_demo_steps_are_registered_stages_in_registry_order():
-    from scratchlm.demo.run import AFTER_SFT, BASE_STEPS
+    from scratchlm.demo.pipeline import AFTER_SFT, BASE_STEPS
     from scratchlm.demo.settings import DEMO_STEPS
     from scratchlm.stages import STAGE_NAMES
 

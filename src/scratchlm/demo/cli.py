@@ -1,4 +1,4 @@
-"""`scratchlm demo`: the arguments only; `scratchlm.demo.run.run_demo` does the work."""
+"""`scratchlm demo`: the arguments only; `scratchlm.demo.pipeline.run_demo` does the work."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from scratchlm.demo.run import run_demo
+    from scratchlm.demo.pipeline import run_demo
 
     run_demo(args.out, settings=settings_from_args(args), progress=not args.no_progress)
     return 0

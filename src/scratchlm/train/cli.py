@@ -7,6 +7,7 @@ import argparse
 import os
 from typing import Any
 
+from scratchlm.engine.cli import add_sampling_args, sampling_params
 from scratchlm.train.stage import train_stage
 
 
@@ -26,10 +27,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_teacher_data(args: argparse.Namespace) -> int:
     from scratchlm.train.distill import teacher_answers
 
-    if args.samples < 1 or args.max_new_tokens < 1:
-        raise ValueError("--samples and --max-new-tokens must be at least 1")
-    c = teacher_answers(args.teacher, args.prompts, args.out, args.samples, args.temperature, args.max_new_tokens,
-                        args.check, args.seed)
+    if args.samples < 1:
+        raise ValueError("--samples must be at least 1")
+    c = teacher_answers(args.teacher, args.prompts, args.out, args.samples, sampling_params(args), args.check)
     print(f"{args.out}: {c['kept']} conversations from {c['answers']} teacher answers to {c['prompts']} prompts"
           + (f" ({c['too_long']} prompts too long for the teacher's context skipped)" if c["too_long"] else "")
           + (" (only answers that check_answer accepts)" if args.check else ""))
@@ -80,11 +80,9 @@ def add_cli(subparsers: Any) -> None:
     td.add_argument("--prompts", required=True, help='JSON lines with "prompt" (text or messages), e.g. synth prompt_*.jsonl')
     td.add_argument("--out", required=True, help="SFT JSON lines to write (then: prepare --kind sft, train sft/distill)")
     td.add_argument("--samples", type=int, default=1, help="answers per prompt (different seeds when sampling)")
-    td.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    td.add_argument("--max-new-tokens", type=int, default=128)
+    add_sampling_args(td, default_temperature=0.0, default_top_p=1.0, default_seed=0)
     td.add_argument("--check", action="store_true",
                     help="keep only answers answers.check_answer accepts (needs answer/task columns): rejection sampling")
-    td.add_argument("--seed", type=int, default=0)
     td.set_defaults(func=_cmd_teacher_data)
     pl = sub.add_parser("plot", help="draw RUN/loss.png from RUN/metrics.jsonl")
     pl.add_argument("run")

@@ -11,6 +11,7 @@ in size but must share the tokenizer: the same ids must mean the same tokens.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scratchlm.config import Config, ConfigError
+from scratchlm.engine.sampling import SamplingParams
 from scratchlm.train.objectives import IGNORE, SFT, Batch, _forward, _parts
 
 
@@ -80,20 +82,20 @@ class Distill(SFT):
 
 
 def teacher_answers(teacher_run: str | Path, prompts_file: str | Path, out_file: str | Path, samples: int = 1,
-                    temperature: float = 0.0, max_new_tokens: int = 128, check: bool = False,
-                    seed: int = 0) -> dict[str, int]:
+                    params: SamplingParams | None = None, check: bool = False) -> dict[str, int]:
     """Sequence-level distillation data: the teacher's answers (with their <think> traces) to the prompts of a
     JSON-lines file ({"prompt": messages or text, ...other columns}), written as SFT conversations
-    ({"conversations": prompt + [assistant answer], ...columns}). With `check`, only answers that
+    ({"conversations": prompt + [assistant answer], ...columns}). Sample k uses `params` (default greedy, 128 new
+    tokens, seed 0) with seed + k. With `check`, only answers that
     `answers.check_answer` accepts are kept (rejection sampling, as R1's distillation data was filtered);
     rows without "answer"/"task" columns are then an error naming file:line. Returns counts."""
     from scratchlm.data.clean import clean_messages
     from scratchlm.data.jsonl import iter_prompt_records
     from scratchlm.data.answers import check_answer
     from scratchlm.engine.offline import LLM
-    from scratchlm.engine.sampling import SamplingParams
     from scratchlm.runs import load_run
 
+    params = params or SamplingParams(temperature=0.0, max_new_tokens=128, seed=0)
     rows = []
     for n, msgs, cols in iter_prompt_records(Path(prompts_file).read_text(encoding="utf-8").splitlines(), prompts_file):
         if check and not (isinstance(cols.get("answer"), str) and isinstance(cols.get("task"), str)):
@@ -104,14 +106,14 @@ def teacher_answers(teacher_run: str | Path, prompts_file: str | Path, out_file:
     if tok is None:
         raise ValueError(f"{teacher_run}: no tokenizer.json; the teacher must be a run folder with its tokenizer")
     engine = LLM(model, tok)
-    budget = int(model.config.max_seq_len) - max_new_tokens
+    budget = int(model.config.max_seq_len) - params.max_new_tokens
     ids = [list(tok.encode_chat(m, add_generation_prompt=True)[0]) for m, _ in rows]
     keep = [i for i, x in enumerate(ids) if len(x) <= budget]
     counts = {"prompts": len(rows), "too_long": len(rows) - len(keep), "answers": 0, "kept": 0}
     out = []
     for s in range(samples):
-        params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed + s)
-        for i, gen in zip(keep, engine.generate([ids[i] for i in keep], params)):
+        sample_params = dataclasses.replace(params, seed=(params.seed or 0) + s)
+        for i, gen in zip(keep, engine.generate([ids[i] for i in keep], sample_params)):
             msgs, cols = rows[i]
             text = tok.decode(gen, skip_special_tokens=True).strip()
             counts["answers"] += 1

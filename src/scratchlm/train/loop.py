@@ -169,7 +169,7 @@ def train(
         D.barrier(info)
 
     bar = _progress_bar(progress and info.is_main, start_step, tc.max_steps)
-    step_setup = _Run(cfg, objective, info, device, dtype, backend, ckpt_root)
+    step_setup = _StepSetup(cfg, objective, info, device, dtype, backend, ckpt_root)
     last_saved = start_step if ckpt is not None else -1
     end_step = min(tc.max_steps, stop_at_step) if stop_at_step is not None else tc.max_steps
     t_start = time.perf_counter()
@@ -248,7 +248,7 @@ def train(
 
 
 @dataclass
-class _Run:
+class _StepSetup:
     """What one optimizer step needs, set up once by `train`."""
 
     cfg: Config
@@ -276,7 +276,7 @@ def make_backend(cfg: Config, info: D.DistInfo, objective: Objective) -> D.Backe
     return D.TorchBackend(info, tc.parallel, tc.compile)
 
 
-def _forward_backward(r: _Run, step: int, stop_requested: bool) -> tuple[float, int, dict[str, float], float]:
+def _forward_backward(r: _StepSetup, step: int, stop_requested: bool) -> tuple[float, int, dict[str, float], float]:
     """Gradients of one optimizer step over this process's micro-batches; returns (mean loss over every
     process, tokens over every process, the objective's metrics, how many processes were asked to stop).
     Raises TrainingDiverged on a non-finite loss, before any weight changes."""

@@ -125,8 +125,7 @@ class RolloutObjective(Objective):
         params = [SamplingParams(temperature=rl.temperature, top_p=rl.top_p, max_new_tokens=rl.max_new_tokens,
                                  keep_stop_id=True, seed=seed + k * G) for k in range(len(prompts))]
         handles = [engine.submit([int(t) for t in p.ids], sp, n=G) for p, sp in zip(prompts, params)]
-        while not all(h.finished for h in handles):
-            engine.step()
+        engine.run_until_done(handles)
         policy.train(was_training)
         completions = [ids for h in handles for ids in h.token_ids]  # [N·G] lists, stop id kept when it stopped
         texts = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in completions]
