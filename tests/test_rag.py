@@ -190,15 +190,36 @@ def test_wrong_embedder_corrupt_and_locked_errors(tmp_path):
         VectorStore(tmp_path / "other.db", create=False)
     with pytest.raises(FileNotFoundError, match=r"missing\.db: no such rag database"):
         VectorStore(tmp_path / "missing.db", create=False)
-    # locked: another connection holds the write lock
+    # locked: another connection holds an exclusive lock (WAL lets readers past a plain write lock)
     holder = sqlean.connect(tmp_path / "s.db", isolation_level=None)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
     holder.execute("BEGIN EXCLUSIVE")
+    holder.execute("INSERT INTO meta VALUES ('x', 'y')")
     try:
         with pytest.raises(ValueError, match=r"s\.db: database is locked"):
             VectorStore(tmp_path / "s.db", timeout=0.1)
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+
+
+def test_store_is_wal_and_readers_pass_a_writer(tmp_path):
+    # The indexer writes while the server reads: in WAL mode the reader sees the last commit, not a lock error.
+    import sqlean
+
+    V = np.eye(2, 8, dtype=np.float32)
+    make_store(tmp_path / "s.db", 8, "cosine", V).close()
+    with VectorStore(tmp_path / "s.db") as store:
+        assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    writer = sqlean.connect(tmp_path / "s.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("DELETE FROM chunks")  # uncommitted: readers must still see both chunks
+    try:
+        with VectorStore(tmp_path / "s.db", create=False, timeout=0.1) as reader:
+            assert reader.count() == 2 and len(reader.search(V[0], k=2)) == 2
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ A search by a metric that has a vec0 table runs vec0's KNN query; any other metr
 with sqlite-vec's vec_distance_<m> (exact too, but each row goes through an SQL function call: about
 15x slower than vec0 at 100k chunks, see bench/bench_rag.py). An extra table costs the vectors' size again.
 
-Each file is written in one transaction (delete its old chunks and vectors, insert the new ones,
+The file is in WAL mode, so `scratchlm rag index` can write while `scratchlm serve --rag-db` reads: readers see
+the last committed state, never a half-written file. Each file is written in one transaction (delete its old chunks and vectors, insert the new ones,
 update its row), so a kill at any moment leaves every file either fully old or fully new.
 """
 
@@ -80,6 +81,9 @@ class VectorStore:
         self.db, self._sqlean = _connect(self.path, timeout)
         try:
             self.meta = self._read_or_init_meta(embedder_name, dim, metric)
+            # WAL: readers (the server) read the last committed state while a writer (the indexer) writes, instead
+            # of waiting for its lock. The mode is stored in the file: set once, every later connection has it.
+            self.db.execute("PRAGMA journal_mode=WAL")
         except BaseException as e:
             self.db.close()
             if not existed and self.path.exists() and self.path.stat().st_size == 0:
