@@ -13,7 +13,7 @@ from __future__ import annotations
 import secrets
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -27,6 +27,8 @@ from scratchlm.serve.errors import (ERRORS, APIError, BodySizeLimit, EngineStopp
                                     validation_message)
 from scratchlm.serve.handlers import Handlers
 from scratchlm.serve.metrics import CONTENT_TYPE, ServerMetrics
+from scratchlm.serve.protect import TrustedHosts
+from scratchlm.serve.rag import StoreUnavailable
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: far more than any prompt that fits a small model's context
@@ -38,11 +40,16 @@ _SSE = {"text/event-stream": {"schema": {
 
 
 def create_app(engine: Any, tokenizer: Any, model_name: str, api_key: str | None = None,
-               max_body_bytes: int = MAX_BODY_BYTES, rag: Any = None) -> FastAPI:
-    """The FastAPI app serving `engine` (already started) as `model_name`; with `api_key`, the /v1 routes
-    need `Authorization: Bearer <api_key>`."""
-    app = FastAPI(title="scratchlm", version="1", description=f"OpenAI-compatible server of {model_name}")
+               max_body_bytes: int = MAX_BODY_BYTES, rag: Any = None, allowed_hosts: Sequence[str] = (),
+               docs: bool = False) -> FastAPI:
+    """The FastAPI app serving `engine` (already started) as `model_name`; with `api_key`, the /v1 routes,
+    /metrics and the schema need `Authorization: Bearer <api_key>`. Requests must name a localhost host or one
+    of `allowed_hosts` (`*`: any). `docs` adds the interactive pages /docs and /redoc (their scripts come from a
+    CDN, so they are off by default)."""
+    app = FastAPI(title="scratchlm", version="1", description=f"OpenAI-compatible server of {model_name}",
+                  openapi_url=None, docs_url=None, redoc_url=None)  # added below, behind the key
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    app.add_middleware(TrustedHosts, allowed=allowed_hosts)  # added last: runs first
     metrics = ServerMetrics(engine)
     created = int(time.time())
     server = Handlers(engine, tokenizer, model_name, metrics, rag)
@@ -56,6 +63,10 @@ def create_app(engine: Any, tokenizer: Any, model_name: str, api_key: str | None
         if isinstance(exc, RequestFailed):  # this request only: the engine goes on serving
             return error_response(500, str(exc), "server_error", code="request_failed")
         return error_response(503, str(exc), "server_error", code="engine_stopped")
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        return error_response(503, str(exc), "server_error", code="rag_store_unavailable")
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -84,10 +95,10 @@ def create_app(engine: Any, tokenizer: Any, model_name: str, api_key: str | None
             raise EngineStopped("the engine is not running (see the server's log); restart the server")
         return P.Health()
 
-    @app.get("/metrics", tags=["server"], response_class=Response,
+    @app.get("/metrics", tags=["server"], response_class=Response, dependencies=[Depends(authorize)],
              responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
     def prometheus() -> Response:  # sync: FastAPI runs it in a worker thread, as engine.stats() takes the lock
-        """Prometheus text: engine state, token totals and latency histograms."""
+        """Prometheus text: engine state, token totals and latency histograms (behind the API key, if any)."""
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/v1/models", response_model=P.ModelList, tags=["openai"], **v1)
@@ -110,6 +121,21 @@ def create_app(engine: Any, tokenizer: Any, model_name: str, api_key: str | None
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html")
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(authorize)])
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    if docs:
+        from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+
+        @app.get("/docs", include_in_schema=False, dependencies=[Depends(authorize)])
+        async def swagger() -> Any:
+            return get_swagger_ui_html(openapi_url="/openapi.json", title="scratchlm API")
+
+        @app.get("/redoc", include_in_schema=False, dependencies=[Depends(authorize)])
+        async def redoc() -> Any:
+            return get_redoc_html(openapi_url="/openapi.json", title="scratchlm API")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.openapi = lambda: _openapi_with_limits(app, engine.max_seq_len, tokenizer.vocab_size)

@@ -79,7 +79,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             raise
         print(f"answering chat requests from {args.rag_db} ({rag.chunks} chunks, {rag.embedder.name} + BM25, "
               f"top {args.rag_k})")
-    app = create_app(engine, tokenizer, name, api_key=args.api_key, rag=rag)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.allowed_host:
+        print(f"note: only requests naming a localhost host are answered; add --allowed-host NAME for each name "
+              f"clients use to reach {args.host} (or --allowed-host '*')")
+    bound = [] if args.host in ("0.0.0.0", "::") else [args.host]  # the address it listens on is a name clients use
+    app = create_app(engine, tokenizer, name, api_key=args.api_key, rag=rag, allowed_hosts=[*bound, *args.allowed_host],
+                     docs=args.docs)
     print(f"serving {name} (context {engine.max_seq_len} tokens) at http://{args.host}:{args.port}/  "
           f"(OpenAI API under /v1, chat page at /, metrics at /metrics)")
     try:
@@ -118,7 +123,13 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("run", metavar="RUN", help="run folder (config.toml, model.safetensors, tokenizer.json)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 routes")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on /v1 routes, /metrics and /openapi.json")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests whose Host header is NAME (repeatable; '*' for any). By default only "
+                        "localhost names are answered, which stops DNS-rebinding pages from reaching the server")
+    p.add_argument("--docs", action="store_true",
+                   help="serve the interactive API docs at /docs and /redoc (their scripts load from a CDN)")
     p.add_argument("--model-name", default=None, help="the model id clients send (default: the run folder's name)")
     p.add_argument("--max-waiting", type=int, default=64, help="queued requests before new ones get 429")
     p.add_argument("--log-level", default="info", help="uvicorn's log level")

@@ -15,13 +15,14 @@ class APIError(Exception):
     """An error answered with `status` and OpenAI's error body."""
 
     def __init__(self, status: int, message: str, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None):
+                 param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers
 
     def response(self) -> JSONResponse:
         """The JSON response of this error."""
-        return error_response(self.status, self.message, self.type, self.param, self.code)
+        return error_response(self.status, self.message, self.type, self.param, self.code, self.headers)
 
 
 class EngineStopped(RuntimeError):
@@ -33,10 +34,13 @@ class RequestFailed(EngineStopped):
 
 
 def error_response(status: int, message: str, type: str = "invalid_request_error",
-                   param: str | None = None, code: str | None = None) -> JSONResponse:
-    """OpenAI's error body with an HTTP status."""
+                   param: str | None = None, code: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    """OpenAI's error body with an HTTP status (429 and 503 say when to retry: `Retry-After`)."""
     body = {"error": {"message": message, "type": type, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status)
+    if status in (429, 503):
+        headers = {"Retry-After": "1", **(headers or {})}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 ERRORS = {status: {"model": P.ErrorResponse, "description": what} for status, what in (

@@ -16,6 +16,7 @@ from scratchlm.serve.errors import APIError, EngineStopped, RequestFailed
 from scratchlm.serve.metrics import ServerMetrics
 from scratchlm.serve.prompt import chat_prompt_ids
 from scratchlm.serve.reasoning import ThinkSplitter
+from scratchlm.serve.validate import check_chat, check_completion, max_text_chars
 
 
 class EventStream(StreamingResponse):
@@ -83,6 +84,7 @@ class Handlers:
     def __init__(self, engine: Any, tokenizer: Any, model_name: str, metrics: ServerMetrics, rag: Any = None):
         self.engine, self.tokenizer, self.model_name, self.metrics = engine, tokenizer, model_name, metrics
         self.rag = rag  # serve/rag.RagContext with --rag-db: chat questions are answered from retrieved chunks
+        self.max_chars = max_text_chars(tokenizer, engine.max_seq_len)  # checked before any tokenising
 
     # --- shared steps ----------------------------------------------------------------------------
 
@@ -104,8 +106,6 @@ class Handlers:
                            f"were requested ({prompt_len} in the prompt, {max_tokens} in the completion); "
                            f"lower max_tokens or the prompt", param="max_tokens", code="context_length_exceeded")
         stops = req.stop_list()
-        if len(stops) > P.MAX_STOP:
-            raise APIError(400, f"stop has {len(stops)} strings; at most {P.MAX_STOP}", param="stop")
         return SamplingParams(
             temperature=1.0 if req.temperature is None else (0.0 if req.temperature < P.GREEDY_BELOW else req.temperature),
             # A top_p that rounds to 0 in float32 would filter out every token; the top one must stay.
@@ -135,7 +135,8 @@ class Handlers:
         except ValueError as e:  # what the engine refuses (n over its max_num_seqs, ...) is the request's fault
             raise APIError(400, str(e), code="invalid_request") from e
         except EngineFull as e:
-            raise APIError(429, f"the server is busy ({e}); retry later", "rate_limit_error", code="queue_full") from e
+            raise APIError(429, f"the server is busy ({e}); retry later", "rate_limit_error", code="queue_full",
+                           headers={"Retry-After": "1"}) from e
 
     def _token_text(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id])
@@ -182,19 +183,25 @@ class Handlers:
                 yield k, ev
             self.metrics.e2e.observe(time.perf_counter() - t0)
         finally:
-            for k in open_handles:  # stopped early: the client is gone, free what its samples hold
-                handles[k].cancel()
-                self.metrics.cancelled.inc()
+            # Stopped early: the client is gone, free what its samples hold.
+            self._cancel([handles[k] for k in open_handles])
             for t in tasks:
                 t.cancel()
+
+    def _cancel(self, handles: list[Any]) -> None:
+        """Cancel the handles still running, each counted once in requests_cancelled_total (a disconnect can be
+        seen both by the watcher and by the stream that stops)."""
+        for h in handles:
+            if not h.finished and not h.cancelled:
+                h.cancel()
+                self.metrics.cancelled.inc()
 
     async def _watch_disconnect(self, request: Request, handles: list[Any]) -> None:
         """Cancel the request's samples when its client disconnects."""
         while True:
             message = await request.receive()
             if message["type"] == "http.disconnect":
-                for h in handles:
-                    h.cancel()
+                self._cancel(handles)
                 return
 
     async def _collect(self, handles: list[Any], request: Request, t0: float) -> AsyncIterator[tuple[int, Any]]:
@@ -212,6 +219,7 @@ class Handlers:
     async def chat(self, req: P.ChatCompletionRequest, request: Request) -> Any:
         """Handle POST /v1/chat/completions."""
         t0 = time.perf_counter()
+        check_chat(req, self.max_chars)
         self._check_model(req.model)
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
         thinking = req.chat_template_kwargs.enable_thinking if req.chat_template_kwargs else True
@@ -224,7 +232,8 @@ class Handlers:
 
             # Retrieval (embedding, sqlite) off the event loop, like submitting.
             messages, sources = await asyncio.to_thread(self.rag.augment, messages, fits)
-        ids = chat_prompt_ids(self.tokenizer, messages, enable_thinking=thinking)
+        # Tokenising is CPU work too: in a worker thread, so /health and other streams are not held up.
+        ids = await asyncio.to_thread(chat_prompt_ids, self.tokenizer, messages, enable_thinking=thinking)
         params = self._params(req, len(ids), req.max_completion_tokens or req.max_tokens)
         handle = await self._submit(ids, params, req.n, req.logprobs, req.top_logprobs or 0)
         rid, created = f"chatcmpl-{handle.request_id}", int(time.time())
@@ -320,8 +329,9 @@ class Handlers:
     async def complete(self, req: P.CompletionRequest, request: Request) -> Any:
         """Handle POST /v1/completions."""
         t0 = time.perf_counter()
+        check_completion(req, self.max_chars)
         self._check_model(req.model)
-        prompts = self._prompts(req.prompt)
+        prompts = await asyncio.to_thread(self._prompts, req.prompt)
         if len(prompts) * req.n > P.MAX_N:
             raise APIError(400, f"{len(prompts)} prompts × n={req.n} samples is over {P.MAX_N}", param="n")
         params = [self._params(req, len(ids), req.max_tokens) for ids in prompts]
@@ -334,7 +344,7 @@ class Handlers:
                 h.cancel()
             raise
         rid, created = f"cmpl-{handles[0].request_id}", int(time.time())
-        echo = [self.tokenizer.decode(ids) if req.echo else "" for ids in prompts]
+        echo = [self.tokenizer.decode(ids) if req.echo else "" for ids in prompts]  # what was sent: cheap
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
             return EventStream(self._complete_stream(handles, req, request, rid, created, echo, usage, t0))

@@ -1,16 +1,20 @@
 """The OpenAI wire format the server speaks: request bodies (validated by FastAPI into these pydantic
-models), response bodies and the error shape. Fields the server does not implement are accepted and
-ignored (as vLLM does), so clients that send them keep working; every bound here is what the engine can
-honour, so a request that passes validation does not fail later for a reason the schema could state."""
+models), response bodies and the error shape. Harmless fields the server does not implement (`user`,
+`metadata`, `store`, ...) are accepted and ignored (as vLLM does), so clients that send them keep working;
+fields that would change the answer (`tools`, `response_format`, `logit_bias`, ...) are refused by
+serve/validate.py, naming the field. Every bound here is what the engine can honour, so a request that passes
+validation does not fail later for a reason the schema could state."""
 
 from __future__ import annotations
 
 from typing import Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 MAX_N = 16  # samples per prompt: each holds KV blocks, so a bound keeps one request from filling the pool
 MAX_STOP = 16
+MAX_STOP_CHARS = 256  # one stop string: the engine matches every stop string against each sample's tail
+MAX_MESSAGES = 1024  # a chat's messages: more would not fit any context this server has
 MAX_TOP_LOGPROBS = 20  # OpenAI's own limit
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit integer
 MIN_TOP_P = 1e-6  # smaller values act as this one: only the most likely token is kept
@@ -19,6 +23,11 @@ GREEDY_BELOW = 1e-5  # a temperature this small samples greedily (as vLLM does):
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+
+class _TopRequest(BaseModel):
+    # Unknown top-level fields are kept (in model_extra) so validate.py can refuse those that change the answer.
+    model_config = ConfigDict(extra="allow")
 
 
 class TextPart(BaseModel):
@@ -46,10 +55,10 @@ class ChatMessage(_Request):
 class StreamOptions(_Request):
     """`stream_options`: include_usage adds a last chunk with the token counts."""
 
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
-class _Sampling(_Request):
+class _Sampling(_TopRequest):
     temperature: Optional[float] = Field(None, ge=0, le=2)
     top_p: Optional[float] = Field(None, gt=0, le=1)
     top_k: Optional[int] = Field(None, ge=0, description="extension (vLLM): 0 turns it off")
@@ -57,9 +66,10 @@ class _Sampling(_Request):
     repetition_penalty: Optional[float] = Field(None, ge=0.01, le=10, description="extension (vLLM)")
     max_tokens: Optional[int] = Field(None, ge=1)
     n: int = Field(1, ge=1, le=MAX_N)
-    stop: Union[str, list[str], None] = Field(None, description=f"up to {MAX_STOP} non-empty strings")
+    stop: Union[str, list[str], None] = Field(None, description=f"up to {MAX_STOP} strings of at most "
+                                              f"{MAX_STOP_CHARS} characters")
     seed: Optional[int] = Field(None, ge=0, le=MAX_SEED)
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: Optional[StreamOptions] = None
     user: Optional[str] = None
 
@@ -72,16 +82,16 @@ class _Sampling(_Request):
 class ChatTemplateKwargs(_Request):
     """`chat_template_kwargs`: enable_thinking=false makes the model answer without a `<think>` block."""
 
-    enable_thinking: bool = True
+    enable_thinking: StrictBool = True
 
 
 class ChatCompletionRequest(_Sampling):
     """POST /v1/chat/completions."""
 
     model: Optional[str] = None
-    messages: list[ChatMessage] = Field(..., min_length=1)
+    messages: list[ChatMessage] = Field(..., min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: Optional[int] = Field(None, ge=1)
-    logprobs: bool = False
+    logprobs: StrictBool = False
     top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     chat_template_kwargs: Optional[ChatTemplateKwargs] = None
 
@@ -92,7 +102,7 @@ class CompletionRequest(_Sampling):
     model: Optional[str] = None
     prompt: Union[str, list[str], list[StrictInt], list[list[StrictInt]]]
     logprobs: Optional[int] = Field(None, ge=0, le=5)
-    echo: bool = False
+    echo: StrictBool = False
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,11 +1,12 @@
 // The chat page of `scratchlm serve`: talks to the server's own /v1/chat/completions with streaming,
-// keeps the conversation (and the settings) in localStorage, shows the reasoning folded apart from the
+// keeps the conversation (and the settings) in localStorage (the API key in sessionStorage, for this tab only,
+// unless "Remember the key" is ticked), shows the reasoning folded apart from the
 // answer. Plain JavaScript, no libraries: the page must work offline.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const log = $("log"), input = $("input"), errorBox = $("error");
-const SETTINGS = ["system", "temperature", "max-tokens", "thinking", "api-key"];
+const SETTINGS = ["system", "temperature", "max-tokens", "thinking", "remember-key", "api-key"];
 let history = JSON.parse(localStorage.getItem("scratchlm.history") || "[]");  // [{role, content, reasoning?}]
 let modelId = null;
 let controller = null;  // AbortController of the answer being streamed
@@ -209,11 +210,22 @@ $("toggle-settings").addEventListener("click", () => {
   panel.hidden = !panel.hidden;
   $("toggle-settings").setAttribute("aria-expanded", String(!panel.hidden));
 });
+// The key is a secret: kept for this tab (sessionStorage) unless the user asks to remember it (localStorage).
+function keyStore() { return $("remember-key").checked ? localStorage : sessionStorage; }
+function saveKey() {
+  const k = "scratchlm.setting.api-key", value = $("api-key").value;
+  localStorage.removeItem(k);
+  sessionStorage.removeItem(k);
+  if (value) keyStore().setItem(k, value);
+}
 for (const id of SETTINGS) {  // settings survive a reload
-  const el = $(id), key = "scratchlm.setting." + id, stored = localStorage.getItem(key);
+  const el = $(id), key = "scratchlm.setting." + id;
+  const stored = id === "api-key" ? keyStore().getItem(key) : localStorage.getItem(key);
   if (stored !== null) { if (el.type === "checkbox") el.checked = stored === "true"; else el.value = stored; }
   el.addEventListener("change", () => {
-    localStorage.setItem(key, el.type === "checkbox" ? String(el.checked) : el.value);
+    if (id === "api-key" || id === "remember-key") saveKey();
+    else localStorage.setItem(key, el.type === "checkbox" ? String(el.checked) : el.value);
+    if (id === "remember-key") localStorage.setItem(key, String(el.checked));
     if (id === "api-key") loadModel();
   });
 }

@@ -1,0 +1,313 @@
+"""What a hostile or careless client sends, against the real server (uvicorn on a loopback port, the real engine, the
+official `openai` client where it can send the request): never a 5xx, a 400 naming the field, the keep-alive
+connection kept, long inputs refused before any tokenising or embedding, CPU work off the event loop, the RAG
+store read while an indexer writes, and the endpoints protected consistently."""
+
+import json
+import socket
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+
+from serve_util import LiveServer, serving
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ADD = [{"role": "user", "content": "What is 2 plus 3?"}]
+CAT = [{"role": "user", "content": "Tell me about the cat."}]
+
+
+@pytest.fixture(scope="module")
+def server(chat_run):
+    with serving(chat_run) as (srv, engine):
+        yield srv, engine
+
+
+def _error(r: httpx.Response, status: int) -> dict:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"] and err["type"]
+    return err
+
+
+def _metrics(url: str, **kw) -> dict[str, float]:
+    lines = httpx.get(url + "/metrics", **kw).text.splitlines()
+    return {k: float(v) for k, _, v in (ln.rpartition(" ") for ln in lines if ln and not ln.startswith("#"))}
+
+
+def _read_response(f) -> tuple[int, dict, bytes]:
+    status = int(f.readline().split()[1])
+    headers = {}
+    while (line := f.readline()) not in (b"\r\n", b""):
+        k, _, v = line.decode("latin-1").partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return status, headers, f.read(int(headers.get("content-length", 0)))
+
+
+def _keep_alive(url: str, requests: list[tuple[str, bytes]]) -> list[tuple[int, dict, bytes]]:
+    """Each (path, raw JSON body) POSTed in turn on ONE connection: a server that closed it after an error makes
+    the next request fail here."""
+    host, port = url.removeprefix("http://").split(":")
+    out = []
+    with socket.create_connection((host, int(port)), timeout=60) as s, s.makefile("rb") as f:
+        for path, body in requests:
+            s.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                      f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            out.append(_read_response(f))
+            assert out[-1][1].get("connection") != "close", out[-1]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Unicode, lengths, types, unsupported fields
+
+
+SURROGATES = [  # raw JSON: a lone surrogate escape is valid JSON but not valid Unicode
+    ("/v1/chat/completions", rb'{"messages":[{"role":"user","content":"a\ud800b"}]}', "messages[0].content"),
+    ("/v1/chat/completions", rb'{"messages":[{"role":"user","content":[{"type":"text","text":"ok"},'
+                             rb'{"type":"text","text":"\udfff"}]}]}', "messages[0].content[1].text"),
+    ("/v1/chat/completions", rb'{"messages":[{"role":"user","content":"hi"}],"stop":["x","\ud83d"]}', "stop[1]"),
+    ("/v1/completions", rb'{"prompt":"a\ud800"}', "prompt"),
+    ("/v1/completions", rb'{"prompt":["fine","\udc00z"]}', "prompt[1]"),
+]
+
+
+def test_a_lone_surrogate_is_a_400_naming_the_field_and_the_connection_survives(server):
+    url = server[0].url
+    ok = json.dumps({"messages": ADD, "max_tokens": 2}).encode()
+    answers = _keep_alive(url, [(path, body) for path, body, _ in SURROGATES] + [("/v1/chat/completions", ok)])
+    for (status, _, body), (_, _, param) in zip(answers, SURROGATES):
+        assert status == 400, body
+        err = json.loads(body)["error"]
+        assert err["param"] == param and err["code"] == "invalid_unicode" and "surrogate" in err["message"]
+    assert answers[-1][0] == 200  # the same connection still answers
+    # A valid pair ("\ud83d\ude00" = 😀) is fine.
+    r = httpx.post(url + "/v1/completions", content=rb'{"prompt":"hi \ud83d\ude00","max_tokens":1}',
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+
+
+def test_limits_types_and_unsupported_fields(server):
+    url = server[0].url
+    post = lambda body, path="/v1/chat/completions": httpx.post(url + path, json=body)
+    assert "stream" in _error(post({"messages": ADD, "stream": "yes"}), 400)["message"]
+    assert "echo" in _error(post({"prompt": "hi", "echo": 1}, "/v1/completions"), 400)["message"]
+    err = _error(post({"messages": ADD, "stop": ["ok", "x" * 300]}), 400)
+    assert err["param"] == "stop[1]" and "256" in err["message"]
+    assert _error(post({"messages": ADD, "stop": "y" * 257}), 400)["param"] == "stop"
+    assert "stop" in _error(post({"messages": ADD, "stop": ["s"] * 17}), 400)["message"]
+    assert "messages" in _error(post({"messages": ADD * 1025}), 400)["message"]
+    err = _error(post({"messages": [{"role": "user", "content": "a" * 200_000}]}), 400)
+    assert err["code"] == "context_length_exceeded" and err["param"] == "messages"
+    for field, value in [("tools", [{"type": "function", "function": {"name": "f"}}]), ("tool_choice", "required"),
+                         ("response_format", {"type": "json_object"}), ("logit_bias", {"5": 100}),
+                         ("presence_penalty", 1.0), ("functions", [{"name": "f"}])]:
+        err = _error(post({"messages": ADD, field: value}), 400)
+        assert err["param"] == field and err["code"] == "unsupported_parameter", err
+    assert _error(post({"prompt": "hi", "suffix": "x"}, "/v1/completions"), 400)["param"] == "suffix"
+    client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)
+    with pytest.raises(openai.BadRequestError, match="response_format"):
+        client.chat.completions.create(model="tiny", messages=ADD, response_format={"type": "json_object"})
+    # Harmless fields (and the defaults of unsupported ones) are accepted, as vLLM does.
+    r = client.chat.completions.create(model="tiny", messages=ADD, temperature=0, max_tokens=3, user="u1",
+                                       metadata={"k": "v"}, store=False, presence_penalty=0, tool_choice="none",
+                                       response_format={"type": "text"})
+    assert r.choices[0].message is not None
+
+
+def test_a_huge_rag_question_is_refused_before_it_is_embedded(chat_run, tmp_path):
+    from scratchlm.cli import main
+    from scratchlm.serve.rag import RagContext
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "cats.txt").write_text("The cat sat on the mat. Cats sleep sixteen hours a day.", encoding="utf-8")
+    db = tmp_path / "docs.db"
+    assert main(["rag", "index", str(docs), "--db", str(db), "--embedder", "hash", "--quiet"]) == 0
+    embedded = []
+
+    class Recording(RagContext):
+        def augment(self, messages, fits):
+            embedded.append(len(messages[-1]["content"]))
+            return super().augment(messages, fits)
+
+    with serving(chat_run, rag=Recording(db, k=1)) as (srv, _):
+        t = time.perf_counter()
+        r = httpx.post(srv.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "a" * 1_000_000}]},
+                       timeout=60)
+        assert _error(r, 400)["code"] == "context_length_exceeded"
+        assert time.perf_counter() - t < 10  # was 21 s of embedding before the check
+        assert embedded == []  # never reached retrieval
+        r = httpx.post(srv.url + "/v1/chat/completions", content=rb'{"messages":[{"role":"user","content":"\ud800"}]}',
+                       headers={"content-type": "application/json"})
+        assert _error(r, 400)["param"] == "messages[0].content" and embedded == []
+
+
+# ------------------------------------------------------------------------------------------------
+# Retry-After, cancellation counted, the event loop kept free
+
+
+def test_a_non_streamed_request_whose_client_leaves_is_cancelled_and_counted(server):
+    url, engine = server[0].url, server[1]
+    before = _metrics(url)["scratchlm_requests_cancelled_total"]
+    body = json.dumps({"messages": CAT, "temperature": 0, "max_tokens": 200}).encode()
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as s:
+        s.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                  f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        deadline = time.monotonic() + 30
+        while engine.stats()["blocks_used"] == 0:  # it is being answered
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+    deadline = time.monotonic() + 15
+    while (m := _metrics(url))["scratchlm_kv_blocks_used"] or m["scratchlm_num_requests_running"] \
+            or m["scratchlm_requests_cancelled_total"] == before:
+        assert time.monotonic() < deadline, m
+        time.sleep(0.02)
+    assert m["scratchlm_requests_cancelled_total"] == before + 1
+    assert m["scratchlm_kv_blocks_free"] == m["scratchlm_kv_blocks_total"]
+
+
+def test_429_and_503_carry_retry_after(chat_run):
+    with serving(chat_run, max_waiting=0) as (srv, engine):
+        r = httpx.post(srv.url + "/v1/chat/completions", json={"messages": ADD})
+        assert _error(r, 429)["code"] == "queue_full" and int(r.headers["retry-after"]) >= 1
+        engine.shutdown()
+        r = httpx.post(srv.url + "/v1/chat/completions", json={"messages": ADD})
+        assert _error(r, 503)["code"] == "engine_stopped" and int(r.headers["retry-after"]) >= 1
+
+
+def test_tokenising_runs_off_the_event_loop_and_health_stays_responsive(chat_run):
+    from scratchlm.serve.app import create_app
+    from scratchlm.serve.cli import open_engine
+
+    engine, tokenizer, _ = open_engine(str(chat_run), device="cpu")
+    threads: set[int] = set()
+
+    class Spy:  # the real tokenizer, noting which thread encodes
+        def __getattr__(self, name):
+            return getattr(tokenizer, name)
+
+        def encode(self, *a, **kw):
+            threads.add(threading.get_ident())
+            return tokenizer.encode(*a, **kw)
+
+        def encode_chat(self, *a, **kw):
+            threads.add(threading.get_ident())
+            return tokenizer.encode_chat(*a, **kw)
+
+    try:
+        with LiveServer(create_app(engine, Spy(), "tiny")) as srv:
+            big = "hello world " * 300  # under the character cap, over the context: tokenised, then a 400
+            results: list[int] = []
+
+            def hammer():
+                for _ in range(5):
+                    results.append(httpx.post(srv.url + "/v1/completions", json={"prompt": [big] * 16},
+                                              timeout=120).status_code)
+
+            workers = [threading.Thread(target=hammer) for _ in range(3)]
+            for w in workers:
+                w.start()
+            worst = 0.0
+            while any(w.is_alive() for w in workers):
+                t = time.perf_counter()
+                assert httpx.get(srv.url + "/health", timeout=30).status_code == 200
+                worst = max(worst, time.perf_counter() - t)
+                time.sleep(0.01)
+            for w in workers:
+                w.join()
+            assert results and set(results) == {400}
+            assert worst < 5.0  # generous: a blocked loop on a loaded 2-core machine still answers within this
+            assert threads and srv.thread.ident not in threads  # never tokenised on the event loop's thread
+    finally:
+        engine.shutdown()
+
+
+# ------------------------------------------------------------------------------------------------
+# The RAG store beside an indexer
+
+
+def test_rag_store_locked_is_a_503_and_an_indexer_can_write_while_the_server_reads(chat_run, tmp_path):
+    import sqlean
+
+    from scratchlm.cli import main
+    from scratchlm.serve.rag import RagContext
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "cats.txt").write_text("The cat sat on the mat. Cats sleep sixteen hours a day.", encoding="utf-8")
+    db = tmp_path / "docs.db"
+    assert main(["rag", "index", str(docs), "--db", str(db), "--embedder", "hash", "--quiet"]) == 0
+    body = {"messages": CAT, "max_tokens": 4}
+    # A connection holding the file exclusively (before the server's readers open it): 503 + Retry-After, not a 500.
+    with serving(chat_run, rag=RagContext(db, k=1, timeout=0.2)) as (srv, _):
+        holder = sqlean.connect(str(db), isolation_level=None)
+        holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+        holder.execute("BEGIN EXCLUSIVE")
+        holder.execute("DELETE FROM meta WHERE key = 'nothing'")
+        try:
+            r = httpx.post(srv.url + "/v1/chat/completions", json=body, timeout=60)
+            err = _error(r, 503)
+            assert err["code"] == "rag_store_unavailable" and int(r.headers["retry-after"]) >= 1
+            assert "locked" in err["message"]
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert httpx.post(srv.url + "/v1/chat/completions", json=body, timeout=60).status_code == 200  # recovers
+    with serving(chat_run, rag=RagContext(db, k=1)) as (srv, _):
+        assert httpx.post(srv.url + "/v1/chat/completions", json=body).status_code == 200
+        # The indexer adds files while the server answers from the same db: every answer is a 200.
+        stop, errors = threading.Event(), []
+
+        def index():
+            k = 0
+            while not stop.is_set():
+                (docs / f"more{k}.txt").write_text(f"Dogs bark number {k}. " * 40, encoding="utf-8")
+                if main(["rag", "index", str(docs), "--db", str(db), "--embedder", "hash", "--quiet"]) != 0:
+                    errors.append(k)
+                k += 1
+
+        writer = threading.Thread(target=index)
+        writer.start()
+        try:
+            statuses = [httpx.post(srv.url + "/v1/chat/completions", json=body, timeout=60).status_code
+                        for _ in range(12)]
+        finally:
+            stop.set()
+            writer.join()
+        assert statuses == [200] * 12 and errors == []
+
+
+# ------------------------------------------------------------------------------------------------
+# Protection
+
+
+def test_api_key_covers_metrics_and_schema_docs_off_and_hosts_checked(chat_run):
+    from scratchlm.serve.app import create_app
+    from scratchlm.serve.cli import open_engine
+
+    engine, tokenizer, _ = open_engine(str(chat_run), device="cpu")
+    try:
+        with LiveServer(create_app(engine, tokenizer, "tiny", api_key="sekret", allowed_hosts=["llm.lan"])) as srv:
+            ok = {"Authorization": "Bearer sekret"}
+            for path in ("/metrics", "/openapi.json"):
+                assert _error(httpx.get(srv.url + path), 401)["code"] == "invalid_api_key"
+                assert httpx.get(srv.url + path, headers=ok).status_code == 200
+            assert "scratchlm_kv_blocks_total" in httpx.get(srv.url + "/metrics", headers=ok).text
+            for path in ("/docs", "/redoc"):  # off by default: their scripts come from a CDN
+                assert httpx.get(srv.url + path, headers=ok).status_code == 404
+            assert httpx.get(srv.url + "/health").status_code == 200  # probes need no key
+            # DNS rebinding: a page on another name reaching the loopback is refused; localhost names pass.
+            err = _error(httpx.get(srv.url + "/health", headers={"Host": "evil.example"}), 400)
+            assert err["code"] == "host_not_allowed" and "--allowed-host" in err["message"]
+            for host in ("localhost:8000", "127.0.0.1", "[::1]:80", "llm.lan:8000", "LLM.LAN"):
+                assert httpx.get(srv.url + "/health", headers={"Host": host}).status_code == 200, host
+        with LiveServer(create_app(engine, tokenizer, "tiny", docs=True)) as srv:
+            assert httpx.get(srv.url + "/docs").status_code == 200
+            assert httpx.get(srv.url + "/openapi.json").status_code == 200
+    finally:
+        engine.shutdown()
