@@ -11,6 +11,8 @@ import time
 import httpx
 import openai
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from serve_util import LiveServer, serving
 
@@ -88,6 +90,32 @@ def test_a_lone_surrogate_is_a_400_naming_the_field_and_the_connection_survives(
     r = httpx.post(url + "/v1/completions", content=rb'{"prompt":"hi \ud83d\ude00","max_tokens":1}',
                    headers={"content-type": "application/json"})
     assert r.status_code == 200, r.text
+
+
+# Any code point, lone surrogates included; json.dumps escapes them (ensure_ascii), as a client's encoder would.
+TEXT = st.text(st.one_of(st.characters(), st.integers(0xD800, 0xDFFF).map(chr)), max_size=40)
+
+
+def _has_surrogate(*texts: str) -> bool:
+    return any(0xD800 <= ord(c) < 0xE000 for t in texts for c in t)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(content=TEXT, stop=TEXT, prompt=st.one_of(TEXT, st.lists(TEXT, min_size=1, max_size=3)))
+def test_any_unicode_through_the_api_is_never_a_5xx(server, content, stop, prompt):
+    url = server[0].url
+    chat = {"messages": [{"role": "user", "content": content}], "stop": [stop], "max_tokens": 1}
+    r = httpx.post(url + "/v1/chat/completions", content=json.dumps(chat).encode(),
+                   headers={"content-type": "application/json"}, timeout=60)
+    assert r.status_code < 500, r.text
+    if _has_surrogate(content, stop):
+        assert _error(r, 400)["code"] == "invalid_unicode"
+    r = httpx.post(url + "/v1/completions", content=json.dumps({"prompt": prompt, "max_tokens": 1}).encode(),
+                   headers={"content-type": "application/json"}, timeout=60)
+    assert r.status_code < 500, r.text
+    texts = [prompt] if isinstance(prompt, str) else prompt
+    if _has_surrogate(*texts):
+        assert _error(r, 400)["code"] == "invalid_unicode"
 
 
 def test_limits_types_and_unsupported_fields(server):

@@ -5,6 +5,8 @@ import random
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from scratchlm.cli import main
 from scratchlm.data.corpus import iter_corpus
@@ -129,6 +131,33 @@ def test_round_trip_random_unicode(tok):
     texts += [t[: len(t) // 2] + rng.choice(SPECIAL_TOKENS) + t[len(t) // 2 :] for t in texts[:100]]
     for text, ids in zip(texts, tok.encode_batch(texts)):
         assert tok.decode(ids) == text
+
+
+# Any code point, lone surrogates included (st.text() alone leaves them out).
+SURROGATE = st.integers(0xD800, 0xDFFF).map(chr)
+ANY_TEXT = st.text(st.one_of(st.characters(), SURROGATE), max_size=60)
+HAS_SURROGATE = st.tuples(st.text(max_size=20), SURROGATE, st.text(max_size=20)).map("".join)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=ANY_TEXT)
+def test_any_unicode_round_trips_or_is_refused_clearly(tok, text):
+    if any(0xD800 <= ord(c) < 0xE000 for c in text):
+        with pytest.raises(ValueError, match="lone surrogate U\\+D[89A-F]"):
+            tok.encode(text)
+        with pytest.raises(ValueError, match=r"texts\[1\] is not valid Unicode"):
+            tok.encode_batch(["ok", text])
+    else:
+        assert tok.decode(tok.encode(text)) == text
+        assert tok.decode(tok.encode(text, allow_special=True)) == text
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=HAS_SURROGATE)
+def test_a_lone_surrogate_is_a_value_error_naming_its_position(tok, text):
+    pos = next(i for i, c in enumerate(text) if 0xD800 <= ord(c) < 0xE000)
+    with pytest.raises(ValueError, match=f"at character {pos}$"):
+        tok.encode(text)
 
 
 def test_plain_text_never_yields_control_tokens(tok):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -214,6 +215,17 @@ def validate_messages(messages: Any) -> list[dict]:
     return list(messages)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_unicode(text: str, what: str) -> None:
+    """ValueError naming `what` and the position of a lone UTF-16 surrogate: it has no UTF-8 form, and the Rust
+    tokenizer would fail on it with a bare TypeError."""
+    m = _SURROGATE.search(text)
+    if m:
+        raise ValueError(f"{what} is not valid Unicode: a lone surrogate U+{ord(m.group()):04X} at character {m.start()}")
+
+
 class Tokenizer:
     """Our view of a trained tokenizer: plain-text and chat encoding, decoding, save/load."""
 
@@ -297,6 +309,7 @@ class Tokenizer:
         """Token ids of `text`; control-token strings stay text unless allow_special."""
         if not isinstance(text, str):
             raise ValueError(f"encode expects a str, got {type(text).__name__}")
+        _check_unicode(text, "encode: the text")
         tok = self._tok if allow_special else self._plain
         return tok.encode(text, add_special_tokens=False).ids
 
@@ -306,6 +319,7 @@ class Tokenizer:
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise ValueError(f"encode_batch: texts[{i}] is a {type(t).__name__}, not a str")
+            _check_unicode(t, f"encode_batch: texts[{i}]")
         tok = self._tok if allow_special else self._plain
         fast = getattr(tok, "encode_batch_fast", tok.encode_batch)  # no offsets needed
         return [e.ids for e in fast(texts, add_special_tokens=False)]
