@@ -4,7 +4,9 @@ connection kept, long inputs refused before any tokenising or embedding, CPU wor
 store read while an indexer writes, and the endpoints protected consistently."""
 
 import json
+import shutil
 import socket
+import subprocess
 import threading
 import time
 
@@ -339,3 +341,55 @@ def test_api_key_covers_metrics_and_schema_docs_off_and_hosts_checked(chat_run):
             assert httpx.get(srv.url + "/openapi.json").status_code == 200
     finally:
         engine.shutdown()
+
+
+# app.js run by node against stub DOM elements and storages (the page's key handling without a browser).
+PAGE_HARNESS = r"""
+// Runs the page's app.js against stub DOM and storages: type a key, tick "remember", reload.
+const fs = require("fs");
+const vm = require("vm");
+const src = fs.readFileSync(process.argv[2], "utf8");
+function store() { const m = new Map(); return { getItem: (k) => (m.has(k) ? m.get(k) : null),
+  setItem: (k, v) => m.set(k, String(v)), removeItem: (k) => m.delete(k), dump: () => Object.fromEntries(m) }; }
+const local = store(), session = store();
+function load() {
+  const els = {};
+  const el = (id) => els[id] || (els[id] = { id, value: "", checked: false, hidden: false, handlers: {}, style: {},
+    classList: { add() {}, remove() {}, toggle() {}, contains() { return false; } },
+    type: ["thinking", "remember-key"].includes(id) ? "checkbox" : "text",
+    addEventListener(t, f) { this.handlers[t] = f; }, setAttribute() {}, appendChild() {}, append() {},
+    replaceChildren() {}, focus() {}, scrollIntoView() {}, querySelector() { return el("q"); } });
+  const document = { getElementById: el, createElement: () => el("x" + Math.random()) };
+  const ctx = { document, localStorage: local, sessionStorage: session, console, JSON, Math, String, Error, Date,
+    fetch: () => new Promise(() => {}), TextDecoder, AbortController, setTimeout, window: {} };
+  vm.runInNewContext(src, ctx);
+  return new Proxy(els, { get: (_, id) => el(id) });
+}
+const fire = (e, t = "change") => e.handlers[t] && e.handlers[t]();
+let els = load();
+els["api-key"].value = "k1"; fire(els["api-key"]);
+const step1 = { local: local.dump(), session: session.dump() };
+els = load();  // a reload in the same tab
+const step2 = els["api-key"].value;
+els["remember-key"].checked = true; fire(els["remember-key"]);
+const step3 = { local: local.dump(), session: session.dump() };
+els = load();
+const step4 = [els["api-key"].value, els["remember-key"].checked];
+console.log(JSON.stringify({ step1, step2, step3, step4 }));
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="no node to run the page's script")
+def test_page_keeps_the_key_for_the_session_unless_remember_is_ticked(tmp_path):
+    from scratchlm.serve.app import STATIC_DIR
+
+    harness = tmp_path / "harness.js"
+    harness.write_text(PAGE_HARNESS, encoding="utf-8")
+    out = subprocess.run(["node", str(harness), str(STATIC_DIR / "app.js")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    key = "scratchlm.setting.api-key"
+    assert r["step1"]["session"].get(key) == "k1" and key not in r["step1"]["local"]  # not written to disk
+    assert r["step2"] == "k1"  # a reload in the same tab keeps it
+    assert r["step3"]["local"].get(key) == "k1" and key not in r["step3"]["session"]  # "remember" moves it
+    assert r["step4"] == ["k1", True]
