@@ -152,6 +152,19 @@ def test_any_unicode_round_trips_or_is_refused_clearly(tok, text):
         assert tok.decode(tok.encode(text, allow_special=True)) == text
 
 
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(user=ANY_TEXT, reply=ANY_TEXT)
+def test_any_unicode_through_the_chat_template(tok, user, reply):
+    messages = [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
+    bad = [i for i, t in enumerate((user, reply)) if any(0xD800 <= ord(c) < 0xE000 for c in t)]
+    if bad:
+        with pytest.raises(ValueError, match=rf"messages\[{bad[0]}\]\.content is not valid Unicode"):
+            tok.encode_chat(messages)
+    else:
+        ids, mask = tok.encode_chat(messages)
+        assert tok.decode(ids) == tok.render_chat(messages) and len(mask) == len(ids)
+
+
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=HAS_SURROGATE)
 def test_a_lone_surrogate_is_a_value_error_naming_its_position(tok, text):
@@ -297,6 +310,8 @@ def test_control_strings_in_content_cannot_break_the_turn(tok):
         ([{"role": "user"}], r"messages\[0\]\.content is missing"),
         ([{"role": "user", "content": "a"}, {"role": "assistant", "content": None}], r"messages\[1\]\.content must be a string, got NoneType"),
         ([{"role": "user", "content": ["a"]}], r"messages\[0\]\.content must be a string, got list"),
+        ([{"role": "user", "content": "ok"}, {"role": "assistant", "content": "a\udc80"}],
+         r"messages\[1\]\.content is not valid Unicode: a lone surrogate U\+DC80 at character 1"),
     ],
 )
 def test_bad_messages_name_index_and_field(tok, messages, pattern):

@@ -212,6 +212,7 @@ def validate_messages(messages: Any) -> list[dict]:
             raise ValueError(f"messages[{i}].content is missing")
         if not isinstance(m["content"], str):
             raise ValueError(f"messages[{i}].content must be a string, got {type(m['content']).__name__}")
+        _check_unicode(m["content"], f"messages[{i}].content")
     return list(messages)
 
 
