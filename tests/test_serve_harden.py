@@ -393,3 +393,93 @@ def test_page_keeps_the_key_for_the_session_unless_remember_is_ticked(tmp_path):
     assert r["step2"] == "k1"  # a reload in the same tab keeps it
     assert r["step3"]["local"].get(key) == "k1" and key not in r["step3"]["session"]  # "remember" moves it
     assert r["step4"] == ["k1", True]
+
+
+# ------------------------------------------------------------------------------------------------
+# Soak: mixed load for SOAK_SECONDS (short in CI), then nothing leaked and everything counted
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def test_soak_mixed_load_leaks_nothing_and_counts_everything(chat_run):
+    import os
+    import random
+
+    seconds = float(os.environ.get("SOAK_SECONDS", "15"))
+    bad_bodies = [rb'{"messages":[{"role":"user","content":"\ud800"}]}', b'{"messages": [', b'{"messages":"\xff\xfe"}',
+                  json.dumps({"messages": ADD, "tools": [{"type": "function"}]}).encode(),
+                  json.dumps({"messages": [{"role": "user", "content": "a" * 5000}]}).encode()]
+    with serving(chat_run) as (srv, engine):
+        url = srv.url
+        tally = {"samples_done": 0, "cut": 0, "errors_4xx": 0, "requests": 0}
+        problems: list[str] = []
+        lock = threading.Lock()
+        rss_start = _rss_mb()
+        deadline = time.monotonic() + seconds
+
+        def worker(seed: int) -> None:
+            rng = random.Random(seed)
+            with httpx.Client(base_url=url, timeout=120) as c:
+                while time.monotonic() < deadline:
+                    action = rng.choice(["chat", "chat_n", "stream", "cut", "bad", "complete"])
+                    try:
+                        if action in ("chat", "chat_n"):
+                            n = 2 if action == "chat_n" else 1
+                            r = c.post("/v1/chat/completions", json={"messages": ADD, "n": n, "max_tokens": 12})
+                            ok, done = r.status_code == 200, n
+                        elif action == "complete":  # the same prompt again and again: prefix-cache hits
+                            r = c.post("/v1/completions", json={"prompt": ["Tell me about the cat."] * 2, "n": 2,
+                                                                "max_tokens": 4})
+                            ok, done = r.status_code == 200, 4
+                        elif action == "stream":
+                            with c.stream("POST", "/v1/chat/completions",
+                                          json={"messages": ADD, "stream": True, "max_tokens": 12}) as s:
+                                body = s.read().decode()
+                            ok, done = s.status_code == 200 and body.endswith("data: [DONE]\n\n"), 1
+                        elif action == "cut":  # a client that hangs up mid-answer (on its own connection)
+                            with httpx.stream("POST", url + "/v1/chat/completions", timeout=120,
+                                              json={"messages": CAT, "stream": True, "temperature": 0}) as s:
+                                lines = s.iter_lines()
+                                for _ in range(4):
+                                    next(lines)
+                            ok, done = s.status_code == 200, 0
+                        else:
+                            r = c.post("/v1/chat/completions", content=rng.choice(bad_bodies),
+                                       headers={"content-type": "application/json"})
+                            ok, done = r.status_code == 400 and r.json()["error"]["message"], 0
+                    except httpx.TransportError as e:  # a dropped connection
+                        with lock:
+                            problems.append(f"{action}: {e!r}")
+                        continue
+                    with lock:
+                        tally["requests"] += 1
+                        if not ok:
+                            problems.append(f"{action}: {getattr(locals().get('r'), 'text', '')[:200]}")
+                        tally["samples_done"] += done
+                        tally["cut"] += action == "cut"
+                        tally["errors_4xx"] += action == "bad"
+
+        workers = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+        for w in workers:
+            w.start()
+        while any(w.is_alive() for w in workers):
+            assert httpx.get(url + "/health", timeout=30).status_code == 200
+            time.sleep(0.2)
+        assert problems == []
+        until = time.monotonic() + 15
+        while (m := _metrics(url))["scratchlm_kv_blocks_used"] or m["scratchlm_num_requests_running"] \
+                or m["scratchlm_num_requests_waiting"]:
+            assert time.monotonic() < until, m
+            time.sleep(0.05)
+        assert m["scratchlm_kv_blocks_free"] == m["scratchlm_kv_blocks_total"]  # the KV pool is whole
+        finished = sum(v for k, v in m.items() if k.startswith("scratchlm_request_success_total{")
+                       and "abort" not in k)
+        assert finished == tally["samples_done"], (m, tally)  # every sample that finished is counted
+        assert m["scratchlm_requests_cancelled_total"] == tally["cut"], (m, tally)
+        growth = _rss_mb() - rss_start
+        print(f"soak {seconds:.0f} s: {tally}, RSS +{growth:.0f} MB")
+        assert tally["requests"] > 20 and tally["cut"] and tally["errors_4xx"]
+        assert growth < 500  # generous: a leak of every request's KV or prompt would show far more over a long soak
