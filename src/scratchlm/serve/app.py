@@ -96,7 +96,7 @@ def create_app(engine: Any, tokenizer: Any, model_name: str, api_key: str | None
         return P.Health()
 
     @app.get("/metrics", tags=["server"], response_class=Response, dependencies=[Depends(authorize)],
-             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, 401: ERRORS[401]})
     def prometheus() -> Response:  # sync: FastAPI runs it in a worker thread, as engine.stats() takes the lock
         """Prometheus text: engine state, token totals and latency histograms (behind the API key, if any)."""
         return Response(metrics.render(), media_type=CONTENT_TYPE)
