@@ -37,10 +37,10 @@ def test_kd_loss_closed_form_forward_and_reverse():
         kd_loss(s, t, T, "js")
 
 
-def _sets(tok, *extra):
+def _sets(tokenizer, *extra):
     return ["train.batch_size=2", "train.seq_len=48", "train.log_every=1", "train.eval_every=0", "train.save_every=0",
             "train.warmup_steps=1", "train.max_steps=15", "train.lr=3e-3", "train.packing=false",
-            f"model.vocab_size={tok.vocab_size}", *extra]
+            f"model.vocab_size={tokenizer.vocab_size}", *extra]
 
 
 @torch.no_grad()

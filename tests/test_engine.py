@@ -64,13 +64,39 @@ def test_paged_logits_equal_uncached_forward_for_rows_of_different_lengths(overr
             torch.testing.assert_close(alone, got[0], rtol=1e-4, atol=1e-4)
 
 
+def naive_sampled(model: torch.nn.Module, prompt: list[int], n: int, temperature: float, top_k: int,
+                  seed: int) -> list[int]:
+    """Reference without the engine: a plain forward over the whole sequence for every token, temperature and
+    top-k written out here, one multinomial draw from a generator seeded with `seed`."""
+    gen = torch.Generator().manual_seed(seed)
+    seq = list(prompt)
+    for _ in range(n):
+        logits = model(torch.tensor([seq])).logits[0, -1].float() / temperature
+        kth = torch.topk(logits, top_k).values[-1]
+        probs = torch.softmax(logits.masked_fill(logits < kth, float("-inf")), dim=-1)
+        seq.append(int(torch.multinomial(probs, 1, generator=gen)))
+    return seq[len(prompt):]
+
+
 @pytest.mark.parametrize("overrides", [(), ("model.attention=mla",), ("model.sliding_window=6",)], ids=["gqa", "mla", "window"])
-def test_engine_greedy_equals_naive_and_the_contiguous_engine(overrides):
+def test_engine_greedy_equals_the_naive_loop_for_every_row(overrides):
     model = make_model(*overrides)
-    ps = prompts(5)
+    ps = prompts(5)  # lengths 3..39, mixed: rows prefill and decode at different positions in one batch
+    assert len({len(p) for p in ps}) == len(ps)
     got = LLMEngine(model, block_size=4).generate(ps, GREEDY)
-    assert got == LLM(model).generate(ps, GREEDY)
-    assert got[0] == naive_greedy(model, ps[0], 12)
+    with torch.no_grad():
+        assert got == [naive_greedy(model, p, 12) for p in ps]
+
+
+def test_engine_seeded_sampling_equals_the_naive_loop_for_every_row():
+    model = make_model()
+    ps = prompts(4, seed=3)
+    assert len({len(p) for p in ps}) == len(ps)
+    params = SamplingParams(temperature=0.8, top_k=20, max_new_tokens=10, seed=11)
+    got = LLMEngine(model, block_size=4).generate(ps, params)
+    with torch.no_grad():
+        want = [naive_sampled(model, p, 10, 0.8, 20, seed=11) for p in ps]
+    assert got == want and got != [naive_greedy(model, p, 10) for p in ps]  # really sampled, not argmax
 
 
 def test_sixteen_together_equal_each_alone_and_blocks_come_back():

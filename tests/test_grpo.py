@@ -75,7 +75,8 @@ def test_rollout_batch_targets_completions_and_groups_sum_to_zero(tok):
     assert torch.equal(again["input_ids"], x)  # seeded: the same samples
 
 
-def test_one_step_on_a_rigged_reward_raises_that_tokens_probability(tok, monkeypatch):
+@pytest.mark.parametrize("agg", ["grpo", "dr_grpo", "cispo"])
+def test_one_step_on_a_rigged_reward_raises_that_tokens_probability(tok, monkeypatch, agg):
     # reward = 1 when the completion contains token X: one GRPO step (the real rollout and loss, a plain SGD update)
     # must make X more likely where the policy samples, here measured at every completion position of the batch.
     from scratchlm.train import rule_rewards
@@ -83,7 +84,7 @@ def test_one_step_on_a_rigged_reward_raises_that_tokens_probability(tok, monkeyp
     rigged = {}
     monkeypatch.setitem(rule_rewards.REWARD_FUNCS, "has_x", lambda prompts, completions, completion_ids, **_: [
         float(rigged["x"] in ids) for ids in completion_ids])
-    cfg = _cfg("rl.reward_funcs=has_x", "rl.reward_weights=1", "rl.num_generations=8", "rl.loss_agg=grpo")
+    cfg = _cfg("rl.reward_funcs=has_x", "rl.reward_weights=1", "rl.num_generations=8", f"rl.loss_agg={agg}")
     torch.manual_seed(0)
     obj = GRPO(cfg, PromptShards(tok), tokenizer=tok)
     model = obj.prepare_model(build_model(cfg))
@@ -127,6 +128,35 @@ def test_grpo_learns_the_length_reward_and_resumes_exactly(tok, tmp_path):
     assert np.mean(lengths[-3:]) < np.mean(lengths[:3])  # completions got shorter
     first, second = run("split", stop=6), run("split", resume=True)
     np.testing.assert_allclose(first.losses + second.losses, full.losses, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_dynamic_sampling_drops_the_groups_with_equal_rewards_and_keeps_the_rest(tok, monkeypatch, dynamic):
+    # group 0's four completions all score 1 (no signal), group 1's score 0, 1, 0, 1, group 2's all score 0
+    from scratchlm.train import rule_rewards
+
+    scores = [1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    monkeypatch.setitem(rule_rewards.REWARD_FUNCS, "by_row", lambda prompts, completions, completion_ids, **_: [
+        scores[i] for i in range(len(completion_ids))])
+    cfg = _cfg("rl.reward_funcs=by_row", "rl.reward_weights=1", f"rl.dynamic_sampling={str(dynamic).lower()}")
+    torch.manual_seed(0)
+    obj = GRPO(cfg, PromptShards(tok), tokenizer=tok)
+    model = obj.prepare_model(build_model(cfg))
+    obj.setup(obj.info, model)
+    every = obj.rollout([0, 1, 2], seed=3)
+    assert every["stats"]["frac_reward_zero_std"] == pytest.approx(2 / 3)
+    if dynamic:  # only group 1's rows, each with its own advantage (±, summing to zero)
+        assert every["input_ids"].shape[0] == 4
+        adv = every["advantages"]
+        assert (adv[[1, 3]] > 0).all() and (adv[[0, 2]] < 0).all() and abs(float(adv.sum())) < 1e-5
+        p1 = len(PromptShards(tok).prompt(1).ids)
+        assert every["input_ids"][0, :p1].tolist() == PromptShards(tok).prompt(1).ids.tolist()
+    else:  # all 12 rows; the equal-reward groups' advantages are zero
+        assert every["input_ids"].shape[0] == 12
+        assert (every["advantages"][:4] == 0).all() and (every["advantages"][8:] == 0).all()
+    scores[:] = [1.0] * 12
+    dead = obj.rollout([0, 1], seed=3)  # no group carries a signal: one row with advantage zero keeps the step defined
+    assert dead["input_ids"].shape[0] == (1 if dynamic else 8) and (dead["advantages"] == 0).all()
 
 
 @pytest.mark.parametrize("agg", ["grpo", "dr_grpo", "cispo"])

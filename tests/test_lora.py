@@ -168,8 +168,12 @@ def _base_run(tmp_path):
     from tests.test_train_loop import SMALL, _shards
 
     cfg = load_config("debug", SMALL + ["train.max_steps=3"])
-    train(cfg, Pretrain(cfg, _shards()), tmp_path / "base", build_model(cfg), progress=False)
-    assert np.isfinite(0.0)
+    from scratchlm.runs import run_kind
+
+    result = train(cfg, Pretrain(cfg, _shards()), tmp_path / "base", build_model(cfg), progress=False)
+    # a base the adapters can sit on: a finished run, finite losses, saved as a plain (non-adapter) model
+    assert result.status == "done" and len(result.losses) == 3 and np.isfinite(result.losses).all()
+    assert run_kind(tmp_path / "base") == "model" and (tmp_path / "base" / "model.safetensors").exists()
     return tmp_path / "base"
 
 

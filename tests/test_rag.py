@@ -378,6 +378,25 @@ def test_answer_question_with_a_tiny_run(tmp_path):
     hits = [Hit(1, "a.md", 0, "the cat sat on the mat " * 40, 0.1)]
     ans = answer_question(LLM(model, tok), "Where did the cat sit?", hits, max_new_tokens=8)
     assert ans.sources == ["a.md#0"] and "[a.md#0]" in ans.with_citations()
+    # The citation follows retrieval: two documents indexed, each question retrieves its own, and the answer
+    # cites that one (and its prompt holds that one's text), never the other.
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "cat.md").write_text("the cat sat on the mat", encoding="utf-8")  # short: the debug context is 128
+    (docs / "moon.txt").write_text("the moon shone", encoding="utf-8")
+    emb = HashEmbedder()
+    with VectorStore(tmp_path / "cite.db", emb.name, emb.dim) as store:
+        index_paths(store, emb, [docs], size=400, overlap=0, show_progress=False)
+        retriever = Retriever(store, emb)
+        cited = {}
+        for question, want, other in [("Where did the cat sit?", "cat.md#0", "moon"),
+                                      ("Did the moon shine?", "moon.txt#0", "the cat sat")]:
+            found = retriever.search(question, k=1, mode="hybrid")
+            got = answer_question(LLM(model, tok), question, found, max_new_tokens=8)
+            assert got.sources == [want] and got.with_citations().endswith(f"[{want}]"), (question, got)
+            assert other not in got.prompt
+            cited[question] = got.sources
+        assert len({tuple(v) for v in cited.values()}) == 2
     prompt_ids = tok.encode_chat([{"role": "user", "content": ans.prompt}], add_generation_prompt=True)[0]
     assert len(prompt_ids) <= cfg.model.max_seq_len - 8
     emb = RunEmbedder(run)

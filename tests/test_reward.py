@@ -13,7 +13,7 @@ from scratchlm.train.loop import train
 from scratchlm.eval.preference import pair_accuracy
 from scratchlm.model.reward import RewardModel
 from scratchlm.train.reward_objective import Reward, reward_batch
-from tests.test_dpo import PairShards, _base
+from tests.test_dpo import PairShards, _base, held_out
 
 SETS = ["train.batch_size=4", "train.seq_len=24", "train.log_every=1", "train.eval_every=0", "train.save_every=0",
         "train.warmup_steps=1", "train.objective=reward", "train.lr=3e-3"]
@@ -27,13 +27,13 @@ def test_score_reads_the_last_real_token_whatever_the_padding():
     padded = rm(torch.cat([ids[:, :6], torch.zeros(1, 3, dtype=torch.long)], 1), torch.tensor([6]))
     torch.testing.assert_close(alone, padded)
     b = reward_batch(PairShards(3), [0, 2], seq_len=24)
-    assert b["input_ids"].shape == (4, 6) and b["lengths"].tolist() == [6, 6, 6, 6]
-    assert b["input_ids"][0, 4] == 40 and b["input_ids"][2, 4] == 60  # chosen rows first, then rejected
+    assert b["input_ids"].shape == (4, 5) and b["lengths"].tolist() == [5, 5, 5, 5]
+    assert b["input_ids"][0, 3] == 40 and b["input_ids"][2, 3] == 41  # chosen rows first, then rejected
 
 
 def test_reward_training_learns_pairs_and_resumes_exactly(tmp_path):
     base = _base(tmp_path)
-    sets = SETS + ["train.max_steps=8", "train.save_every=4"]
+    sets = SETS + ["train.batch_size=16", "train.max_steps=32", "train.save_every=16"]
 
     def run(out, stop=None, resume=False):
         c = load_config("debug", sets)
@@ -41,13 +41,14 @@ def test_reward_training_learns_pairs_and_resumes_exactly(tmp_path):
                      resume=resume, stop_at_step=stop, progress=False)
 
     full = run("full")
-    first, second = run("split", stop=4), run("split", resume=True)
+    first, second = run("split", stop=16), run("split", resume=True)
     np.testing.assert_allclose(first.losses + second.losses, full.losses, rtol=0, atol=1e-6)
     rm, _, cfg = load_run(tmp_path / "full")
     assert isinstance(rm, RewardModel)
-    held = PairShards(20, offset=3)
+    held = held_out()
     acc = pair_accuracy(rm, held, cfg.train.seq_len)
-    assert acc["accuracy"] == 1.0 and acc["margin"] > 0 and full.losses[-1] < full.losses[0]
+    # held-out prompts, and a reply token alone says nothing (chance is 0.5): the model read the prompt
+    assert acc["accuracy"] >= 0.9 and acc["margin"] > 0 and full.losses[-1] < full.losses[0]
 
 
 def test_reward_model_scores_texts_and_refuses_lora(tmp_path):
