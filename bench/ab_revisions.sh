@@ -18,23 +18,22 @@ top=$(git rev-parse --show-toplevel)
 out=${OUT_DIR:-/tmp/ab_revisions}
 python=${PYTHON:-$(command -v python)}
 mkdir -p "$out"
-declare -A tree
+declare -A tree sha
 for rev in "$rev_a" "$rev_b"; do
-    sha=$(git -C "$top" rev-parse --short "$rev")
-    tree[$rev]="$out/tree-$sha"
-    [ -d "${tree[$rev]}" ] || git -C "$top" worktree add -q --detach "${tree[$rev]}" "$sha"
+    sha[$rev]=$(git -C "$top" rev-parse --short "$rev")  # once: HEAD may move while the rounds run
+    tree[$rev]="$out/tree-${sha[$rev]}"
+    [ -d "${tree[$rev]}" ] || git -C "$top" worktree add -q --detach "${tree[$rev]}" "${sha[$rev]}"
 done
 for round in $(seq 1 "$rounds"); do
     for rev in "$rev_a" "$rev_b"; do
-        log="$out/$(git -C "$top" rev-parse --short "$rev")-$round.log"
+        log="$out/${sha[$rev]}-$round.log"
         echo "round $round: $rev ($script $*) -> $log" >&2
         (cd "${tree[$rev]}" && PYTHONPATH=src "$python" "$script" "$@") > "$log" 2>&1
     done
 done
 for rev in "$rev_a" "$rev_b"; do
-    sha=$(git -C "$top" rev-parse --short "$rev")
     for round in $(seq 1 "$rounds"); do
-        echo "== $rev ($sha), round $round"
-        grep -E "×|x " "$out/$sha-$round.log" || tail -5 "$out/$sha-$round.log"
+        echo "== $rev (${sha[$rev]}), round $round"
+        grep -E "×|x " "$out/${sha[$rev]}-$round.log" || tail -5 "$out/${sha[$rev]}-$round.log"
     done
 done
