@@ -150,15 +150,22 @@ def test_limits_types_and_unsupported_fields(server):
     assert r.choices[0].message is not None
 
 
-def test_a_huge_rag_question_is_refused_before_it_is_embedded(chat_run, tmp_path):
+def _cat_db(tmp_path):
+    """A rag database (hash embedder) over one document about cats, indexed through the CLI."""
     from scratchlm.cli import main
-    from scratchlm.serve.rag import RagContext
 
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "cats.txt").write_text("The cat sat on the mat. Cats sleep sixteen hours a day.", encoding="utf-8")
     db = tmp_path / "docs.db"
     assert main(["rag", "index", str(docs), "--db", str(db), "--embedder", "hash", "--quiet"]) == 0
+    return db
+
+
+def test_a_huge_rag_question_is_refused_before_it_is_embedded(chat_run, tmp_path):
+    from scratchlm.serve.rag import RagContext
+
+    db = _cat_db(tmp_path)
     embedded = []
 
     class Recording(RagContext):
@@ -269,11 +276,7 @@ def test_rag_store_locked_is_a_503_and_an_indexer_can_write_while_the_server_rea
     from scratchlm.cli import main
     from scratchlm.serve.rag import RagContext
 
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    (docs / "cats.txt").write_text("The cat sat on the mat. Cats sleep sixteen hours a day.", encoding="utf-8")
-    db = tmp_path / "docs.db"
-    assert main(["rag", "index", str(docs), "--db", str(db), "--embedder", "hash", "--quiet"]) == 0
+    db = _cat_db(tmp_path)
     body = {"messages": CAT, "max_tokens": 4}
     # A connection holding the file exclusively (before the server's readers open it): 503 + Retry-After, not a 500.
     with serving(chat_run, rag=RagContext(db, k=1, timeout=0.2)) as (srv, _):
@@ -298,8 +301,8 @@ def test_rag_store_locked_is_a_503_and_an_indexer_can_write_while_the_server_rea
         def index():
             k = 0
             while not stop.is_set():
-                (docs / f"more{k}.txt").write_text(f"Dogs bark number {k}. " * 40, encoding="utf-8")
-                if main(["rag", "index", str(docs), "--db", str(db), "--embedder", "hash", "--quiet"]) != 0:
+                (tmp_path / "docs" / f"more{k}.txt").write_text(f"Dogs bark number {k}. " * 40, encoding="utf-8")
+                if main(["rag", "index", str(tmp_path / "docs"), "--db", str(db), "--embedder", "hash", "--quiet"]) != 0:
                     errors.append(k)
                 k += 1
 
