@@ -189,8 +189,17 @@ def test_a_huge_rag_question_is_refused_before_it_is_embedded(chat_run, tmp_path
 # Retry-After, cancellation counted, the event loop kept free
 
 
-def test_a_non_streamed_request_whose_client_leaves_is_cancelled_and_counted(server):
+def test_a_non_streamed_request_whose_client_leaves_is_cancelled_and_counted(server, monkeypatch):
     url, engine = server[0].url, server[1]
+    step = engine.step
+
+    def slow_step() -> None:
+        # Outside the engine's lock: the reply now takes seconds (it is still running when the client leaves),
+        # and the poller below gets the lock between steps instead of starving until the reply is done.
+        step()
+        time.sleep(0.02)
+
+    monkeypatch.setattr(engine, "step", slow_step)
     before = _metrics(url)["scratchlm_requests_cancelled_total"]
     body = json.dumps({"messages": CAT, "temperature": 0, "max_tokens": 200}).encode()
     host, port = url.removeprefix("http://").split(":")
