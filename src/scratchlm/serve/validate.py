@@ -5,13 +5,12 @@ implemented are refused rather than silently ignored. All of it is O(characters)
 
 from __future__ import annotations
 
-import re
 from typing import Any, Iterator
 
 from scratchlm.serve import protocol as P
 from scratchlm.serve.errors import APIError
+from scratchlm.tokenizer.bpe import lone_surrogate
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 # Fields OpenAI defines that would change the answer, and the values that leave it unchanged (accepted as if
 # absent). Harmless fields (`user`, `metadata`, `store`, `service_tier`, ...) are not listed: they are ignored.
@@ -41,10 +40,10 @@ UNSUPPORTED: dict[str, tuple[Any, ...]] = {
 def check_text(text: str, param: str) -> None:
     """400 naming `param` when `text` holds a lone surrogate (it has no UTF-8 form: nothing downstream can
     encode it)."""
-    m = _SURROGATE.search(text)
-    if m:
-        raise APIError(400, f"{param} is not valid Unicode: a lone UTF-16 surrogate U+{ord(m.group()):04X} at "
-                       f"character {m.start()} (send well-formed text; in JSON a surrogate escape must be one "
+    bad = lone_surrogate(text)
+    if bad:
+        raise APIError(400, f"{param} is not valid Unicode: a lone UTF-16 surrogate U+{ord(bad[1]):04X} at "
+                       f"character {bad[0]} (send well-formed text; in JSON a surrogate escape must be one "
                        f"half of a pair)", param=param, code="invalid_unicode")
 
 

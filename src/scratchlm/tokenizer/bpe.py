@@ -219,12 +219,19 @@ def validate_messages(messages: Any) -> list[dict]:
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _check_unicode(text: str, what: str) -> None:
-    """ValueError naming `what` and the position of a lone UTF-16 surrogate: it has no UTF-8 form, and the Rust
-    tokenizer would fail on it with a bare TypeError."""
+def lone_surrogate(text: str) -> tuple[int, str] | None:
+    """(position, character) of the first lone UTF-16 surrogate in `text`, or None: such a character has no
+    UTF-8 form, so no tokenizer can encode it."""
     m = _SURROGATE.search(text)
-    if m:
-        raise ValueError(f"{what} is not valid Unicode: a lone surrogate U+{ord(m.group()):04X} at character {m.start()}")
+    return (m.start(), m.group()) if m else None
+
+
+def _check_unicode(text: str, what: str) -> None:
+    """ValueError naming `what` and the position of a lone surrogate (the Rust tokenizer would fail on it with a
+    bare TypeError)."""
+    bad = lone_surrogate(text)
+    if bad:
+        raise ValueError(f"{what} is not valid Unicode: a lone surrogate U+{ord(bad[1]):04X} at character {bad[0]}")
 
 
 class Tokenizer:

@@ -53,8 +53,7 @@ class Distill(SFT):
         if self.teacher is None:
             if not dc.teacher:
                 raise ConfigError("distill needs a teacher: --teacher RUN (or --set distill.teacher=RUN)")
-            from scratchlm.runs import load_run
-            from scratchlm.runs import check_same_tokenizer
+            from scratchlm.runs import check_same_tokenizer, load_run
 
             check_same_tokenizer(dc.teacher, self.cfg.train.data, flag="--teacher")
             self.teacher, _, _ = load_run(dc.teacher)
