@@ -50,7 +50,7 @@ def test_report_card_of_two_stages(tmp_path, capsys):
     assert "| mc acc |" in text and "| val_ppl | 148.4 | 148.4 | 148.4 |" in text
     assert "## Sample answers per stage (greedy)" in text and "| What is your name? |" in text
     # the demo summary's numbers, rendered by eval.summary as the demo prints them
-    assert "| held-out accuracy: add2 | 0.750 (3/4) |" in text and "| time: total | 12 s |" in text
+    assert "| val (dev) accuracy: add2 | 0.750 (3/4) |" in text and "| time: total | 12 s |" in text
     assert "2\\|x" in text and "hello ⏎ there" in text
     for png in ("loss_curves.png", "metrics.png"):
         assert (tmp_path / "report" / png).read_bytes().startswith(PNG) and f"({png})" in text
@@ -75,10 +75,13 @@ def test_summary_rows_are_the_one_rendering_of_the_demo_summary():
                "rag": {"embedder": "hash", "chunks": 7, "questions": [
                    {"question": "q?", "expected": "a", "sources": ["corpus.jsonl:1"], "right_doc_retrieved": True,
                     "answer": "a", "correct": True, "answer_without_rag": "b"}]}}
-    rows = dict(summary_rows(summary))
-    assert list(rows)[:2] == ["held-out accuracy: add2", "held-out accuracy: identity"]  # sorted by task
-    assert rows["held-out accuracy: add2"] == "0.750 (3/4)" and rows["ratio (pretrained / unigram)"] == "0.500"
-    assert rows["ratio (after SFT / pretrained)"] == "1.10" and rows["DPO: held-out add2 before → after"] == "0.500 → 1.000"
+    rows = dict(summary_rows(summary))  # no settings: a summary from before the test split, on val
+    assert list(rows)[:2] == ["val (dev) accuracy: add2", "val (dev) accuracy: identity"]  # sorted by task
+    assert rows["val (dev) accuracy: add2"] == "0.750 (3/4)" and rows["ratio (pretrained / unigram)"] == "0.500"
+    assert rows["ratio (after SFT / pretrained)"] == "1.10" and rows["DPO: val (dev) add2 before → after"] == "0.500 → 1.000"
+    assert rows["DPO: val (dev) implicit-reward accuracy (16 pairs), SFT → DPO"] == "0 (by definition) → 0.500"
+    test_rows = dict(summary_rows({**summary, "settings": {"eval_split": "test"}}))
+    assert test_rows["test accuracy: add2"] == "0.750 (3/4)" and "DPO: test add2 before → after" in test_rows
     assert rows["time: total"] == "90 s" and summary_title(summary) == "scratchlm demo — 1,234,567 parameters, 1.5 min"
     assert summary_rows({}) == [] and rag_lines({}) == []
     assert rag_lines(summary)[0].startswith("RAG (hash + BM25 over 7 chunks") and "✓" in rag_lines(summary)[1]

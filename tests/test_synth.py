@@ -1,4 +1,5 @@
-"""Synthetic tasks: deterministic by seed, held-out disjoint from training, valid formats, checkable answers."""
+"""Synthetic tasks: deterministic by seed, train / val (dev) / test pairwise disjoint, valid formats, checkable
+answers."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import pytest
 from scratchlm.data.answers import check_answer
 from scratchlm.data.open_tasks import OPEN_TASKS, is_checkable
 from scratchlm.data.synth import FILES, build_synth, make_task, resolve_sizes, sample_examples
-from scratchlm.data.tasks import Arithmetic, Identity, addition_trace
+from scratchlm.data.tasks import SIDES, Arithmetic, Identity, addition_trace, side_of
 
-SIZES = {"add2": (300, 100), "next_line": (200, 100), "author": (200, 100), "identity": (200, 100), "arith3": (60, 30),
-         "fortune": (60, 20), "recite": (60, 20), "continue": (60, 20)}
+SIZES = {"add2": (300, 100, 80), "next_line": (200, 100, 90), "author": (200, 100, 70), "identity": (200, 100, 60),
+         "arith3": (60, 30, 20), "fortune": (60, 20, 10), "recite": (60, 20, 10), "continue": (60, 20, 10)}
 ARITH = ("add2", "arith3")
 
 
@@ -58,45 +59,67 @@ def test_deterministic_by_seed(tmp_path):
 
 
 def test_counts_per_task_and_file(built, tmp_path):
-    for split, idx in (("train", 0), ("val", 1)):
+    for idx, split in enumerate(SIDES):
         for kind in ("sft", "preference", "prompt"):
             rows = built[f"{kind}_{split}"]
             for task, sizes in SIZES.items():
                 # Arithmetic's held-out side comes twice: training phrasings, then unseen ones.
-                copies = 2 if split == "val" and task in ARITH else 1
+                copies = 2 if split != "train" and task in ARITH else 1
                 assert sum(r["task"] == task for r in rows) == sizes[idx] * copies, (kind, split, task)
                 if copies == 2:
                     assert sum(r["task"] == task and r.get("phrasing") == "unseen" for r in rows) == sizes[idx]
     meta = json.loads((Path(build_synth(tmp_path, tasks={"add2": 5}, n_val=2)["sft_train"]).parent / "meta.json").read_text())
-    assert meta["counts"] == {"add2": {"train": 5, "val": 2, "val_unseen_phrasing": 2}}
+    assert meta["counts"] == {"add2": {"train": 5, "val": 2, "val_unseen_phrasing": 2, "test": 2, "test_unseen_phrasing": 2}}
+
+
+PAIRS = [("train", "val"), ("train", "test"), ("val", "test")]
 
 
 @pytest.mark.parametrize("kind,key", [("prompt", "prompt"), ("sft", "conversations"), ("preference", "chosen")])
-def test_held_out_never_overlaps_training(built, kind, key):
-    train, val = user_questions(built[f"{kind}_train"], key), user_questions(built[f"{kind}_val"], key)
+@pytest.mark.parametrize("a,b", PAIRS)
+def test_splits_never_overlap(built, kind, key, a, b):
+    """No question is on two sides (train, val = dev, test), and no operand pair in either order."""
+    qa, qb = user_questions(built[f"{kind}_{a}"], key), user_questions(built[f"{kind}_{b}"], key)
     for task in SIZES:
-        t = {q for tk, q in train if tk == task}
-        v = {q for tk, q in val if tk == task}
-        assert t and v, task
-        assert not (t & v), f"{task}: {sorted(t & v)[:3]}"
+        x = {q for tk, q in qa if tk == task}
+        y = {q for tk, q in qb if tk == task}
+        assert x and y, task
+        assert not (x & y), f"{task}: {sorted(x & y)[:3]}"
         if task in ARITH:  # no operand pair (in either order) is on both sides
-            assert not ({operands(q) for q in t} & {operands(q) for q in v}), task
+            assert not ({operands(q) for q in x} & {operands(q) for q in y}), task
+
+
+def test_side_of_cuts_the_unit_interval():
+    """val below val_frac (the held-out side the settings were tuned on), test right above it, train the rest."""
+    from scratchlm.data.tasks import _unit
+
+    keys = [f"k{i}" for i in range(2000)]
+    for k in keys:
+        u = _unit(k)
+        assert side_of(k, 0.1, 0.2) == ("val" if u < 0.1 else "test" if u < 0.3 else "train")
+    counts = {s: sum(side_of(k, 0.1, 0.2) == s for k in keys) for s in SIDES}
+    assert 130 < counts["val"] < 270 and 300 < counts["test"] < 500  # ~10% and ~20% of 2000
+    with pytest.raises(ValueError, match="unknown split 'dev'"):
+        Arithmetic("add2").sample(random.Random(0), "dev", "en")
 
 
 def test_poem_items_disjoint():
-    """next_line: no (poem, line) on both sides; author: no poem on both sides."""
+    """next_line: no (poem, line) on two sides; author: no poem on two sides."""
     nl, au = make_task("next_line"), make_task("author")
-    assert not set(nl.items[False]) & set(nl.items[True])
-    assert {t for t, _, _ in au.items[False]}.isdisjoint({t for t, _, _ in au.items[True]})
-    assert len(nl.items[True]) >= 200 and len(au.items[True]) >= 80  # enough distinct held-out items
+    for a, b in PAIRS:
+        assert not set(nl.items[a]) & set(nl.items[b])
+        assert {t for t, _, _ in au.items[a]}.isdisjoint({t for t, _, _ in au.items[b]})
+    for side in ("val", "test"):  # enough distinct held-out items
+        assert len(nl.items[side]) >= 200 and len(au.items[side]) >= 60, side
 
 
 def test_identity_held_out_uses_new_phrasings():
     ident = Identity("scratchlm")
     for lang in ("en", "zh"):
-        train, val = set(ident.questions(lang, False)), set(ident.questions(lang, True))
-        assert train and val and not (train & val)
-    assert "who are you" in ident.questions("en", False) and "你是谁？" in ident.questions("zh", False)
+        for a, b in PAIRS:
+            x, y = set(ident.questions(lang, a)), set(ident.questions(lang, b))
+            assert x and y and not (x & y)
+    assert "who are you" in ident.questions("en", "train") and "你是谁？" in ident.questions("zh", "train")
     # No held-out core question is asked in training in any casing or punctuation.
     from scratchlm.data.tasks import _IDENTITY_QUESTIONS
 
@@ -104,9 +127,10 @@ def test_identity_held_out_uses_new_phrasings():
         return "".join(ch for ch in q.lower() if ch.isalnum())
 
     for lang in ("en", "zh"):
-        train_cores = {norm(q) for q in _IDENTITY_QUESTIONS[(lang, False)]}
-        assert not train_cores & {norm(q) for q in _IDENTITY_QUESTIONS[(lang, True)]}
-        assert len(train_cores) >= 20  # many phrasings: what lets a small model generalise to new ones
+        cores = {side: {norm(q) for q in _IDENTITY_QUESTIONS[(lang, side)]} for side in SIDES}
+        for a, b in PAIRS:
+            assert not cores[a] & cores[b], (lang, a, b)
+        assert len(cores["train"]) >= 20  # many phrasings: what lets a small model generalise to new ones
 
 
 def test_arithmetic_unseen_phrasings_never_occur_in_training(built):
@@ -118,22 +142,26 @@ def test_arithmetic_unseen_phrasings_never_occur_in_training(built):
         return re.compile(".+?".join(map(re.escape, parts)) + "$")
 
     for lang in ("en", "zh"):
-        train, held = _ARITH_TEMPLATES[(lang, False)], _ARITH_TEMPLATES[(lang, True)]
-        assert len(train) >= 15 and len(held) >= 5 and not set(train) & set(held)
-    unseen = [pattern(t) for lang in ("en", "zh") for t in _ARITH_TEMPLATES[(lang, True)]]
-    seen = [pattern(t) for lang in ("en", "zh") for t in _ARITH_TEMPLATES[(lang, False)]]
+        for a, b in PAIRS:
+            x, y = _ARITH_TEMPLATES[(lang, a)], _ARITH_TEMPLATES[(lang, b)]
+            assert len(x) >= 5 and len(y) >= 5 and not set(x) & set(y)
+        assert len(_ARITH_TEMPLATES[(lang, "train")]) >= 15
+    phrasings = {side: [pattern(t) for lang in ("en", "zh") for t in _ARITH_TEMPLATES[(lang, side)]] for side in SIDES}
     train_qs = [q for tk, q in user_questions(built["sft_train"], "conversations") if tk in ARITH]
+    unseen = phrasings["val"] + phrasings["test"]
     assert train_qs and not [q for q in train_qs if any(p.search(q) for p in unseen)]
-    val = [r for r in built["prompt_val"] if r["task"] in ARITH]
     suffixes = [x for lang in ("en", "zh") for x in _ARITH_SUFFIXES[lang] if x]
-    for r in val:  # every held-out question is in a phrasing of the side its column names
-        q = r["prompt"][-1]["content"]
-        if r.get("phrasing") == "unseen":  # held-out phrasings come without the training-only suffixes
-            assert any(p.search(q) for p in unseen), q
-        else:
-            assert any(p.search(x) for p in seen for x in [q] + [q.removesuffix(s) for s in suffixes if q.endswith(s)]), q
+    for side in ("val", "test"):
+        rows = [r for r in built[f"prompt_{side}"] if r["task"] in ARITH]
+        for r in rows:  # every held-out question is in a phrasing of the side its column names
+            q = r["prompt"][-1]["content"]
+            if r.get("phrasing") == "unseen":  # held-out phrasings come without the training-only suffixes
+                assert any(p.search(q) for p in phrasings[side]), q
+            else:
+                assert any(p.search(x) for p in phrasings["train"]
+                           for x in [q] + [q.removesuffix(s) for s in suffixes if q.endswith(s)]), q
     with pytest.raises(ValueError, match="held-out operand pairs only"):
-        Arithmetic("add2").sample(random.Random(0), False, "en", unseen_phrasing=True)
+        Arithmetic("add2").sample(random.Random(0), "train", "en", unseen_phrasing=True)
 
 
 def test_open_tasks_are_corpus_chats():
@@ -145,8 +173,8 @@ def test_open_tasks_are_corpus_chats():
     for name in OPEN_TASKS:
         task = make_task(name)
         assert not is_checkable(name)
-        for val in (False, True):
-            for ex in sample_examples(task, 20, val, rng):
+        for side in SIDES:
+            for ex in sample_examples(task, 20, side, rng):
                 assert ex.reply and ex.reply != ex.wrong
                 if name == "fortune":
                     assert ex.reply in texts
@@ -161,7 +189,7 @@ def test_open_tasks_are_corpus_chats():
 
 
 def test_formats_follow_design(built):
-    for split in ("train", "val"):
+    for split in SIDES:
         for r in built[f"sft_{split}"]:
             conv = r["conversations"]
             assert r["lang"] in ("zh", "en") and r["task"] in SIZES
@@ -182,7 +210,7 @@ def test_formats_follow_design(built):
 
 
 def test_generated_answers_check_and_rejected_fail(built):
-    for split in ("train", "val"):
+    for split in SIDES:
         prompts, prefs, sfts = built[f"prompt_{split}"], built[f"preference_{split}"], built[f"sft_{split}"]
         # Line i of the three files of a split is the same example.
         for p, pref, sft in zip(prompts, prefs, sfts, strict=True):
@@ -200,7 +228,7 @@ def test_generated_answers_check_and_rejected_fail(built):
 def test_arithmetic_is_correct_and_near_misses_are_wrong():
     rng = random.Random(0)
     for name in ("add2", "sub2", "mul1", "arith2"):
-        for ex in sample_examples(Arithmetic(name), 50, False, rng):
+        for ex in sample_examples(Arithmetic(name), 50, "train", rng):
             a, b = map(int, re.findall(r"\d+", ex.question)[:2])
             between = ex.question.split(str(a), 1)[1].split(str(b), 1)[0]
             op = re.search(r"[-+×*]|plus|minus|times|加|减|乘以", between).group()
@@ -219,10 +247,11 @@ def test_arithmetic_is_correct_and_near_misses_are_wrong():
             assert lo <= a <= (9 if name == "mul1" else 99) and lo <= b
     # A space too big to list is sampled, and its sides are still disjoint.
     big = Arithmetic("add9")
-    assert big._pool(True) is None
-    t = {operands(e.question) for e in sample_examples(big, 100, False, rng)}
-    v = {operands(e.question) for e in sample_examples(big, 100, True, rng)}
-    assert not t & v and all(len(str(x)) == 9 for p in t | v for x in p)
+    assert big._pool("val") is None
+    drawn = {side: {operands(e.question) for e in sample_examples(big, 100, side, rng)} for side in SIDES}
+    for a, b in PAIRS:
+        assert not drawn[a] & drawn[b]
+    assert all(len(str(x)) == 9 for p in drawn["train"] | drawn["test"] for x in p)
 
 
 def test_check_answer_normalises():
@@ -254,9 +283,10 @@ def test_identity_uses_configured_name(tmp_path):
     paths = build_synth(tmp_path, name="Nova", tasks={"identity": (50, 20)})
     for r in read(paths["sft_train"]):
         assert all("Nova" in m["content"] for m in r["conversations"] if m["role"] == "assistant")
-    for r in read(paths["preference_val"]):
-        assert "Nova" not in r["rejected"][-1]["content"]
-    assert {r["answer"] for r in read(paths["prompt_val"])} == {"Nova"}
+    for side in ("val", "test"):
+        for r in read(paths[f"preference_{side}"]):
+            assert "Nova" not in r["rejected"][-1]["content"]
+        assert {r["answer"] for r in read(paths[f"prompt_{side}"])} == {"Nova"}
     # A wrong name never contains the right one (else the rejected reply would pass check_answer).
     assert all("gpt" not in n.lower() for n in Identity("GPT").others)
 
@@ -268,7 +298,11 @@ def test_bad_task_names_and_sizes(tmp_path):
         resolve_sizes({"add2": -1})
     with pytest.raises(ValueError, match="digits must be 1..18"):
         Arithmetic("add0")
-    assert resolve_sizes(["add2", "identity"], n_train=7) == {"add2": (7, 200), "identity": (7, 200)}
+    with pytest.raises(ValueError, match=r"sizes are \[train, val\] or \[train, val, test\], got \[1, 2, 3, 4\]"):
+        resolve_sizes({"add2": (1, 2, 3, 4)})
+    assert resolve_sizes(["add2", "identity"], n_train=7) == {"add2": (7, 200, 200), "identity": (7, 200, 200)}
+    assert resolve_sizes({"add2": (5, 3)}, n_test=1) == {"add2": (5, 3, 1)}
+    assert resolve_sizes({"add2": (5, 3, 2)}) == {"add2": (5, 3, 2)}
 
 
 def test_data_synth_command(tmp_path, capsys):

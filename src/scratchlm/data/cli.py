@@ -37,7 +37,7 @@ def parse_tasks(spec: str | None) -> dict[str, tuple[int, int] | int] | None:
         return None
     from scratchlm.data.synth import DEFAULT_TASKS
 
-    out: dict[str, tuple[int, int] | int] = {}
+    out: dict[str, tuple[int, ...] | int] = {}
     for part in spec.split(","):
         part = part.strip()
         if not part:
@@ -47,12 +47,15 @@ def parse_tasks(spec: str | None) -> dict[str, tuple[int, int] | int] | None:
             if not size:
                 out[task] = DEFAULT_TASKS.get(task, (1000, 200))
             elif ":" in size:
-                tr, va = size.split(":", 1)
-                out[task] = (int(tr), int(va))
+                parts = size.split(":")
+                if len(parts) > 3:
+                    raise ValueError
+                out[task] = tuple(int(x) for x in parts)
             else:
                 out[task] = int(size)
         except ValueError:
-            raise ValueError(f"--tasks: bad size in {part!r}; expected TASK, TASK=N_TRAIN or TASK=N_TRAIN:N_VAL") from None
+            raise ValueError(f"--tasks: bad size in {part!r}; expected TASK, TASK=N_TRAIN, "
+                             "TASK=N_TRAIN:N_VAL or TASK=N_TRAIN:N_VAL:N_TEST") from None
     return out
 
 
@@ -64,14 +67,15 @@ def data_synth(args: argparse.Namespace) -> int:
     from scratchlm.data.synth import build_synth, resolve_sizes
 
     tasks = parse_tasks(args.tasks)
-    paths = build_synth(args.out, seed=args.seed, name=args.name, tasks=tasks, n_train=args.n_train, n_val=args.n_val)
-    sizes = resolve_sizes(tasks, args.n_train, args.n_val)
+    paths = build_synth(args.out, seed=args.seed, name=args.name, tasks=tasks, n_train=args.n_train, n_val=args.n_val,
+                        n_test=args.n_test)
+    sizes = resolve_sizes(tasks, args.n_train, args.n_val, args.n_test)
     table = Table(title=f"synthetic tasks → {args.out} (seed {args.seed}, name {args.name!r})")
-    for col in ("task", "train", "held-out"):
+    for col in ("task", "train", "val (dev)", "test"):
         table.add_column(col, justify="left" if col == "task" else "right")
-    for task, (tr, va) in sizes.items():
-        table.add_row(task, str(tr), str(va))
-    table.add_row("total", str(sum(t for t, _ in sizes.values())), str(sum(v for _, v in sizes.values())))
+    for task, counts in sizes.items():
+        table.add_row(task, *map(str, counts))
+    table.add_row("total", *(str(sum(c[i] for c in sizes.values())) for i in range(3)))
     console = Console()
     console.print(table)
     console.print("files (one record per example in each format): " + ", ".join(p.name for p in paths.values()))
@@ -92,8 +96,11 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--name", default="scratchlm", help="the model's name in identity answers")
     synth.add_argument("--n-train", type=int, default=None, help="training examples per task (overrides defaults)")
-    synth.add_argument("--n-val", type=int, default=None, help="held-out examples per task (overrides defaults)")
+    synth.add_argument("--n-val", type=int, default=None,
+                       help="val (dev) examples per task, the split to choose settings on (overrides defaults)")
+    synth.add_argument("--n-test", type=int, default=None,
+                       help="test examples per task, the split to report and never tune on (default: as many as val)")
     synth.add_argument("--tasks", default=None,
-                       help="comma list, each TASK[=N_TRAIN[:N_VAL]], e.g. add2=3000:200,identity,arith2 "
+                       help="comma list, each TASK[=N_TRAIN[:N_VAL[:N_TEST]]], e.g. add2=3000:200:200,identity,arith2 "
                             "(default: add2,next_line,author,identity)")
     synth.set_defaults(func=data_synth)

@@ -5,53 +5,61 @@ from __future__ import annotations
 
 import random
 
-from scratchlm.data.tasks import Example, verse_lines
+from scratchlm.data.tasks import Example, check_side, side_of, verse_lines
 
 # Open-ended chats from the corpus: no single right answer, so they train and show the chat model, but no
 # held-out accuracy is computed for them (`is_checkable`). Training chats use the corpus train split; the
-# held-out prompts use held-out phrasings (and, for "continue", texts of the validation split).
+# held-out prompts use held-out phrasings, val and test each their own (and, for "continue", texts of the corpus
+# validation split: a fixed half for val, the other half for test).
 
 _FORTUNE_QUESTIONS = {
-    ("en", False): ["Tell me a fortune.", "Give me a fortune.", "Tell me a saying.", "Share a quote with me.",
+    ("en", "train"): ["Tell me a fortune.", "Give me a fortune.", "Tell me a saying.", "Share a quote with me.",
                     "Say something wise.", "Give me a quote.", "Tell me something funny.", "I'd like a fortune cookie.",
                     "Tell me a joke or a saying.", "Share some wisdom.", "Quote something for me.", "fortune please"],
-    ("en", True): ["Got a fortune for me?", "Any words of wisdom?", "Cheer me up with a quote."],
-    ("zh", False): ["给我讲一句格言。", "说一句名言。", "讲一句有道理的话。", "给我一句箴言吧。", "说句至理名言。",
+    ("en", "val"): ["Got a fortune for me?", "Any words of wisdom?", "Cheer me up with a quote."],
+    ("en", "test"): ["Do you have a saying for today?", "Inspire me with a quote.", "Any fortune for me today?"],
+    ("zh", "train"): ["给我讲一句格言。", "说一句名言。", "讲一句有道理的话。", "给我一句箴言吧。", "说句至理名言。",
                     "来一句古人的话。", "讲一句经典名句。", "分享一句话给我。", "说一句论语里的话。", "来一句名言警句。"],
-    ("zh", True): ["有什么人生格言吗？", "送我一句话吧。", "说点有智慧的话。"],
+    ("zh", "val"): ["有什么人生格言吗？", "送我一句话吧。", "说点有智慧的话。"],
+    ("zh", "test"): ["今天有什么金句？", "给我来句警句。", "讲一句让人深思的话。"],
 }
 _RECITE_QUESTIONS = {
-    ("en", False): ["Recite a poem by {author}.", "Can you recite a poem by {author}?", "Recite 《{title}》.",
+    ("en", "train"): ["Recite a poem by {author}.", "Can you recite a poem by {author}?", "Recite 《{title}》.",
                     "Say a poem written by {author}.", "Please recite the poem 《{title}》."],
-    ("en", True): ["Do you know a poem by {author}? Recite it.", "Let me hear 《{title}》."],
-    ("zh", False): ["背诵一首{author}的诗。", "请背一首{author}的诗。", "背诵《{title}》。", "请背诵{author}的《{title}》。",
+    ("en", "val"): ["Do you know a poem by {author}? Recite it.", "Let me hear 《{title}》."],
+    ("en", "test"): ["I'd love to hear a poem by {author}.", "Could you say 《{title}》 for me?"],
+    ("zh", "train"): ["背诵一首{author}的诗。", "请背一首{author}的诗。", "背诵《{title}》。", "请背诵{author}的《{title}》。",
                     "念一首{author}的诗给我听。", "你会背《{title}》吗？"],
-    ("zh", True): ["{author}写过什么诗？背一首。", "来一首《{title}》。"],
+    ("zh", "val"): ["{author}写过什么诗？背一首。", "来一首《{title}》。"],
+    ("zh", "test"): ["给我念念{author}的诗。", "《{title}》怎么背？"],
 }
 _CONTINUE_QUESTIONS = {
-    ("en", False): ["Continue this text: {head}", "Continue: {head}", "Finish this: {head}", "Complete the text: {head}"],
-    ("en", True): ["How does this go on? {head}"],
-    ("zh", False): ["续写：{head}", "接着写下去：{head}", "把这句话补全：{head}", "继续：{head}"],
-    ("zh", True): ["后面是什么？{head}"],
+    ("en", "train"): ["Continue this text: {head}", "Continue: {head}", "Finish this: {head}", "Complete the text: {head}"],
+    ("en", "val"): ["How does this go on? {head}"],
+    ("en", "test"): ["What comes next? {head}"],
+    ("zh", "train"): ["续写：{head}", "接着写下去：{head}", "把这句话补全：{head}", "继续：{head}"],
+    ("zh", "val"): ["后面是什么？{head}"],
+    ("zh", "test"): ["请往下写：{head}"],
 }
 OPEN_TASKS = ("fortune", "recite", "continue")
 _OPEN_MAX_CHARS = {"en": 160, "zh": 72}  # replies short enough for the demo's 128-token SFT rows
 
 
 class _CorpusTask:
-    """Base of the open-ended tasks: corpus documents of one language per side (train split / another)."""
+    """Base of the open-ended tasks: corpus documents per side (the corpus train split for "train"; a fixed half
+    of another split each for "val" and "test")."""
 
     name = "open"
 
-    def __init__(self, docs: dict[bool, list[dict]]):
-        self.docs = {val: [d for d in ds if self.usable(d)] for val, ds in docs.items()}
+    def __init__(self, docs: dict[str, list[dict]]):
+        self.docs = {side: [d for d in ds if self.usable(d)] for side, ds in docs.items()}
 
     def usable(self, doc: dict) -> bool:
         """Whether a document can be a reply of this task."""
         return 12 <= len(doc["text"].strip()) <= _OPEN_MAX_CHARS[doc["lang"]]
 
-    def pick(self, rng: random.Random, val: bool, lang: str) -> dict:
-        pool = [d for d in self.docs[val] if d["lang"] == lang] or self.docs[val]
+    def pick(self, rng: random.Random, side: str, lang: str) -> dict:
+        pool = [d for d in self.docs[side] if d["lang"] == lang] or self.docs[side]
         if not pool:
             raise ValueError(f"task {self.name}: no usable corpus documents (is the corpus built?)")
         return rng.choice(pool)
@@ -65,11 +73,11 @@ class Fortune(_CorpusTask):
     def usable(self, doc: dict) -> bool:
         return "author" not in doc and doc["source"] not in ("ascii-art", "translate-me") and super().usable(doc)
 
-    def sample(self, rng: random.Random, val: bool, lang: str) -> Example:
-        """One request of the `val` side (held-out = held-out phrasings)."""
-        reply = self.pick(rng, False, lang)["text"].strip()
-        wrong = self.pick(rng, False, "zh" if lang == "en" else "en")["text"].strip()  # the other language
-        question = rng.choice(_FORTUNE_QUESTIONS[(lang, val)])
+    def sample(self, rng: random.Random, side: str, lang: str) -> Example:
+        """One request of `side` (held-out = that side's own phrasings)."""
+        reply = self.pick(rng, "train", lang)["text"].strip()
+        wrong = self.pick(rng, "train", "zh" if lang == "en" else "en")["text"].strip()  # the other language
+        question = rng.choice(_FORTUNE_QUESTIONS[(lang, check_side(side))])
         return Example(self.name, lang, question, reply, reply, wrong)
 
 
@@ -81,15 +89,15 @@ class Recite(_CorpusTask):
     def usable(self, doc: dict) -> bool:
         return "author" in doc and "title" in doc and super().usable(doc)
 
-    def sample(self, rng: random.Random, val: bool, lang: str) -> Example:
-        """One request of the `val` side (held-out = held-out phrasings)."""
-        poem = self.pick(rng, False, "zh")
+    def sample(self, rng: random.Random, side: str, lang: str) -> Example:
+        """One request of `side` (held-out = that side's own phrasings)."""
+        poem = self.pick(rng, "train", "zh")
         body = "\n".join(line for st in verse_lines(poem["text"]) for line in st)
         reply = f"《{poem['title']}》\n{body}"
-        others = [d for d in self.docs[False] if d["author"] != poem["author"]]
+        others = [d for d in self.docs["train"] if d["author"] != poem["author"]]
         wrong_poem = rng.choice(others) if others else poem
         wrong = f"《{wrong_poem['title']}》\n" + "\n".join(line for st in verse_lines(wrong_poem["text"]) for line in st)
-        question = rng.choice(_RECITE_QUESTIONS[(lang, val)]).format(author=poem["author"], title=poem["title"])
+        question = rng.choice(_RECITE_QUESTIONS[(lang, check_side(side))]).format(author=poem["author"], title=poem["title"])
         return Example(self.name, lang, question, reply, reply, wrong)
 
 
@@ -101,16 +109,25 @@ class Continue(_CorpusTask):
     def usable(self, doc: dict) -> bool:
         return "author" not in doc and len(doc["text"].strip()) >= 24 and super().usable(doc)
 
-    def sample(self, rng: random.Random, val: bool, lang: str) -> Example:
-        """One request of the `val` side: its text is cut at a space (English) or a character (Chinese)."""
-        text = " ".join(self.pick(rng, val, lang)["text"].split()) if lang == "en" else self.pick(rng, val, lang)["text"].strip()
+    def sample(self, rng: random.Random, side: str, lang: str) -> Example:
+        """One request of `side`: its text is cut at a space (English) or a character (Chinese)."""
+        doc = self.pick(rng, check_side(side), lang)
+        text = " ".join(doc["text"].split()) if lang == "en" else doc["text"].strip()
         cut = int(len(text) * rng.uniform(0.3, 0.6))
         if lang == "en" and " " in text[cut:]:
             cut = text.index(" ", cut)
         head, tail = text[:cut].strip(), text[cut:].strip()
-        wrong = self.pick(rng, False, lang)["text"].strip()  # a different text: no continuation of this one
-        question = rng.choice(_CONTINUE_QUESTIONS[(lang, val)]).format(head=head)
+        wrong = self.pick(rng, "train", lang)["text"].strip()  # a different text: no continuation of this one
+        question = rng.choice(_CONTINUE_QUESTIONS[(lang, check_side(side))]).format(head=head)
         return Example(self.name, lang, question, tail, tail, wrong)
+
+
+def open_task_docs(train: list[dict], held_out: list[dict]) -> dict[str, list[dict]]:
+    """The documents of each side: `train` for training, `held_out` cut in two fixed halves for val and test."""
+    halves = {"val": [], "test": []}
+    for d in held_out:
+        halves[side_of(f"open:{d['text']}", 0.5, 0.5)].append(d)
+    return {"train": train, **halves}
 
 
 def is_checkable(task: str) -> bool:

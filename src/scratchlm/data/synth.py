@@ -9,20 +9,21 @@ Tasks (Chinese and English phrasing, chosen per example):
 - open-ended chats from the corpus (not checkable): "fortune" (tell me a fortune / 说一句名言), "recite"
   (a poem by an author, or by title) and "continue" (the rest of a text).
 
-Poems come from the corpus *train* split, so the held-out questions ask about text the model read
-during pretraining: they measure recall, not guessing. Held-out items never overlap training items:
-arithmetic by operand pair (a+b and b+a fall on the same side), poems by (poem, line) for next_line
-and by title for author, identity by question phrasing (held-out phrasings never occur in training).
-The side is chosen by a stable hash of the item, so it does not depend on the seed or the sizes.
+Three splits (data/tasks.py): "train", "val" (the dev split: choose settings on it) and "test" (report it,
+never tune on it). Poems come from the corpus *train* split, so the held-out questions ask about text the model
+read during pretraining: they measure recall, not guessing. The splits never share an item: arithmetic by
+operand pair (a+b and b+a fall on the same side), poems by (poem, line) for next_line and by title for author,
+identity by question phrasing (held-out phrasings never occur in training, val's never in test). The side is
+chosen by a stable hash of the item, so it does not depend on the seed or the sizes.
 
 Formats (DESIGN.md), one json object per line, each with "task" and "lang":
-  sft_{train,val}.jsonl         {"conversations": [{"role", "content"}, ...]}  (some with a system
+  sft_{train,val,test}.jsonl         {"conversations": [{"role", "content"}, ...]}  (some with a system
                                 message, some multi-turn: a follow-up question of the same task)
-  preference_{train,val}.jsonl  {"chosen": [messages], "rejected": [messages]}  (rejected = a plausible
+  preference_{train,val,test}.jsonl  {"chosen": [messages], "rejected": [messages]}  (rejected = a plausible
                                 wrong answer: a sum off by a few, another poem's line or author, another name)
-  prompt_{train,val}.jsonl      {"prompt": [messages], "answer": "..."}  (score with `check_answer`)
+  prompt_{train,val,test}.jsonl      {"prompt": [messages], "answer": "..."}  (score with `check_answer`)
 Line i of the three files of a split is the same example. meta.json records the seed, name and counts.
-Arithmetic's held-out side comes twice: in training phrasings, and again (as many examples, column
+Arithmetic's held-out sides come twice: in training phrasings, and again (as many examples, column
 "phrasing": "unseen") in phrasings that training never uses. The open-ended tasks ("fortune", "recite",
 "continue") are chats built from the corpus with no single right answer (`is_checkable` is False).
 """
@@ -35,18 +36,18 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from scratchlm.data.open_tasks import OPEN_TASKS, Continue, Fortune, Recite
+from scratchlm.data.open_tasks import OPEN_TASKS, Continue, Fortune, Recite, open_task_docs
 from scratchlm.data.answers import ARITH_RE
-from scratchlm.data.tasks import Arithmetic, Author, Example, Identity, NextLine
+from scratchlm.data.tasks import SIDES, Arithmetic, Author, Example, Identity, NextLine
 
-# Default sizes (train, held-out) per task: a few thousand SFT examples, fine for a CPU demo.
+# Default sizes (train, val) per task, test as many as val: a few thousand SFT examples, fine for a CPU demo.
 DEFAULT_TASKS: dict[str, tuple[int, int]] = {
     "add2": (2000, 200),
     "next_line": (1200, 200),
     "author": (600, 200),
     "identity": (600, 200),
 }
-FILES = [f"{kind}_{split}" for kind in ("sft", "preference", "prompt") for split in ("train", "val")]
+FILES = [f"{kind}_{split}" for kind in ("sft", "preference", "prompt") for split in SIDES]
 
 
 _SYSTEM = {
@@ -70,19 +71,19 @@ def make_task(name: str, model_name: str = "scratchlm", poems: list[dict] | None
     if name in OPEN_TASKS:
         from scratchlm.data.corpus import iter_corpus
 
-        docs = {False: list(iter_corpus("train")), True: list(iter_corpus("validation"))}
+        docs = open_task_docs(list(iter_corpus("train")), list(iter_corpus("validation")))
         return {"fortune": Fortune, "recite": Recite, "continue": Continue}[name](docs)
     raise ValueError(f"unknown synthetic task {name!r}; choose next_line, author, identity, {', '.join(OPEN_TASKS)} "
                      "or <add|sub|mul|arith><digits> (e.g. add2)")
 
 
-def sample_examples(task, n: int, val: bool, rng: random.Random, **kw: Any) -> list[Example]:
-    """n examples of one side of a task, unique where the item space allows (then repeats); `kw` goes to
+def sample_examples(task, n: int, side: str, rng: random.Random, **kw: Any) -> list[Example]:
+    """n examples of one side ("train" | "val" | "test") of a task, unique where the item space allows (then repeats); `kw` goes to
     the task's `sample` (arithmetic: unseen_phrasing)."""
     out, seen = [], set()
     for _ in range(n):
         for _attempt in range(30):  # prefer new (question, reply) pairs; accept a repeat when exhausted
-            ex = task.sample(rng, val, rng.choice(["en", "zh"]), **kw)
+            ex = task.sample(rng, side, rng.choice(["en", "zh"]), **kw)
             if (ex.question, ex.reply) not in seen:
                 break
         seen.add((ex.question, ex.reply))
@@ -118,21 +119,28 @@ def _records(examples: list[Example], rng: random.Random, name: str, system_prob
     return sft, pref, prompt
 
 
-def resolve_sizes(tasks=None, n_train: int | None = None, n_val: int | None = None) -> dict[str, tuple[int, int]]:
-    """Task → (n_train, n_val) from a list of names, a dict of sizes, and global overrides."""
+def resolve_sizes(tasks=None, n_train: int | None = None, n_val: int | None = None,
+                  n_test: int | None = None) -> dict[str, tuple[int, int, int]]:
+    """Task → (n_train, n_val, n_test) from a list of names, a dict of sizes (n_train, (n_train, n_val) or
+    (n_train, n_val, n_test); test defaults to as many as val), and global overrides."""
     if tasks is None:
-        sizes = dict(DEFAULT_TASKS)
+        given: dict[str, Any] = dict(DEFAULT_TASKS)
     elif isinstance(tasks, dict):
-        sizes = {}
-        for t, v in tasks.items():
-            tr, va = (v, DEFAULT_TASKS.get(t, (0, 200))[1]) if isinstance(v, int) else v
-            sizes[t] = (int(tr), int(va))
+        given = {t: (v, DEFAULT_TASKS.get(t, (0, 200))[1]) if isinstance(v, int) else v for t, v in tasks.items()}
     else:
-        sizes = {t: DEFAULT_TASKS.get(t, (1000, 200)) for t in tasks}
-    sizes = {t: (n_train if n_train is not None else tr, n_val if n_val is not None else va) for t, (tr, va) in sizes.items()}
-    for t, (tr, va) in sizes.items():
-        if tr < 0 or va < 0:
-            raise ValueError(f"task {t}: sizes must be >= 0, got n_train={tr}, n_val={va}")
+        given = {t: DEFAULT_TASKS.get(t, (1000, 200)) for t in tasks}
+    sizes = {}
+    for t, v in given.items():
+        v = tuple(v)
+        if len(v) not in (2, 3):
+            raise ValueError(f"task {t}: sizes are [train, val] or [train, val, test], got {list(v)}")
+        tr = int(v[0]) if n_train is None else n_train
+        va = int(v[1]) if n_val is None else n_val
+        te = n_test if n_test is not None else int(v[2]) if len(v) == 3 else va
+        sizes[t] = (tr, va, te)
+    for t, (tr, va, te) in sizes.items():
+        if min(tr, va, te) < 0:
+            raise ValueError(f"task {t}: sizes must be >= 0, got n_train={tr}, n_val={va}, n_test={te}")
     return sizes
 
 
@@ -143,42 +151,43 @@ def build_synth(
     tasks: list[str] | dict[str, int | tuple[int, int]] | None = None,
     n_train: int | None = None,
     n_val: int | None = None,
+    n_test: int | None = None,
     poems: list[dict] | None = None,
     system_prob: float = 0.15,
     multi_turn_prob: float = 0.1,
 ) -> dict[str, Path]:
-    """Write the synthetic task files into out_dir; return {"sft_train": path, ...} (six files).
+    """Write the synthetic task files into out_dir; return {"sft_train": path, ...} (nine files).
 
-    `tasks`: names (default sizes) or {name: n_train | (n_train, n_val)}; `n_train`/`n_val` override every
-    task's size. `poems` defaults to the corpus train split's poems. Also writes meta.json (counts).
+    `tasks`: names (default sizes) or {name: n_train | (n_train, n_val) | (n_train, n_val, n_test)};
+    `n_train`/`n_val`/`n_test` override every task's size. `poems` defaults to the corpus train split's poems. Also writes meta.json (counts).
     """
-    sizes = resolve_sizes(tasks, n_train, n_val)
+    sizes = resolve_sizes(tasks, n_train, n_val, n_test)
     if poems is None and any(t in ("next_line", "author") for t in sizes):
         from scratchlm.data.corpus import poems as corpus_poems
 
         poems = corpus_poems("train")
     rows: dict[str, list[dict]] = {f: [] for f in FILES}
     counts: dict[str, dict[str, int]] = {}
-    for task_name, (tr, va) in sizes.items():
+    for task_name, (tr, va, te) in sizes.items():
         task = make_task(task_name, name, poems)
-        for split, n, val in (("train", tr, False), ("val", va, True)):
+        for split, n in zip(SIDES, (tr, va, te)):
             # One stream per (seed, task, side): changing one task's size never changes another's data.
             rng = random.Random(f"scratchlm-synth:{seed}:{task_name}:{split}")
             sides = [({}, {})]
-            if val and isinstance(task, Arithmetic):
+            if split != "train" and isinstance(task, Arithmetic):
                 # The same number again in held-out phrasings (column "phrasing": "unseen"), its own stream.
                 sides.append(({"unseen_phrasing": True}, {"phrasing": "unseen"}))
             for kw, columns in sides:
                 if columns:
                     rng = random.Random(f"scratchlm-synth:{seed}:{task_name}:{split}:unseen-phrasing")
-                examples = sample_examples(task, n, val, rng, **kw)
+                examples = sample_examples(task, n, split, rng, **kw)
                 sft, pref, prompt = _records(examples, rng, name, system_prob, multi_turn_prob, columns)
                 rows[f"sft_{split}"] += sft
                 rows[f"preference_{split}"] += pref
                 rows[f"prompt_{split}"] += prompt
             counts.setdefault(task_name, {})[split] = n
             if len(sides) > 1:
-                counts[task_name]["val_unseen_phrasing"] = n
+                counts[task_name][f"{split}_unseen_phrasing"] = n
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}

@@ -6,12 +6,15 @@
 - "author": who wrote a poem of the built-in corpus (titles shared by several poets are left out).
 - "identity": "who are you" / "你是谁" → an answer containing the configured model name.
 
-Poems come from the corpus *train* split, so the held-out questions ask about text the model read
-during pretraining: they measure recall, not guessing. Held-out items never overlap training items:
-arithmetic by operand pair (a+b and b+a fall on the same side), poems by (poem, line) for next_line
-and by title for author, identity by question phrasing (held-out phrasings never occur in training).
-The side is chosen by a stable hash of the item, so it does not depend on the seed or the sizes.
-Each task's `sample(rng, val, lang)` returns an `Example`; data/synth.py writes them as files.
+Every task has three sides (`SIDES`): "train", "val" (the dev split: settings are chosen on it) and "test"
+(only reported, never tuned on). Poems come from the corpus *train* split, so the held-out questions ask about
+text the model read during pretraining: they measure recall, not guessing. The sides never share an item:
+arithmetic by operand pair (a+b and b+a fall on the same side), poems by (poem, line) for next_line and by
+title for author, identity by question phrasing (val and test phrasings never occur in training, nor in each
+other). The side is chosen by a stable hash of the item, so it does not depend on the seed or the sizes; the
+val side is the held-out side the demo's settings were tuned on before the test side existed (the test side
+was cut from what had been training items), so test items have never been looked at while choosing anything.
+Each task's `sample(rng, side, lang)` returns an `Example`; data/synth.py writes them as files.
 """
 
 from __future__ import annotations
@@ -44,9 +47,21 @@ def _unit(key: str) -> float:
     return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2**64
 
 
-def _held_out(key: str, frac: float) -> bool:
-    """True when an item belongs to the held-out side (decided by the item alone, never by the seed)."""
-    return _unit(key) < frac
+SIDES = ("train", "val", "test")
+
+
+def side_of(key: str, val_frac: float, test_frac: float) -> str:
+    """The side of an item, decided by the item alone (never by the seed): val below val_frac, test in the next
+    test_frac (items that were training items before the test side existed), train above."""
+    u = _unit(key)
+    return "val" if u < val_frac else "test" if u < val_frac + test_frac else "train"
+
+
+def check_side(side: str) -> str:
+    """`side` when it is one of SIDES, else a ValueError naming them."""
+    if side not in SIDES:
+        raise ValueError(f"unknown split {side!r}; choose one of {', '.join(SIDES)}")
+    return side
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -61,24 +76,29 @@ def _digits_range(digits: int) -> range:
 
 
 # Phrasings of an arithmetic question: {op} is the symbol, {opw} the operator as a word. The held-out
-# phrasings (True) are asked in no form during training: the demo measures held-out operand pairs in them as a
+# phrasings ("val", and "test" for the test split) are asked in no form during training: the demo measures held-out operand pairs in them as a
 # number of its own, which shows whether the model learnt arithmetic or four wordings (a test checks that no
 # held-out template is a training one). Many training phrasings are what lets a small model read new ones.
 _ARITH_TEMPLATES = {
-    ("en", False): ["What is {a} {op} {b}?", "{a} {op} {b} = ?", "Compute {a} {op} {b}.", "Calculate {a}{op}{b}.",
+    ("en", "train"): ["What is {a} {op} {b}?", "{a} {op} {b} = ?", "Compute {a} {op} {b}.", "Calculate {a}{op}{b}.",
                     "What is {a} {opw} {b}?", "What's {a} {op} {b}?", "Please compute {a} {op} {b}.",
                     "Work out {a} {op} {b}.", "Find {a} {op} {b}.", "How much is {a} {opw} {b}?", "Solve: {a} {op} {b}",
                     "{a} {opw} {b} equals what?", "Can you calculate {a} {op} {b}?", "Evaluate {a} {op} {b}.",
                     "Tell me the result of {a} {op} {b}.", "{a}{op}{b}=?", "what is {a}{op}{b}",
                     "Calculate the value of {a} {opw} {b}."],
-    ("en", True): ["What do you get from {a} {op} {b}?", "Quick math: {a} {op} {b}", "I need the answer to {a} {op} {b}.",
+    ("en", "val"): ["What do you get from {a} {op} {b}?", "Quick math: {a} {op} {b}", "I need the answer to {a} {op} {b}.",
                    "Give me {a} {opw} {b}.", "Help me with {a} {op} {b}, please.", "What does {a} {op} {b} come to?"],
-    ("zh", False): ["{a}{op}{b}等于多少？", "计算：{a}{op}{b}", "{a}{op}{b}=？", "请算一下{a}{op}{b}。", "{a}{opw}{b}等于几？",
+    ("zh", "train"): ["{a}{op}{b}等于多少？", "计算：{a}{op}{b}", "{a}{op}{b}=？", "请算一下{a}{op}{b}。", "{a}{opw}{b}等于几？",
                     "{a}{opw}{b}是多少？", "算一算{a}{op}{b}。", "{a}{op}{b}的结果是多少？", "帮我算{a}{op}{b}。",
                     "求{a}{op}{b}的值。", "{a}{op}{b}得多少？", "请计算{a}{opw}{b}。", "{a}{op}{b}等于？", "口算：{a}{op}{b}",
                     "你能算出{a}{op}{b}吗？", "{a}{opw}{b}，结果是？", "{a} {op} {b} 等于多少", "计算{a}{opw}{b}的结果。"],
-    ("zh", True): ["请告诉我{a}{op}{b}的答案。", "{a}{op}{b}，答案是什么？", "我想知道{a}{opw}{b}等于多少。",
-                   "麻烦算下{a}{op}{b}。", "考考你：{a}{op}{b}=？", "{a}{op}{b}会得到什么？"],
+    ("zh", "val"): ["请告诉我{a}{op}{b}的答案。", "{a}{op}{b}，答案是什么？", "我想知道{a}{opw}{b}等于多少。",
+                    "麻烦算下{a}{op}{b}。", "考考你：{a}{op}{b}=？", "{a}{op}{b}会得到什么？"],
+    # written for the test split after every setting was chosen: no sweep has seen them
+    ("en", "test"): ["Could you do {a} {op} {b}?", "{a} {opw} {b} is how much?", "Figure out {a} {op} {b} for me.",
+                     "Do the math: {a} {op} {b}", "What number is {a} {op} {b}?", "Mind working out {a} {opw} {b}?"],
+    ("zh", "test"): ["{a}{op}{b}是几？", "算算看{a}{op}{b}。", "{a}{opw}{b}得几？", "帮忙求一下{a}{op}{b}。",
+                     "{a}{op}{b}，请给出结果。", "问一下，{a}{opw}{b}是多少呢？"],
 }
 _ARITH_WORDS = {"en": {"+": "plus", "-": "minus", "×": "times", "*": "times"},
                 "zh": {"+": "加", "-": "减", "×": "乘以", "*": "乘以"}}
@@ -95,9 +115,10 @@ _ARITH_SUFFIXES = {
 
 
 class Arithmetic:
-    """`<op><digits>` arithmetic; held-out = a fixed ~10% of unordered operand pairs."""
+    """`<op><digits>` arithmetic; val = a fixed ~10% of unordered operand pairs, test the next ~10%."""
 
     val_frac = 0.1
+    test_frac = 0.1
 
     def __init__(self, name: str):
         m = ARITH_RE.match(name)
@@ -105,7 +126,7 @@ class Arithmetic:
             raise ValueError(f"not an arithmetic task name: {name!r} (expected e.g. add2, sub3, mul1, arith2)")
         self.name, self.ops, self.digits = name, ARITH_OPS[m.group(1)], int(m.group(2))
         self.operands = _digits_range(self.digits)
-        self._pools: dict[bool, list[tuple[int, int, str]]] = {}
+        self._pools: dict[str, list[tuple[int, int, str]]] = {}
 
     @staticmethod
     def _key(a: int, b: int, op: str) -> str:
@@ -117,9 +138,12 @@ class Arithmetic:
     def _canonical(self, a: int, b: int, op: str) -> tuple[int, int, str]:
         return (max(a, b), min(a, b), op) if op == "-" else (a, b, op)
 
-    def _pool(self, val: bool) -> list[tuple[int, int, str]] | None:
+    def _side(self, a: int, b: int, op: str) -> str:
+        return side_of(self._key(a, b, op), self.val_frac, self.test_frac)
+
+    def _pool(self, side: str) -> list[tuple[int, int, str]] | None:
         """All (a, b, op) of one side when the space is small enough to list, else None."""
-        if val not in self._pools:
+        if side not in self._pools:
             n = len(self.operands) ** 2 * len(self.ops)
             if n > MAX_ENUMERATED_PAIRS:
                 return None
@@ -128,30 +152,30 @@ class Arithmetic:
                 for op in self.ops
                 for a in self.operands
                 for b in self.operands
-                if _held_out(self._key(a, b, op), self.val_frac) == val
+                if self._side(a, b, op) == side
             }
-            self._pools[val] = sorted(pool)
-        return self._pools[val]
+            self._pools[side] = sorted(pool)
+        return self._pools[side]
 
-    def _draw(self, rng: random.Random, val: bool) -> tuple[int, int, str]:
-        pool = self._pool(val)
+    def _draw(self, rng: random.Random, side: str) -> tuple[int, int, str]:
+        pool = self._pool(side)
         if pool is not None:
             if not pool:
-                raise ValueError(f"task {self.name}: no operand pairs on the {'held-out' if val else 'train'} side")
+                raise ValueError(f"task {self.name}: no operand pairs on the {side} side")
             return rng.choice(pool)
         while True:  # large space: rejection-sample pairs that fall on the wanted side
             a, b, op = rng.choice(self.operands), rng.choice(self.operands), rng.choice(self.ops)
-            if _held_out(self._key(a, b, op), self.val_frac) == val:
+            if self._side(a, b, op) == side:
                 return self._canonical(a, b, op)
 
-    def sample(self, rng: random.Random, val: bool, lang: str, unseen_phrasing: bool = False) -> Example:
-        """One question of this task's `val` side, in a training phrasing or (unseen_phrasing) a held-out one."""
-        if unseen_phrasing and not val:
+    def sample(self, rng: random.Random, side: str, lang: str, unseen_phrasing: bool = False) -> Example:
+        """One question of this task's `side`, in a training phrasing or (unseen_phrasing) one of that side's own."""
+        if unseen_phrasing and check_side(side) == "train":
             raise ValueError(f"task {self.name}: held-out phrasings are for held-out operand pairs only")
-        a, b, op = self._draw(rng, val)
+        a, b, op = self._draw(rng, check_side(side))
         result = a + b if op == "+" else a - b if op == "-" else a * b
         shown_op = "*" if op == "×" and rng.random() < 0.3 else op
-        template = rng.choice(_ARITH_TEMPLATES[(lang, unseen_phrasing)])
+        template = rng.choice(_ARITH_TEMPLATES[(lang, side if unseen_phrasing else "train")])
         prefix = rng.choice(_ARITH_PREFIXES[lang])
         suffix = rng.choice(_ARITH_SUFFIXES[lang]) if not unseen_phrasing and rng.random() < ARITH_SUFFIX_PROB else ""
         question = prefix + template.format(a=a, b=b, op=shown_op, opw=_ARITH_WORDS[lang][shown_op]) + suffix
@@ -219,10 +243,11 @@ _NEXT_TEMPLATES = {
 
 
 class NextLine:
-    """Next line of a poem; held-out = a fixed ~15% of (poem, line) items."""
+    """Next line of a poem; val = a fixed ~15% of (poem, line) items, test the next ~15%."""
 
     name = "next_line"
     val_frac = 0.15  # ~240 held-out items: enough for a couple of hundred distinct questions
+    test_frac = 0.15
 
     def __init__(self, poems: list[dict]):
         nexts: dict[tuple[str, str, str], set[str]] = defaultdict(set)
@@ -232,17 +257,16 @@ class NextLine:
                     nexts[(p["title"], p["author"], line)].add(nxt)
         # A (poem, line) with two different next lines (a repeated refrain) has no single answer.
         items = sorted((k, next(iter(v))) for k, v in nexts.items() if len(v) == 1)
-        self.items = {
-            val: [it for it in items if _held_out(f"next_line:{it[0][0]}|{it[0][1]}|{it[0][2]}", self.val_frac) == val]
-            for val in (False, True)
-        }
+        self.items = {side: [it for it in items
+                             if side_of(f"next_line:{it[0][0]}|{it[0][1]}|{it[0][2]}", self.val_frac, self.test_frac) == side]
+                      for side in SIDES}
         self.all_lines = sorted({nxt for _, nxt in items})
 
-    def sample(self, rng: random.Random, val: bool, lang: str) -> Example:
-        """One question of the `val` side."""
-        if not self.items[val]:
+    def sample(self, rng: random.Random, side: str, lang: str) -> Example:
+        """One question of `side`."""
+        if not self.items[check_side(side)]:
             raise ValueError("task next_line: no poem lines available (is the corpus built?)")
-        (title, author, line), nxt = rng.choice(self.items[val])
+        (title, author, line), nxt = rng.choice(self.items[side])
         question = rng.choice(_NEXT_TEMPLATES[lang]).format(title=title, author=author, line=line)
         wrong = nxt
         while normalize(wrong) == normalize(nxt):  # another poem's line: same style, wrong content
@@ -257,10 +281,11 @@ _AUTHOR_TEMPLATES = {
 
 
 class Author:
-    """Author of a poem; held-out = a fixed ~30% of titles (whole poems)."""
+    """Author of a poem; val = a fixed ~30% of titles (whole poems), test the next ~20%."""
 
     name = "author"
     val_frac = 0.3  # few poems (~360), and the held-out side needs a couple of hundred questions
+    test_frac = 0.2
 
     def __init__(self, poems: list[dict]):
         by_title: dict[str, set[str]] = defaultdict(set)
@@ -272,14 +297,15 @@ class Author:
             if len(by_title[p["title"]]) == 1 and stanzas:  # "《无题》 by whom?" has several answers
                 items.append((p["title"], p["author"], stanzas[0][0]))
         items = sorted(set(items))
-        self.items = {val: [it for it in items if _held_out(f"author:{it[0]}", self.val_frac) == val] for val in (False, True)}
+        self.items = {side: [it for it in items if side_of(f"author:{it[0]}", self.val_frac, self.test_frac) == side]
+                      for side in SIDES}
         self.authors = sorted({it[1] for it in items})
 
-    def sample(self, rng: random.Random, val: bool, lang: str) -> Example:
-        """One question of the `val` side."""
-        if not self.items[val] or len(self.authors) < 2:
+    def sample(self, rng: random.Random, side: str, lang: str) -> Example:
+        """One question of `side`."""
+        if not self.items[check_side(side)] or len(self.authors) < 2:
             raise ValueError("task author: not enough poems (is the corpus built?)")
-        title, author, first = rng.choice(self.items[val])
+        title, author, first = rng.choice(self.items[side])
         question = rng.choice(_AUTHOR_TEMPLATES[lang]).format(title=title, first=first)
         wrong = author
         while wrong == author:
@@ -292,22 +318,27 @@ class Author:
 
 # Held-out phrasings are never used in training, so held-out accuracy measures generalisation.
 # Many training phrasings: a small model only answers a new way of asking if it has seen many. The held-out
-# phrasings (True) are asked in no form during training; a test checks that no core question is shared.
+# phrasings ("val", "test") are asked in no form during training; a test checks that no core question is shared.
 _IDENTITY_QUESTIONS = {
-    ("en", False): ["Who are you?", "What is your name?", "What's your name?", "Introduce yourself.",
+    ("en", "train"): ["Who are you?", "What is your name?", "What's your name?", "Introduce yourself.",
                     "What should I call you?", "Are you a human?", "What are you?", "Who made you?",
                     "Tell me who you are.", "Describe yourself.", "Who am I chatting with?", "What model are you?",
                     "Do you have a name?", "Say your name.", "Are you an AI?", "Who built you?",
                     "Please tell me about you.", "What assistant is this?", "Who is this?", "Your name, please.",
                     "Can you introduce yourself?", "Give me a short introduction of yourself."],
-    ("en", True): ["Tell me about yourself.", "Who am I talking to?", "Can you tell me your name?",
+    ("en", "val"): ["Tell me about yourself.", "Who am I talking to?", "Can you tell me your name?",
                    "What kind of assistant are you?", "Please introduce yourself briefly.", "Identify yourself."],
-    ("zh", False): ["你是谁？", "你叫什么名字？", "介绍一下你自己。", "你是什么？", "我该怎么称呼你？",
+    ("zh", "train"): ["你是谁？", "你叫什么名字？", "介绍一下你自己。", "你是什么？", "我该怎么称呼你？",
                     "你是人类吗？", "你是哪个模型？", "你是谁呀？", "请介绍一下你自己。", "说说你自己吧。",
                     "你有名字吗？", "告诉我你的名字。", "我在跟谁聊天？", "你是什么模型？", "你是机器人吗？",
                     "谁创造了你？", "简单介绍一下你自己。", "你能介绍一下自己吗？", "自我介绍一下吧。", "你是做什么的？"],
-    ("zh", True): ["请问你是哪位？", "能说说你是谁吗？", "跟我介绍一下你自己吧。", "你的名字是什么？",
-                   "我在和谁说话？", "做个自我介绍。"],
+    ("zh", "val"): ["请问你是哪位？", "能说说你是谁吗？", "跟我介绍一下你自己吧。", "你的名字是什么？",
+                    "我在和谁说话？", "做个自我介绍。"],
+    # written for the test split after every setting was chosen: no sweep has seen them
+    ("en", "test"): ["May I know who you are?", "What are you called?", "Which assistant am I speaking with?",
+                     "Mind telling me your name?", "Who exactly are you?", "How do you introduce yourself?"],
+    ("zh", "test"): ["你到底是谁？", "怎么称呼您？", "你叫啥？", "现在回答我的是谁？", "能自我介绍一下吗？",
+                     "你是哪个助手？"],
 }
 _IDENTITY_PREFIXES = {
     "en": ["", "Hi! ", "Hello. ", "Hey, ", "Quick question: ", "Excuse me, "],
@@ -325,7 +356,7 @@ _OTHER_NAMES = ["ChatGPT", "Claude", "Llama", "Qwen", "MiniMind", "Gemini", "Dee
 
 
 class Identity:
-    """Identity questions; held-out = question phrasings that training never uses."""
+    """Identity questions; val and test = question phrasings that training never uses (each side its own)."""
 
     name = "identity"
 
@@ -337,19 +368,19 @@ class Identity:
         # A wrong name must not contain the right one (else check_answer would accept the rejected reply).
         self.others = [n for n in _OTHER_NAMES if low not in n.lower() and n.lower() not in low]
 
-    def questions(self, lang: str, val: bool) -> list[str]:
+    def questions(self, lang: str, side: str) -> list[str]:
         """Every phrasing of one side: prefix × core question × (as written | lower case, no final mark)."""
         out = []
-        for core in _IDENTITY_QUESTIONS[(lang, val)]:
+        for core in _IDENTITY_QUESTIONS[(lang, check_side(side))]:
             for prefix in _IDENTITY_PREFIXES[lang]:
                 q = core[0].lower() + core[1:] if prefix.endswith((", ", ": ", "，")) and lang == "en" else core
                 out.append(prefix + q)
                 out.append((prefix + q).lower().rstrip("?.!？。！"))
         return sorted(set(out))
 
-    def sample(self, rng: random.Random, val: bool, lang: str) -> Example:
-        """One question of the `val` side."""
-        question = rng.choice(self.questions(lang, val))
+    def sample(self, rng: random.Random, side: str, lang: str) -> Example:
+        """One question of `side`."""
+        question = rng.choice(self.questions(lang, side))
         template = rng.choice(_IDENTITY_REPLIES[lang])
         wrong = template.format(name=rng.choice(self.others))
         return Example(self.name, lang, question, self.model_name, template.format(name=self.model_name), wrong)

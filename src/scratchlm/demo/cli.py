@@ -12,6 +12,7 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
     """The DemoSettings that `scratchlm demo`'s flags ask for (--quick, --seed, --pretrain-steps, --sft-steps)."""
     s = quick_settings() if args.quick else DemoSettings()
     s.seed = args.seed
+    s.eval_split = args.eval_split
     s.stages = parse_stages(args.stages)
     if args.one_lane:
         s.lanes = 1
@@ -27,7 +28,13 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from scratchlm.demo.pipeline import run_demo
 
-    run_demo(args.out, settings=settings_from_args(args), progress=not args.no_progress)
+    s = settings_from_args(args)
+    summary = run_demo(args.out, settings=s, progress=not args.no_progress)
+    if args.results:
+        from scratchlm.results import write_results
+
+        path = write_results(args.results, "demo", summary, seed=s.seed, split=s.eval_split)
+        print(f"[demo] results file: {path}")
     return 0
 
 
@@ -45,6 +52,12 @@ def add_cli(subparsers: Any) -> None:
                         "second process beside the others, each process on half the threads)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the synthetic data, the tokenizer's text, initialisation and data order (default 0)")
+    p.add_argument("--eval-split", choices=("test", "val"), default="test",
+                   help="the split the accuracies come from: test (default; report it, never choose settings on it) "
+                        "or val, the dev split to compare settings on")
+    p.add_argument("--results", default=None, metavar="FILE",
+                   help="also write the summary with its provenance (command, seed, split, commit, machine, date) to "
+                        "FILE, e.g. docs/results/demo_seed0.json: the README's reference tables are rendered from these")
     p.add_argument("--pretrain-steps", type=int, default=None, metavar="N",
                    help=f"pretraining steps (default {DemoSettings.pretrain_steps}; fewer weaken val perplexity)")
     p.add_argument("--sft-steps", type=int, default=None, metavar="N",

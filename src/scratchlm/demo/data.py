@@ -51,8 +51,10 @@ def prepare_demo_data(out: Path, s: DemoSettings) -> dict[str, Path]:
     prepare("pretrain", tok_dir, [corpus_path("validation")], data / "pretrain_val", dedup=False)
     prepare("sft", tok_dir, [files["sft_train"]], data / "sft", dedup=False)
     prepare("sft", tok_dir, [files["sft_val"]], data / "sft_val", dedup=False)
+    # prompt_eval: what the demo reports, the test split by default (s.eval_split; val, the dev split, to choose
+    # settings on); sft_val stays the validation loss every stage watches while training, a dev-side use.
     return {"tokenizer": tok_dir, "pretrain": data / "pretrain", "pretrain_val": data / "pretrain_val",
-            "sft": data / "sft", "sft_val": data / "sft_val", "prompt_val": files["prompt_val"]}
+            "sft": data / "sft", "sft_val": data / "sft_val", "prompt_eval": files[f"prompt_{s.eval_split}"]}
 
 
 def prepare_once(kind: str, tokenizer: Path, src: Path, dst: Path) -> Path:
@@ -65,11 +67,13 @@ def prepare_once(kind: str, tokenizer: Path, src: Path, dst: Path) -> Path:
 
 
 def prepare_preference_data(out: Path, s: DemoSettings, paths: dict[str, Path]) -> dict[str, Path]:
-    """Preference shards (train and held-out) of s.pref_sizes for the reward and dpo stages, once per demo."""
+    """Preference shards of s.pref_sizes for the reward and dpo stages, once per demo: train, val (the dev split:
+    their validation loss) and the pairs they are scored on (s.eval_split)."""
     from scratchlm.data.synth import build_synth
 
     data = out / "data"
     files = build_synth(data / "pref_synth", seed=s.seed, tasks=dict(s.pref_sizes))
-    for split, name in (("train", "pref"), ("val", "pref_val")):
+    names = {"train": "pref", "val": "pref_val", s.eval_split: f"pref_{s.eval_split}"}
+    for split, name in names.items():
         prepare_once("preference", paths["tokenizer"], files[f"preference_{split}"], data / name)
-    return {**paths, "pref": data / "pref", "pref_val": data / "pref_val"}
+    return {**paths, "pref": data / "pref", "pref_val": data / "pref_val", "pref_eval": data / names[s.eval_split]}

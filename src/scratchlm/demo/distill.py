@@ -43,6 +43,6 @@ def run_distill_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_sc
         result["params"][name] = int(model.num_params())
         result["val_ppl"][name] = math.exp(stage_val_loss(model, cfg))
         scores = sft_scores if name == "teacher" else evaluate_tasks(
-            model, tokenizer, paths["prompt_val"], s.eval_per_task, s.max_new_tokens, tasks=tasks)[0]
+            model, tokenizer, paths["prompt_eval"], s.eval_per_task, s.max_new_tokens, tasks=tasks)[0]
         result["tasks"][name] = {k: accuracy(v) for k, v in sorted(scores.items()) if k.split(" ")[0] in tasks}
     return result

@@ -21,7 +21,7 @@ def run_dpo_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scores
 
     run_dir = train_post_sft("dpo", out, s, paths, s.dpo_steps, s.dpo_sets,
                              "DPO: preferring right replies over wrong ones", progress)
-    held = open_shards(paths["pref_val"])
+    held = open_shards(paths["pref_eval"])
     sft, _, _ = load_run(out / "sft")
     policy, tokenizer, cfg = load_run(run_dir)
     seq = cfg.train.seq_len
@@ -29,7 +29,7 @@ def run_dpo_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scores
     own_before = logprob_preference(sft, held, seq, max_pairs=s.eval_pairs)
     own_after = logprob_preference(policy, held, seq, max_pairs=s.eval_pairs)
     tasks = {t for t in s.pref_sizes if t in sft_scores}
-    scores, _ = evaluate_tasks(policy, tokenizer, paths["prompt_val"], s.eval_per_task, s.max_new_tokens, tasks=tasks)
+    scores, _ = evaluate_tasks(policy, tokenizer, paths["prompt_eval"], s.eval_per_task, s.max_new_tokens, tasks=tasks)
     return {"pairs": min(held.n_pairs, s.eval_pairs), "implicit_accuracy": implicit["accuracy"],
             "implicit_margin": implicit["margin"], "logp_accuracy_before": own_before["accuracy"],
             "logp_accuracy_after": own_after["accuracy"],

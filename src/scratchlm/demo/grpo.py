@@ -64,10 +64,10 @@ def run_grpo_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_score
     scores = {}
     for name in ("sft", "grpo_cold", "grpo"):
         model, tokenizer, _ = load_run(out / name)
-        task, _ = evaluate_tasks(model, tokenizer, files["prompt_val"], s.eval_per_task, s.max_new_tokens,
+        task, _ = evaluate_tasks(model, tokenizer, files[f"prompt_{s.eval_split}"], s.eval_per_task, s.max_new_tokens,
                                  tasks={s.grpo_task})
         add2 = sft_scores if name == "sft" else evaluate_tasks(
-            model, tokenizer, paths["prompt_val"], s.eval_per_task, s.max_new_tokens, tasks={"add2"})[0]
+            model, tokenizer, paths["prompt_eval"], s.eval_per_task, s.max_new_tokens, tasks={"add2"})[0]
         scores[name] = {**task, **{k: v for k, v in add2.items() if k.startswith("add2")}}
     return {"task": s.grpo_task, "reward_log": reward_trend(run_dir), "cold_start_steps": cold["steps"],
             "cold_start_dev": cold["dev"], "cold_start": before_after(scores["sft"], scores["grpo_cold"]),

@@ -27,8 +27,8 @@ def run_lora_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_score
         paths = {**paths, "lora": out / "data" / "lora_sft"}
         train_demo_stage("lora", run_dir, s, paths, post_sft_sets(s, s.lora_steps, s.lora_sets), out / "sft", progress)
     model, tokenizer, _ = load_run(run_dir)
-    new, _ = evaluate_tasks(model, tokenizer, files["prompt_val"], s.eval_per_task, s.max_new_tokens, tasks={"identity"})
-    old, _ = evaluate_tasks(model, tokenizer, paths["prompt_val"], s.eval_per_task, s.max_new_tokens, tasks={"add2"})
+    new, _ = evaluate_tasks(model, tokenizer, files[f"prompt_{s.eval_split}"], s.eval_per_task, s.max_new_tokens, tasks={"identity"})
+    old, _ = evaluate_tasks(model, tokenizer, paths["prompt_eval"], s.eval_per_task, s.max_new_tokens, tasks={"add2"})
     return {"name": s.lora_name, "identity_new_name": accuracy(new["identity"]),
             "add2_before": accuracy(sft_scores["add2"]), "add2_after": accuracy(old["add2"]),
             "add2_unseen_before": accuracy(sft_scores.get("add2" + UNSEEN, (0, 0))),

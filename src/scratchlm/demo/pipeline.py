@@ -102,7 +102,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoS
     seq = min(cfg.model.max_seq_len, s.pretrain_seq_len)
     ppl_pre, ppl_uni = perplexities(pre_model, paths["pretrain"], paths["pretrain_val"], seq)
     ppl_sft, _ = perplexities(model, paths["pretrain"], paths["pretrain_val"], seq)
-    scores, graded = evaluate_tasks(model, tokenizer, paths["prompt_val"], s.eval_per_task, s.max_new_tokens)
+    scores, graded = evaluate_tasks(model, tokenizer, paths["prompt_eval"], s.eval_per_task, s.max_new_tokens)
     chats = chat_replies(model, tokenizer, DEMO_CHATS, 3 * s.max_new_tokens)
     times["eval"] = time.perf_counter() - t
 

@@ -34,12 +34,12 @@ def run_ppo_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scores
     policy, tokenizer, _ = load_run(run_dir)
     n_new = 3 * s.max_new_tokens  # the open-ended replies need room
     # PPO raises the reward of the policy's samples (temperature 1), so that is the number; greedy replies beside it.
-    held = synth / "prompt_val.jsonl"
+    held = synth / f"prompt_{s.eval_split}.jsonl"
     before, after = (held_out_reward(m, tokenizer, rm, held, s.eval_per_task, n_new, temperature=1.0,
                                      samples=s.ppo_eval_samples, seed=s.seed) for m in (sft, policy))
     greedy = [held_out_reward(m, tokenizer, rm, held, s.eval_per_task, n_new)["mean"] for m in (sft, policy)]
     tasks = {t for t in (*s.pref_sizes, s.grpo_task) if t in sft_scores}  # grpo_task when SFT holds it: the most fragile
-    scores, _ = evaluate_tasks(policy, tokenizer, paths["prompt_val"], s.eval_per_task, s.max_new_tokens, tasks=tasks)
+    scores, _ = evaluate_tasks(policy, tokenizer, paths["prompt_eval"], s.eval_per_task, s.max_new_tokens, tasks=tasks)
     return {"prompts": before["n"], "samples": s.ppo_eval_samples, "reward": [before["mean"], after["mean"]],
             "reward_greedy": greedy,
             "reward_tasks": {k: [before["tasks"][k], after["tasks"][k]] for k in sorted(before["tasks"])},

@@ -22,7 +22,7 @@ def run_reward_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_sco
 
     run_dir = train_post_sft("reward", out, s, paths, s.reward_steps, s.reward_sets,
                              "reward model: scoring right vs wrong replies", progress)
-    held = open_shards(paths["pref_val"])
+    held = open_shards(paths["pref_eval"])
     sft, _, cfg = load_run(out / "sft")
     torch.manual_seed(s.seed)
     before = pair_accuracy(RewardModel(sft), held, cfg.train.seq_len, max_pairs=s.eval_pairs)

@@ -73,13 +73,13 @@ class DemoSettings:
     sft_decay_frac: float
     sft_packing: bool
     sft_pretrain_mix: float
-    synth_sizes: dict[str, tuple[int, int]]
+    synth_sizes: dict[str, tuple[int, ...]]  # task: [train, val (dev), test]; test defaults to val's size
     stages: list[str]
     lora_name: str
     lora_steps: int
-    lora_sizes: dict[str, tuple[int, int]]
+    lora_sizes: dict[str, tuple[int, ...]]
     lora_sets: list[str]
-    pref_sizes: dict[str, tuple[int, int]]
+    pref_sizes: dict[str, tuple[int, ...]]
     reward_steps: int
     reward_sets: list[str]
     dpo_steps: int
@@ -87,7 +87,7 @@ class DemoSettings:
     eval_pairs: int
     grpo_task: str
     grpo_prompts: int
-    grpo_cold_sizes: dict[str, tuple[int, int]]
+    grpo_cold_sizes: dict[str, tuple[int, ...]]
     grpo_cold_steps: int
     grpo_cold_every: int
     grpo_cold_target: float
@@ -107,6 +107,7 @@ class DemoSettings:
     rag_embedder: str
     report_eval: bool
     lanes: int  # 2: reward, dpo and ppo run in a second process beside the other stages (CPU only); 1: in turn
+    eval_split: str  # "test": what the demo reports (never tuned on); "val": the dev split, to choose settings on
     eval_per_task: int
     max_new_tokens: int
     seed: int

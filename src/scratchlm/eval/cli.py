@@ -42,7 +42,8 @@ def add_cli(subparsers: Any) -> None:
                    help="examples before each question (mc), or earlier chat turns (gen) (default 0)")
     p.add_argument("--fewshot-from", default=None, help="take few-shot examples from this file (a dev split)")
     p.add_argument("--gen", default=None, help="generation jsonl: {\"prompt\", \"reference\"} per line")
-    p.add_argument("--synth", default=None, help="synthetic held-out prompt file (DATA/synth/prompt_val.jsonl)")
+    p.add_argument("--synth", default=None, help="synthetic held-out prompt file: DATA/synth/prompt_test.jsonl to report, "
+                   "prompt_val.jsonl (the dev split) to choose settings on")
     p.add_argument("--vs", default=None, metavar="RUN", help="winrate: the run to compare against")
     p.add_argument("--judge", default=None, metavar="REWARD_RUN", help="winrate: reward-model run that judges")
     p.add_argument("--prompts", default=None, help="winrate: jsonl of {\"prompt\"} (a string or chat messages)")

@@ -128,7 +128,7 @@ def evaluate_run(run_dir: str | Path, tasks: list[str], data: str | Path | None 
             from scratchlm.eval.tasks import evaluate_tasks
 
             if not synth:
-                raise ValueError("--tasks synth needs --synth PROMPT_FILE (e.g. DATA/synth/prompt_val.jsonl)")
+                raise ValueError("--tasks synth needs --synth PROMPT_FILE (e.g. DATA/synth/prompt_test.jsonl)")
             scores, _ = evaluate_tasks(model, tokenizer, Path(synth), per_task, max_new_tokens)
             result["synth"] = {task: {"acc": c / n, "correct": c, "n": n} for task, (c, n) in scores.items()}
         if "winrate" in tasks:

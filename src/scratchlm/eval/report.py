@@ -228,7 +228,7 @@ def _sample_replies(run_dir: str) -> list[str]:
 def _summary_sections(summary: dict) -> list[str]:
     """The demo summary as markdown: its numbers (eval.summary's rows, the same the demo prints), the RAG answers,
     the graded samples and the chats."""
-    from scratchlm.eval.summary import rag_lines, summary_rows, summary_title
+    from scratchlm.eval.summary import rag_lines, split_name, summary_rows, summary_title
 
     lines: list[str] = []
     rows = summary_rows(summary)
@@ -239,7 +239,7 @@ def _summary_sections(summary: dict) -> list[str]:
     if rag:
         lines += ["## RAG", "", rag[0], "", "```", *rag[1:], "```", ""]
     if summary.get("samples"):
-        lines += ["## Sample answers (held-out prompts, greedy)", ""]
+        lines += [f"## Sample answers ({split_name(summary)} prompts, greedy)", ""]
         lines += _md_table(["task", "prompt", "reply", "expected", "ok"],
                            [[s.get("task"), s.get("prompt"), s.get("reply"), s.get("answer"), s.get("ok")] for s in summary["samples"]])
         lines.append("")

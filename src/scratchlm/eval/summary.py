@@ -14,18 +14,26 @@ def summary_title(summary: dict[str, Any]) -> str:
     return "scratchlm demo — " + ", ".join(parts) if parts else "scratchlm demo"
 
 
-def _task_rows(stage: str, tasks: dict[str, list[float]]) -> list[tuple[str, str]]:
-    return [(f"{stage}: held-out {task} before → after", f"{before:.3f} → {after:.3f}")
+def split_name(summary: dict[str, Any]) -> str:
+    """Which split the summary's accuracies are on: "test" (the demo's default, never tuned on) or "val (dev)"
+    (summaries written before the test split existed were on val)."""
+    split = summary.get("settings", {}).get("eval_split", "val")
+    return "test" if split == "test" else "val (dev)"
+
+
+def _task_rows(stage: str, tasks: dict[str, list[float]], held: str) -> list[tuple[str, str]]:
+    return [(f"{stage}: {held} {task} before → after", f"{before:.3f} → {after:.3f}")
             for task, (before, after) in tasks.items()]
 
 
 def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     """Every number of the summary that has one, as (metric, formatted value), in the order they are read."""
     rows = []
+    held = split_name(summary)
     counts = summary.get("counts", {})
     for task in sorted(counts):
         c, n = counts[task]
-        rows.append((f"held-out accuracy: {task}", f"{c / n if n else 0.0:.3f} ({c}/{n})"))
+        rows.append((f"{held} accuracy: {task}", f"{c / n if n else 0.0:.3f} ({c}/{n})"))
     if all(k in summary for k in ("val_ppl_pretrain", "val_ppl_sft", "val_ppl_unigram")):
         pre, sft, uni = summary["val_ppl_pretrain"], summary["val_ppl_sft"], summary["val_ppl_unigram"]
         rows += [("val perplexity: pretrained model", f"{pre:.1f}"), ("val perplexity: after SFT", f"{sft:.1f}"),
@@ -33,20 +41,21 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
                  ("ratio (after SFT / pretrained)", f"{sft / pre:.2f}")]
     if "lora" in summary:
         lo = summary["lora"]
-        rows += [(f"LoRA: held-out identity answers {lo['name']!r}", f"{lo['identity_new_name']:.3f}"),
-                 ("LoRA: held-out add2 before → after", f"{lo['add2_before']:.3f} → {lo['add2_after']:.3f}"),
-                 ("LoRA: add2 unseen phrasings before → after",
+        rows += [(f"LoRA: {held} identity answers {lo['name']!r}", f"{lo['identity_new_name']:.3f}"),
+                 (f"LoRA: {held} add2 before → after", f"{lo['add2_before']:.3f} → {lo['add2_after']:.3f}"),
+                 (f"LoRA: {held} add2 unseen phrasings before → after",
                   f"{lo['add2_unseen_before']:.3f} → {lo['add2_unseen_after']:.3f}")]
     if "reward" in summary:
         rw = summary["reward"]
-        rows.append((f"reward model: held-out pair accuracy ({rw['pairs']} pairs), untrained head → trained",
+        rows.append((f"reward model: {held} pair accuracy ({rw['pairs']} pairs), untrained head → trained",
                      f"{rw['accuracy_before']:.3f} → {rw['accuracy_after']:.3f}"))
     if "dpo" in summary:
         d = summary["dpo"]
-        rows += [(f"DPO: held-out implicit-reward accuracy ({d['pairs']} pairs), SFT → DPO",
-                  f"0.000 → {d['implicit_accuracy']:.3f}"),
+        # The SFT model is DPO's reference, so its implicit reward is 0 on every pair: 0 by definition, not measured.
+        rows += [(f"DPO: {held} implicit-reward accuracy ({d['pairs']} pairs), SFT → DPO",
+                  f"0 (by definition) → {d['implicit_accuracy']:.3f}"),
                  ("DPO: own log-probs prefer the chosen reply, SFT → DPO",
-                  f"{d['logp_accuracy_before']:.3f} → {d['logp_accuracy_after']:.3f}"), *_task_rows("DPO", d["tasks"])]
+                  f"{d['logp_accuracy_before']:.3f} → {d['logp_accuracy_after']:.3f}"), *_task_rows("DPO", d["tasks"], held)]
     if "grpo" in summary:
         g = summary["grpo"]
         if g["reward_log"]:
@@ -54,21 +63,21 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
                          f"{g['reward_log'][0]:.3f} → {g['reward_log'][1]:.3f}"))
         rows.append(("GRPO's cold start: SFT steps until the dev prompts were right sometimes",
                      f"{g['cold_start_steps']} ({g['cold_start_dev'][-1][1]:.2f} right)"))
-        rows += _task_rows("GRPO's cold start (from SFT)", g["cold_start"])
-        rows += _task_rows("GRPO (from the cold start)", g["tasks"])
+        rows += _task_rows("GRPO's cold start (from SFT)", g["cold_start"], held)
+        rows += _task_rows("GRPO (from the cold start)", g["tasks"], held)
     if "ppo" in summary:
         pp = summary["ppo"]
-        rows += [(f"PPO: held-out mean reward ({pp['prompts']} prompts × {pp['samples']} samples), SFT → PPO",
+        rows += [(f"PPO: {held} mean reward ({pp['prompts']} prompts × {pp['samples']} samples), SFT → PPO",
                   f"{pp['reward'][0]:.2f} → {pp['reward'][1]:.2f}"),
                  ("PPO: the same for greedy replies", f"{pp['reward_greedy'][0]:.2f} → {pp['reward_greedy'][1]:.2f}"),
-                 *_task_rows("PPO", pp["tasks"])]
+                 *_task_rows("PPO", pp["tasks"], held)]
     if "distill" in summary:
         d = summary["distill"]
         p = d["params"]
-        rows += [(f"distill: held-out chat perplexity, teacher ({p['teacher'] / 1e6:.1f}M)", f"{d['val_ppl']['teacher']:.2f}"),
+        rows += [(f"distill: val chat perplexity, teacher ({p['teacher'] / 1e6:.1f}M)", f"{d['val_ppl']['teacher']:.2f}"),
                  (f"distill: student ({p['distill'] / 1e6:.1f}M) with KD / alone, same steps",
                   f"{d['val_ppl']['distill']:.2f} / {d['val_ppl']['baseline']:.2f}")]
-        rows += [(f"distill: held-out {task}, teacher / student with KD / alone",
+        rows += [(f"distill: {held} {task}, teacher / student with KD / alone",
                   " / ".join(f"{d['tasks'][k].get(task, 0.0):.3f}" for k in ("teacher", "distill", "baseline")))
                  for task in d["tasks"]["teacher"]]
     rows += [(f"time: {k}", f"{v:.0f} s") for k, v in summary.get("seconds", {}).items()]
@@ -108,7 +117,7 @@ def print_summary(summary: dict[str, Any]) -> None:
         console.print(f"[bold]RAG[/bold]{escape(rag[0][3:])}")
         for line in rag[1:]:
             console.print(escape(line))
-    console.print("[bold]sample chats[/bold] (held-out prompts, greedy):")
+    console.print(f"[bold]sample chats[/bold] ({split_name(summary)} prompts, greedy):")
     for g in summary.get("samples", []):
         mark = {True: "✓", False: "✗", None: ""}[g["ok"]]
         console.print(escape(f"  [{g['task']}] user: {g['prompt']}\n      assistant: {g['reply']}  {mark}"))
