@@ -54,13 +54,21 @@ def git_commit(where: Path | None = None) -> str | None:
     return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
+def command_line() -> str:
+    """This process's command line as a user would type it (`python -m scratchlm x` reads as `scratchlm x`)."""
+    prog = Path(sys.argv[0]).name
+    if prog in ("__main__.py", "cli.py"):
+        prog = "scratchlm"
+    return " ".join([prog, *sys.argv[1:]])
+
+
 def write_results(path: str | Path, name: str, numbers: dict[str, Any], seed: int | None = None,
                   split: str | None = None, command: str | None = None, notes: str = "") -> Path:
     """Write one results file: `numbers` (JSON-able) with its provenance; returns the path written."""
     path = Path(path)
     doc = {
         "format": FORMAT, "name": name,
-        "command": command if command is not None else " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": command if command is not None else command_line(),
         "seed": seed, "split": split, "commit": git_commit(),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(), "notes": notes, "numbers": numbers,
