@@ -64,10 +64,11 @@ def import_graph(src: Path = SRC, package: str = "scratchlm") -> dict[str, set[s
 
 
 def unit_of(module: str, package: str = "scratchlm") -> str:
-    """The layer-table unit a module belongs to: its top-level package or module under scratchlm, or `cli`."""
+    """The layer-table unit a module belongs to: its top-level package or module under scratchlm, or `cli` (every
+    `cli` module, and `__main__`, the `python -m scratchlm` door to scratchlm/cli.py)."""
     if module == package:
         return package
-    if module.split(".")[-1] == CLI:
+    if module.split(".")[-1] in (CLI, "__main__"):
         return CLI
     return module.split(".")[1]
 
