@@ -8,7 +8,12 @@
 2. ours vs transformers: greedy, batch 1, the same config and weights copied into LlamaForCausalLM
    (scratchlm.export.hf_mapping), `LLM.generate` vs `LlamaForCausalLM.generate` (both end to end,
    prefill included, eos disabled so both produce exactly --new tokens). Goal ≥ 2×.
-3. --profile: torch.profiler table of our decode steps (where the time per token goes).
+3. the two floors of batch-1 decode, where every weight is read once per token:
+   - software floor: one `F.linear` per weight matrix and nothing else (the speed of torch's GEMV kernel);
+   - physical floor: the bytes of those matrices over the machine's read bandwidth, measured in the same run
+     by bench/stream.py (STREAM-style). Decode is reported as a share of both.
+4. --profile: torch.profiler table of our decode steps (where the time per token goes).
+--results FILE writes every number with its provenance (scratchlm.results).
 
 Both sides run alternately in one process and the median of --repeats is kept, so the printed ratios
 are comparable on a loaded machine; absolute tokens/s are not.
@@ -23,6 +28,8 @@ import statistics
 import time
 
 import torch
+
+from stream import measure_bandwidth  # bench/stream.py, beside this file
 
 from scratchlm.config import load_config
 from scratchlm.engine.offline import LLM
@@ -138,6 +145,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--stream-mb", type=int, default=512, help="MB per buffer of the bandwidth measurement")
+    ap.add_argument("--results", default=None, metavar="FILE", help="write the numbers to FILE (docs/results/...)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -156,8 +165,20 @@ def main() -> None:
           f"same tokens: {same}")
     floor = matmul_floor(model, args.repeats)
     mb = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear)) * 4 / 1e6
-    print(f"[3] weights-only floor (each of {mb:.0f} MB of fp32 matrices read once per token): {floor:7.1f} tok/s; "
+    print(f"[3] software floor, one GEMV per weight matrix ({mb:.0f} MB of fp32 read once per token): {floor:7.1f} tok/s; "
           f"ours reaches {ours / floor:4.0%} of it, transformers {theirs / floor:4.0%}")
+    bw = measure_bandwidth(args.stream_mb)
+    physical = bw["read"] * 1e3 / mb
+    print(f"    memory bandwidth (bench/stream.py): read {bw['read']:.1f} GB/s, copy {bw['copy']:.1f}, triad "
+          f"{bw['triad']:.1f}; physical floor = {mb:.0f} MB / read bandwidth = {physical:7.1f} tok/s: ours reaches "
+          f"{ours / physical:4.0%} of it, transformers {theirs / physical:4.0%}, the GEMV pass {floor / physical:4.0%}")
+    if args.results:
+        from scratchlm.results import write_results
+
+        write_results(args.results, "bench_decode", {
+            "preset": args.preset, "params": model.num_params(), "weights_mb": mb, "new_tokens": args.new,
+            "cached_tok_s": fast, "recompute_tok_s": slow, "ours_tok_s": ours, "transformers_tok_s": theirs,
+            "same_tokens": same, "gemv_floor_tok_s": floor, "bandwidth_gb_s": bw, "physical_floor_tok_s": physical})
     if args.profile:
         profile_decode(model)
 

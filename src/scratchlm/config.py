@@ -217,7 +217,9 @@ class RLConfig:
     loss_agg: Literal["grpo", "dapo", "dr_grpo", "cispo"] = "dapo"
     reward_funcs: str = "answer,format"  # comma-separated names from train/rule_rewards.py
     reward_weights: str = "1.0,0.1"  # one weight per reward function
-    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal (no signal)
+    # Drop groups whose rewards are all equal (no signal): half of DAPO's dynamic sampling, which also draws new
+    # prompts until the batch is full again; here the batch shrinks instead.
+    dynamic_sampling: bool = False
     num_iterations: int = 1  # μ: optimizer steps on each rollout batch, old log-probs kept (TRL's num_ppo_epochs)
     # PPO (train/ppo.py; TRL's PPOConfig names). The clipped ratio uses eps_low / eps_high (TRL's cliprange: 0.2 both).
     reward_model: str = ""  # a `scratchlm train reward` run scoring prompt + completion; empty = reward_funcs
