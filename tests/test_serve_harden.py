@@ -508,15 +508,14 @@ def test_soak_mixed_load_leaks_nothing_and_counts_everything(chat_run, tmp_path)
             time.sleep(0.05)
         end = _proc_status(proc.pid)
         assert proc.poll() is None and "Traceback" not in log.read_text()
-    assert m["scratchlm_kv_blocks_free"] == m["scratchlm_kv_blocks_total"]  # the KV pool is whole
     finished = sum(v for k, v in m.items() if k.startswith("scratchlm_request_success_total{") and "abort" not in k)
-    assert finished == tally["samples_done"], (m, tally)  # every sample that finished is counted
-    assert m["scratchlm_requests_cancelled_total"] == tally["cut"], (m, tally)
+    cancelled = int(m["scratchlm_requests_cancelled_total"])
     growth = (end["VmRSS"] - start["VmRSS"]) / 1024
     half = [mb for t, mb, _ in rss if t >= seconds / 2]
     numbers = {
         "seconds": seconds, "clients": len(workers), "requests": tally["requests"],
-        "samples_finished": tally["samples_done"], "cancels": tally["cut"],
+        "samples_finished": tally["samples_done"], "streams_cut": tally["cut"], "cancels_counted": cancelled,
+        "samples_finished_counted": int(finished),
         "responses_by_status": {str(k): v for k, v in sorted(statuses.items())},
         "server_5xx": sum(v for k, v in statuses.items() if k >= 500), "dropped_connections": len(problems),
         "leaked_kv_blocks": int(m["scratchlm_kv_blocks_total"] - m["scratchlm_kv_blocks_free"]),
@@ -527,6 +526,13 @@ def test_soak_mixed_load_leaks_nothing_and_counts_everything(chat_run, tmp_path)
         "rss_series": [list(x) for x in rss],
     }
     print("soak:", json.dumps({k: v for k, v in numbers.items() if k != "rss_series"}))
+    assert numbers["leaked_kv_blocks"] == 0  # the KV pool is whole
+    # A cut stream is cancelled, or, when its answer ended before the server saw the hang-up (a loaded machine
+    # can delay the client's close past the last token), counted as finished: each cut is counted exactly once.
+    assert 0 <= tally["cut"] - cancelled <= tally["cut"] // 10, (m, tally)
+    assert finished == tally["samples_done"] + (tally["cut"] - cancelled), (m, tally)  # every finished sample
+    assert tally["requests"] > 20 and tally["cut"] and tally["errors_4xx"]
+    assert growth < 500  # generous: a leak of every request's KV or prompt would show far more over a long soak
     if os.environ.get("SOAK_RESULTS"):
         from scratchlm.results import write_results
 
@@ -534,5 +540,3 @@ def test_soak_mixed_load_leaks_nothing_and_counts_everything(chat_run, tmp_path)
                       command=f"SOAK_SECONDS={seconds:g} python -m pytest tests/test_serve_harden.py -k soak -s",
                       notes="tiny chat run (tests/serve_util.py), server in its own process (OMP_NUM_THREADS=1); "
                             "rss_series: [seconds, RSS MB, threads] of the server process")
-    assert tally["requests"] > 20 and tally["cut"] and tally["errors_4xx"]
-    assert growth < 500  # generous: a leak of every request's KV or prompt would show far more over a long soak
