@@ -443,7 +443,8 @@ def test_soak_mixed_load_leaks_nothing_and_counts_everything(chat_run, tmp_path)
         start = _proc_status(proc.pid)
         t0 = time.monotonic()
         deadline = t0 + seconds
-        rss: list[tuple[float, float, int]] = []  # (seconds in, RSS MB, threads) of the server
+        rss: list[tuple[float, float, int, float]] = []  # (seconds in, RSS MB, threads) of the server, client RSS MB
+        client_start = _proc_status(os.getpid())
 
         def worker(seed: int) -> None:
             rng = random.Random(seed)
@@ -497,7 +498,8 @@ def test_soak_mixed_load_leaks_nothing_and_counts_everything(chat_run, tmp_path)
             assert httpx.get(url + "/health", timeout=30).status_code == 200
             if time.monotonic() >= next_sample:
                 st_ = _proc_status(proc.pid)
-                rss.append((round(time.monotonic() - t0, 1), round(st_["VmRSS"] / 1024, 1), st_["Threads"]))
+                rss.append((round(time.monotonic() - t0, 1), round(st_["VmRSS"] / 1024, 1), st_["Threads"],
+                            round(_proc_status(os.getpid())["VmRSS"] / 1024, 1)))
                 next_sample += every
             time.sleep(0.2)
         assert problems == [], problems[:20]
@@ -511,7 +513,8 @@ def test_soak_mixed_load_leaks_nothing_and_counts_everything(chat_run, tmp_path)
     finished = sum(v for k, v in m.items() if k.startswith("scratchlm_request_success_total{") and "abort" not in k)
     cancelled = int(m["scratchlm_requests_cancelled_total"])
     growth = (end["VmRSS"] - start["VmRSS"]) / 1024
-    half = [mb for t, mb, _ in rss if t >= seconds / 2]
+    half = [mb for t, mb, *_ in rss if t >= seconds / 2]
+    client_end = _proc_status(os.getpid())
     numbers = {
         "seconds": seconds, "clients": len(workers), "requests": tally["requests"],
         "samples_finished": tally["samples_done"], "streams_cut": tally["cut"], "cancels_counted": cancelled,
@@ -523,6 +526,8 @@ def test_soak_mixed_load_leaks_nothing_and_counts_everything(chat_run, tmp_path)
         "rss_peak_mb": round(end["VmHWM"] / 1024, 1), "rss_growth_mb": round(growth, 1),
         "rss_growth_second_half_mb": round(half[-1] - half[0], 1) if len(half) > 1 else None,
         "threads_start": start["Threads"], "threads_end": end["Threads"],
+        "client_rss_start_mb": round(client_start["VmRSS"] / 1024, 1),
+        "client_rss_end_mb": round(client_end["VmRSS"] / 1024, 1),
         "rss_series": [list(x) for x in rss],
     }
     print("soak:", json.dumps({k: v for k, v in numbers.items() if k != "rss_series"}))
@@ -539,4 +544,5 @@ def test_soak_mixed_load_leaks_nothing_and_counts_everything(chat_run, tmp_path)
         write_results(os.environ["SOAK_RESULTS"], "serve_soak", numbers,
                       command=f"SOAK_SECONDS={seconds:g} python -m pytest tests/test_serve_harden.py -k soak -s",
                       notes="tiny chat run (tests/serve_util.py), server in its own process (OMP_NUM_THREADS=1); "
-                            "rss_series: [seconds, RSS MB, threads] of the server process")
+                            "rss_series: [seconds, RSS MB, threads] of the server process, RSS MB of the test process "
+                            "(4 client threads)")
