@@ -537,7 +537,9 @@ def test_soak_mixed_load_leaks_nothing_and_counts_everything(chat_run, tmp_path)
     assert 0 <= tally["cut"] - cancelled <= tally["cut"] // 10, (m, tally)
     assert finished == tally["samples_done"] + (tally["cut"] - cancelled), (m, tally)  # every finished sample
     assert tally["requests"] > 20 and tally["cut"] and tally["errors_4xx"]
-    assert growth < 500  # generous: a leak of every request's KV or prompt would show far more over a long soak
+    # The server's own RSS (its process alone): ~+10 MB in the first 20 s (worker threads, allocator arenas), then
+    # flat (+0.8 MB over the next 280 s of a 300 s run), so a leak that keeps anything per request shows here.
+    assert growth < 100 and (numbers["rss_growth_second_half_mb"] or 0) < 25, numbers
     if os.environ.get("SOAK_RESULTS"):
         from scratchlm.results import write_results
 
