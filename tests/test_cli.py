@@ -109,3 +109,54 @@ def test_stage_registry_is_the_one_list_of_stages(capsys):
 def test_stage_that_starts_from_a_model_needs_init_from(tmp_path, capsys):
     assert main(["train", "dpo", "--out", str(tmp_path / "r"), "--data", str(tmp_path)]) == 1
     assert "scratchlm train dpo starts from a trained model: pass --init-from RUN" in capsys.readouterr().err
+
+
+# Text arguments that reach a tokenizer or an embedder: bytes that are not UTF-8 (a shell's $'a\xed\xa0\x80b', the
+# CESU-8 spelling of U+D800) reach Python as lone surrogates (surrogateescape). Real subprocesses, real argv bytes.
+NOT_UTF8 = b"a\xed\xa0\x80b"
+
+
+def _scratchlm(*argv: str | bytes) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, "LC_ALL": "C.UTF-8", "OMP_NUM_THREADS": "1"}
+    env.pop("SCRATCHLM_DEBUG", None)
+    return subprocess.run([sys.executable.encode(), b"-m", b"scratchlm.cli",
+                           *(a if isinstance(a, bytes) else a.encode() for a in argv)],
+                          capture_output=True, env=env, timeout=300)
+
+
+def _one_line_usage_error(r: subprocess.CompletedProcess, name: str) -> None:
+    err = r.stderr.decode("utf-8", "replace")
+    assert r.returncode == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"error: argument {name}: not valid Unicode text (byte 0xED at character 1 is not UTF-8)"), err
+
+
+@pytest.fixture(scope="module")
+def hash_db(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rag")
+    (root / "doc.txt").write_text("The cat sat on the mat. Dogs bark at night.", encoding="utf-8")
+    r = _scratchlm("rag", "index", str(root / "doc.txt"), "--db", str(root / "r.db"), "--embedder", "hash", "--quiet")
+    assert r.returncode == 0, r.stderr
+    return root / "r.db"
+
+
+@pytest.mark.parametrize("argv, name", [
+    (["rag", "ask", "{run}", NOT_UTF8, "--db", "{db}"], "question"),
+    (["rag", "search", NOT_UTF8, "--db", "{db}"], "query"),
+    (["generate", "{run}", "--prompt", NOT_UTF8, "--max-new-tokens", "2"], "--prompt"),
+    (["chat", "{run}", "--system", NOT_UTF8], "--system"),
+])
+def test_text_argument_that_is_not_utf8_is_a_one_line_usage_error(argv, name, chat_run, hash_db):
+    argv = [a.format(run=chat_run, db=hash_db) if isinstance(a, str) else a for a in argv]
+    _one_line_usage_error(_scratchlm(*argv), name)
+
+
+def test_rag_index_refuses_a_jsonl_text_with_a_lone_surrogate(tmp_path):
+    docs = tmp_path / "docs.jsonl"
+    docs.write_bytes(b'{"text": "fine"}\n{"text": "a\\ud800b"}\n')  # valid JSON, not valid Unicode
+    r = _scratchlm("rag", "index", str(docs), "--db", str(tmp_path / "r.db"), "--embedder", "hash", "--quiet")
+    err = r.stderr.decode()
+    assert r.returncode == 1 and "Traceback" not in err, err
+    assert f"{docs}:2: 'text' is not valid Unicode (a lone surrogate U+D800 at character 1)" in err, err

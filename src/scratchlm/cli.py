@@ -53,8 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("SCRATCHLM_DEBUG"):
             raise
         print(f"error: {e}", file=sys.stderr)
-        print("(set SCRATCHLM_DEBUG=1 for the full traceback)", file=sys.stderr)
-        return 1
+        code = getattr(e, "exit_code", 1)  # 2: a bad argument (engine.cli.TextArgumentError), as argparse exits
+        if code == 1:
+            print("(set SCRATCHLM_DEBUG=1 for the full traceback)", file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -21,6 +21,29 @@ def add_sampling_args(parser: argparse.ArgumentParser, default_temperature: floa
     parser.add_argument("--seed", type=int, default=default_seed)
 
 
+class TextArgumentError(ValueError):
+    """A command-line text that no tokenizer or embedder can encode: a usage error, so `scratchlm` prints it on one
+    line and exits with 2, as argparse does for a bad argument."""
+
+    exit_code = 2
+
+
+def check_text_arg(text: str | None, name: str) -> None:
+    """TextArgumentError naming the argument `name` when `text` holds a lone surrogate. Python turns argv bytes
+    that are not UTF-8 into U+DC80..U+DCFF (surrogateescape), which the tokenizer would refuse only after the model
+    loaded, with a message that names no argument."""
+    from scratchlm.tokenizer.bpe import lone_surrogate
+
+    bad = lone_surrogate(text or "")
+    if bad is None:
+        return
+    at, ch = bad
+    cp = ord(ch)
+    what = (f"byte 0x{cp - 0xDC00:02X} at character {at} is not UTF-8" if 0xDC80 <= cp <= 0xDCFF
+            else f"a lone surrogate U+{cp:04X} at character {at}")
+    raise TextArgumentError(f"argument {name}: not valid Unicode text ({what}); pass UTF-8 text")
+
+
 def sampling_params(args: argparse.Namespace) -> Any:
     """The SamplingParams of the options `add_sampling_args` added."""
     from scratchlm.engine.sampling import SamplingParams
@@ -33,6 +56,7 @@ def sampling_params(args: argparse.Namespace) -> Any:
 def _cmd_generate(args: argparse.Namespace) -> int:
     from scratchlm.engine.offline import LLM
 
+    check_text_arg(args.prompt, "--prompt")  # before the weights load
     llm = LLM.from_run(args.run, args.device)
     tokenizer = llm.tokenizer
     if tokenizer is None:

@@ -108,6 +108,7 @@ def _read_text(path: Path) -> str:
 def load_documents(path: str | Path, source: str | None = None) -> list[Document]:
     """The documents of one file: a .txt/.md file is one document, a .jsonl file one per line ("text")."""
     from scratchlm.data.jsonl import iter_jsonl
+    from scratchlm.tokenizer.bpe import lone_surrogate
 
     path = Path(path)
     source = source or path.name
@@ -120,6 +121,11 @@ def load_documents(path: str | Path, source: str | None = None) -> list[Document
     for lineno, rec in iter_jsonl(text.splitlines(), path):
         if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
             raise ValueError(f"{path}:{lineno}: expected an object with a string 'text' field")
+        for field in ("text", "title"):  # JSON may spell a lone surrogate ("\\ud800"); UTF-8 cannot
+            bad = lone_surrogate(str(rec.get(field, "")))
+            if bad:
+                raise ValueError(f"{path}:{lineno}: '{field}' is not valid Unicode (a lone surrogate "
+                                 f"U+{ord(bad[1]):04X} at character {bad[0]})")
         docs.append(Document(f"{source}:{lineno}", rec["text"], str(rec.get("title", ""))))
     return docs
 

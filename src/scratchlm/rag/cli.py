@@ -56,8 +56,10 @@ def _print_hits(hits, width: int = 160) -> None:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
+    from scratchlm.engine.cli import check_text_arg
     from scratchlm.rag.retrieve import Retriever
 
+    check_text_arg(args.query, "query")
     store, embedder = _open(args, create=False)
     with store:
         hits = Retriever(store, embedder).search(args.query, k=args.k, metric=args.metric, mode=args.mode)
@@ -68,10 +70,12 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_ask(args: argparse.Namespace) -> int:
+    from scratchlm.engine.cli import check_text_arg
     from scratchlm.engine.offline import LLM
     from scratchlm.rag.answer import answer_question
     from scratchlm.rag.retrieve import Retriever
 
+    check_text_arg(args.question, "question")  # before the embedder and the model load
     store, embedder = _open(args, create=False)
     with store:
         hits = Retriever(store, embedder).search(args.question, k=args.k, metric=args.metric, mode=args.mode)

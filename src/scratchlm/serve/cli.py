@@ -95,13 +95,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_chat(args: argparse.Namespace) -> int:
-    from scratchlm.engine.cli import sampling_params
+    from scratchlm.engine.cli import check_text_arg, sampling_params
     from scratchlm.runs import load_run_config
     from scratchlm.serve.chat import chat_loop
     from scratchlm.serve.prompt import chat_run_problem
     from scratchlm.tokenizer.bpe import Tokenizer
 
-    # Checked before the weights load: a base model gets its message at once.
+    # Checked before the weights load: a base model or a --system that is not text gets its message at once.
+    check_text_arg(args.system, "--system")
     tok = Tokenizer.load(args.run) if (Path(args.run) / "tokenizer.json").is_file() else None
     problem = chat_run_problem(args.run, load_run_config(args.run), tok)
     if problem:

@@ -26,6 +26,14 @@ def serve_process(run: str | Path, *args: str, log: str | Path | None = None, ti
                   env: dict[str, str] | None = None) -> Iterator[str]:
     """`scratchlm serve RUN --port P *args` in a child process → its base URL once /health answers; the server's
     output goes to `log` (a temporary file when None), which the error names if it dies or never answers."""
+    with serve_child(run, *args, log=log, timeout=timeout, env=env) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def serve_child(run: str | Path, *args: str, log: str | Path | None = None, timeout: float = 120.0,
+                env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """serve_process's (base URL, child process): the soak test reads the server's own memory from its pid."""
     import httpx
 
     port = free_port()
@@ -48,7 +56,7 @@ def serve_process(run: str | Path, *args: str, log: str | Path | None = None, ti
                     raise RuntimeError(f"scratchlm serve {run} did not start within {timeout:.0f} s:\n"
                                        f"{Path(log).read_text(encoding='utf-8', errors='replace')[-3000:]}")
                 time.sleep(0.2)
-            yield url
+            yield url, proc
         finally:
             proc.terminate()
             proc.wait(timeout=30)
