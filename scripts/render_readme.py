@@ -1,0 +1,195 @@
+"""Render the README's reference tables from the results files under docs/results/.
+
+    python scripts/render_readme.py            # rewrite every rendered block of README.md in place
+    python scripts/render_readme.py --check    # exit 1 (and show the difference) when README.md is out of date
+
+A rendered block sits between `<!-- results:NAME ... -->` and `<!-- /results -->`; its text is what RENDERERS[NAME]
+makes of the results files it names, so a number in it can only change by rerunning the command that measured it
+(each file records that command, its seed, split, commit and machine). tests/test_results.py runs --check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "results"
+README = ROOT / "README.md"
+BLOCK = re.compile(r"(<!-- results:(?P<name>[\w-]+)[^\n]*-->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
+
+
+def _load(name: str, results: Path) -> dict[str, Any]:
+    sys.path.insert(0, str(ROOT / "src"))
+    from scratchlm.results import read_results
+
+    return read_results(results / f"{name}.json")
+
+
+def _acc(summary: dict[str, Any], task: str) -> str:
+    c, n = summary["counts"][task]
+    return f"{c / n:.3f} ({c}/{n})"
+
+
+def _machine(doc: dict[str, Any]) -> str:
+    m = doc["machine"]
+    where = m["gpu"] or f"{m['cpu']} CPU, {m['cores']} cores, {m['torch_threads']} torch threads"
+    return f"{where}, torch {m['torch']}"
+
+
+def _provenance(docs: list[dict[str, Any]]) -> str:
+    """One line naming the command, seed, date and commit of each file (short commit, '+dirty' kept)."""
+    parts = [f"`{d['command']}` ({d['date']}, commit {str(d['commit'])[:10]}{'+dirty' if str(d['commit']).endswith('+dirty') else ''})"
+             for d in docs]
+    return "; ".join(parts)
+
+
+def _ba(pair: list[float], fmt: str = ".3f") -> str:
+    return f"{pair[0]:{fmt}} → {pair[1]:{fmt}}"
+
+
+def render_demo(results: Path) -> str:
+    """The demo's reference table: pretrain + SFT numbers of both seeds, test split."""
+    docs = [_load(f"demo_seed{s}", results) for s in (0, 1)]
+    s0, s1 = (d["numbers"] for d in docs)
+    unseen = "add2 (unseen phrasings)"
+
+    def row(metric: str, fn: Callable[[dict[str, Any]], str], goal: str = "") -> str:
+        return f"| {metric} | {fn(s0)} | {fn(s1)} | {goal} |"
+
+    def secs(s: dict[str, Any], *keys: str) -> str:
+        return " / ".join(f"{s['seconds'][k]:.0f}" for k in keys) + " s"
+
+    base = ("data", "pretrain", "sft", "eval")
+    lines = [
+        f"Measured by {_provenance(docs)} on {_machine(docs[0])}. Accuracies are on the **test** split "
+        f"({s0['settings']['eval_per_task']} prompts per task): items and phrasings that no setting was chosen on.",
+        "",
+        "| metric | seed 0 | seed 1 | goal |",
+        "|---|---|---|---|",
+        row("test accuracy: add2", lambda s: _acc(s, "add2"), "≥ 0.9"),
+        row("test accuracy: add2 in unseen phrasings", lambda s: _acc(s, unseen), "≥ 0.8"),
+        row("test accuracy: identity", lambda s: _acc(s, "identity"), "≥ 0.9"),
+        row("test accuracy: author / next_line", lambda s: f"{s['accuracy']['author']:.3f} / {s['accuracy']['next_line']:.3f}",
+            "(needs memorised poems)"),
+        row("val perplexity: pretrained model", lambda s: f"{s['val_ppl_pretrain']:.1f}"),
+        row("val perplexity: after SFT", lambda s: f"{s['val_ppl_sft']:.1f} ({s['val_ppl_sft'] / s['val_ppl_pretrain']:.2f}×)",
+            "≤ 1.5× the pretrained"),
+        row("val perplexity: unigram model (same tokens)", lambda s: f"{s['val_ppl_unigram']:.1f}"),
+        row("ratio pretrained / unigram", lambda s: f"{s['val_ppl_pretrain'] / s['val_ppl_unigram']:.3f}", "≤ 0.33"),
+        row("time: data / pretrain / SFT / eval", lambda s: secs(s, *base)),
+        row("time: the default demo (those four)", lambda s: f"**{sum(s['seconds'][k] for k in base) / 60:.1f} min**",
+            "≤ 15 min"),
+        row("time: `--stages all`", lambda s: f"{s['seconds']['total'] / 60:.1f} min"),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render_post_training(results: Path) -> str:
+    """The `--stages all` table: every stage after SFT, both seeds, test split."""
+    docs = [_load(f"demo_seed{s}", results) for s in (0, 1)]
+    s0, s1 = (d["numbers"] for d in docs)
+    unseen = "add2 (unseen phrasings)"
+
+    def row(stage: str, what: str, fn: Callable[[dict[str, Any]], str]) -> str:
+        return f"| {stage} | {what} | {fn(s0)} | {fn(s1)} |"
+
+    def grpo(s: dict[str, Any]) -> str:
+        g, t = s["grpo"], s["grpo"]["task"]
+        return f"{g['cold_start'][t][0]:.3f} → {g['cold_start'][t][1]:.3f} → **{g['tasks'][t][1]:.3f}** ({g['cold_start_steps']} steps)"
+
+    def rag(s: dict[str, Any]) -> str:
+        qs = s["rag"]["questions"]
+        return f"{sum(q['right_doc_retrieved'] for q in qs)}/{len(qs)} retrieved, {sum(q['correct'] for q in qs)}/{len(qs)} right"
+
+    lines = [
+        f"Measured by the same runs as the table above ({_machine(docs[0])}); every stage starts from that seed's SFT "
+        "model, accuracies on the test split.",
+        "",
+        "| stage | what | seed 0 | seed 1 |",
+        "|---|---|---|---|",
+        row("LoRA (new name)", f"test identity answers {s0['lora']['name']!r}; add2 before → after",
+            lambda s: f"{s['lora']['identity_new_name']:.3f}; {s['lora']['add2_before']:.3f} → {s['lora']['add2_after']:.3f}"),
+        row("reward model", f"test pair accuracy ({s0['reward']['pairs']} pairs), untrained head → trained",
+            lambda s: _ba([s["reward"]["accuracy_before"], s["reward"]["accuracy_after"]])),
+        row("DPO + RPO", "implicit-reward accuracy, SFT (0 by definition: it is the reference) → DPO; add2 before → after",
+            lambda s: f"0 → **{s['dpo']['implicit_accuracy']:.3f}**; {_ba(s['dpo']['tasks']['add2'])}"),
+        row("GRPO on add3", "add3: SFT → cold start → GRPO (cold-start steps)", grpo),
+        row("GRPO on add3", "add2 in unseen phrasings: SFT → after GRPO",
+            lambda s: f"{s['grpo']['cold_start'][unseen][0]:.3f} → {s['grpo']['tasks'][unseen][1]:.3f}"),
+        row("PPO, reward model", "test mean reward, sampled; greedy",
+            lambda s: f"{_ba(s['ppo']['reward'], '.2f')}; {_ba(s['ppo']['reward_greedy'], '.2f')}"),
+        row("distillation", "val chat perplexity: teacher; student with KD / alone",
+            lambda s: f"{s['distill']['val_ppl']['teacher']:.2f}; **{s['distill']['val_ppl']['distill']:.2f}** / "
+                      f"{s['distill']['val_ppl']['baseline']:.2f}"),
+        row("RAG", "a question per language: right document retrieved, answer right", rag),
+        row("time", "lora / reward / dpo / grpo / ppo / distill / rag",
+            lambda s: " / ".join(f"{s['seconds'][k]:.0f}" for k in ("lora", "reward", "dpo", "grpo", "ppo", "distill", "rag")) + " s"),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render_decode(results: Path) -> str:
+    """Batch-1 decode against both floors (bench/bench_decode.py)."""
+    doc = _load("bench_decode", results)
+    n = doc["numbers"]
+    bw = n["bandwidth_gb_s"]
+    return (f"Batch-1 greedy decode of `{n['preset']}` ({n['weights_mb']:.0f} MB of fp32 weight matrices read per token), "
+            f"`{doc['command']}` on {_machine(doc)} ({doc['date']}): ours {n['ours_tok_s']:.1f} tok/s, transformers "
+            f"{n['transformers_tok_s']:.1f} tok/s ({n['ours_tok_s'] / n['transformers_tok_s']:.2f}×, same tokens: "
+            f"{n['same_tokens']}). Two floors: one GEMV per matrix and nothing else runs at {n['gemv_floor_tok_s']:.1f} "
+            f"tok/s (ours {n['ours_tok_s'] / n['gemv_floor_tok_s']:.0%} of it); the machine reads memory at "
+            f"{bw['read']:.1f} GB/s (copy {bw['copy']:.1f}, triad {bw['triad']:.1f}; `bench/stream.py`), so reading the "
+            f"weights once bounds decode at {n['physical_floor_tok_s']:.1f} tok/s (ours "
+            f"{n['ours_tok_s'] / n['physical_floor_tok_s']:.0%}, the GEMV pass "
+            f"{n['gemv_floor_tok_s'] / n['physical_floor_tok_s']:.0%}).\n")
+
+
+RENDERERS: dict[str, Callable[[Path], str]] = {
+    "demo": render_demo, "post-training": render_post_training, "decode": render_decode,
+}
+
+
+def render(text: str, results: Path = RESULTS) -> str:
+    """`text` with every rendered block replaced by what its renderer makes of the results files now."""
+    def sub(m: re.Match) -> str:
+        name = m.group("name")
+        if name not in RENDERERS:
+            raise ValueError(f"README block results:{name} has no renderer; known: {', '.join(RENDERERS)}")
+        return m.group(1) + RENDERERS[name](results) + m.group(4)
+
+    return BLOCK.sub(sub, text)
+
+
+def blocks(text: str) -> list[str]:
+    """The names of the rendered blocks in `text`, in order."""
+    return [m.group("name") for m in BLOCK.finditer(text)]
+
+
+def main() -> int:
+    """Rewrite README.md's rendered blocks, or (--check) report whether they are up to date."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--check", action="store_true", help="exit 1 when README.md differs from its rendering")
+    ap.add_argument("--readme", type=Path, default=README)
+    args = ap.parse_args()
+    text = args.readme.read_text(encoding="utf-8")
+    new = render(text)
+    if args.check:
+        if new != text:
+            sys.stdout.writelines(difflib.unified_diff(text.splitlines(True), new.splitlines(True), "README.md",
+                                                       "rendered from docs/results"))
+            print(f"\n{args.readme} is out of date with docs/results: run python scripts/render_readme.py")
+            return 1
+        print(f"{args.readme}: {len(blocks(text))} rendered blocks up to date")
+        return 0
+    args.readme.write_text(new, encoding="utf-8")
+    print(f"rendered {', '.join(blocks(new))} into {args.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
