@@ -22,7 +22,7 @@ from scratchlm.engine.sampling import SamplingParams
 from scratchlm.export.gguf import export_gguf, rope_to_interleaved
 from scratchlm.model.transformer import Transformer
 from scratchlm.runs import save_run
-from scratchlm.tokenizer.bpe import Tokenizer, train_tokenizer
+from scratchlm.tokenizer.bpe import CHAT_TEMPLATE, Tokenizer, train_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -136,6 +136,11 @@ def test_llama_cpp_tokenises_hostile_text_as_we_do(dense, tok_dir):
     for text in texts:
         assert cpp.tokenize(text) == tok.encode(text), text  # control tokens in text stay text
         assert cpp.tokenize(text, parse_special=True) == tok.encode(text, allow_special=True), text
+    # what llama.cpp read from the metadata: our template verbatim (not a built-in ChatML it would fall back to),
+    # <|im_end|> as eos, no BOS prepended (add_special=True above added nothing)
+    props = cpp.get("/props")
+    assert props["chat_template"] == CHAT_TEMPLATE
+    assert props["eos_token"] == "<|im_end|>" and props["model_ftype"] == "all F32"
     # the chat template travels in the file: llama.cpp renders a conversation as we do
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "床前 12 <think>"}]
     rendered = cpp.post("/apply-template", {"messages": messages})["prompt"]
@@ -153,8 +158,6 @@ def test_llama_cpp_greedy_equals_ours_f32(tmp_path, dense, tok_dir, variant):
                  "model.rope_factor=4", seed=1)
         export_gguf(run, path, "f32")
     cpp = LlamaCpp(path)
-    props = cpp.get("/props")
-    assert props["default_generation_settings"]["n_ctx"] > 0
     for prompt in PROMPTS:
         ids = tok.encode(prompt, allow_special=True)
         theirs, their_logp = cpp.greedy(ids)
@@ -168,9 +171,9 @@ def test_llama_cpp_greedy_equals_ours_f32(tmp_path, dense, tok_dir, variant):
 
 @pytest.fixture(scope="module")
 def chat_gguf(chat_run, tmp_path_factory):
-    """tests/conftest.py's trained chat run, exported as f32 and q8_0 (its 176-wide FFN rows fall back to f16)."""
+    """tests/conftest.py's trained chat run, exported as f32, f16 and q8_0 (its 176-wide FFN rows fall back to f16)."""
     root = tmp_path_factory.mktemp("chat_gguf")
-    for dtype in ("f32", "q8_0"):
+    for dtype in ("f32", "f16", "q8_0"):
         export_gguf(chat_run, root / f"m-{dtype}.gguf", dtype)
     return root
 
@@ -193,13 +196,14 @@ def test_llama_cpp_answers_our_trained_chat_run_as_we_do(chat_run, chat_gguf):
         assert r["stop_type"] == ("eos" if ours[-1] == tok.eos_id else "limit"), question
 
 
-def test_q8_0_loads_and_mostly_agrees(chat_run, chat_gguf):
+@pytest.mark.parametrize("dtype, max_size", [("f16", 0.55), ("q8_0", 0.45)])
+def test_f16_and_q8_0_load_and_mostly_agree(chat_run, chat_gguf, dtype, max_size):
     from serve_util import CHATS
 
-    f32_size, q8_size = (chat_gguf / "m-f32.gguf").stat().st_size, (chat_gguf / "m-q8_0.gguf").stat().st_size
-    assert q8_size < 0.45 * f32_size  # int8 and a scale per 32 values, not f32 in disguise
+    # the size says the weights really are 16-bit / int8 with a scale per 32 values, not f32 in disguise
+    assert (chat_gguf / f"m-{dtype}.gguf").stat().st_size < max_size * (chat_gguf / "m-f32.gguf").stat().st_size
     tok = Tokenizer.load(chat_run)
-    cpp = LlamaCpp(chat_gguf / "m-q8_0.gguf")
+    cpp = LlamaCpp(chat_gguf / f"m-{dtype}.gguf")
     chats = [tok.render_chat([{"role": "user", "content": q}], add_generation_prompt=True) for q, _ in CHATS]
     counts = {"chat": [0, 0], "other": [0, 0]}  # [leading tokens that agree, tokens]
     for prompt in chats + PROMPTS:
@@ -210,8 +214,8 @@ def test_q8_0_loads_and_mostly_agrees(chat_run, chat_gguf):
         same = next((k for k, (a, b) in enumerate(zip(theirs, ours)) if a != b), len(ours))
         c = counts["chat" if prompt in chats else "other"]
         c[0], c[1] = c[0] + same, c[1] + len(ours)
-    print(f"q8_0 vs our f32, leading greedy tokens that agree: {counts}")
-    # the chats it was trained on are peaked and must survive int8; off-distribution prompts are near ties
+    print(f"{dtype} vs our f32, leading greedy tokens that agree: {counts}")
+    # the chats it was trained on are peaked and must survive rounding; off-distribution prompts are near ties
     assert counts["chat"][0] >= 0.9 * counts["chat"][1]
     assert sum(a for a, _ in counts.values()) >= 0.75 * sum(n for _, n in counts.values())
 
