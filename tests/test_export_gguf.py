@@ -147,15 +147,16 @@ def test_llama_cpp_tokenises_hostile_text_as_we_do(dense, tok_dir):
     assert rendered == tok.render_chat(messages, add_generation_prompt=True)
 
 
-@pytest.mark.parametrize("variant", ["gqa_tied", "mha_untied_linear_rope"])
+@pytest.mark.parametrize("variant", ["gqa_tied", "mha_untied_linear_rope", "yarn"])
 def test_llama_cpp_greedy_equals_ours_f32(tmp_path, dense, tok_dir, variant):
     tok = Tokenizer.load(tok_dir)
     if variant == "gqa_tied":
         run, path = dense / "run", dense / "m-f32.gguf"
-    else:  # the lm_head as its own tensor, and linear RoPE scaling's factor in the metadata
+    else:  # the lm_head as its own tensor and linear RoPE; YaRN's ramp and temperature (prompts reach past 8)
         run, path = tmp_path / "run", tmp_path / "m.gguf"
-        make_run(run, tok_dir, "model.n_kv_heads=4", "model.tie_embeddings=false", "model.rope_scaling=linear",
-                 "model.rope_factor=4", seed=1)
+        rope = (("model.rope_scaling=linear", "model.rope_factor=4") if variant.endswith("linear_rope") else
+                ("model.rope_scaling=yarn", "model.rope_factor=4", "model.rope_original_max_seq_len=8"))
+        make_run(run, tok_dir, "model.n_kv_heads=4", "model.tie_embeddings=false", *rope, seed=1)
         export_gguf(run, path, "f32")
     cpp = LlamaCpp(path)
     for prompt in PROMPTS:

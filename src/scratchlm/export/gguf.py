@@ -12,7 +12,7 @@ What is written (written with the `gguf` package's GGUFWriter):
   prepended (bos_token_id names <|endoftext|> only because llama.cpp wants some id), pad = <|endoftext|>.
 - dtype: f32, f16 (2-D weights; norms stay f32 as llama.cpp wants), or q8_0 (2-D weights whose rows are a
   multiple of 32, quantized by `gguf.quants`; the others fall back to f16).
-Configs llama.cpp's `llama` architecture does not compute (MLA, MoE, DyT norms, a sliding window, NTK / YaRN
+Configs llama.cpp's `llama` architecture does not compute (MLA, MoE, DyT norms, a sliding window, our static NTK
 RoPE) are refused with a ConfigError naming the field. A LoRA run is merged into its base first.
 """
 
@@ -57,8 +57,8 @@ def check_llama_compatible(cfg: ModelConfig) -> None:
         ("n_routed_experts", not cfg.is_moe, "MoE layers are not exported to GGUF"),
         ("norm", cfg.norm == "rmsnorm", "llama.cpp's llama architecture uses RMSNorm, not DyT"),
         ("sliding_window", not cfg.sliding_window, "llama.cpp's llama architecture attends to the whole context"),
-        ("rope_scaling", cfg.rope_scaling in ("none", "linear"),
-         "only unscaled and linear RoPE are exported (our NTK is static, llama.cpp's YaRN is not checked here)"),
+        ("rope_scaling", cfg.rope_scaling in ("none", "linear", "yarn"),
+         "our NTK RoPE is a static base change llama.cpp has no setting for; none, linear and yarn export"),
     ):
         if not ok:
             raise ConfigError(f"model.{field}={getattr(cfg, field)!r}: cannot export to GGUF ({why})")
@@ -175,6 +175,12 @@ def export_gguf(run_dir: str | Path, out: str | Path, dtype: str = "f32") -> Pat
     if mcfg.rope_scaling == "linear":
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(mcfg.rope_factor)
+    elif mcfg.rope_scaling == "yarn":
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(mcfg.rope_factor)
+        w.add_rope_scaling_orig_ctx_len(mcfg.rope_original_max_seq_len)
+        w.add_rope_scaling_yarn_beta_fast(mcfg.yarn_beta_fast)
+        w.add_rope_scaling_yarn_beta_slow(mcfg.yarn_beta_slow)
     w.add_layer_norm_rms_eps(mcfg.norm_eps)
     w.add_vocab_size(mcfg.vocab_size)
     w.add_file_type(file_type)
