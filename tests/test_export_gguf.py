@@ -170,6 +170,29 @@ def test_llama_cpp_greedy_equals_ours_f32(tmp_path, dense, tok_dir, variant):
                 assert abs(lp - our_logp[step, i].item()) < 1e-4, (prompt, step, i)
 
 
+def test_lora_run_is_merged_into_the_gguf(tmp_path, tok_dir):
+    from scratchlm.model.lora import apply_lora, lora_modules
+    from scratchlm.runs import load_run
+
+    make_run(tmp_path / "base", tok_dir)
+    model, _, _ = load_run(tmp_path / "base")
+    apply_lora(model, 4, 8.0, 0.0, "wq,wk,w2")
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in lora_modules(model).values():
+            m.lora_B.weight.copy_(torch.randn(m.lora_B.weight.shape, generator=g) * 0.2)
+    cfg = load_config("debug", ["model.init_std=0.2", "model.multiple_of=32", "model.vocab_size=1024",
+                                f"lora.base={tmp_path / 'base'}", "lora.rank=4", "lora.alpha=8", "lora.targets=wq,wk,w2"])
+    save_run(tmp_path / "lora", model, cfg, tok_dir)
+    export_gguf(tmp_path / "lora", tmp_path / "m.gguf")
+    ids = Tokenizer.load(tok_dir).encode(PROMPTS[1])
+    theirs, their_logp = LlamaCpp(tmp_path / "m.gguf").greedy(ids)
+    ours, our_logp = our_greedy(tmp_path / "lora", ids)
+    assert theirs == ours and ours != our_greedy(tmp_path / "base", ids)[0]  # the adapter is in the file
+    for step, top in their_logp.items():
+        assert all(abs(lp - our_logp[step, i].item()) < 1e-4 for i, lp in top.items())
+
+
 @pytest.fixture(scope="module")
 def chat_gguf(chat_run, tmp_path_factory):
     """tests/conftest.py's trained chat run, exported as f32, f16 and q8_0 (its 176-wide FFN rows fall back to f16)."""
