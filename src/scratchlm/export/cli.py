@@ -1,4 +1,5 @@
-"""`scratchlm export hf RUN --out DIR` and `scratchlm import hf DIR --out RUN` (the work is in export/hf.py)."""
+"""`scratchlm export hf RUN --out DIR`, `scratchlm export gguf RUN --out FILE.gguf` and `scratchlm import hf DIR --out RUN`
+(the work is in export/hf.py and export/gguf.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_gguf(args: argparse.Namespace) -> int:
+    from scratchlm.export.gguf import export_gguf
+
+    out = export_gguf(args.run, args.out, dtype=args.dtype)
+    print(f"wrote {out} (GGUF, llama architecture, {args.dtype}): llama-cli -m {out} -cnv")
+    return 0
+
+
 def _cmd_import(args: argparse.Namespace) -> int:
     from scratchlm.export.hf import import_hf
 
@@ -29,10 +38,11 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def add_cli(subparsers: Any) -> None:
-    """Register `scratchlm export hf` and `scratchlm import hf`."""
+    """Register `scratchlm export hf`, `scratchlm export gguf` and `scratchlm import hf`."""
+    from scratchlm.export.gguf import DTYPES as GGUF_DTYPES
     from scratchlm.export.hf import DTYPES
 
-    ex = subparsers.add_parser("export", help="write a run as a transformers folder")
+    ex = subparsers.add_parser("export", help="write a run as a transformers folder or a GGUF file")
     sub = ex.add_subparsers(dest="export_format", metavar="FORMAT", required=True)
     p = sub.add_parser("hf", help="LlamaForCausalLM / DeepseekV3ForCausalLM folder (+ tokenizer, chat template, "
                                   "generation_config); a LoRA run as base + PEFT adapter")
@@ -43,6 +53,13 @@ def add_cli(subparsers: Any) -> None:
                    help="write our registered ScratchLMForCausalLM (any config; loading needs scratchlm)")
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="weights' dtype on disk")
     p.set_defaults(func=_cmd_export)
+    p = sub.add_parser("gguf", help="one GGUF file for llama.cpp (llama architecture: dense MHA/GQA configs; "
+                                    "tokenizer and chat template embedded; a LoRA run is merged)")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--out", required=True, help="file to write (FILE.gguf)")
+    p.add_argument("--dtype", default="f32", choices=GGUF_DTYPES,
+                   help="2-D weights' type (norms stay f32; q8_0 rows not a multiple of 32 fall back to f16)")
+    p.set_defaults(func=_cmd_export_gguf)
 
     im = subparsers.add_parser("import", help="read a transformers folder into a run folder")
     sub = im.add_subparsers(dest="import_format", metavar="FORMAT", required=True)
