@@ -109,6 +109,14 @@ def test_adamw_default_builds_the_same_groups_as_before():
     assert len(opt.param_groups) == 2 and opt.param_groups[1]["weight_decay"] == 0.0
 
 
+def test_output_heads_stay_on_adamw():
+    from scratchlm.model.reward import RewardModel
+
+    model = build_model(_debug("model.tie_embeddings=false"))
+    assert muon_param_names(model) == DEBUG_MUON  # lm_head [V, D], untied: still AdamW's
+    assert muon_param_names(RewardModel(model)) == [f"lm.{n}" for n in DEBUG_MUON]  # the score head [1, D] too
+
+
 def test_moe_experts_go_to_muon_and_the_router_to_adamw():
     cfg = _debug("model.n_routed_experts=4", "model.n_shared_experts=1", "model.top_k=2", "model.first_dense_layers=1",
                  "train.optimizer=muon")
