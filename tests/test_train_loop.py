@@ -72,14 +72,16 @@ def test_loss_decreases_on_fixed_batch(tmp_path):
     assert (tmp_path / "run" / "model.safetensors").exists() and (tmp_path / "run" / "loss.png").exists()
 
 
-def test_resume_continues_exactly(tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])  # muon: its momentum buffers and AdamW's state both restored
+def test_resume_continues_exactly(tmp_path, optimizer):
     # dropout on, so the restored torch RNG matters too
-    cfg = _cfg("train.max_steps=8", "model.dropout=0.1")
+    cfg = _cfg("train.max_steps=8", "model.dropout=0.1", f"train.optimizer={optimizer}")
     full = _run(cfg, tmp_path / "full")
     first = _run(cfg, tmp_path / "split", stop_at_step=4)
     assert first.status == "stopped" and [s for s, _ in list_checkpoints(tmp_path / "split" / "checkpoints")] == [4]
     # the resumed model starts from different random weights: everything must come from the checkpoint
-    other = load_config("debug", SMALL + ["train.max_steps=8", "model.dropout=0.1", "train.seed=99"])
+    other = load_config("debug", SMALL + ["train.max_steps=8", "model.dropout=0.1", "train.seed=99",
+                                          f"train.optimizer={optimizer}"])
     second = train(cfg, Pretrain(cfg, _shards()), tmp_path / "split", build_model(other), resume=True, progress=False)
     assert second.status == "done" and second.step == 8
     np.testing.assert_allclose(first.losses + second.losses, full.losses, rtol=0, atol=1e-6)

@@ -147,6 +147,17 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
+    # adamw: AdamW on every parameter. muon: Muon (train/muon.py) on the hidden matrices (attention, MLP and expert
+    # projections), AdamW with the settings above on the embedding, output heads, norms, router and LoRA factors.
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    muon_lr: float = 0.02  # Muon's peak lr; the schedule (warmup, decay) scales it as it scales train.lr
+    muon_momentum: float = 0.95
+    muon_nesterov: bool = True
+    muon_ns_steps: int = 5  # Newton–Schulz iterations per step
+    muon_weight_decay: float = 0.0  # decoupled, applied as W ← W·(1 − lr·wd) at Muon's lr
+    # Step scale per matrix shape [rows, cols] (torch.optim.Muon's adjust_lr_fn): original = √max(1, rows/cols)
+    # (Keller Jordan's, lr ~0.02); match_rms_adamw = 0.2·√max(rows, cols) (Moonshot's: use AdamW's lr, ~1e-3).
+    muon_adjust_lr: Literal["original", "match_rms_adamw"] = "original"
     grad_clip: float = 1.0  # 0 disables clipping
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -326,6 +337,10 @@ _LIMITS: dict[str, tuple[float | None, float | None]] = {
     "train.beta1": (0, 1),
     "train.beta2": (0, 1),
     "train.eps": (0, None),
+    "train.muon_lr": (0, None),
+    "train.muon_momentum": (0, 0.9999),
+    "train.muon_ns_steps": (1, 99),
+    "train.muon_weight_decay": (0, None),
     "train.grad_clip": (0, None),
     "train.log_every": (1, None),
     "train.eval_every": (0, None),

@@ -1,8 +1,8 @@
 """THE training loop. It does not know the model or the stage: an Objective turns data into a loss.
 
 The loop owns: device and dtype (scratchlm.device), the backend (one process, DDP, FSDP2 or DeepSpeed ZeRO behind
-one interface: train/distributed.py, train/zero.py), AdamW with decay/no-decay groups, the lr schedule
-(train/schedule.py), gradient accumulation, clipping, optional torch.compile, seeds, validation, metrics.jsonl,
+one interface: train/distributed.py, train/zero.py), the optimizer (AdamW with decay/no-decay groups, or Muon on the
+hidden matrices + AdamW: train/muon.py), the lr schedule (train/schedule.py), gradient accumulation, clipping, optional torch.compile, seeds, validation, metrics.jsonl,
 loss.png and tensorboard (train/metrics_log.py), the progress bar, checkpoints (train/checkpoint.py), exact
 resume, SIGINT/SIGTERM, and stopping on a NaN loss.
 """
@@ -29,6 +29,7 @@ from scratchlm.train import zero
 from scratchlm.train.batches import to_device
 from scratchlm.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, restore_rng, save_checkpoint
 from scratchlm.train.metrics_log import MetricsLog, plot_metrics, rss_mb
+from scratchlm.train.muon import MuonAdamW, muon_param_names
 from scratchlm.train.objectives import Objective
 from scratchlm.train.schedule import lr_at
 
@@ -58,23 +59,38 @@ def seed_everything(seed: int) -> None:
 
 
 def build_optimizer(model: nn.Module, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW; weight decay on matrices (dim ≥ 2: linears and the embedding, which is tied to the
-    output head), none on vectors (norm gains, DyT α/β, biases) — decaying a norm gain only pulls it
-    towards 0, which fights the normalisation."""
+    """AdamW (train.optimizer=adamw) or Muon + AdamW (muon; train/muon.py). AdamW: weight decay on matrices
+    (dim ≥ 2: linears and the embedding, which is tied to the output head), none on vectors (norm gains, DyT α/β,
+    biases) — decaying a norm gain only pulls it towards 0, which fights the normalisation."""
     tc = cfg.train
     # A module may train some parameters at a multiple of the schedule's lr (PPO's critic): `lr_scale_of(name)`.
     scale_of = getattr(model, "lr_scale_of", None)
+    muon_names = set(muon_param_names(model)) if tc.optimizer == "muon" else set()
     buckets: dict[tuple[bool, float], list[nn.Parameter]] = {(True, 1.0): [], (False, 1.0): []}  # as checkpoints hold
+    muon_buckets: dict[float, list[nn.Parameter]] = {1.0: []} if muon_names else {}
     for name, p in model.named_parameters():
         if p.requires_grad:
             scale = float(scale_of(name)) if scale_of is not None else 1.0
-            buckets.setdefault((p.dim() >= 2, scale), []).append(p)
+            if name in muon_names:
+                muon_buckets.setdefault(scale, []).append(p)
+            else:
+                buckets.setdefault((p.dim() >= 2, scale), []).append(p)
     groups = [{"params": ps, "weight_decay": tc.weight_decay if decay else 0.0, "lr_scale": scale}
               for (decay, scale), ps in sorted(buckets.items(), key=lambda kv: (not kv[0][0], kv[0][1]))]
     is_dtensor = any(type(p).__name__ == "DTensor" for g in groups for p in g["params"])
     # fused AdamW is one kernel over all tensors (CPU and CUDA); DTensors (FSDP) use the default
     fused = device.type in ("cpu", "cuda") and not is_dtensor
-    return torch.optim.AdamW(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.eps, fused=fused)
+    if tc.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.eps, fused=fused)
+    for g in groups:
+        g.update(use_muon=False, lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.eps)
+    # Muon's lr follows the same schedule: the loop sets every group's lr to schedule(step) · lr_scale.
+    muon_scale = tc.muon_lr / tc.lr if tc.lr > 0 else 0.0
+    muon_groups = [{"params": ps, "use_muon": True, "lr": tc.muon_lr * scale, "lr_scale": muon_scale * scale,
+                    "weight_decay": tc.muon_weight_decay, "momentum": tc.muon_momentum,
+                    "nesterov": tc.muon_nesterov, "ns_steps": tc.muon_ns_steps, "adjust": tc.muon_adjust_lr}
+                   for scale, ps in sorted(muon_buckets.items())]
+    return MuonAdamW(muon_groups + groups, fused=fused)
 
 
 class _StopFlag:
@@ -147,6 +163,11 @@ def train(
 
     start_step, tokens_seen = 0, 0
     if ckpt is not None:
+        saved_opt = ckpt.trainer.get("optimizer", "adamw")  # checkpoints from before train.optimizer hold AdamW
+        if saved_opt != tc.optimizer:
+            raise ConfigError(f"--resume: {ckpt.path} was trained with train.optimizer={saved_opt}, this run asks for "
+                              f"train.optimizer={tc.optimizer}; resume with the same optimizer (or start a new run "
+                              f"with --init-from)")
         backend.load_optimizer_state(ckpt.optimizer)
         objective.load_state_dict(ckpt.trainer.get("objective", {}))
         start_step, tokens_seen = ckpt.step, int(ckpt.trainer.get("tokens", 0))
@@ -164,7 +185,7 @@ def train(
         optim_state = backend.optimizer_state()  # collective: gathers FSDP or ZeRO shards
         if info.is_main:
             state = {"objective": objective.state_dict(), "tokens": result.tokens, "world_size": info.world_size,
-                     "schedule": {"step": step, "kind": tc.schedule}}
+                     "schedule": {"step": step, "kind": tc.schedule}, "optimizer": tc.optimizer}
             save_checkpoint(ckpt_root, step, model_state, optim_state, state, cfg, aliases, tc.keep_last)
         D.barrier(info)
 
@@ -269,6 +290,11 @@ def make_backend(cfg: Config, info: D.DistInfo, objective: Objective) -> D.Backe
         if tc.compile:
             raise ConfigError("train.compile=true with train.deepspeed: DeepSpeed wraps the model itself; "
                               "drop one of them")
+        if tc.optimizer != "adamw":
+            # ZeRO flattens the parameters into partitions: no process holds a whole matrix for Newton–Schulz
+            raise ConfigError(f"train.optimizer={tc.optimizer} with train.deepspeed: ZeRO shards flattened parameters "
+                              f"and its checkpoints hold AdamW state only; use train.optimizer=adamw, or "
+                              f"train.parallel=ddp|fsdp without train.deepspeed")
         return zero.DeepSpeedBackend(info, ds_config)
     if info.enabled and tc.parallel == "fsdp" and not objective.fsdp:
         raise ConfigError(f"train.parallel=fsdp: the {objective.name} stage samples from the policy outside the "
