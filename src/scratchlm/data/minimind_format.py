@@ -33,8 +33,10 @@ def _vocabulary(rng: np.random.Generator, n_words: int) -> list[str]:
     return [w for _, w in sorted(zip(order.tolist(), sorted(words)))]
 
 
-def write_pretrain_jsonl(path: str | Path, n_bytes: int, seed: int = 0, n_words: int = 20_000) -> int:
-    """Write about `n_bytes` of MiniMind-pretrain-format lines to `path` (stops at the first line past it);
+def write_pretrain_jsonl(path: str | Path, n_bytes: int, seed: int = 0, n_words: int = 20_000,
+                         words_per_segment: tuple[int, int] = (40, 140), max_segments: int = 3) -> int:
+    """Write about `n_bytes` of MiniMind-pretrain-format lines to `path`; shorter segments (`words_per_segment`,
+    `max_segments`) give more lines per MB, which a test of per-document state needs;
     returns the number of lines written (it stops after the 2,000-line block that passes `n_bytes`)."""
     rng = np.random.default_rng(seed)
     vocab = np.array(_vocabulary(rng, n_words), dtype=object)
@@ -45,8 +47,8 @@ def write_pretrain_jsonl(path: str | Path, n_bytes: int, seed: int = 0, n_words:
     chunk = 2000  # lines per vectorised draw
     with open(path, "w", encoding="utf-8") as f:
         while written < n_bytes:
-            n_seg = rng.integers(1, 4, chunk)
-            seg_words = rng.integers(40, 140, int(n_seg.sum()))
+            n_seg = rng.integers(1, max_segments + 1, chunk)
+            seg_words = rng.integers(*words_per_segment, int(n_seg.sum()))
             words = vocab[rng.choice(n_words, size=int(seg_words.sum()), p=p)]
             punct = rng.integers(0, len(_PUNCT), len(seg_words))
             out, w, s = [], 0, 0

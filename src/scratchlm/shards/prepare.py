@@ -160,6 +160,7 @@ def _batches(kind: str, src: Source, opts: "_Options", counts: Counter, seen: In
     nbytes = 0
     for line, payload, n in iter_raw(src):
         counts["read"] += 1
+        counts["bytes_read"] += n
         nbytes += n
         try:
             item = _parse_fast(kind, src, line, payload)
@@ -407,6 +408,7 @@ def prepare(
                                  "val_frac": val_frac, "seed": seed, "shard_tokens": shard_tokens,
                                  "special_tokens_in_text": special_tokens_in_text},
                     "seconds": round(time.perf_counter() - t0, 3),
+                    "input_bytes": sum(c["bytes_read"] for c in per_input.values()),  # as read (uncompressed)
                 }
                 if mix:
                     with writer(out) as main_w:
