@@ -188,11 +188,15 @@ def _batches(kind: str, src: Source, opts: "_Options", counts: Counter, seen: In
         if chars >= BATCH_CHARS or len(items) >= BATCH_ITEMS:
             progress.update(nbytes)
             nbytes = 0
-            yield _dedup_batch(kind, items, hashes, seen, opts, counts)
+            batch = _dedup_batch(kind, items, hashes, seen, opts, counts)
+            if batch[0]:  # a batch of duplicates only is empty now
+                yield batch
             items, hashes, chars = [], [], 0
     progress.update(nbytes)
     if items:
-        yield _dedup_batch(kind, items, hashes, seen, opts, counts)
+        batch = _dedup_batch(kind, items, hashes, seen, opts, counts)
+        if batch[0]:
+            yield batch
 
 
 def _dedup_batch(kind: str, items: list[Any], hashes: list[int], seen: Int64Set | None, opts: "_Options",
