@@ -52,9 +52,12 @@ def check_flat(tmp_path: Path, tok_dir: Path, small_mb: float, large_mb: float, 
         src = tmp_path / f"in-{mb:g}.jsonl"
         n_lines = write_pretrain_jsonl(src, int(mb * 1e6), seed=0, **gen)
         peak, out, meta = run_prepare(tok_dir, src, tmp_path / f"out-{mb:g}")
-        # every line is a distinct document, all kept, and the markers were parsed (not warned about)
-        assert meta["counts"]["read"] == n_lines and meta["counts"]["kept"] == n_lines
-        assert meta["counts"]["control_string_docs"] == n_lines and "warning" not in out
+        # every line is a distinct document, and the markers were parsed (not warned about); short lines of
+        # frequent words make a few LSH near-dup hits (163 of 22,000 at 3 MB), MiniMind-sized ones none
+        c = meta["counts"]
+        assert c["read"] == n_lines and c["exact_dups"] == 0 and c["kept"] + c["near_dups"] == n_lines
+        assert c["kept"] >= 0.97 * n_lines
+        assert c["control_string_docs"] == n_lines and "warning" not in out
         # the summary reports throughput: bytes as read, MB/s and docs/s
         assert meta["input_bytes"] == src.stat().st_size
         m = re.search(r"read ([\d,.]+) MB / ([\d,]+) docs in ([\d.]+)s: ([\d,.]+) MB/s, ([\d,]+) docs/s", out)
