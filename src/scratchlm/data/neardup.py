@@ -8,13 +8,15 @@ every document through datasketch costs ~90 µs per document, far more than toke
   min per bin; empty bins filled by rotation densification, Shrivastava & Li 2014): O(tokens), not
   O(tokens × num_perm), computed for a whole batch of documents at once;
 - LSH banding uses the (bands, rows) that datasketch's `MinHashLSH` picks for the same threshold
-  (`lsh_params` reproduces its choice; the test checks it), and one Python set of band keys.
+  (`lsh_params` reproduces its choice; the test checks it), and one `Int64Set` of band keys (8 bytes a key).
 A document is a near-duplicate when any of its band keys was seen in an earlier kept document.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from scratchlm.data.hashset import Int64Set
 
 NUM_PERM = 64
 SHINGLE = 3
@@ -108,7 +110,7 @@ class NearDupIndex:
         self.threshold = threshold
         self.num_perm, self.shingle, self.seed = num_perm, shingle, seed
         self.bands, self.rows = lsh_params(threshold, num_perm)
-        self._seen: set[int] = set()  # band keys of kept documents: `bands` ints per document
+        self._seen = Int64Set()  # band keys of kept documents: `bands` keys per document, 8 bytes each
 
     def filter(self, ids: np.ndarray, starts: np.ndarray) -> np.ndarray:
         """Bool [D]: True for documents to keep; kept ones join the index (order matters within a batch)."""
@@ -117,25 +119,25 @@ class NearDupIndex:
         keep = np.ones(len(keys), dtype=bool)
         if not len(keys):
             return keep
-        # Fast path in C for the usual case: a document none of whose keys occurs elsewhere (earlier
-        # batches, or another document of this batch) is kept. Only the rest go through the loop.
+        # Fast path, vectorised: a document none of whose keys occurs elsewhere (earlier batches, or another
+        # document of this batch) is kept. Only the rest go through the loop.
         flat = keys.ravel()
-        uniq, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
-        clash = (counts[inverse] > 1).reshape(keys.shape)
-        hits = self._seen.intersection(uniq.tolist())
-        if hits:
-            clash |= np.isin(keys, np.fromiter(hits, dtype=np.int64, count=len(hits)))
-        clash &= keys != -1  # all-empty bands carry no key
+        _uniq, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
+        in_seen = self._seen.contains(keys)
+        valid = keys != -1  # all-empty bands carry no key
+        clash = ((counts[inverse.reshape(-1)] > 1).reshape(keys.shape) | in_seen) & valid
         suspect = clash.any(axis=1)
-        self._seen.update(keys[~suspect].ravel().tolist())
-        seen = self._seen
+        self._seen.add(keys[~suspect][valid[~suspect]])
+        # A suspect's keys may also clash with an earlier suspect of this batch kept by this loop.
+        added: set[int] = set()
         for d in np.flatnonzero(suspect).tolist():
-            row = [k for k in keys[d].tolist() if k != -1]
-            if seen.isdisjoint(row):
-                seen.update(row)
-            else:
+            row = keys[d][valid[d]].tolist()
+            if in_seen[d].any() or not added.isdisjoint(row):
                 keep[d] = False
-        self._seen.discard(-1)
+            else:
+                added.update(row)
+        if added:
+            self._seen.add(np.fromiter(added, dtype=np.int64, count=len(added)))
         return keep
 
 

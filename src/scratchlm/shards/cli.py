@@ -43,6 +43,13 @@ def print_report(meta: dict) -> None:
         console.print(mt)
 
 
+def throughput_line(meta: dict) -> str:
+    """How fast the run read its inputs: MB/s (input bytes as read) and documents per second."""
+    secs = max(meta["seconds"], 1e-9)
+    return (f"read {meta['input_bytes'] / 1e6:,.1f} MB / {meta['counts']['read']:,} docs in {meta['seconds']:.1f}s: "
+            f"{meta['input_bytes'] / 1e6 / secs:,.2f} MB/s, {meta['counts']['read'] / secs:,.0f} docs/s")
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
     """`scratchlm prepare`."""
     meta = prepare(
@@ -56,6 +63,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if not args.quiet:
         print_report(meta)
     print(f"wrote {meta['n_docs']:,} docs / {meta['n_tokens']:,} tokens in {len(meta['shards'])} shard(s) → {args.out}")
+    print(throughput_line(meta))
     return 0
 
 

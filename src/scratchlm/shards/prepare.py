@@ -46,6 +46,7 @@ from scratchlm.tokenizer.bpe import SPECIAL_STRINGS
 if TYPE_CHECKING:  # numpy and the shard modules load when data is prepared, not on `scratchlm --help`
     import numpy as np
 
+    from scratchlm.data.hashset import Int64Set
     from scratchlm.data.neardup import NearDupIndex
     from scratchlm.shards.writer import ShardWriter
 
@@ -147,18 +148,19 @@ def _parse_fast(kind: str, src: Source, line: int, payload: Any) -> Any:
     return parse_record(kind, src, line, payload)
 
 
-def _batches(kind: str, src: Source, opts: "_Options", counts: Counter, seen: set[int] | None,
+def _batches(kind: str, src: Source, opts: "_Options", counts: Counter, seen: Int64Set | None,
              progress: Any) -> Iterator[tuple[list[Any], list[int]]]:
     """Yield (items, keys) batches of cleaned, length-filtered, exactly-deduplicated items.
 
     keys are the items' deterministic hashes when a val split is asked for (else 0s).
     """
     items: list[Any] = []
-    keys: list[int] = []
+    hashes: list[int] = []
     chars = 0
     nbytes = 0
     for line, payload, n in iter_raw(src):
         counts["read"] += 1
+        counts["bytes_read"] += n
         nbytes += n
         try:
             item = _parse_fast(kind, src, line, payload)
@@ -180,27 +182,44 @@ def _batches(kind: str, src: Source, opts: "_Options", counts: Counter, seen: se
             continue
         if seen is not None:
             # Python's 64-bit str hash is ~50x cheaper than blake2b and stable within the run.
-            h = hash(item if kind == "pretrain" else json.dumps(item, ensure_ascii=False, sort_keys=True))
-            if h in seen:
-                counts["exact_dups"] += 1
-                continue
-            seen.add(h)
-        if kind == "pretrain":
-            n_control = count_control_strings(item)
-            if n_control:
-                counts["control_string_docs"] += 1
-                counts["control_strings"] += n_control
+            hashes.append(hash(item if kind == "pretrain" else json.dumps(item, ensure_ascii=False, sort_keys=True)))
         items.append(item)
-        keys.append(dedup_key(item) if opts.val_frac > 0 else 0)
         chars += size
         if chars >= BATCH_CHARS or len(items) >= BATCH_ITEMS:
             progress.update(nbytes)
             nbytes = 0
-            yield items, keys
-            items, keys, chars = [], [], 0
+            batch = _dedup_batch(kind, items, hashes, seen, opts, counts)
+            if batch[0]:  # a batch of duplicates only is empty now
+                yield batch
+            items, hashes, chars = [], [], 0
     progress.update(nbytes)
     if items:
-        yield items, keys
+        batch = _dedup_batch(kind, items, hashes, seen, opts, counts)
+        if batch[0]:
+            yield batch
+
+
+def _dedup_batch(kind: str, items: list[Any], hashes: list[int], seen: Int64Set | None, opts: "_Options",
+                 counts: Counter) -> tuple[list[Any], list[int]]:
+    """The batch without exact duplicates (of earlier items, in this batch or before), and the items' split keys."""
+    import numpy as np
+
+    if seen is not None and items:
+        h = np.array(hashes, dtype=np.int64)
+        first = np.zeros(len(h), dtype=bool)
+        first[np.unique(h, return_index=True)[1]] = True  # the first of equal items in the batch stays
+        keep = first & ~seen.contains(h)
+        seen.add(h[keep])
+        counts["exact_dups"] += int(len(h) - keep.sum())
+        if not keep.all():
+            items = list(itertools.compress(items, keep.tolist()))
+    if kind == "pretrain":
+        for item in items:
+            n_control = count_control_strings(item)
+            if n_control:
+                counts["control_string_docs"] += 1
+                counts["control_strings"] += n_control
+    return items, [dedup_key(item) for item in items] if opts.val_frac > 0 else [0] * len(items)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -309,6 +328,7 @@ def prepare(
     `special_tokens_in_text` (pretrain only): control-token strings in the text become those tokens.
     """
     from scratchlm.shards.datasets import open_shards
+    from scratchlm.data.hashset import Int64Set
     from scratchlm.data.neardup import NearDupIndex
     from scratchlm.shards.writer import ShardWriter, new_run_id, remove_stale
 
@@ -359,7 +379,7 @@ def prepare(
     def writer(path: Path) -> ShardWriter:
         return ShardWriter(path, kind, vocab, shard_tokens, with_mask, with_side, run_id)
 
-    seen: set[int] | None = set() if dedup else None
+    seen = Int64Set() if dedup else None  # 8 bytes per kept item: the state that grows with the input
     near = NearDupIndex(near_dup_threshold, seed=seed) if dedup and near_dup_threshold > 0 else None
     per_input: dict[str, Counter] = {}
     staging = out / f".staging-{run_id}"
@@ -392,6 +412,7 @@ def prepare(
                                  "val_frac": val_frac, "seed": seed, "shard_tokens": shard_tokens,
                                  "special_tokens_in_text": special_tokens_in_text},
                     "seconds": round(time.perf_counter() - t0, 3),
+                    "input_bytes": sum(c["bytes_read"] for c in per_input.values()),  # as read (uncompressed)
                 }
                 if mix:
                     with writer(out) as main_w:
@@ -451,7 +472,7 @@ def _sum_counts(per_input: dict[str, Counter]) -> dict[str, int]:
     return {k: int(sum(c[k] for c in per_input.values())) for k in COUNT_KEYS}
 
 
-def _run_source(kind: str, src: Source, tok: Any, opts: _Options, counts: Counter, seen: set[int] | None,
+def _run_source(kind: str, src: Source, tok: Any, opts: _Options, counts: Counter, seen: Int64Set | None,
                 near: NearDupIndex | None, train_w: ShardWriter, val_w: Any, bar: Any, t0: float) -> None:
     """Stream one input through clean → encode (overlapped) → near-dup → writers."""
     import numpy as np
