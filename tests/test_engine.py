@@ -464,22 +464,32 @@ def test_batched_sampling_draws_exactly_what_row_by_row_sampling_draws():
     params = [SamplingParams(temperature=0.8, top_k=10, seed=1), SamplingParams(temperature=0),
               SamplingParams(temperature=0.8, top_k=10, seed=2), SamplingParams(temperature=1.3, top_p=0.7),
               SamplingParams(temperature=0.5, repetition_penalty=1.4, top_p=0.9, seed=4),
-              SamplingParams(temperature=0, repetition_penalty=1.4), SamplingParams(temperature=1.0, top_k=3)]
-    seen = [None] * 7
-    for i in (4, 5):
+              SamplingParams(temperature=0, repetition_penalty=1.4), SamplingParams(temperature=1.0, top_k=3),
+              SamplingParams(temperature=0.9, min_p=0.05, frequency_penalty=0.5, presence_penalty=0.3, seed=7),
+              SamplingParams(temperature=0.9, min_p=0.05, frequency_penalty=0.5, presence_penalty=0.3, seed=8),
+              SamplingParams(temperature=0, frequency_penalty=1.5, presence_penalty=-0.5),
+              SamplingParams(temperature=1.1, top_p=0.8, min_p=0.2, repetition_penalty=1.2, presence_penalty=2.0)]
+    B = len(params)
+    logits = torch.cat([logits, torch.randn(B - 7, 50) * 3])
+    seen: list[torch.Tensor | None] = [None] * B
+    for i in (4, 5, 10):
         seen[i] = torch.zeros(1, 50, dtype=torch.bool)
         seen[i][0, torch.randint(0, 50, (10,))] = True
+    counts: list[torch.Tensor | None] = [None] * B
+    for i in (7, 8, 9, 10):
+        counts[i] = torch.zeros(1, 50)
+        counts[i][0].index_add_(0, torch.randint(0, 50, (12,)), torch.ones(12))
 
     def gens():
         return [make_generator(p.seed, torch.device("cpu")) for p in params]
 
     torch.manual_seed(5)
-    batched = sample_rows(logits, params, seen, gens())
+    batched = sample_rows(logits, params, seen, gens(), counts)
     torch.manual_seed(5)
     g = gens()
-    alone = [int(sample(process_logits(logits[i:i + 1], p, seen[i]), p, g[i])) for i, p in enumerate(params)]
+    alone = [int(sample(process_logits(logits[i:i + 1], p, seen[i], counts[i]), p, g[i])) for i, p in enumerate(params)]
     assert batched == alone
     bad = logits.clone()
     bad[3] = float("nan")
-    out = sample_rows(bad, params, seen, gens())
+    out = sample_rows(bad, params, seen, gens(), counts)
     assert isinstance(out[3], Exception) and all(isinstance(t, int) for i, t in enumerate(out) if i != 3)

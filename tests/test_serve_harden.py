@@ -136,7 +136,7 @@ def test_limits_types_and_unsupported_fields(server):
     assert err["code"] == "context_length_exceeded" and err["param"] == "messages"
     for field, value in [("tools", [{"type": "function", "function": {"name": "f"}}]), ("tool_choice", "required"),
                          ("response_format", {"type": "json_object"}), ("logit_bias", {"5": 100}),
-                         ("presence_penalty", 1.0), ("functions", [{"name": "f"}])]:
+                         ("best_of", 2), ("functions", [{"name": "f"}])]:
         err = _error(post({"messages": ADD, field: value}), 400)
         assert err["param"] == field and err["code"] == "unsupported_parameter", err
     assert _error(post({"prompt": "hi", "suffix": "x"}, "/v1/completions"), 400)["param"] == "suffix"

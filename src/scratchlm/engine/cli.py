@@ -9,16 +9,37 @@ import sys
 from typing import Any
 
 
+# `scratchlm chat`'s defaults, chosen for a small model (docs/generation.md): sampling a little cooler than 1 with
+# a nucleus and a min-p floor cuts the long tail a small model gets wrong, and a frequency penalty over the reply
+# (not the prompt, so copying numbers or names from the question is not punished) breaks runs of one token.
+CHAT_SAMPLING_DEFAULTS: dict[str, float] = {"temperature": 0.7, "top_p": 0.9, "min_p": 0.05,
+                                            "frequency_penalty": 0.3, "presence_penalty": 0.0,
+                                            "repetition_penalty": 1.0}
+
+
 def add_sampling_args(parser: argparse.ArgumentParser, default_temperature: float = 0.7,
                       default_max_new_tokens: int = 128, default_top_p: float = 0.9,
-                      default_seed: int | None = None) -> None:
-    """Add --max-new-tokens, --temperature, --top-k, --top-p, --repetition-penalty and --seed to `parser`."""
-    parser.add_argument("--max-new-tokens", type=int, default=default_max_new_tokens)
-    parser.add_argument("--temperature", type=float, default=default_temperature, help="0 = greedy")
-    parser.add_argument("--top-k", type=int, default=0, help="0 = off")
-    parser.add_argument("--top-p", type=float, default=default_top_p, help="1 = off")
-    parser.add_argument("--repetition-penalty", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=default_seed)
+                      default_seed: int | None = None, default_min_p: float = 0.0,
+                      default_frequency_penalty: float = 0.0, default_presence_penalty: float = 0.0,
+                      default_repetition_penalty: float = 1.0) -> None:
+    """Add --max-new-tokens, --temperature, --top-k, --top-p, --min-p, --repetition-penalty, --frequency-penalty,
+    --presence-penalty and --seed to `parser`, each --help line showing its default."""
+    parser.add_argument("--max-new-tokens", type=int, default=default_max_new_tokens, help="(default: %(default)s)")
+    parser.add_argument("--temperature", type=float, default=default_temperature,
+                        help="0 = greedy (default: %(default)s)")
+    parser.add_argument("--top-k", type=int, default=0, help="0 = off (default: %(default)s)")
+    parser.add_argument("--top-p", type=float, default=default_top_p, help="1 = off (default: %(default)s)")
+    parser.add_argument("--min-p", type=float, default=default_min_p,
+                        help="keep tokens with probability >= MIN_P x the top token's; 0 = off (default: %(default)s)")
+    parser.add_argument("--repetition-penalty", type=float, default=default_repetition_penalty,
+                        help="divides the logits of tokens in the prompt or reply; 1 = off (default: %(default)s)")
+    parser.add_argument("--frequency-penalty", type=float, default=default_frequency_penalty,
+                        help="OpenAI's: minus this x each token's count in the reply, in [-2, 2]; 0 = off "
+                             "(default: %(default)s)")
+    parser.add_argument("--presence-penalty", type=float, default=default_presence_penalty,
+                        help="OpenAI's: minus this for each token already in the reply, in [-2, 2]; 0 = off "
+                             "(default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=default_seed, help="(default: %(default)s)")
 
 
 class TextArgumentError(ValueError):
@@ -48,8 +69,9 @@ def sampling_params(args: argparse.Namespace) -> Any:
     """The SamplingParams of the options `add_sampling_args` added."""
     from scratchlm.engine.sampling import SamplingParams
 
-    return SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                          repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
+    return SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                          repetition_penalty=args.repetition_penalty, frequency_penalty=args.frequency_penalty,
+                          presence_penalty=args.presence_penalty, max_new_tokens=args.max_new_tokens,
                           seed=args.seed)
 
 

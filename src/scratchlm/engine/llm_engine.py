@@ -308,8 +308,12 @@ class LLMEngine:
             if s.params.repetition_penalty != 1.0 and s.seen is None:  # built once, then one token marked per step
                 s.seen = torch.zeros(1, logits.shape[-1], dtype=torch.bool, device=logits.device)  # [1, V]
                 s.seen[0, torch.tensor(s.tokens, device=logits.device)] = True
+            if s.params.counts_output and s.counts is None:  # the output only: prompt tokens do not count
+                s.counts = torch.zeros(1, logits.shape[-1], dtype=torch.float32, device=logits.device)  # [1, V]
+                out = torch.tensor(s.tokens[s.n_prompt:], dtype=torch.long, device=logits.device)
+                s.counts[0].index_add_(0, out, torch.ones(len(out), device=logits.device))
         tokens = sample_rows(logits, [s.params for s in samples], [s.seen for s in samples],
-                             [s.generator for s in samples])
+                             [s.generator for s in samples], [s.counts for s in samples])
         for i, (s, tok) in enumerate(zip(samples, tokens)):
             try:
                 if isinstance(tok, Exception):

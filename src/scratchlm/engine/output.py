@@ -41,6 +41,8 @@ class OutputProcessor:
         s.tokens.append(tok)
         if s.seen is not None:
             s.seen[0, tok] = True
+        if s.counts is not None:
+            s.counts[0, tok] += 1
         s.handle.append_token(s.index, tok)
         delta, stopped = s.text.push(tok)
         if stopped:

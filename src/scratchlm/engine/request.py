@@ -202,6 +202,7 @@ class Sample:
     top_logprobs: int = 0
     stop_ids: frozenset[int] = frozenset()
     seen: torch.Tensor | None = None  # [1, V] tokens of the prompt and output, for the repetition penalty
+    counts: torch.Tensor | None = None  # [1, V] each token's count in the output, for frequency / presence penalties
     table: BlockTable = field(default_factory=BlockTable)
 
     @property

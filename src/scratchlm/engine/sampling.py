@@ -1,10 +1,12 @@
-"""Sampling: `SamplingParams` and the logits processing every sampler shares (repetition penalty, temperature,
-top-k, top-p), one draw per row, and the per-request seeded generator."""
+"""Sampling: `SamplingParams` and the logits processing every sampler shares (repetition, frequency and presence
+penalties, temperature, top-k, top-p, min-p), one draw per row, and the per-request seeded generator."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
+
+import math
 
 import torch
 
@@ -17,6 +19,10 @@ class SamplingParams:
     top_k: int = 0  # 0 → no top-k filter
     top_p: float = 1.0  # 1 → no nucleus filter
     repetition_penalty: float = 1.0  # 1 → off; > 1 discourages tokens already in the prompt or output
+    min_p: float = 0.0  # 0 → off; keeps tokens with probability >= min_p × the top token's (after temperature)
+    # OpenAI's: logit -= frequency_penalty × count + presence_penalty × (count > 0), counts over the output only
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
     max_new_tokens: int = 64
     stop_ids: list[int] = field(default_factory=list)
     stop_strings: list[str] = field(default_factory=list)  # need a tokenizer (or decode function)
@@ -29,6 +35,9 @@ class SamplingParams:
             ("top_k", self.top_k >= 0, ">= 0 (0 disables it)"),
             ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
             ("repetition_penalty", self.repetition_penalty > 0, "> 0"),
+            ("min_p", 0 <= self.min_p <= 1, "in [0, 1]"),
+            ("frequency_penalty", -2 <= self.frequency_penalty <= 2, "in [-2, 2]"),
+            ("presence_penalty", -2 <= self.presence_penalty <= 2, "in [-2, 2]"),
             ("max_new_tokens", self.max_new_tokens >= 1, ">= 1"),
         ]
         for name, ok, rule in checks:
@@ -42,6 +51,11 @@ class SamplingParams:
         """True when tokens are chosen by argmax."""
         return self.temperature == 0
 
+    @property
+    def counts_output(self) -> bool:
+        """True when sampling needs the count of each token in the output (frequency or presence penalty)."""
+        return self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
+
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
     """CTRL-style penalty: logits of tokens in `seen` [B, V] bool are divided by `penalty` if positive,
@@ -50,6 +64,17 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
         return logits
     penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
     return torch.where(seen, penalised, logits)
+
+
+def apply_frequency_presence_penalty(logits: torch.Tensor, counts: torch.Tensor, frequency: float,
+                                     presence: float) -> torch.Tensor:
+    """OpenAI's penalties: logits [B, V] minus frequency × counts [B, V] (each token's count in the output so far)
+    minus presence × (count > 0)."""
+    if frequency == 0.0 and presence == 0.0:
+        return logits
+    penalty = frequency * counts + presence * (counts > 0).to(counts.dtype)
+    # in the logits' own dtype, so that the batched and the row-by-row paths round alike
+    return logits - penalty.to(logits.dtype)
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -74,15 +99,30 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-def process_logits(logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor | None = None) -> torch.Tensor:
-    """Repetition penalty, temperature, top-k, top-p on [B, V] logits → logits to sample from."""
+def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
+    """Set every logit whose probability is below min_p × its row's top probability to -inf. In logit space:
+    p_t >= min_p · p_max  ⇔  l_t >= l_max + log(min_p), which needs no softmax and ignores renormalisation (so it
+    gives the same set before or after top-k / top-p)."""
+    if min_p <= 0.0:
+        return logits
+    threshold = logits.max(dim=-1, keepdim=True).values + math.log(min_p)
+    return logits.masked_fill(logits < threshold, float("-inf"))
+
+
+def process_logits(logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor | None = None,
+                   counts: torch.Tensor | None = None) -> torch.Tensor:
+    """Penalties on the raw [B, V] logits (repetition over `seen` [B, V] bool, frequency / presence over the
+    output's `counts` [B, V]), then temperature, top-k, top-p, min-p → logits to sample from."""
     if seen is not None:
         logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
+    if counts is not None:
+        logits = apply_frequency_presence_penalty(logits, counts, params.frequency_penalty, params.presence_penalty)
     if params.greedy:
         return logits
     logits = logits / params.temperature
     logits = top_k_filter(logits, params.top_k)
-    return top_p_filter(logits, params.top_p)
+    logits = top_p_filter(logits, params.top_p)
+    return min_p_filter(logits, params.min_p)
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -103,17 +143,20 @@ def make_generator(seed: int | None, device: torch.device) -> torch.Generator | 
 
 
 def sample_rows(logits: torch.Tensor, params: Sequence[SamplingParams], seen: Sequence[torch.Tensor | None],
-                generators: Sequence[torch.Generator | None]) -> list[int | Exception]:
-    """One token per row of logits [B, V], each row with its own parameters, repetition mask [1, V] (or None)
-    and generator: the token, or the exception that sampling this row raised (the other rows go on).
+                generators: Sequence[torch.Generator | None],
+                counts: Sequence[torch.Tensor | None] | None = None) -> list[int | Exception]:
+    """One token per row of logits [B, V], each row with its own parameters, repetition mask [1, V] (or None),
+    output token counts [1, V] (or None; None for all rows when `counts` is None) and generator: the token, or the
+    exception that sampling this row raised (the other rows go on).
 
-    Gives exactly the tokens of `sample(process_logits(row, p, seen), p, generator)` row after row. The
-    elementwise steps (repetition penalty, temperature, top-k, greedy argmax) run once over all rows that share a
-    parameter value — the same op with the same scalar, element by element; the steps that reduce over a row in
-    floating point (top-p's softmax and cumsum, the draw's softmax) and the draws themselves run row by row, in
-    row order, so that every generator (or the global RNG) draws what and when it did one row at a time.
+    Gives exactly the tokens of `sample(process_logits(row, p, seen, counts), p, generator)` row after row. The
+    elementwise steps (penalties, temperature, top-k, greedy argmax) run once over all rows that share a parameter
+    value — the same op with the same scalar, element by element; the steps that reduce over a row in floating
+    point (top-p's softmax and cumsum, the draw's softmax) and min-p (after top-p) and the draws themselves run row
+    by row, in row order, so that every generator (or the global RNG) draws what and when it did one row at a time.
     """
     B = logits.shape[0]
+    counts = counts if counts is not None else [None] * B
     out: list[int | Exception] = [0] * B
     try:
         x = logits.clone()
@@ -122,6 +165,12 @@ def sample_rows(logits: torch.Tensor, params: Sequence[SamplingParams], seen: Se
             ix = torch.tensor(idx, device=x.device)
             mask = torch.cat([seen[i] for i in idx])  # [G, V]
             x[ix] = apply_repetition_penalty(x[ix], mask, params[idx[0]].repetition_penalty)
+        fp = _groups(i for i in range(B) if counts[i] is not None and params[i].counts_output)
+        for idx in fp(lambda i: (params[i].frequency_penalty, params[i].presence_penalty)):
+            ix = torch.tensor(idx, device=x.device)
+            c = torch.cat([counts[i] for i in idx])  # [G, V]
+            p0 = params[idx[0]]
+            x[ix] = apply_frequency_presence_penalty(x[ix], c, p0.frequency_penalty, p0.presence_penalty)
         greedy = [i for i in range(B) if params[i].greedy]
         if greedy:
             for i, tok in zip(greedy, x[torch.tensor(greedy, device=x.device)].argmax(dim=-1).tolist()):
@@ -139,7 +188,7 @@ def sample_rows(logits: torch.Tensor, params: Sequence[SamplingParams], seen: Se
         if params[i].greedy:
             continue
         try:
-            row = top_p_filter(x[i:i + 1], params[i].top_p)
+            row = min_p_filter(top_p_filter(x[i:i + 1], params[i].top_p), params[i].min_p)
             out[i] = int(sample(row, params[i], generators[i]))
         except Exception as e:  # noqa: BLE001 — this row's draw failed (e.g. its probabilities are not finite)
             out[i] = e

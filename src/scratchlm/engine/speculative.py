@@ -87,6 +87,9 @@ def speculative_generate(
         raise ValueError(f"speculative_generate: k={k} must be >= 1")
     if params.repetition_penalty != 1.0:
         raise ValueError("speculative_generate: repetition_penalty is not supported (each proposal has its own history)")
+    for name in ("frequency_penalty", "presence_penalty"):
+        if getattr(params, name) != 0.0:
+            raise ValueError(f"speculative_generate: {name} is not supported (each proposal has its own history)")
     if params.stop_strings:
         raise ValueError("speculative_generate: stop_strings are not supported; use stop_ids")
     for name, m in (("target", target), ("draft", draft)):

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from scratchlm.engine.cli import add_sampling_args
+from scratchlm.engine.cli import CHAT_SAMPLING_DEFAULTS, add_sampling_args
 
 
 def open_engine(run: str, device: str = "auto", block_size: int = 16, num_blocks: int | None = None,
@@ -147,6 +147,10 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("run", metavar="RUN", help="run folder of a chat model (SFT or later stage)")
     c.add_argument("--system", default=None, help="system prompt")
     c.add_argument("--no-think", action="store_true", help="start with thinking off (/think on turns it back)")
-    add_sampling_args(c, default_temperature=0.7, default_max_new_tokens=256)
+    d = CHAT_SAMPLING_DEFAULTS
+    add_sampling_args(c, default_temperature=d["temperature"], default_max_new_tokens=256, default_top_p=d["top_p"],
+                      default_min_p=d["min_p"], default_frequency_penalty=d["frequency_penalty"],
+                      default_presence_penalty=d["presence_penalty"],
+                      default_repetition_penalty=d["repetition_penalty"])
     _engine_args(c)
     c.set_defaults(func=_cmd_chat)

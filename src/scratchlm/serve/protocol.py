@@ -64,6 +64,10 @@ class _Sampling(_TopRequest):
     top_k: Optional[int] = Field(None, ge=0, description="extension (vLLM): 0 turns it off")
     # Below 0.01 the penalised logits overflow to inf and sampling has no distribution left.
     repetition_penalty: Optional[float] = Field(None, ge=0.01, le=10, description="extension (vLLM)")
+    # OpenAI's: logit -= frequency_penalty × count + presence_penalty × (count > 0), over the completion's tokens
+    frequency_penalty: Optional[float] = Field(None, ge=-2, le=2)
+    presence_penalty: Optional[float] = Field(None, ge=-2, le=2)
+    min_p: Optional[float] = Field(None, ge=0, le=1, description="extension (vLLM): 0 turns it off")
     max_tokens: Optional[int] = Field(None, ge=1)
     n: int = Field(1, ge=1, le=MAX_N)
     stop: Union[str, list[str], None] = Field(None, description=f"up to {MAX_STOP} strings of at most "
