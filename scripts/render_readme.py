@@ -67,7 +67,8 @@ def render_demo(results: Path) -> str:
     base = ("data", "pretrain", "sft", "eval")
     lines = [
         f"Measured by {_provenance(docs)} on {_machine(docs[0])}. Accuracies are on the **test** split "
-        f"({s0['settings']['eval_per_task']} prompts per task): items and phrasings that no setting was chosen on.",
+        f"({s0['settings']['eval_per_task']} prompts per task): items and phrasings that no setting was chosen on."
+        + "".join(f" Seed {d['seed']}: {d['notes']}" for d in docs if d.get("notes")),
         "",
         "| metric | seed 0 | seed 1 | goal |",
         "|---|---|---|---|",
