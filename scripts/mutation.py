@@ -58,7 +58,7 @@ TARGETS = [
            ["tests/test_preference.py"], "DPO / cDPO / IPO / SimPO (+RPO), TRL's reward metrics, the reward "
            "model's pairwise loss"),
     Target("sampling", ["src/scratchlm/engine/sampling.py"], ["scratchlm.engine.sampling.*"],
-           ["tests/test_generate.py", "tests/test_engine.py"], "SamplingParams checks, repetition penalty, "
+           ["tests/test_sampling.py", "tests/test_generate.py", "tests/test_engine.py"], "SamplingParams checks, repetition penalty, "
            "temperature, top-k, top-p, the draw, seeded generators, batched sample_rows"),
     Target("blocks", ["src/scratchlm/engine/blocks.py", "src/scratchlm/engine/kv_manager.py"],
            ["scratchlm.engine.blocks.*", "scratchlm.engine.kv_manager.*"], ["tests/test_engine.py"],
