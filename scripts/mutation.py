@@ -58,10 +58,12 @@ TARGETS = [
            ["tests/test_preference.py"], "DPO / cDPO / IPO / SimPO (+RPO), TRL's reward metrics, the reward "
            "model's pairwise loss"),
     Target("sampling", ["src/scratchlm/engine/sampling.py"], ["scratchlm.engine.sampling.*"],
-           ["tests/test_sampling.py", "tests/test_generate.py", "tests/test_engine.py"], "SamplingParams checks, repetition penalty, "
-           "temperature, top-k, top-p, the draw, seeded generators, batched sample_rows"),
+           ["tests/test_sampling.py", "tests/test_generate.py", "tests/test_engine.py"],
+           "SamplingParams checks, repetition penalty, temperature, top-k, top-p, the draw, seeded generators, "
+           "batched sample_rows"),
     Target("blocks", ["src/scratchlm/engine/blocks.py", "src/scratchlm/engine/kv_manager.py"],
-           ["scratchlm.engine.blocks.*", "scratchlm.engine.kv_manager.*"], ["tests/test_engine.py"],
+           ["scratchlm.engine.blocks.*", "scratchlm.engine.kv_manager.*"],
+           ["tests/test_blocks.py", "tests/test_engine.py"],
            "the reference-counted block pool, LRU eviction, the chained prefix hash, block tables (prefix match, "
            "admission, fork, registration, free)"),
     Target("lora_merge", ["src/scratchlm/model/lora.py", "src/scratchlm/train/lora_merge.py"],
