@@ -73,7 +73,8 @@ TARGETS = [
            "merge_run (`scratchlm lora merge`)"),
     Target("packing", ["src/scratchlm/train/batches.py", "src/scratchlm/model/masks.py"],
            ["scratchlm.train.batches.*", "scratchlm.model.masks.*"],
-           ["tests/test_train_batches.py", "tests/test_attention.py"],
+           ["tests/test_train_batches.py", "tests/test_attention.py", "tests/test_transformer.py",
+            "tests/test_train_loop.py"],
            "epoch order, fixed windows, first-fit packing of whole conversations, the SFT mask and document "
            "boundaries in the targets, padded batches, the pretrain mix; causal / window / padding / "
            "packed-document attention masks"),
