@@ -72,7 +72,10 @@ TARGETS = [
            "LoRALinear (scaling, delta, forward, delta_weight, effective_weight, merge, unmerge), merge_lora, "
            "merge_run (`scratchlm lora merge`)"),
     Target("packing", ["src/scratchlm/train/batches.py", "src/scratchlm/model/masks.py"],
-           ["scratchlm.train.batches.*", "scratchlm.model.masks.*"],
+           [*(f"scratchlm.train.batches.{f}__mutmut_*" for f in ("x_epoch_order", "x_row_xy", "x_rows_batch",
+                                                                  "x_first_fit_rows", "x_mix_slot")),
+            "scratchlm.train.batches.xǁPackedWindowsǁ*", "scratchlm.train.batches.xǁPackedDocsǁ*",
+            "scratchlm.model.masks.*"],
            ["tests/test_train_batches.py", "tests/test_attention.py", "tests/test_transformer.py",
             "tests/test_train_loop.py"],
            "epoch order, fixed windows, first-fit packing of whole conversations, the SFT mask and document "
