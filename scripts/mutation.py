@@ -76,8 +76,7 @@ TARGETS = [
                                                                   "x_first_fit_rows", "x_mix_slot")),
             "scratchlm.train.batches.xǁPackedWindowsǁ*", "scratchlm.train.batches.xǁPackedDocsǁ*",
             "scratchlm.model.masks.*"],
-           ["tests/test_train_batches.py", "tests/test_attention.py", "tests/test_transformer.py",
-            "tests/test_train_loop.py"],
+           ["tests/test_train_batches.py", "tests/test_attention.py", "tests/test_train_loop.py"],
            "epoch order, fixed windows, first-fit packing of whole conversations, the SFT mask and document "
            "boundaries in the targets, padded batches, the pretrain mix; causal / window / padding / "
            "packed-document attention masks"),
