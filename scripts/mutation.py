@@ -157,13 +157,28 @@ def survivors(t: Target) -> list[str]:
     return sorted(out)
 
 
-_PRAGMA = re.compile(r"#\s*pragma:\s*no mutate")
+_PRAGMA = re.compile(r"[ \t]*#\s*pragma:\s*no mutate.*$", re.M)
 
 
 def excluded(t: Target) -> int:
-    """Lines of the module's files marked `# pragma: no mutate` (equivalent mutants, excluded with a reason)."""
-    return sum(1 for f in t.files for line in (ROOT / f).read_text(encoding="utf-8").splitlines()
-               if _PRAGMA.search(line))
+    """Mutants that `# pragma: no mutate` lines remove from the module's functions: mutmut's own mutant generator
+    run on each file with and without its pragmas (a pragma excludes every mutant of its line)."""
+    from mutmut.mutation.file_mutation import mutate_file_contents
+
+    n = 0
+    old = os.getcwd()
+    os.chdir(ROOT)  # mutmut reads its settings from ./pyproject.toml
+    try:
+        for f in t.files:
+            src = (ROOT / f).read_text(encoding="utf-8")
+            module = f.removeprefix("src/").removesuffix(".py").replace("/", ".")
+            names = [{m for m in mutate_file_contents(f, text, None, None).mutant_names
+                      if any(fnmatch(f"{module}.{m}", p) for p in t.functions)}
+                     for text in (src, _PRAGMA.sub("", src))]
+            n += len(names[1]) - len(names[0])
+    finally:
+        os.chdir(old)
+    return n
 
 
 def score(n: dict[str, int]) -> float:
@@ -171,19 +186,24 @@ def score(n: dict[str, int]) -> float:
     return n["killed"] / max(n["killed"] + n["survived"], 1)
 
 
-def table(names: list[str]) -> dict[str, dict[str, float]]:
-    """Print the per-module table; returns {module: numbers} for the modules that have results."""
+def table(names: list[str], markdown: bool = False) -> dict[str, dict[str, float]]:
+    """Print the per-module table (plain or markdown); returns {module: numbers} for the modules with results."""
     rows = {}
-    print(f"{'module':<14} {'killed':>6} {'survived':>8} {'timeout':>7} {'other':>5} {'excluded':>8} {'total':>5} "
-          f"{'score':>6}")
+    cols = ("killed", "survived", "timeout", "other", "excluded", "total")
+    if markdown:
+        print("| module | " + " | ".join(cols) + " | score |\n|---|" + "---:|" * (len(cols) + 1))
+    else:
+        print(f"{'module':<14}" + "".join(f" {c:>8}" for c in cols) + f" {'score':>7}")
     for name in names:
         n = results(BY_NAME[name])
         if n is None:
             print(f"{name:<14} (not run)")
             continue
         s = score(n)
-        print(f"{name:<14} {n['killed']:>6} {n['survived']:>8} {n['timeout']:>7} {n['other']:>5} {n['excluded']:>8} "
-              f"{n['total']:>5} {s:>6.1%}")
+        if markdown:
+            print(f"| {name} | " + " | ".join(str(n[c]) for c in cols) + f" | {s:.1%} |")
+        else:
+            print(f"{name:<14}" + "".join(f" {n[c]:>8}" for c in cols) + f" {s:>7.1%}")
         rows[name] = {**n, "score": round(s, 4)}
     return rows
 
@@ -196,6 +216,7 @@ def main() -> int:
     ap.add_argument("--results-only", action="store_true", help="print the last run's table, run nothing")
     ap.add_argument("--survivors", action="store_true", help="print each survivor's diff (mutmut show)")
     ap.add_argument("--write", action="store_true", help="write docs/results/mutation.json")
+    ap.add_argument("--markdown", action="store_true", help="print the table as markdown (for docs/testing.md)")
     args = ap.parse_args()
     names = args.modules or list(BY_NAME)
     unknown = [n for n in names if n not in BY_NAME]
@@ -221,7 +242,7 @@ def main() -> int:
                                       capture_output=True, text=True).stdout
                 print(diff)
         return 0
-    rows = table(names)
+    rows = table(names, args.markdown)
     if args.write and rows:
         sys.path.insert(0, str(ROOT / "src"))
         from scratchlm.results import write_results
