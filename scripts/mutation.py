@@ -116,6 +116,14 @@ def prepare(t: Target) -> Path:
              f"pytest_add_cli_args = {_toml_list(PYTEST_ARGS)}\n"
              "use_git_change_detection = false\n")
     (d / "pyproject.toml").write_text(conf, encoding="utf-8")
+    from datetime import datetime, timezone
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                           text=True).stdout.strip()
+    (d / "run.json").write_text(json.dumps({
+        "commit": commit.stdout.strip() + ("+dirty" if dirty else ""),
+        "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}), encoding="utf-8")
     return d
 
 
@@ -144,6 +152,8 @@ def results(t: Target) -> dict[str, int] | None:
         n["killed" if v in KILLED else "survived" if v in SURVIVED else "timeout" if v in TIMEOUT else "other"] += 1
     n["excluded"] = excluded(t)
     n["total"] = n["killed"] + n["survived"] + n["timeout"] + n["other"]
+    run = WORK / t.name / "run.json"  # the commit whose code and tests the run used
+    n.update(json.loads(run.read_text(encoding="utf-8")) if run.exists() else {"commit": None, "started": None})
     return n
 
 
