@@ -84,11 +84,12 @@ def test_pairwise_reward_loss_closed_form():
 def test_simpo_label_smoothing_default_gamma_and_rejected_reward():
     # cSimPO: the same label smoothing as cDPO, on SimPO's logits; gamma left at its default 0.5
     beta, eps = 2.0, 0.2
-    out = preference_loss(t(PC), t(PR), None, None, t(LC), t(LR), beta, "simpo", eps)
-    z = beta * (PC / LC - PR / LR) - 0.5  # 3.5
+    pc, pr = -6.0, -6.0  # per-token averages −1.5 and −3 (not ±1, so β·avg and β/avg differ)
+    out = preference_loss(t(pc), t(pr), None, None, t(LC), t(LR), beta, "simpo", eps)
+    z = beta * (pc / LC - pr / LR) - 0.5  # 2 · 1.5 − 0.5 = 2.5
     assert out.losses.item() == pytest.approx(-(1 - eps) * math.log(sig(z)) - eps * math.log(sig(-z)), rel=1e-6)
-    assert out.chosen_rewards.item() == pytest.approx(beta * PC / LC)  # 2 · (−1) = −2
-    assert out.rejected_rewards.item() == pytest.approx(beta * PR / LR)  # 2 · (−3) = −6
+    assert out.chosen_rewards.item() == pytest.approx(-3.0)  # 2 · (−1.5)
+    assert out.rejected_rewards.item() == pytest.approx(-6.0)  # 2 · (−3)
 
 
 def test_dpo_rewards_and_rpo_on_a_batch_of_unequal_pairs():
