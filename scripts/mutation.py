@@ -154,6 +154,7 @@ def results(t: Target) -> dict[str, int] | None:
     n["total"] = n["killed"] + n["survived"] + n["timeout"] + n["other"]
     run = WORK / t.name / "run.json"  # the commit whose code and tests the run used
     n.update(json.loads(run.read_text(encoding="utf-8")) if run.exists() else {"commit": None, "started": None})
+    n.setdefault("stage", "")
     return n
 
 

@@ -250,6 +250,10 @@ def test_value_loss_both_clip_directions_and_the_unclipped_branch():
     # a value that fell below the range is clipped up: V = 0.5 → 0.8, return 0: max(0.25, 0.64) = 0.64
     low = value_loss(torch.tensor([[0.5]]), torch.tensor([[1.0]]), torch.tensor([[0.0]]), torch.ones(1, 1), clip=0.2)
     assert low.item() == pytest.approx(0.5 * 0.64, rel=1e-5)
+    # with the default clip (0.2) the clipped term wins when V overshoots the return: V_old 0, V 1, R 0.9 → clipped
+    # V 0.2: ½ · max(0.01, 0.49)
+    over = value_loss(torch.tensor([[1.0]]), torch.tensor([[0.0]]), torch.tensor([[0.9]]), torch.ones(1, 1))
+    assert over.item() == pytest.approx(0.5 * 0.49, rel=1e-5)
     # a single real token is its own mean
     one = value_loss(torch.tensor([[3.0, 0.0]]), torch.tensor([[3.0, 0.0]]), torch.tensor([[1.0, 0.0]]),
                      torch.tensor([[1.0, 0.0]]))
