@@ -164,3 +164,29 @@ def test_build_mask_per_row_positions_match_the_paged_formula(window):
     # one shared row of positions is the same as that row given per row
     shared = build_mask(q_pos[1], k_pos, k_valid[1:2], window)
     assert torch.equal(shared[0], got[1])
+
+
+def test_document_positions_and_mask_by_hand():
+    from scratchlm.model.masks import build_document_mask, document_positions
+
+    doc_ids = torch.tensor([[0, 0, 1, 1, 1, -1], [4, 4, 4, 4, 7, 7]])  # row 0 ends in padding (its own document)
+    assert document_positions(doc_ids).tolist() == [[0, 1, 0, 1, 2, 0], [0, 1, 2, 3, 0, 1]]
+    m = build_document_mask(doc_ids, 0)
+    assert m.shape == (2, 1, 6, 6)
+    want0 = torch.tensor([[1, 0, 0, 0, 0, 0],
+                          [1, 1, 0, 0, 0, 0],
+                          [0, 0, 1, 0, 0, 0],
+                          [0, 0, 1, 1, 0, 0],
+                          [0, 0, 1, 1, 1, 0],
+                          [0, 0, 0, 0, 0, 1]], dtype=torch.bool)
+    assert torch.equal(m[0, 0], want0)
+    w = build_document_mask(doc_ids, 2)[1, 0]  # a window of 2: itself and the token before, inside its document
+    assert w[3].tolist() == [False, False, True, True, False, False] and w[4].tolist() == [False] * 4 + [True, False]
+
+
+def test_masks_are_made_on_the_inputs_device():
+    from scratchlm.model.masks import build_document_mask, document_positions
+
+    doc_ids = torch.zeros(2, 5, dtype=torch.long, device="meta")  # meta stands in for an accelerator
+    assert document_positions(doc_ids).device.type == "meta"
+    assert build_document_mask(doc_ids, 3).device.type == "meta"

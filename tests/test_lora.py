@@ -218,13 +218,19 @@ def test_lora_merge_command_writes_a_plain_run(tmp_path):
     from scratchlm.cli import main
     from scratchlm.runs import load_run, run_kind
 
+    from scratchlm.tokenizer.bpe import train_tokenizer
+
     base = _base_run(tmp_path)
     _lora_run(tmp_path, base, "lora")
+    (tmp_path / "text.txt").write_text("a tokenizer for the adapter run to hand on\n" * 20)
+    train_tokenizer(tmp_path / "lora", vocab_size=300, inputs=[tmp_path / "text.txt"], show_progress=False)
     assert main(["lora", "merge", str(tmp_path / "lora"), "--out", str(tmp_path / "merged")]) == 0
     assert run_kind(tmp_path / "merged") == "model"
-    merged, _, cfg = load_run(tmp_path / "merged")
+    merged, tok, cfg = load_run(tmp_path / "merged")
     adapted, _, _ = load_run(tmp_path / "lora")
-    assert cfg.lora.rank == 0 and not lora_modules(merged)
+    assert cfg.lora.rank == 0 and cfg.lora.base == "" and not lora_modules(merged)  # no trace of the adapters
+    assert tok is not None  # the adapter run's tokenizer comes along
+    assert (tmp_path / "merged" / "tokenizer.json").read_bytes() == (tmp_path / "lora" / "tokenizer.json").read_bytes()
     x = ids()
     torch.testing.assert_close(merged(x).logits, adapted(x).logits, rtol=0, atol=1e-5)
 
@@ -269,3 +275,78 @@ def test_runs_saved_with_the_old_lora_placeholders_still_load(tmp_path):
     assert load_run_config(tmp_path).lora.rank == 0
     with pytest.raises(ConfigError, match="unknown field train.'lora_rank'"):
         load_config("debug", ["train.lora_rank=8"])
+
+
+# -- one LoRALinear by hand -------------------------------------------------------------------------------------
+def _layer(dtype=torch.float32, device="cpu", **kw) -> LoRALinear:
+    base = nn.Linear(3, 2, bias=False, dtype=dtype, device=device)
+    return LoRALinear(base, rank=2, alpha=4.0, **kw)
+
+
+def test_lora_linear_by_hand_merge_and_effective_weight():
+    layer = _layer()
+    w0 = torch.tensor([[1.0, 0.0, -1.0], [2.0, 1.0, 0.0]])
+    with torch.no_grad():
+        layer.weight.copy_(w0)
+        layer.lora_A.weight.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))  # [r, in]
+        layer.lora_B.weight.copy_(torch.tensor([[0.5, 0.0], [0.0, -1.0]]))  # [out, r]
+    assert layer.scaling == 2.0 and layer.bias is None and "merged=False" in repr(layer)
+    dw = torch.tensor([[1.0, 0.0, 0.0], [0.0, -2.0, 0.0]])  # B·A·(alpha / r)
+    torch.testing.assert_close(layer.delta_weight(), dw)
+    x = torch.tensor([[[1.0, 2.0, 3.0]], [[0.0, -1.0, 1.0]]])  # [2, 1, in]
+    want = x @ (w0 + dw).T
+    torch.testing.assert_close(layer(x), want)
+    torch.testing.assert_close(layer.effective_weight(), w0 + dw)
+    layer.merge()
+    layer.merge()  # merging twice folds the update in once
+    assert "merged=True" in repr(layer)
+    torch.testing.assert_close(layer.weight, w0 + dw)
+    torch.testing.assert_close(layer.effective_weight(), w0 + dw)  # the update is not counted twice
+    torch.testing.assert_close(layer(x), want)
+    delta = layer.delta(x)  # the fused paths add delta(x) to their own matmul: zero once merged, in the right shape
+    assert delta.shape == (2, 1, 2) and not delta.any()
+    layer.unmerge()
+    layer.unmerge()
+    torch.testing.assert_close(layer.weight, w0)
+
+
+def test_lora_linear_refuses_a_bias_and_defaults_to_no_dropout():
+    with pytest.raises(ValueError) as e:
+        LoRALinear(nn.Linear(3, 2), rank=2, alpha=4.0)
+    assert str(e.value) == "LoRALinear: the model's linears are bias-free; a biased one is not supported"
+    layer = _layer().train()
+    x = torch.randn(64, 3)
+    with torch.no_grad():
+        layer.lora_B.weight.fill_(1.0)
+    torch.testing.assert_close(layer.delta(x), layer.delta(x))  # no dropout by default: deterministic in training
+    drop = _layer(dropout=0.5).train()
+    with torch.no_grad():
+        drop.lora_B.weight.fill_(1.0)
+    assert not torch.equal(drop.delta(x), drop.delta(x))  # dropout 0.5 does drop inputs of the update
+    assert torch.equal(drop.eval().delta(x), drop.delta(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_adapters_share_the_base_weights_dtype_and_device(dtype):
+    layer = _layer(dtype=dtype)
+    assert layer.lora_A.weight.dtype == layer.lora_B.weight.dtype == dtype
+    assert layer(torch.ones(1, 3, dtype=dtype)).dtype == dtype
+    meta = _layer(device="meta")  # the meta device stands in for an accelerator: nothing may land on the CPU
+    assert meta.lora_A.weight.device.type == meta.lora_B.weight.device.type == "meta"
+
+
+def test_lora_a_starts_like_an_nn_linear_weight():
+    # kaiming_uniform(a=√5), as nn.Linear and PEFT: uniform in ±1/√fan_in
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(64, 4, bias=False), rank=512, alpha=1.0)
+    a = layer.lora_A.weight
+    assert a.abs().max().item() <= 1 / 8 and a.abs().max().item() > 0.99 / 8
+    assert not layer.lora_B.weight.any()
+
+
+def test_merge_lora_leaves_a_trainable_plain_model():
+    model = make("gqa")
+    apply_lora(model, rank=2, alpha=4, dropout=0.0, targets="wq")
+    assert not all(p.requires_grad for p in model.parameters())
+    merged = merge_lora(model)
+    assert all(p.requires_grad for p in merged.parameters())  # LoRA's freeze is undone

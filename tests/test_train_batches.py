@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from scratchlm.train.batches import IGNORE, Row, first_fit_rows, mix_slot, rows_batch
@@ -39,3 +40,78 @@ def test_rows_batch_pads_right_with_ignored_targets_and_a_padding_document():
     assert torch.equal(b["targets"], torch.tensor([[6, IGNORE, IGNORE], [10, IGNORE, IGNORE]]))
     assert torch.equal(b["doc_ids"], torch.tensor([[0, 0, 0], [-1, -1, -1]]))
     assert "doc_ids" not in rows_batch([short], use_mask=True, use_docs=True)
+
+
+# -- where rows come from: fixed windows and whole documents, over several epochs ----------------------------------
+def _shards(lens, mask=True):
+    from tests.test_train_loop import ArrayShards
+
+    starts = np.cumsum([0, *lens[:-1]])
+    ids = (np.arange(sum(lens)) * 7) % 500
+    m = (np.arange(sum(lens)) % 3 != 0).astype(np.uint8) if mask else None
+    return ArrayShards(ids, m, starts, kind="sft")
+
+
+def test_packed_windows_cut_the_stream_in_a_seeded_order_per_epoch():
+    from scratchlm.train.batches import PackedWindows
+
+    sh = _shards([30, 25, 45])  # 100 tokens, three documents
+    w = PackedWindows(sh, seq_len=9, seed=5)  # (100 − 1) // 9 = 11 windows of 10 tokens
+    assert w.n == 11
+    for epoch in (0, 1, 2):
+        perm = np.random.default_rng([5, epoch]).permutation(11)
+        assert [w.window(epoch * 11 + i) for i in range(11)] == perm.tolist()
+    assert [w.window(i) for i in range(3)] == np.random.default_rng([5, 0]).permutation(11)[:3].tolist()  # back
+    plain = PackedWindows(sh, seq_len=9, seed=5, shuffle=False)
+    assert [plain.window(i) for i in range(13)] == list(range(11)) + [0, 1]
+    row = plain.get(3)  # tokens 27..36: the end of document 0 and the start of document 1
+    assert row.ids.tolist() == sh.ids[27:37].tolist() and row.ids.dtype == np.int64
+    assert row.mask.tolist() == sh.mask[27:37].tolist()
+    assert row.docs.tolist() == [0, 0, 0, 1, 1, 1, 1, 1, 1, 1]
+    del sh.doc_starts  # shards without a document index: no document ids
+    assert plain.get(3).docs is None and plain.get(3).ids.tolist() == row.ids.tolist()
+
+
+def test_packed_docs_rows_over_epochs_of_different_lengths():
+    from scratchlm.train.batches import PackedDocs, first_fit_rows
+
+    lens = [5, 3, 7, 2, 6, 4, 3, 5, 2, 11]  # the last one is longer than a row: truncated to seq_len + 1 = 8
+    sh = _shards(lens)
+    d = PackedDocs(sh, seq_len=7, seed=0)  # packing and shuffling by default
+    cut = np.minimum(lens, 8)
+    want_rows = [first_fit_rows(np.random.default_rng([0, e]).permutation(10), cut, 8) for e in range(4)]
+    counts = [len(r) for r in want_rows]
+    assert len(set(counts)) > 1 and d.n == counts[0]  # epochs hold different numbers of rows
+    pos = 0
+    for e in range(4):
+        for docs in want_rows[e]:
+            row = d.get(pos)
+            want_ids = np.concatenate([sh.ids[sh.doc_starts[k]:sh.doc_starts[k] + cut[k]] for k in docs])
+            assert row.ids.tolist() == want_ids.tolist(), (e, pos)
+            assert row.docs.tolist() == [int(k) for k in docs for _ in range(cut[k])]
+            assert row.mask.tolist() == np.concatenate(
+                [sh.mask[sh.doc_starts[k]:sh.doc_starts[k] + cut[k]] for k in docs]).tolist()
+            assert len(row.ids) <= 8
+            pos += 1
+    first = want_rows[0][0]  # back to epoch 0 after three others: its first row again
+    assert d.get(0).docs.tolist() == [int(k) for k in first for _ in range(cut[k])]
+
+
+def test_packed_docs_one_per_row_without_packing_or_masks():
+    from scratchlm.config import ConfigError
+    from scratchlm.train.batches import PackedDocs
+
+    sh = _shards([4, 6, 3], mask=False)
+    d = PackedDocs(sh, seq_len=7, seed=2, pack=False)
+    order = np.random.default_rng([2, 0]).permutation(3)
+    assert d.n == 3 and [d.get(i).docs[0] for i in range(3)] == order.tolist()
+    assert d.get(0).mask is None  # pretraining-style documents carry no loss mask
+    fixed = PackedDocs(sh, seq_len=7, seed=2, shuffle=False, pack=False)
+    assert [fixed.get(i).ids.tolist() for i in range(3)] == [sh.ids[0:4].tolist(), sh.ids[4:10].tolist(),
+                                                              sh.ids[10:13].tolist()]
+    sh.doc_starts = np.zeros(0, dtype=np.int64)
+    with pytest.raises(ConfigError) as e:
+        PackedDocs(sh, seq_len=7, seed=2, where="train.data")
+    assert str(e.value) == "train.data: the dataset has no documents"
+    with pytest.raises(ConfigError, match="^data: the dataset has no documents$"):
+        PackedDocs(sh, seq_len=7, seed=2)

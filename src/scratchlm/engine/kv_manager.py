@@ -31,7 +31,7 @@ class KVManager:
         if not self.pool.prefix_caching:
             return []
         hits: list[tuple[int, bytes]] = []
-        key = None
+        key = None  # pragma: no mutate (block_hash reads any false parent, None or "", as the root)
         bs = self.block_size
         for i in range((len(tokens) - 1) // bs):
             key = block_hash(key, tokens[i * bs:(i + 1) * bs])

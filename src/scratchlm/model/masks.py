@@ -35,7 +35,8 @@ def build_mask(
     diff = q_pos[..., :, None] - k_pos[None, :]  # [T, S] or [B, T, S]: distance back from query to key
     if diff.dim() == 2:
         diff = diff[None]  # [1, T, S]
-    allowed = diff >= 0
+    # `diff > 0` here would be an equivalent mutant: the query's own key (diff == 0) is allowed again below
+    allowed = diff >= 0  # pragma: no mutate
     if window:
         allowed &= diff < window
     if k_valid is not None:

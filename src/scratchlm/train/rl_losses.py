@@ -87,7 +87,8 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
         bounded = ratio.clamp(1 - eps_low, 1 + eps_high) * A
         per_token = -torch.minimum(unclipped, bounded)
         clipped = bounded < unclipped  # the bound is the one taken: no gradient through this token's ratio
-    kl = torch.zeros((), dtype=logp.dtype, device=logp.device)
+    # Equivalent mutants: without a reference this zero is only read as float(kl), so its dtype and device never show.
+    kl = torch.zeros((), dtype=logp.dtype, device=logp.device)  # pragma: no mutate
     if ref_logp is not None:
         kl_tok = k3_kl(logp, ref_logp.detach())
         kl = (kl_tok * mask).sum() / mask.sum().clamp(min=1)
