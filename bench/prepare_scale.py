@@ -2,7 +2,7 @@
 
 For each size, writes a MiniMind-pretrain-format .jsonl (`scratchlm.data.minimind_format`; `<|im_start|>…<|im_end|>`
 segments, so the run uses `--special-tokens-in-text`) and runs the real CLI in a child process; the child's
-peak resident set comes from `os.wait4` (its own rusage, not the maximum over every child this script ran).
+peak resident set is its VmHWM, polled from /proc while it runs (`run_measured` says why not ru_maxrss).
 With --results, writes docs/results/<name>.json through `scratchlm.results.write_results`.
 
     python bench/prepare_scale.py --mb 20 1000 [--workdir DIR] [--tokenizer DIR] [--results docs/results/prepare_scale.json]
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -22,15 +21,33 @@ from pathlib import Path
 from scratchlm.data.minimind_format import write_pretrain_jsonl
 
 
-def run_measured(cmd: list[str], log: Path) -> dict:
-    """Run `cmd` with stdout+stderr to `log`; returns rc, wall seconds and the child's peak RSS in MB."""
+def _vm_hwm_mb(pid: int) -> float | None:
+    """The process's peak resident set so far (VmHWM of /proc/PID/status, MB), or None once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def run_measured(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> dict:
+    """Run `cmd` with stdout+stderr to `log`; returns rc, wall seconds and the child's peak RSS in MB.
+
+    The peak is VmHWM polled from /proc while the child runs, not `wait4`'s ru_maxrss: Linux keeps ru_maxrss across
+    exec, so a child forked from a large parent (pytest at 2.4 GB in CI) reports the parent's size. VmHWM belongs to
+    the exec'd image alone and only grows, so the last reading misses at most the final poll interval."""
+    peak = 0.0
     with open(log, "wb") as f:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
-        _pid, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+        while proc.poll() is None:
+            hwm = _vm_hwm_mb(proc.pid)
+            peak = max(peak, hwm or 0.0)
+            time.sleep(0.02)
         wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)  # keeps Popen from waiting on a reaped child
-    return {"rc": proc.returncode, "wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024}  # Linux: ru_maxrss in KiB
+    return {"rc": proc.returncode, "wall_s": wall, "peak_rss_mb": peak}
 
 
 def prepare_cmd(tokenizer: Path, src: Path, out: Path) -> list[str]:
