@@ -263,8 +263,9 @@ def main() -> int:
 
         out = write_results(ROOT / "docs/results/mutation.json", "mutation", rows,
                             notes="mutmut 3 per module with only its test files; score = killed / (killed + "
-                                  "survived); 'no tests' mutants count as survived; 'excluded' counts the "
-                                  "'# pragma: no mutate' lines (equivalent mutants, reasons in the source)")
+                                  "survived); 'no tests' mutants count as survived; 'excluded' counts the mutants "
+                                  "that '# pragma: no mutate' lines remove (equivalent mutants, reasons in the "
+                                  "source); 'stage' says whether a module's run came before or after the new tests")
         print(f"wrote {out.relative_to(ROOT)}")
     return 0
 
