@@ -20,9 +20,9 @@ from scratchlm.config import ConfigError, load_config
 from scratchlm.engine.offline import LLM
 from scratchlm.engine.sampling import SamplingParams
 from scratchlm.export.gguf import export_gguf, rope_to_interleaved
-from scratchlm.model.transformer import Transformer
 from scratchlm.runs import save_run
 from scratchlm.tokenizer.bpe import CHAT_TEMPLATE, Tokenizer, train_tokenizer
+from run_util import random_debug_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -51,15 +51,7 @@ def tok_dir(tmp_path_factory):
 def make_run(path, tok_dir, *overrides, seed=0):
     """A run of a randomly initialised debug model: large init and random norms so every weight matters, rows a
     multiple of 32 so q8_0 quantizes every matrix."""
-    cfg = load_config("debug", ["model.init_std=0.2", "model.multiple_of=32", "model.vocab_size=1024", *overrides])
-    torch.manual_seed(seed)
-    model = Transformer(cfg.model).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.uniform_(0.5, 1.5)
-    save_run(path, model, cfg, tok_dir)
-    return model
+    return random_debug_run(path, tok_dir, "model.multiple_of=32", "model.vocab_size=1024", *overrides, seed=seed)[0]
 
 
 class LlamaCpp:

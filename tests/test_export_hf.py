@@ -20,6 +20,7 @@ from scratchlm.model.transformer import Transformer  # noqa: E402
 from scratchlm.runs import load_run, save_run  # noqa: E402
 from scratchlm.tokenizer.bpe import Tokenizer, train_tokenizer  # noqa: E402
 from scratchlm.model.reward import RewardModel  # noqa: E402
+from run_util import random_debug_run  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -42,15 +43,7 @@ def tok_dir(tmp_path_factory):
 
 def make_run(path, tok_dir, *overrides, seed=0):
     """A run folder holding a randomly initialised debug model (norm weights random, so they must map)."""
-    cfg = load_config("debug", ["model.init_std=0.2", *overrides])
-    torch.manual_seed(seed)
-    model = Transformer(cfg.model).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.uniform_(0.5, 1.5)
-    save_run(path, model, cfg, tok_dir)
-    return model, cfg
+    return random_debug_run(path, tok_dir, *overrides, seed=seed)
 
 
 def logits(model, ids=IDS):
