@@ -2,7 +2,10 @@
 training loop, against (a) the measured fp32 matmul peak of this machine and (b) the same training
 step written plainly around transformers' LlamaForCausalLM with the same weights.
 
-    python bench/bench_train.py [--preset minimind-26m] [--batch 4] [--seq 256] [--steps 6]
+    python bench/bench_train.py [--preset minimind-26m] [--batch 4] [--seq 256] [--steps 6] [--results FILE]
+
+Four variants of our loop in one run: eager and compiled (train.compile: the blocks under torch.compile), each
+with AdamW and with Muon (train.optimizer=muon), so their ratios share one machine state.
 
 Our number includes everything the loop does per step (data windows from shards, lr schedule,
 autocast context, loss check, clipping, fused AdamW, metrics); the reference is a bare
@@ -64,12 +67,12 @@ def matmul_peak(n: int = 2048, reps: int = 5, dtype: torch.dtype = torch.float32
 class HFStep:
     """A bare transformers training step (fwd + CE + bwd + AdamW) on the same weights, built once."""
 
-    def __init__(self, model: torch.nn.Module, batch: int, seq: int, compile: bool = False) -> None:
+    def __init__(self, model: torch.nn.Module, batch: int, seq: int) -> None:
         self.hf = hf_model(model).train()
-        self.step_fn = torch.compile(self.hf) if compile else self.hf
+        self.step_fn = self.hf
         self.opt = torch.optim.AdamW(self.hf.parameters(), lr=1e-4, weight_decay=0.1)
         self.ids = torch.randint(0, model.config.vocab_size, (batch, seq + 1))
-        self.warm = 3 if compile else 1  # compiled: the first steps trace and compile
+        self.warm = 1
 
     def times(self, steps: int) -> list[float]:
         """Seconds of each of `steps` steps (after the first warm-up call)."""
@@ -86,10 +89,15 @@ class HFStep:
         return out[len(out) - steps:]
 
 
-def ours_times(preset: str, batch: int, seq: int, steps: int, compile: bool = False) -> list[float]:
-    """Seconds of each step of scratchlm's loop, read from its own metrics.jsonl (first 2 steps skipped)."""
+VARIANTS = {"eager adamw": (False, "adamw"), "compiled adamw": (True, "adamw"), "eager muon": (False, "muon"),
+            "compiled muon": (True, "muon")}
+
+
+def ours_times(preset: str, batch: int, seq: int, steps: int, compile: bool = False, optimizer: str = "adamw") -> list[float]:
+    """Seconds of each step of scratchlm's loop, read from its own metrics.jsonl (first 2 steps skipped: compiling)."""
     sets = [f"train.batch_size={batch}", f"train.seq_len={seq}", f"train.max_steps={steps + 2}", "train.log_every=1",
-            "train.eval_every=0", "train.save_every=0", "train.warmup_steps=1", f"train.compile={str(compile).lower()}"]
+            "train.eval_every=0", "train.save_every=0", "train.warmup_steps=1", f"train.compile={str(compile).lower()}",
+            f"train.optimizer={optimizer}"]
     cfg = load_config(preset, sets)
     shards = ArrayShards(batch * seq * (steps + 3) + 1, cfg.model.vocab_size)
     with tempfile.TemporaryDirectory() as d:
@@ -99,38 +107,56 @@ def ours_times(preset: str, batch: int, seq: int, steps: int, compile: bool = Fa
 
 
 def main() -> None:
-    """Print tokens/s, MFU and the ratio to transformers (best and median step)."""
+    """Print tokens/s and MFU of each variant of our loop and of transformers (best and median step), with ratios."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="minimind-26m")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--steps", type=int, default=6, help="timed steps per round and side")
-    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds (transformers, ours, peak)")
-    ap.add_argument("--compile", action="store_true", help="torch.compile both models (ours via train.compile)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds (transformers, ours ×4, peak)")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of: {', '.join(VARIANTS)}")
+    ap.add_argument("--results", help="write the numbers to this JSON file (scratchlm.results)")
     args = ap.parse_args()
+    variants = [v.strip() for v in args.variants.split(",")]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        ap.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
     cfg = load_config(args.preset)
     threads = torch.get_num_threads()
     train_flops = 3 * flops_per_token(cfg.model, args.seq // 2)  # forward + backward (2×)
     model = build_model(cfg)
-    ref = HFStep(model, args.batch, args.seq, args.compile)
-    peak, hf_t, ours_t = 0.0, [], []
-    for _ in range(args.rounds):  # alternate, so drift of a shared machine hits both sides alike
+    ref = HFStep(model, args.batch, args.seq)
+    peak, times = 0.0, {"transformers Llama (bare, eager)": [], **{v: [] for v in variants}}
+    for _ in range(args.rounds):  # alternate, so drift of a shared machine hits every side alike
         peak = max(peak, matmul_peak())
-        hf_t += ref.times(args.steps)
-        ours_t += ours_times(args.preset, args.batch, args.seq, args.steps, args.compile)
+        times["transformers Llama (bare, eager)"] += ref.times(args.steps)
+        for v in variants:
+            times[v] += ours_times(args.preset, args.batch, args.seq, args.steps, *VARIANTS[v])
     tokens = args.batch * args.seq
     print(f"preset {args.preset}, batch {args.batch}×{args.seq}, fp32, {threads} threads, "
-          f"{'torch.compile, ' if args.compile else 'eager, '}"
           f"{model.num_params() / 1e6:.1f}M params, {train_flops / 1e6:.0f} MFLOP/token (train), "
           f"{args.rounds} rounds × {args.steps} steps each side")
     print(f"matmul peak (torch.mm 2048², best of {args.rounds * 5}): {peak / 1e9:.1f} GFLOP/s")
-    print(f"{'':28s}{'best step':>20s}{'median step':>22s}")
-    for name, ts in (("ours (whole loop)", ours_t), ("transformers Llama (bare)", hf_t)):
+    print(f"{'':34s}{'best step':>22s}{'median step':>24s}{'vs eager adamw':>18s}")
+    base = times.get("eager adamw")
+    numbers = {"peak_gflops": peak / 1e9, "tokens_per_step": tokens, "variants": {}}
+    for name, ts in times.items():
         best, med = tokens / min(ts), tokens / statistics.median(ts)
-        print(f"{name:28s}{best:8.0f} tok/s MFU {best * train_flops / peak:.3f}"
-              f"{med:10.0f} tok/s MFU {med * train_flops / peak:.3f}")
-    print(f"ratio ours / transformers:  {min(hf_t) / min(ours_t):8.2f}×{statistics.median(hf_t) / statistics.median(ours_t):20.2f}×"
-          "   (goal ≥ 1.15×; MFU goal ≥ 0.75)")
+        ratio = f"{min(base) / min(ts):8.2f}× best" if base else ""
+        print(f"{name:34s}{best:8.0f} tok/s MFU {best * train_flops / peak:.3f}"
+              f"{med:10.0f} tok/s MFU {med * train_flops / peak:.3f}  {ratio}")
+        numbers["variants"][name] = {"best_tok_s": best, "median_tok_s": med, "best_mfu": best * train_flops / peak,
+                                     "median_mfu": med * train_flops / peak}
+    if base:
+        hf = times["transformers Llama (bare, eager)"]
+        print(f"ratio eager adamw / transformers: {min(hf) / min(base):.2f}× best, "
+              f"{statistics.median(hf) / statistics.median(base):.2f}× median   (MFU goal for compiled: ≥ 0.90)")
+    if args.results:
+        from scratchlm.results import write_results
+
+        write_results(args.results, "bench_train", numbers, seed=None, split=None,
+                      notes=f"preset {args.preset}, batch {args.batch}x{args.seq}, fp32, {threads} threads; random "
+                            "token ids; MFU = 3 x forward FLOPs/token x tok/s / best torch.mm 2048^2")
 
 
 if __name__ == "__main__":

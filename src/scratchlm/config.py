@@ -161,6 +161,8 @@ class TrainConfig:
     grad_clip: float = 1.0  # 0 disables clipping
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # torch.compile each Block's cache-free forward (every objective; masks, loss and decoding stay eager). The first
+    # step compiles (the progress line says so); inductor's on-disk cache makes later runs of the same shapes fast.
     compile: bool = False
     seed: int = 1337
     log_every: int = 10

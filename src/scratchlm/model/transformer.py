@@ -48,6 +48,8 @@ class Block(nn.Module):
         else:
             self.ffn = SwiGLU(cfg.d_model, cfg.ffn_hidden, cfg.dropout)
 
+    compiled = False  # set by `compile_blocks`: the cache-free forward (training, scoring) runs compiled
+
     def forward(
         self,
         x: torch.Tensor,
@@ -55,11 +57,43 @@ class Block(nn.Module):
         plan: AttnPlan,
         cache: Optional[KVCache] = None,
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        x = x + self.attn(self.attn_norm(x), rope, plan, cache)
-        if self.is_moe:
-            y, aux = self.ffn(self.ffn_norm(x))
-            return x + y, aux
-        return x + self.ffn(self.ffn_norm(x)), None
+        if self.compiled and cache is None:
+            return _compiled_block_body()(self, x, rope, plan)
+        return _block_body(self, x, rope, plan, cache)
+
+
+def _block_body(
+    block: Block, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], plan: AttnPlan,
+    cache: Optional[KVCache] = None,
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """A block's computation, x [B, T, D] → (x [B, T, D], MoE aux loss or None): what `compile_blocks` compiles."""
+    x = x + block.attn(block.attn_norm(x), rope, plan, cache)
+    if block.is_moe:
+        y, aux = block.ffn(block.ffn_norm(x))
+        return x + y, aux
+    return x + block.ffn(block.ffn_norm(x)), None
+
+
+_COMPILED: list = []
+
+
+def _compiled_block_body():
+    """`_block_body` under torch.compile, made once: every block of every model shares its graphs (their weights
+    are graph inputs), so a 16-layer model compiles one graph per shape, not sixteen."""
+    if not _COMPILED:
+        _COMPILED.append(torch.compile(_block_body))
+    return _COMPILED[0]
+
+
+def compile_blocks(model: nn.Module) -> int:
+    """Run every Block of `model` (the trunk, MTP depths, the one inside a reward/value model) compiled when it has
+    no KV cache; returns how many. Embedding, masks and the loss stay eager: their shapes depend on the data (packed
+    documents, counted targets), the blocks' do not, so the graphs compile once per batch shape and never break.
+    Decoding with a cache stays eager here (the engine compiles its own decode step)."""
+    blocks = [m for m in model.modules() if isinstance(m, Block)]
+    for b in blocks:
+        b.compiled = True
+    return len(blocks)
 
 
 class MTPModule(nn.Module):

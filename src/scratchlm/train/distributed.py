@@ -22,6 +22,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from scratchlm.model.transformer import compile_blocks
+
 
 @dataclass
 class DistInfo:
@@ -200,7 +202,7 @@ class Backend:
 
 
 class TorchBackend(Backend):
-    """One process, DDP or FSDP2 (`parallel`), optionally torch.compile'd: our AdamW steps after our clipping."""
+    """One process, DDP or FSDP2 (`parallel`), blocks optionally compiled: the optimizer steps after our clipping."""
 
     def __init__(self, info: DistInfo, parallel: str, compile: bool = False) -> None:
         super().__init__(info)
@@ -208,9 +210,11 @@ class TorchBackend(Backend):
 
     def wrap(self, raw: nn.Module, make_optimizer: Callable[[nn.Module], torch.optim.Optimizer]) -> nn.Module:
         self.raw = raw
-        model = wrap_model(raw, self.info, self.parallel)
         if self.compile:
-            model = torch.compile(model)
+            # Per block, before wrapping (as torchtitan does for FSDP2): the data-dependent parts of a step (packed
+            # document masks, counted targets, rollouts) stay eager and every objective gets the same graphs.
+            compile_blocks(raw)
+        model = wrap_model(raw, self.info, self.parallel)
         self.model, self.optimizer = model, make_optimizer(raw)
         return model
 

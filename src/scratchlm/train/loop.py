@@ -201,6 +201,8 @@ def train(
             for step in range(start_step, end_step):
                 lr = lr_at(step, tc)
                 backend.set_lr(lr)
+                if bar is not None and tc.compile and step == start_step:
+                    bar.set_postfix_str(f"compiling the blocks (inductor cache: {inductor_cache_dir()})")
                 loss_mean, n_tok_all, parts, n_stop = _forward_backward(step_setup, step, stop.set)
                 grad_norm = backend.step(tc.grad_clip)
 
@@ -415,6 +417,13 @@ def validate(model: nn.Module, objective: Objective, info: D.DistInfo, device: t
     names = sorted(extra)  # the same order on every rank
     nll, count, *sums = D.all_reduce_sum([nll, float(count), *(extra[k] for k in names)], info)
     return {"loss": nll / count, **{k: v / count for k, v in zip(names, sums)}} if count else None
+
+
+def inductor_cache_dir() -> str:
+    """Where torch.compile keeps compiled graphs between runs (a second run of the same shapes loads them)."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    return cache_dir()
 
 
 def _progress_bar(enabled: bool, start: int, total: int) -> Any:
