@@ -330,3 +330,62 @@ def test_addition_trace_columns_units_first(a, b, trace, dropped):
     got, got_dropped = addition_trace(a, b)
     assert (got, got_dropped) == (trace, dropped)
     assert check_answer("add2", f"{got}{a + b}", str(a + b))  # the trace never confuses the checker
+
+
+CONV_SIZES = {"add2": (120, 40, 40), "identity": (60, 20, 20), "next_line": (60, 20, 20), "fortune": (40, 10, 10)}
+
+
+def test_mixed_turns_and_think_off_conversations(tmp_path):
+    """Mixed-task chats of 2-4 turns (some referring back) and thinking-off chats; the preference and prompt files,
+    and each SFT row's own first question, are the same as without them; no turn crosses a split."""
+    from scratchlm.data.thinking import THINK_OFF, strip_thinking
+
+    plain = build_synth(tmp_path / "plain", seed=0, tasks=CONV_SIZES, multi_turn_prob=0.0)
+    conv = build_synth(tmp_path / "conv", seed=0, tasks=CONV_SIZES, multi_turn_prob=0.0, mixed_turns_prob=0.5,
+                       think_off_prob=0.3)
+    for f in FILES:
+        if not f.startswith("sft"):
+            assert plain[f].read_bytes() == conv[f].read_bytes(), f
+    meta = json.loads((tmp_path / "conv" / "meta.json").read_text())
+    assert meta["conversations"]["mixed_turns_prob"] == 0.5 and meta["conversations"]["think_off_prob"] == 0.3
+    repeats = {q for qs in __import__("scratchlm.data.synth", fromlist=["_REPEAT"])._REPEAT.values() for q in qs}
+    for split in SIDES:
+        before, after = read(plain[f"sft_{split}"]), read(conv[f"sft_{split}"])
+        exchanges = {(r["lang"], r["conversations"][-2]["content"], strip_thinking(r["conversations"][-1]["content"]))
+                     for r in before}
+        n_multi = n_off = n_back = 0
+        tasks_seen_later = set()
+        for b, a in zip(before, after):
+            assert a["conversations"][: len(b["conversations"]) - 1] == b["conversations"][:-1]  # same opening
+            turns = a["conversations"]
+            users = [m for m in turns if m["role"] == "user"]
+            off = a.get("thinking") == "off"
+            n_off += off
+            for m in turns:
+                if m["role"] == "assistant":
+                    # thinking off: the empty block, then no reasoning; on: as generated
+                    assert m["content"].startswith(THINK_OFF) == off
+                    if off:
+                        assert "<think>" not in m["content"][len(THINK_OFF):]
+            if len(users) == 1:
+                continue
+            n_multi += 1
+            assert 2 <= len(users) <= 4 and a["turns"] == len(users)
+            k = len(b["conversations"])
+            for i in range(k, len(turns), 2):
+                q, r = turns[i]["content"], turns[i + 1]["content"]
+                if q in repeats:
+                    n_back += 1
+                    assert strip_thinking(r) == strip_thinking(turns[i - 1]["content"])  # refers back: same answer
+                else:
+                    ex = (a["lang"], q, strip_thinking(r))
+                    assert ex in exchanges, ex  # an exchange of this split and language, never another split's
+                    tasks_seen_later |= {x["task"] for x in before if x["conversations"][-2]["content"] == q}
+        assert n_multi >= 0.3 * len(after) and n_off >= 0.15 * len(after) and n_back >= 5, (split, n_multi, n_off, n_back)
+        assert len(tasks_seen_later) >= 3  # later turns mix tasks
+    # arithmetic thinking off: the answer at once, the reasoning gone
+    row = next(r for r in read(conv["sft_train"]) if r["task"] == "add2" and r.get("thinking") == "off")
+    first = next(m for m in row["conversations"] if m["role"] == "assistant")["content"]
+    assert re.fullmatch(re.escape(THINK_OFF) + r"\d+", first), first
+    with pytest.raises(ValueError, match=r"think_off_prob=1.5 must be in \[0, 1\]"):
+        build_synth(tmp_path / "bad", tasks={"add2": (5, 2)}, think_off_prob=1.5)

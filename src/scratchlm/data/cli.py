@@ -59,6 +59,17 @@ def parse_tasks(spec: str | None) -> dict[str, tuple[int, int] | int] | None:
     return out
 
 
+def _prob(text: str) -> float:
+    """argparse type: a probability in [0, 1]."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"{v} is not in [0, 1]")
+    return v
+
+
 def data_synth(args: argparse.Namespace) -> int:
     """Write the synthetic task files and print the counts per task."""
     from rich.console import Console
@@ -68,7 +79,7 @@ def data_synth(args: argparse.Namespace) -> int:
 
     tasks = parse_tasks(args.tasks)
     paths = build_synth(args.out, seed=args.seed, name=args.name, tasks=tasks, n_train=args.n_train, n_val=args.n_val,
-                        n_test=args.n_test)
+                        n_test=args.n_test, mixed_turns_prob=args.mixed_turns, think_off_prob=args.think_off)
     sizes = resolve_sizes(tasks, args.n_train, args.n_val, args.n_test)
     table = Table(title=f"synthetic tasks → {args.out} (seed {args.seed}, name {args.name!r})")
     for col in ("task", "train", "val (dev)", "test"):
@@ -103,4 +114,10 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--tasks", default=None,
                        help="comma list, each TASK[=N_TRAIN[:N_VAL[:N_TEST]]], e.g. add2=3000:200:200,identity,arith2 "
                             "(default: add2,next_line,author,identity)")
+    synth.add_argument("--mixed-turns", type=_prob, default=0.0, metavar="P",
+                       help="share of SFT chats given 1-3 more turns of any task, some referring back to the previous "
+                            "answer (default 0)")
+    synth.add_argument("--think-off", type=_prob, default=0.0, metavar="P",
+                       help="share of SFT chats written thinking off (<think></think> + the answer), as the chat CLI's "
+                            "/think off and the API's enable_thinking=false prompt them (default 0)")
     synth.set_defaults(func=data_synth)

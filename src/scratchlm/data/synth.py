@@ -39,6 +39,7 @@ from typing import Any
 from scratchlm.data.open_tasks import OPEN_TASKS, Continue, Fortune, Recite, open_task_docs
 from scratchlm.data.answers import ARITH_RE
 from scratchlm.data.tasks import SIDES, Arithmetic, Author, Example, Identity, NextLine
+from scratchlm.data.thinking import strip_thinking, think_off
 
 # Default sizes (train, val) per task, test as many as val: a few thousand SFT examples, fine for a CPU demo.
 DEFAULT_TASKS: dict[str, tuple[int, int]] = {
@@ -119,6 +120,44 @@ def _records(examples: list[Example], rng: random.Random, name: str, system_prob
     return sft, pref, prompt
 
 
+# A turn that refers back to the previous answer: the reply repeats it (without its reasoning).
+_REPEAT = {
+    "en": ["What was your last answer?", "Say that answer again.", "Repeat what you just answered."],
+    "zh": ["你刚才的答案是什么？", "把刚才的答案再说一遍。", "重复一下你上一个回答。"],
+}
+
+
+def _mix_conversations(sft: list[dict], rng: random.Random, mixed_prob: float, think_off_prob: float) -> None:
+    """Turn rows of one split into conversations, in place (row i stays example i's: its question comes first).
+
+    With `mixed_prob`, a row gets 1-3 more turns drawn from rows of the same language and split, any task (so a
+    chat mixes arithmetic, poems and identity), and one turn in three of those refers back ("what was your last
+    answer?" → the previous answer). With `think_off_prob`, every assistant turn of the row is written thinking
+    off (`THINK_OFF` + the answer without reasoning), as the chat CLI and the server prompt it."""
+    by_lang: dict[str, list[int]] = defaultdict(list)
+    for i, row in enumerate(sft):
+        by_lang[row["lang"]].append(i)
+    firsts = [[dict(m) for m in row["conversations"][-2:]] for row in sft]  # each row's own (user, assistant)
+    for i, row in enumerate(sft):
+        conv = row["conversations"]
+        if mixed_prob and rng.random() < mixed_prob and len(by_lang[row["lang"]]) > 1:
+            n_more = rng.randint(1, 3)
+            for _ in range(n_more):
+                if rng.random() < 1 / 3:
+                    last = strip_thinking(conv[-1]["content"])
+                    conv += [{"role": "user", "content": rng.choice(_REPEAT[row["lang"]])},
+                             {"role": "assistant", "content": last}]
+                else:
+                    j = rng.choice(by_lang[row["lang"]])
+                    conv += [dict(m) for m in firsts[j]]
+            row["turns"] = sum(m["role"] == "user" for m in conv)
+        if think_off_prob and rng.random() < think_off_prob:
+            for m in conv:
+                if m["role"] == "assistant":
+                    m["content"] = think_off(m["content"])
+            row["thinking"] = "off"
+
+
 def resolve_sizes(tasks=None, n_train: int | None = None, n_val: int | None = None,
                   n_test: int | None = None) -> dict[str, tuple[int, int, int]]:
     """Task → (n_train, n_val, n_test) from a list of names, a dict of sizes (n_train, (n_train, n_val) or
@@ -155,12 +194,21 @@ def build_synth(
     poems: list[dict] | None = None,
     system_prob: float = 0.15,
     multi_turn_prob: float = 0.1,
+    mixed_turns_prob: float = 0.0,
+    think_off_prob: float = 0.0,
 ) -> dict[str, Path]:
     """Write the synthetic task files into out_dir; return {"sft_train": path, ...} (nine files).
 
     `tasks`: names (default sizes) or {name: n_train | (n_train, n_val) | (n_train, n_val, n_test)};
     `n_train`/`n_val`/`n_test` override every task's size. `poems` defaults to the corpus train split's poems. Also writes meta.json (counts).
+    `multi_turn_prob`: a follow-up question of the same task; `mixed_turns_prob`: 1-3 more turns of any task, some
+    referring back; `think_off_prob`: conversations written thinking off (see `_mix_conversations`). The last two
+    apply to SFT rows only; preference and prompt rows stay single-turn.
     """
+    for what, v in (("system_prob", system_prob), ("multi_turn_prob", multi_turn_prob),
+                    ("mixed_turns_prob", mixed_turns_prob), ("think_off_prob", think_off_prob)):
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"build_synth: {what}={v} must be in [0, 1]")
     sizes = resolve_sizes(tasks, n_train, n_val, n_test)
     if poems is None and any(t in ("next_line", "author") for t in sizes):
         from scratchlm.data.corpus import poems as corpus_poems
@@ -188,6 +236,11 @@ def build_synth(
             counts.setdefault(task_name, {})[split] = n
             if len(sides) > 1:
                 counts[task_name][f"{split}_unseen_phrasing"] = n
+    if mixed_turns_prob or think_off_prob:
+        for split in SIDES:
+            # its own stream: turning these on changes no other row or file
+            rng = random.Random(f"scratchlm-synth:{seed}:{split}:conversations")
+            _mix_conversations(rows[f"sft_{split}"], rng, mixed_turns_prob, think_off_prob)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
@@ -199,7 +252,9 @@ def build_synth(
         with open(paths[f], "w", encoding="utf-8") as fh:
             for r in rows[f]:
                 fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-    meta = {"seed": seed, "name": name, "counts": counts, "files": {f: len(rows[f]) for f in FILES}}
+    meta = {"seed": seed, "name": name, "counts": counts, "files": {f: len(rows[f]) for f in FILES},
+            "conversations": {"system_prob": system_prob, "multi_turn_prob": multi_turn_prob,
+                              "mixed_turns_prob": mixed_turns_prob, "think_off_prob": think_off_prob}}
     (out / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     return paths
 

@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from scratchlm.data.thinking import THINK_OFF
+
 # Stages whose weights have learned the chat template (a DPO run starts from an SFT run). A pretrain run
 # only continues text; a reward run has a score head and does not generate.
 NON_CHAT_OBJECTIVES = ("pretrain", "reward")
-THINK_OFF = "<think></think>"  # an empty reasoning block opened and closed for the model (Qwen3's switch)
 
 
 def chat_run_problem(run_dir: str | Path, cfg: Any, tokenizer: Any) -> str | None:
