@@ -336,8 +336,11 @@ CONV_SIZES = {"add2": (120, 40, 40), "identity": (60, 20, 20), "next_line": (60,
 
 
 def test_mixed_turns_and_think_off_conversations(tmp_path):
-    """Mixed-task chats of 2-4 turns (some referring back) and thinking-off chats; the preference and prompt files,
-    and each SFT row's own first question, are the same as without them; no turn crosses a split."""
+    """Mixed-task chats of 2-4 turns (history from other rows, some ending with a turn that refers back) and
+    thinking-off chats; the preference and prompt files, and the example each SFT row trains on, are the same as
+    without them; history turns are written as the chat sends them back (no reasoning) with weight 0; no turn
+    crosses a split."""
+    from scratchlm.data.synth import _REPEAT
     from scratchlm.data.thinking import THINK_OFF, strip_thinking
 
     plain = build_synth(tmp_path / "plain", seed=0, tasks=CONV_SIZES, multi_turn_prob=0.0)
@@ -348,44 +351,46 @@ def test_mixed_turns_and_think_off_conversations(tmp_path):
             assert plain[f].read_bytes() == conv[f].read_bytes(), f
     meta = json.loads((tmp_path / "conv" / "meta.json").read_text())
     assert meta["conversations"]["mixed_turns_prob"] == 0.5 and meta["conversations"]["think_off_prob"] == 0.3
-    repeats = {q for qs in __import__("scratchlm.data.synth", fromlist=["_REPEAT"])._REPEAT.values() for q in qs}
+    repeats = {q for qs in _REPEAT.values() for q in qs}
     for split in SIDES:
         before, after = read(plain[f"sft_{split}"]), read(conv[f"sft_{split}"])
         exchanges = {(r["lang"], r["conversations"][-2]["content"], strip_thinking(r["conversations"][-1]["content"]))
                      for r in before}
+        task_of = {r["conversations"][-2]["content"]: r["task"] for r in before}
         n_multi = n_off = n_back = 0
-        tasks_seen_later = set()
+        history_tasks = set()
         for b, a in zip(before, after):
-            assert a["conversations"][: len(b["conversations"]) - 1] == b["conversations"][:-1]  # same opening
-            turns = a["conversations"]
-            users = [m for m in turns if m["role"] == "user"]
-            off = a.get("thinking") == "off"
+            turns, off = a["conversations"], a.get("thinking") == "off"
             n_off += off
+            own_q, own_reply = b["conversations"][-2]["content"], b["conversations"][-1]["content"]
+            trained = [m for m in turns if m["role"] == "assistant" and m.get("weight", 1) == 1]
+            assert len(trained) == 1  # one trained turn: the row's own example, or the turn referring back
             for m in turns:
                 if m["role"] == "assistant":
-                    # thinking off: the empty block, then no reasoning; on: as generated
-                    assert m["content"].startswith(THINK_OFF) == off
-                    if off:
-                        assert "<think>" not in m["content"][len(THINK_OFF):]
+                    assert m["content"].startswith(THINK_OFF) == (off and m.get("weight", 1) == 1)
+            users = [m["content"] for m in turns if m["role"] == "user"]
             if len(users) == 1:
+                assert turns == b["conversations"] or off
                 continue
             n_multi += 1
-            assert 2 <= len(users) <= 4 and a["turns"] == len(users)
-            k = len(b["conversations"])
-            for i in range(k, len(turns), 2):
-                q, r = turns[i]["content"], turns[i + 1]["content"]
-                if q in repeats:
-                    n_back += 1
-                    assert strip_thinking(r) == strip_thinking(turns[i - 1]["content"])  # refers back: same answer
-                else:
-                    ex = (a["lang"], q, strip_thinking(r))
-                    assert ex in exchanges, ex  # an exchange of this split and language, never another split's
-                    tasks_seen_later |= {x["task"] for x in before if x["conversations"][-2]["content"] == q}
-        assert n_multi >= 0.3 * len(after) and n_off >= 0.15 * len(after) and n_back >= 5, (split, n_multi, n_off, n_back)
-        assert len(tasks_seen_later) >= 3  # later turns mix tasks
+            assert 2 <= len(users) <= 5 and a["turns"] == len(users)
+            if users[-1] in repeats:
+                n_back += 1
+                assert users[-2] == own_q and strip_thinking(trained[0]["content"]) == strip_thinking(own_reply)
+            else:
+                assert users[-1] == own_q and strip_thinking(trained[0]["content"]) == strip_thinking(own_reply)
+                if not off:
+                    assert trained[0]["content"] == own_reply  # thinking on: the reasoning stays
+            for k, m in enumerate(turns):
+                if m.get("weight") == 0:  # history: a (question, answer) of this split and language, reasoning gone
+                    q = turns[k - 1]["content"]
+                    assert "<think>" not in m["content"] and (a["lang"], q, m["content"]) in exchanges, (q, m)
+                    history_tasks.add(task_of[q])
+        assert n_multi >= 0.3 * len(after) and n_off >= 0.15 * len(after) and n_back >= 3, (split, n_multi, n_off, n_back)
+        assert len(history_tasks) >= 3  # the history mixes tasks
     # arithmetic thinking off: the answer at once, the reasoning gone
-    row = next(r for r in read(conv["sft_train"]) if r["task"] == "add2" and r.get("thinking") == "off")
-    first = next(m for m in row["conversations"] if m["role"] == "assistant")["content"]
-    assert re.fullmatch(re.escape(THINK_OFF) + r"\d+", first), first
+    row = next(r for r in read(conv["sft_train"]) if r["task"] == "add2" and r.get("thinking") == "off"
+               and r.get("turns", 1) == 1)
+    assert re.fullmatch(re.escape(THINK_OFF) + r"\d+", row["conversations"][-1]["content"]), row
     with pytest.raises(ValueError, match=r"think_off_prob=1.5 must be in \[0, 1\]"):
         build_synth(tmp_path / "bad", tasks={"add2": (5, 2)}, think_off_prob=1.5)

@@ -2,6 +2,7 @@
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -278,6 +279,20 @@ def test_loss_mask_is_exactly_assistant_content_and_im_end(tok, ci):
     expected = [m["content"] + "<|im_end|>" for m in messages if m["role"] == "assistant"]
     assert [tok.decode(r) for r in runs] == expected
     assert sum(r[-1] == tok.eos_id for r in runs) == len(expected)
+
+
+def test_assistant_weight_0_is_context_not_target(tok):
+    """OpenAI's fine-tuning key: an assistant message with "weight": 0 is in the ids, not in the loss mask."""
+    chat = [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2", "weight": 0},
+            {"role": "user", "content": "again?"}, {"role": "assistant", "content": "2 again", "weight": 1}]
+    ids, mask = tok.encode_chat(chat)
+    assert ids == tok.encode_chat([{k: v for k, v in m.items() if k != "weight"} for m in chat])[0]
+    assert [tok.decode(r) for r in _runs(ids, mask)] == ["2 again<|im_end|>"]
+    for bad, field in (({"role": "user", "content": "x", "weight": 0}, "messages[0].weight=0"),
+                       ({"role": "assistant", "content": "x", "weight": 0.5}, "messages[0].weight=0.5"),
+                       ({"role": "assistant", "content": "x", "weight": True}, "messages[0].weight=True")):
+        with pytest.raises(ValueError, match=re.escape(field)):
+            tok.encode_chat([bad])
 
 
 def test_loss_mask_when_bpe_merges_across_the_role_line(tok):

@@ -128,32 +128,45 @@ _REPEAT = {
 
 
 def _mix_conversations(sft: list[dict], rng: random.Random, mixed_prob: float, think_off_prob: float) -> None:
-    """Turn rows of one split into conversations, in place (row i stays example i's: its question comes first).
+    """Turn rows of one split into conversations, in place; row i still trains on example i (line i of the
+    preference and prompt files).
 
-    With `mixed_prob`, a row gets 1-3 more turns drawn from rows of the same language and split, any task (so a
-    chat mixes arithmetic, poems and identity), and one turn in three of those refers back ("what was your last
-    answer?" → the previous answer). With `think_off_prob`, every assistant turn of the row is written thinking
-    off (`THINK_OFF` + the answer without reasoning), as the chat CLI and the server prompt it."""
+    With `mixed_prob`, 1-3 exchanges of rows of the same language and split, any task, come before the row's own:
+    a chat that mixes arithmetic, poems and identity. In one such chat in three, a last turn refers back ("what
+    was your last answer?" → the row's answer again). Earlier assistant turns are written as the chat CLI and the
+    server send history back (the answer without its reasoning) and carry "weight": 0: context, not trained on.
+    With `think_off_prob`, the trained turn is written thinking off (`THINK_OFF` + the answer, no reasoning), as
+    the chat CLI's /think off and the API's enable_thinking=false prompt it."""
     by_lang: dict[str, list[int]] = defaultdict(list)
     for i, row in enumerate(sft):
         by_lang[row["lang"]].append(i)
-    firsts = [[dict(m) for m in row["conversations"][-2:]] for row in sft]  # each row's own (user, assistant)
+    own = [[dict(m) for m in row["conversations"][-2:]] for row in sft]  # each row's own (user, assistant)
+
+    def as_history(exchange: list[dict]) -> list[dict]:
+        user, reply = exchange
+        return [dict(user), {"role": "assistant", "content": strip_thinking(reply["content"]), "weight": 0}]
+
     for i, row in enumerate(sft):
         conv = row["conversations"]
         if mixed_prob and rng.random() < mixed_prob and len(by_lang[row["lang"]]) > 1:
-            n_more = rng.randint(1, 3)
-            for _ in range(n_more):
-                if rng.random() < 1 / 3:
-                    last = strip_thinking(conv[-1]["content"])
-                    conv += [{"role": "user", "content": rng.choice(_REPEAT[row["lang"]])},
-                             {"role": "assistant", "content": last}]
-                else:
+            head = conv[:-2]  # a system prompt and a same-task follow-up stay in front
+            history = []
+            for _ in range(rng.randint(1, 3)):
+                j = i
+                while j == i:  # another row (the language has at least two)
                     j = rng.choice(by_lang[row["lang"]])
-                    conv += [dict(m) for m in firsts[j]]
+                history += as_history(own[j])
+            if rng.random() < 1 / 3:
+                last = strip_thinking(conv[-1]["content"])
+                tail = as_history(conv[-2:]) + [{"role": "user", "content": rng.choice(_REPEAT[row["lang"]])},
+                                                 {"role": "assistant", "content": last}]
+            else:
+                tail = conv[-2:]
+            conv[:] = head + history + tail
             row["turns"] = sum(m["role"] == "user" for m in conv)
         if think_off_prob and rng.random() < think_off_prob:
             for m in conv:
-                if m["role"] == "assistant":
+                if m["role"] == "assistant" and m.get("weight", 1):
                     m["content"] = think_off(m["content"])
             row["thinking"] = "off"
 

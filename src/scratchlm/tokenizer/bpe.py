@@ -213,6 +213,9 @@ def validate_messages(messages: Any) -> list[dict]:
         if not isinstance(m["content"], str):
             raise ValueError(f"messages[{i}].content must be a string, got {type(m['content']).__name__}")
         _check_unicode(m["content"], f"messages[{i}].content")
+        if "weight" in m and (m["role"] != "assistant" or m["weight"] not in (0, 1) or isinstance(m["weight"], bool)):
+            raise ValueError(f"messages[{i}].weight={m['weight']!r}: only assistant messages take a weight, 0 (a turn "
+                             f"the chat shows but training does not learn) or 1 (the default)")
     return list(messages)
 
 
@@ -354,7 +357,8 @@ class Tokenizer:
     def encode_chat(
         self, messages: Sequence[dict], add_generation_prompt: bool = False
     ) -> tuple[list[int], list[int]]:
-        """(ids, loss mask) of the ChatML chat; mask is 1 on assistant content tokens and their <|im_end|>.
+        """(ids, loss mask) of the ChatML chat; mask is 1 on assistant content tokens and their <|im_end|>
+        (not on an assistant message with "weight": 0, the key OpenAI's fine-tuning format uses for context turns).
 
         The template's markers become control ids; message content is encoded as plain text, so a
         content string containing "<|im_end|>" cannot end the turn early. When no content contains a
@@ -370,7 +374,7 @@ class Tokenizer:
             # "role\ncontent" is one piece between two control tokens; BPE may merge across the
             # head/content border (e.g. "\n" + leading spaces), so assign tokens by character offsets.
             enc = self._plain.encode(head + m["content"], add_special_tokens=False)
-            is_asst = m["role"] == "assistant"
+            is_asst = m["role"] == "assistant" and m.get("weight", 1) == 1  # weight 0: context only (OpenAI's)
             ids.append(self.im_start_id)
             mask.append(0)
             ids.extend(enc.ids)
