@@ -43,11 +43,8 @@ def make_chat_run(root: Path, max_seq_len: int = 256, steps: int = 100) -> Path:
     rows = []
     for (q, a), think in [(c, True) for c in CHATS] + [(c, False) for c in THINK_OFF_CHATS]:
         content = a if think else THINK_OFF + a
+        # thinking off: encode_chat leaves the empty block out of the targets (the prompt's, not the model's)
         ids, mask = tok.encode_chat([{"role": "user", "content": q}, {"role": "assistant", "content": content}])
-        if not think:  # the empty block is the prompt's, not the model's to learn
-            n_off = len(tok.encode(THINK_OFF))
-            start = mask.index(1)
-            mask[start:start + n_off] = [0] * n_off
         rows.append((ids, mask))
     width = max(len(ids) for ids, _ in rows)
     x = torch.zeros(len(rows), width, dtype=torch.long)

@@ -28,6 +28,20 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     assert all(g["ok"] is None for g in open_samples)
     assert [c["prompt"] for c in summary["chats"]] == DEMO_CHATS and all(isinstance(c["reply"], str) for c in summary["chats"])
     assert all(0.0 <= a <= 1.0 for a in summary["accuracy"].values())
+    # a conversation: each checkable task asked alone, as a chat's third turn and with thinking off (4 each), and the
+    # open-ended requests sampled with the chat defaults, thinking on and off, measured for stutter and identity line
+    conv = summary["conversation"]
+    assert set(conv["alone"]) == set(conv["third_turn"]) == set(conv["think_off"]) == {"add2", "next_line", "author",
+                                                                                      "identity"}
+    assert all(conv[m][t][1] == 4 for m in ("alone", "third_turn", "think_off") for t in conv[m])
+    assert len(conv["samples"][0]["chat"]) == 5
+    oe = summary["open_ended"]
+    assert set(oe) == {"thinking on", "thinking off"} and oe["thinking off"]["thinking"] is False
+    from scratchlm.eval.stutter import open_ended_prompts
+
+    n_open = len(open_ended_prompts(out / "data" / "synth" / "prompt_test.jsonl"))  # the distinct test requests
+    assert all(r["replies"] == n_open >= 10 and r["sampling"]["temperature"] == 0.7 and r["sampling"]["seed"] == 0
+               for r in oe.values())
     # even a 30-step model must beat the unigram model on held-out text
     assert summary["val_ppl_pretrain"] < summary["val_ppl_unigram"]
     # The quick run's accuracies are all 0 (too few steps), so they cannot tell a pipeline that learns from one

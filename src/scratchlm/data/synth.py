@@ -48,6 +48,7 @@ DEFAULT_TASKS: dict[str, tuple[int, int]] = {
     "author": (600, 200),
     "identity": (600, 200),
 }
+DEFAULT_NAME = "scratchlm"  # the model's name in identity answers
 FILES = [f"{kind}_{split}" for kind in ("sft", "preference", "prompt") for split in SIDES]
 
 
@@ -57,7 +58,7 @@ _SYSTEM = {
 }
 
 
-def make_task(name: str, model_name: str = "scratchlm", poems: list[dict] | None = None):
+def make_task(name: str, model_name: str = DEFAULT_NAME, poems: list[dict] | None = None):
     """The task object for a task name (arithmetic names are `<add|sub|mul|arith><digits>`)."""
     if ARITH_RE.match(name):
         return Arithmetic(name)
@@ -199,7 +200,7 @@ def resolve_sizes(tasks=None, n_train: int | None = None, n_val: int | None = No
 def build_synth(
     out_dir: str | Path,
     seed: int = 0,
-    name: str = "scratchlm",
+    name: str = DEFAULT_NAME,
     tasks: list[str] | dict[str, int | tuple[int, int]] | None = None,
     n_train: int | None = None,
     n_val: int | None = None,

@@ -24,11 +24,22 @@ from scratchlm.demo.reward import run_reward_stage
 from scratchlm.demo.settings import DEMO_STEPS, DemoSettings, quick_settings
 from scratchlm.demo.sft import run_sft_stage
 from scratchlm.eval.perplexity import perplexities
+from scratchlm.data.synth import DEFAULT_NAME
+from scratchlm.eval.conversation import conversation_scores
+from scratchlm.eval.stutter import open_ended_report
 from scratchlm.eval.tasks import chat_replies, evaluate_tasks, pick_samples
 
-# What a person would type after the demo (training-style requests): shown greedy in the summary.
+# What a person would type after the demo (training-style requests): shown in the summary, answered as
+# `scratchlm chat` answers (its sampling defaults, seeded by the demo's seed).
 DEMO_CHATS = ["Tell me a fortune.", "说一句名言。", "Recite a poem by 李白.", "背诵一首杜甫的诗。",
               "Continue this text: The best way to predict the future", "What is 47 plus 38?", "你是谁？"]
+
+
+def chat_sampling(s: DemoSettings) -> Any:
+    """`scratchlm chat`'s sampling defaults for open-ended replies, seeded: the checkable tasks stay greedy."""
+    from scratchlm.engine.sampling import CHAT_SAMPLING_DEFAULTS, SamplingParams
+
+    return SamplingParams(**CHAT_SAMPLING_DEFAULTS, max_new_tokens=3 * s.max_new_tokens, seed=s.seed)
 
 BASE_STEPS = {"pretrain": run_pretrain_stage, "sft": run_sft_stage}
 # The steps after SFT: each starts from the SFT run and returns its part of the summary.
@@ -103,7 +114,15 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoS
     ppl_pre, ppl_uni = perplexities(pre_model, paths["pretrain"], paths["pretrain_val"], seq)
     ppl_sft, _ = perplexities(model, paths["pretrain"], paths["pretrain_val"], seq)
     scores, graded = evaluate_tasks(model, tokenizer, paths["prompt_eval"], s.eval_per_task, s.max_new_tokens)
-    chats = chat_replies(model, tokenizer, DEMO_CHATS, 3 * s.max_new_tokens)
+    chat_params = chat_sampling(s)
+    chats = chat_replies(model, tokenizer, DEMO_CHATS, chat_params)
+    say("evaluating: the same questions as the third turn of a chat and with thinking off; open-ended requests "
+        "sampled with the chat defaults (stutter, identity line)")
+    conversation = conversation_scores(model, tokenizer, paths["prompt_eval"], s.conversation_per_task,
+                                       s.max_new_tokens)
+    open_ended = {mode: open_ended_report(model, tokenizer, paths["prompt_eval"], DEFAULT_NAME, chat_params,
+                                          enable_thinking=mode == "thinking on")
+                  for mode in ("thinking on", "thinking off")}
     times["eval"] = time.perf_counter() - t
 
     after_sft: dict[str, Any] = {}
@@ -123,7 +142,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoS
         "counts": {k: [c, n] for k, (c, n) in scores.items()},
         "val_ppl_pretrain": ppl_pre, "val_ppl_sft": ppl_sft, "val_ppl_unigram": ppl_uni,
         "seconds": times, "torch_threads": torch.get_num_threads(), "lanes": lanes,
-        "samples": pick_samples(graded), "chats": chats,
+        "samples": pick_samples(graded), "chats": chats, "conversation": conversation, "open_ended": open_ended,
         **after_sft,
     }
     (out / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")

@@ -109,6 +109,7 @@ class DemoSettings:
     lanes: int  # 2: reward, dpo and ppo run in a second process beside the other stages (CPU only); 1: in turn
     eval_split: str  # "test": what the demo reports (never tuned on); "val": the dev split, to choose settings on
     eval_per_task: int
+    conversation_per_task: int  # questions per task asked as a third turn and with thinking off (eval/conversation)
     max_new_tokens: int
     seed: int
 

@@ -218,11 +218,13 @@ def _evaluate(stages: list[dict], val_data: Path | None) -> None:
 
 
 def _sample_replies(run_dir: str) -> list[str]:
+    from scratchlm.engine.sampling import SamplingParams
     from scratchlm.eval.tasks import chat_replies
     from scratchlm.runs import load_run
 
     model, tok, _ = load_run(run_dir)
-    return [r["reply"] for r in chat_replies(model, tok, list(SAMPLE_PROMPTS), 48)]
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=48)  # the same replies each time the card is written
+    return [r["reply"] for r in chat_replies(model, tok, list(SAMPLE_PROMPTS), greedy)]
 
 
 def _summary_sections(summary: dict) -> list[str]:

@@ -90,17 +90,17 @@ def open_ended_prompts(prompt_file: Path, tasks: Sequence[str] | None = None) ->
 
 
 def open_ended_report(model: Any, tokenizer: Any, prompt_file: Path, identity: str, params: Any,
-                      limit: int | None = None) -> dict[str, Any]:
-    """Reply to every open-ended request of `prompt_file` with SamplingParams `params` and measure the stutter and
-    the identity-line share of the replies (`stutter_summary`), with the sampling settings used."""
+                      limit: int | None = None, enable_thinking: bool = True) -> dict[str, Any]:
+    """Reply to every open-ended request of `prompt_file` with SamplingParams `params` (thinking on or off) and
+    measure the stutter and the identity-line share of the replies (`stutter_summary`), with the settings used."""
     from dataclasses import asdict
 
-    from scratchlm.data.clean import clean_messages
     from scratchlm.engine.offline import LLM
+    from scratchlm.tokenizer.chat_prompt import chat_prompt_ids
 
     prompts = open_ended_prompts(prompt_file)[:limit]
     window = int(model.config.max_seq_len) - params.max_new_tokens
-    ids = [list(tokenizer.encode_chat(clean_messages(p), add_generation_prompt=True)[0])[-window:] for p in prompts]
+    ids = [chat_prompt_ids(tokenizer, p, enable_thinking)[-window:] for p in prompts]
     replies = [tokenizer.decode(o, skip_special_tokens=True) for o in LLM(model, tokenizer).generate(ids, params)]
     sampling = {k: v for k, v in asdict(params).items() if k not in ("stop_ids", "stop_strings", "keep_stop_id")}
-    return {**stutter_summary(replies, identity), "sampling": sampling}
+    return {**stutter_summary(replies, identity), "sampling": sampling, "thinking": enable_thinking}

@@ -39,6 +39,16 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         rows += [("val perplexity: pretrained model", f"{pre:.1f}"), ("val perplexity: after SFT", f"{sft:.1f}"),
                  ("val perplexity: unigram model", f"{uni:.1f}"), ("ratio (pretrained / unigram)", f"{pre / uni:.3f}"),
                  ("ratio (after SFT / pretrained)", f"{sft / pre:.2f}")]
+    conv = summary.get("conversation")
+    if conv:
+        for task in sorted(conv["alone"]):
+            acc = [conv[m][task][0] / max(1, conv[m][task][1]) for m in ("alone", "third_turn", "think_off")]
+            rows.append((f"{held} {task} ({conv['alone'][task][1]} questions): alone / as a chat's third turn / "
+                         "thinking off", " / ".join(f"{a:.3f}" for a in acc)))
+    for mode, rep in summary.get("open_ended", {}).items():
+        rows.append((f"{held} open-ended requests ({rep['replies']}, chat sampling, {mode}): without stutter "
+                     f"(run ≤ {rep['max_run']}, distinct-2 ≥ {rep['min_distinct2']}) / identity line",
+                     f"{rep['pass']:.3f} / {rep['identity_line']:.3f}"))
     if "lora" in summary:
         lo = summary["lora"]
         rows += [(f"LoRA: {held} identity answers {lo['name']!r}", f"{lo['identity_new_name']:.3f}"),
@@ -121,6 +131,6 @@ def print_summary(summary: dict[str, Any]) -> None:
     for g in summary.get("samples", []):
         mark = {True: "✓", False: "✗", None: ""}[g["ok"]]
         console.print(escape(f"  [{g['task']}] user: {g['prompt']}\n      assistant: {g['reply']}  {mark}"))
-    console.print("[bold]chat[/bold] (requests as a person would type them, greedy):")
+    console.print("[bold]chat[/bold] (requests as a person would type them, `scratchlm chat`'s sampling):")
     for c in summary.get("chats", []):
         console.print(escape(f"  user: {c['prompt']}\n      assistant: {c['reply']}"))

@@ -56,13 +56,13 @@ def evaluate_tasks(model: Any, tokenizer: Any, prompt_file: Path, per_task: int,
     return scores, graded
 
 
-def chat_replies(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int) -> list[dict]:
-    """Greedy replies to single-turn user prompts: [{"prompt", "reply"}]."""
+def chat_replies(model: Any, tokenizer: Any, prompts: list[str], params: Any) -> list[dict]:
+    """Replies to single-turn user prompts with SamplingParams `params`: [{"prompt", "reply"}]."""
     from scratchlm.engine.offline import LLM
-    from scratchlm.engine.sampling import SamplingParams
+    from scratchlm.tokenizer.chat_prompt import chat_prompt_ids
 
-    ids = [list(tokenizer.encode_chat([{"role": "user", "content": p}], add_generation_prompt=True)[0]) for p in prompts]
-    out = LLM(model, tokenizer).generate(ids, SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens))
+    ids = [chat_prompt_ids(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
+    out = LLM(model, tokenizer).generate(ids, params)
     return [{"prompt": p, "reply": tokenizer.decode(o, skip_special_tokens=True)} for p, o in zip(prompts, out)]
 
 

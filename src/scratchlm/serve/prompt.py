@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from scratchlm.data.thinking import THINK_OFF
+from scratchlm.data.thinking import THINK_OFF  # noqa: F401  (tests and the page's prompt read it here)
+from scratchlm.tokenizer.chat_prompt import chat_prompt_ids
 
 # Stages whose weights have learned the chat template (a DPO run starts from an SFT run). A pretrain run
 # only continues text; a reward run has a score head and does not generate.
@@ -28,19 +29,6 @@ def chat_run_problem(run_dir: str | Path, cfg: Any, tokenizer: Any) -> str | Non
         return (f"{run_dir} is {what} (train.objective={objective!r}), not a chat model: train an SFT stage on it "
                 f"first (`scratchlm train sft --init-from {run_dir} ...`), or use `scratchlm generate` for plain text")
     return None
-
-
-def chat_prompt_ids(tokenizer: Any, messages: Sequence[dict], enable_thinking: bool = True) -> list[int]:
-    """ChatML ids of `messages` with the assistant turn opened; with thinking off an empty `<think></think>`
-    is put in the model's mouth, so it answers at once (the way Qwen3's template switches thinking off)."""
-    from scratchlm.data.clean import clean_messages
-
-    # Cleaned like the training shards (NFKC: "你好？" → "你好?") so the prompt looks like training text.
-    ids, _ = tokenizer.encode_chat(clean_messages(list(messages)), add_generation_prompt=True)
-    ids = list(ids)
-    if not enable_thinking:
-        ids += tokenizer.encode(THINK_OFF)
-    return ids
 
 
 def fit_history(

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scratchlm.data.jsonl import iter_text_records
+from scratchlm.data.thinking import THINK_OFF
 
 if TYPE_CHECKING:  # `tokenizers` loads when a tokenizer is trained or loaded, not on `scratchlm --help`
     from tokenizers import Tokenizer as HFTokenizer
@@ -358,7 +359,8 @@ class Tokenizer:
         self, messages: Sequence[dict], add_generation_prompt: bool = False
     ) -> tuple[list[int], list[int]]:
         """(ids, loss mask) of the ChatML chat; mask is 1 on assistant content tokens and their <|im_end|>
-        (not on an assistant message with "weight": 0, the key OpenAI's fine-tuning format uses for context turns).
+        (not on an assistant message with "weight": 0, the key OpenAI's fine-tuning format uses for context turns,
+        nor on a leading `<think></think>`: with thinking off the prompt puts it there, the model never writes it).
 
         The template's markers become control ids; message content is encoded as plain text, so a
         content string containing "<|im_end|>" cannot end the turn early. When no content contains a
@@ -378,8 +380,10 @@ class Tokenizer:
             ids.append(self.im_start_id)
             mask.append(0)
             ids.extend(enc.ids)
-            # A token is assistant's if it covers any content character (end offset past the head).
-            mask.extend(int(is_asst and end > len(head)) for _, end in enc.offsets)
+            # A token is assistant's if it covers any content character (end offset past the head). A leading empty
+            # think block is the prompt's switch (thinking off), never the model's to write: not a target.
+            first = len(head) + (len(THINK_OFF) if is_asst and m["content"].startswith(THINK_OFF) else 0)
+            mask.extend(int(is_asst and end > first) for _, end in enc.offsets)
             ids.append(self.eos_id)
             mask.append(int(is_asst))
             ids.extend(self._newline)
