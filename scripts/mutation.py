@@ -1,7 +1,7 @@
 """Mutation testing (mutmut 3) of the modules where a silent bug costs most, each against only the test files that
 cover it; prints killed / survived / timeout per module and the score killed / (killed + survived).
 
-    nice -n 10 python scripts/mutation.py                 # every module (about an hour on 2 busy cores)
+    nice -n 10 python scripts/mutation.py                 # every module (15 min on 2 quiet cores, 1 h busy)
     nice -n 10 python scripts/mutation.py sampling blocks # some of them
     python scripts/mutation.py --list                     # the modules, their functions and test files
     python scripts/mutation.py --results-only             # re-read the last run's results, run nothing
@@ -19,7 +19,7 @@ With --write, the scores go to docs/results/mutation.json (scratchlm.results.wri
 in mutants/ keeps its entry from that file. `--stage TEXT` records what a run measures ("after the new tests") in
 mutants/<module>/run.json, and --write copies it beside the module's scores.
 
-Not part of CI: it takes about an hour. See docs/testing.md.
+Not part of CI: it takes 15 minutes to an hour, with the load. See docs/testing.md.
 """
 
 from __future__ import annotations
