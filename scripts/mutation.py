@@ -1,11 +1,12 @@
 """Mutation testing (mutmut 3) of the modules where a silent bug costs most, each against only the test files that
 cover it; prints killed / survived / timeout per module and the score killed / (killed + survived).
 
-    nice -n 10 python scripts/mutation.py                 # every module (about an hour on 2 busy cores)
+    nice -n 10 python scripts/mutation.py                 # every module (15 min on 2 quiet cores, 1 h busy)
     nice -n 10 python scripts/mutation.py sampling blocks # some of them
     python scripts/mutation.py --list                     # the modules, their functions and test files
     python scripts/mutation.py --results-only             # re-read the last run's results, run nothing
     python scripts/mutation.py --survivors sampling       # show the diff of each surviving mutant
+    python scripts/mutation.py --results-only --write     # the table into docs/results/mutation.json
 
 Each module runs in its own folder, mutants/<module>/ (git-ignored): a pyproject.toml (the project's, plus a
 [tool.mutmut] table naming the files to mutate and the tests to run), links to src/ and tests/, and the mutants/
@@ -14,9 +15,11 @@ mutant runs only those (pytest -x); one worker at a time (`--max-children 1`), o
 
 "No tests" mutants (code that none of the module's tests reaches) count as survived; lines marked
 `# pragma: no mutate` are equivalent mutants, excluded with the reason beside them, and counted from the source.
-With --write, the scores go to docs/results/mutation.json (scratchlm.results.write_results).
+With --write, the scores go to docs/results/mutation.json (scratchlm.results.write_results); a module with no run
+in mutants/ keeps its entry from that file. `--stage TEXT` records what a run measures ("after the new tests") in
+mutants/<module>/run.json, and --write copies it beside the module's scores.
 
-Not part of CI: it takes about an hour. See docs/testing.md.
+Not part of CI: it takes 15 minutes to an hour, with the load. See docs/testing.md.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "mutants"
+RESULTS = ROOT / "docs/results/mutation.json"
 PYTEST_ARGS = ["-p", "no:cacheprovider", "-m", "not slow", "-x"]
 
 
@@ -58,9 +62,13 @@ TARGETS = [
            ["tests/test_preference.py"], "DPO / cDPO / IPO / SimPO (+RPO), TRL's reward metrics, the reward "
            "model's pairwise loss"),
     Target("sampling", ["src/scratchlm/engine/sampling.py"], ["scratchlm.engine.sampling.*"],
-           ["tests/test_sampling.py", "tests/test_generate.py", "tests/test_engine.py"],
-           "SamplingParams checks, repetition penalty, temperature, top-k, top-p, the draw, seeded generators, "
-           "batched sample_rows"),
+           ["tests/test_sampling.py", "tests/test_generate.py", "tests/test_engine.py",
+            *(f"tests/test_sampling_penalties.py::{t}" for t in (  # not its CLI and server tests
+                "test_min_p_keeps_exactly_the_tokens_at_or_above_the_threshold",
+                "test_frequency_and_presence_penalties_by_hand", "test_out_of_range_params_name_the_field",
+                "test_engine_penalises_generated_tokens_only", "test_engine_batched_rows_equal_rows_alone"))],
+           "SamplingParams checks, repetition / frequency / presence penalties, temperature, top-k, top-p, min-p, "
+           "the draw, seeded generators, batched sample_rows"),
     Target("blocks", ["src/scratchlm/engine/blocks.py", "src/scratchlm/engine/kv_manager.py"],
            ["scratchlm.engine.blocks.*", "scratchlm.engine.kv_manager.*"],
            ["tests/test_blocks.py", "tests/test_engine.py"],
@@ -100,7 +108,7 @@ def _toml_list(xs: list[str]) -> str:
     return "[" + ", ".join(json.dumps(x) for x in xs) + "]"
 
 
-def prepare(t: Target) -> Path:
+def prepare(t: Target, stage: str = "") -> Path:
     """mutants/<name>/ with the project's pyproject.toml plus this module's [tool.mutmut], and links to src/ tests/.
     A fresh folder each run: mutmut's caches would otherwise keep results from before the tests changed."""
     d = WORK / t.name
@@ -123,13 +131,13 @@ def prepare(t: Target) -> Path:
                            text=True).stdout.strip()
     (d / "run.json").write_text(json.dumps({
         "commit": commit.stdout.strip() + ("+dirty" if dirty else ""),
-        "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}), encoding="utf-8")
+        "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "stage": stage}), encoding="utf-8")
     return d
 
 
-def run_module(t: Target, log: Path) -> int:
+def run_module(t: Target, log: Path, stage: str = "") -> int:
     """Run mutmut over one module's functions; its output goes to `log`. Returns mutmut's exit status."""
-    d = prepare(t)
+    d = prepare(t, stage)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutmut puts mutants/src first itself
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", "1", *t.functions]
@@ -231,6 +239,8 @@ def main() -> int:
     ap.add_argument("--survivors", action="store_true", help="print each survivor's diff (mutmut show)")
     ap.add_argument("--write", action="store_true", help="write docs/results/mutation.json")
     ap.add_argument("--markdown", action="store_true", help="print the table as markdown (for docs/testing.md)")
+    ap.add_argument("--stage", default="", help="what this run measures, kept with its results (e.g. 'after the "
+                                                 "new tests'); --write copies it into the results file")
     args = ap.parse_args()
     names = args.modules or list(BY_NAME)
     unknown = [n for n in names if n not in BY_NAME]
@@ -246,7 +256,7 @@ def main() -> int:
         for name in names:
             log = WORK / f"{name}.log"
             print(f"== {name}: mutmut run (log: {log.relative_to(ROOT)})", flush=True)
-            rc = run_module(BY_NAME[name], log)
+            rc = run_module(BY_NAME[name], log, args.stage)
             if rc != 0:
                 print(f"   mutmut exited {rc}; the end of its log:\n" + "".join(log.read_text().splitlines(True)[-20:]))
     if args.survivors:
@@ -259,9 +269,15 @@ def main() -> int:
     rows = table(names, args.markdown)
     if args.write and rows:
         sys.path.insert(0, str(ROOT / "src"))
-        from scratchlm.results import write_results
+        from scratchlm.results import read_results, write_results
 
-        out = write_results(ROOT / "docs/results/mutation.json", "mutation", rows,
+        if RESULTS.exists():  # a module not run here keeps the numbers (and commit, stage) of its last written run
+            kept = {k: v for k, v in read_results(RESULTS)["numbers"].items() if k in BY_NAME and k not in rows}
+            if kept:
+                print(f"kept from {RESULTS.relative_to(ROOT)} (no run here): {', '.join(kept)}")
+            rows = {n: rows[n] if n in rows else kept[n] for n in BY_NAME if n in rows or n in kept}
+
+        out = write_results(RESULTS, "mutation", rows,
                             notes="mutmut 3 per module with only its test files; score = killed / (killed + "
                                   "survived); 'no tests' mutants count as survived; 'excluded' counts the mutants "
                                   "that '# pragma: no mutate' lines remove (equivalent mutants, reasons in the "

@@ -109,3 +109,19 @@ def test_validate_messages_takes_tuples_and_returns_a_new_list():
     lst = list(msgs)
     assert validate_messages(lst) == lst and validate_messages(lst) is not lst
     assert validate_messages([]) == []
+
+
+def test_a_tokenizer_that_adds_a_bos_adds_none_inside_the_chat(tok, tmp_path):
+    """A tokenizer.json whose post-processor prepends a BOS (as Llama's does) must not put one at every turn: the
+    chat's ids stay those of the rendered text encoded without added tokens."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers.processors import TemplateProcessing
+
+    hf = HFTokenizer.from_file(str(tok.save(tmp_path) / "tokenizer.json"))
+    hf.post_processor = TemplateProcessing(single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", 0)])
+    bos = Tokenizer(hf)
+    assert hf.encode("it is").ids[0] == 0  # the post-processor does add a BOS when asked to
+    for gen in (False, True):
+        ids, mask = bos.encode_chat(CHAT, add_generation_prompt=gen)
+        assert ids == tok.encode_chat(CHAT, add_generation_prompt=gen)[0] and 0 not in ids
+        assert len(mask) == len(ids)

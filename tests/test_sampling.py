@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from scratchlm.engine.sampling import (SamplingParams, process_logits, sample, sample_rows, top_k_filter,
-                                       top_p_filter)
+from scratchlm.engine.sampling import (SamplingParams, apply_frequency_presence_penalty, min_p_filter,
+                                       process_logits, sample, sample_rows, top_k_filter, top_p_filter)
 
 INF = float("inf")
 
@@ -21,6 +21,12 @@ INF = float("inf")
     ("top_p", 0.0, "in (0, 1]"),
     ("top_p", 1.5, "in (0, 1]"),
     ("repetition_penalty", 0.0, "> 0"),
+    ("min_p", -0.1, "in [0, 1]"),
+    ("min_p", 1.01, "in [0, 1]"),
+    ("frequency_penalty", -2.01, "in [-2, 2]"),
+    ("frequency_penalty", 2.01, "in [-2, 2]"),
+    ("presence_penalty", -2.01, "in [-2, 2]"),
+    ("presence_penalty", 2.01, "in [-2, 2]"),
     ("max_new_tokens", 0, ">= 1"),
 ])
 def test_each_bad_parameter_is_named_with_its_rule(field, value, rule):
@@ -32,6 +38,10 @@ def test_each_bad_parameter_is_named_with_its_rule(field, value, rule):
 def test_boundary_values_are_accepted_and_empty_stop_strings_are_not():
     p = SamplingParams(temperature=0, top_k=0, top_p=1.0, repetition_penalty=1e-3, max_new_tokens=1)
     assert p.greedy and not SamplingParams(temperature=1e-6).greedy
+    for bound in (-2, 2):  # OpenAI's range is closed at both ends
+        SamplingParams(frequency_penalty=bound, presence_penalty=bound)
+    for m in (0.0, 1.0):
+        SamplingParams(min_p=m)
     with pytest.raises(ValueError) as e:
         SamplingParams(stop_strings=["ok", ""])
     assert str(e.value) == "SamplingParams.stop_strings must not contain an empty string"
@@ -74,6 +84,10 @@ def test_filters_work_on_the_last_axis_of_any_shape():
         torch.testing.assert_close(top_p_filter(x, p), top_p_filter(rows, p).reshape(2, 3, 5))
         for r in range(6):
             torch.testing.assert_close(top_p_filter(rows[r:r + 1], p), top_p_filter(rows, p)[r:r + 1])
+    for m in (0.2, 0.6):  # min-p's threshold is each row's own maximum, not the batch's or another axis'
+        torch.testing.assert_close(min_p_filter(x, m), min_p_filter(rows, m).reshape(2, 3, 5))
+        for r in range(6):
+            torch.testing.assert_close(min_p_filter(rows[r:r + 1], m), min_p_filter(rows, m)[r:r + 1])
 
 
 def test_sample_gives_one_token_per_row():
@@ -127,3 +141,35 @@ def test_sample_rows_reports_errors_per_batch_and_per_row():
     hot = [SamplingParams(temperature=1.0, seed=i) for i in range(3)]
     out = sample_rows(nan, hot, [None] * 3, [torch.Generator().manual_seed(i) for i in range(3)])
     assert isinstance(out[1], RuntimeError) and isinstance(out[0], int) and isinstance(out[2], int)
+
+
+def test_frequency_penalty_alone_and_the_logits_dtype():
+    logits = torch.tensor([[1.0, 2.0, 0.5]])
+    counts = torch.tensor([[0.0, 3.0, 1.0]])
+    # frequency 1 with no presence penalty: each logit minus its count
+    assert apply_frequency_presence_penalty(logits, counts, 1.0, 0.0).tolist() == [[1.0, -1.0, -0.5]]
+    # float32 counts on bf16 logits: the result stays bf16 (as in the batched path), with bf16's rounding
+    half = torch.tensor([[1.0, 2.0, 0.5]], dtype=torch.bfloat16)
+    out = apply_frequency_presence_penalty(half, counts, 0.3, 0.1)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, half - torch.tensor([[0.0, 1.0, 0.4]]).to(torch.bfloat16))
+
+
+def test_sample_rows_with_output_counts_equals_one_row_at_a_time():
+    V = 6
+    logits = torch.stack([torch.tensor([4.0, 3.5, 1.0, 0.0, -1.0, -2.0])] * 4)
+    counts = torch.zeros(1, V)
+    counts[0, 0] = 2.0  # token 0 generated twice
+
+    params = [SamplingParams(temperature=0, frequency_penalty=1.0),    # 4 − 2 = 2 < 3.5: token 1
+              SamplingParams(temperature=0, presence_penalty=0.2),     # 4 − 0.2 = 3.8 > 3.5: token 0
+              SamplingParams(temperature=0, frequency_penalty=2.0),    # no counts for this row: no penalty, token 0
+              SamplingParams(temperature=0.8, frequency_penalty=0.5, presence_penalty=0.5)]
+    rows_counts = [counts, counts, None, counts]
+    want = []
+    for i, p in enumerate(params):
+        gen = torch.Generator().manual_seed(i)
+        want.append(int(sample(process_logits(logits[i:i + 1], p, counts=rows_counts[i]), p, gen)))
+    assert want[:3] == [1, 0, 0]
+    got = sample_rows(logits, params, [None] * 4, [torch.Generator().manual_seed(i) for i in range(4)], rows_counts)
+    assert got == want

@@ -115,3 +115,41 @@ def test_packed_docs_one_per_row_without_packing_or_masks():
     assert str(e.value) == "train.data: the dataset has no documents"
     with pytest.raises(ConfigError, match="^data: the dataset has no documents$"):
         PackedDocs(sh, seq_len=7, seed=2)
+
+
+def test_packed_windows_count_whole_windows_and_refuse_a_stream_too_short():
+    from scratchlm.config import ConfigError
+    from scratchlm.train.batches import PackedWindows
+    from tests.test_train_loop import ArrayShards
+
+    assert PackedWindows(ArrayShards(np.arange(10)), seq_len=9, seed=0).n == 1  # exactly seq_len + 1 tokens
+    # 18 tokens: a second window would need tokens 9..18, one more than there is
+    assert PackedWindows(ArrayShards(np.arange(18)), seq_len=9, seed=0).n == 1
+    assert PackedWindows(ArrayShards(np.arange(19)), seq_len=9, seed=0).n == 2
+    with pytest.raises(ConfigError) as e:
+        PackedWindows(ArrayShards(np.arange(9)), seq_len=9, seed=0)
+    assert str(e.value) == ("data: 9 tokens is fewer than train.seq_len+1=10; lower train.seq_len or prepare "
+                            "more data")
+    with pytest.raises(ConfigError, match="^train.val_data: 9 tokens"):
+        PackedWindows(ArrayShards(np.arange(9)), seq_len=9, seed=0, where="train.val_data")
+
+
+def test_packed_windows_row_is_a_function_of_the_position_alone():
+    from scratchlm.train.batches import PackedWindows
+
+    sh = _shards([30, 25, 45], mask=False)
+    walked = PackedWindows(sh, seq_len=9, seed=5)
+    want = [walked.get(p).ids.tolist() for p in range(30)]  # epochs 0, 1 and the start of 2, in order
+    for p in (11, 25, 12, 3):  # a fresh reader (a resumed run) may start in any epoch
+        assert PackedWindows(sh, seq_len=9, seed=5).get(p).ids.tolist() == want[p]
+    assert walked.get(4).mask is None  # pretraining shards carry no loss mask: the row has none either
+
+
+def test_rows_batch_a_longest_row_without_document_ids():
+    # the pretraining mix: a long window with no document index beside a short SFT row that has one
+    long = Row(np.array([5, 6, 7, 8, 9]), None, None)
+    short = Row(np.array([1, 2, 3]), None, np.array([4, 4, 5]))
+    b = rows_batch([long, short], use_mask=True, use_docs=True)
+    assert b["input_ids"].shape == b["targets"].shape == b["doc_ids"].shape == (2, 4)
+    assert torch.equal(b["doc_ids"], torch.tensor([[-1, -1, -1, -1], [4, 4, -1, -1]]))
+    assert torch.equal(b["targets"], torch.tensor([[6, 7, 8, 9], [2, IGNORE, IGNORE, IGNORE]]))
