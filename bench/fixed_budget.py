@@ -31,7 +31,7 @@ VARIANTS = {"eager adamw": (False, "adamw"), "compiled adamw": (True, "adamw"), 
 def _sets(batch: int, seq: int, steps: int, compile: bool, optimizer: str, seed: int, evals: int) -> list[str]:
     return [f"train.batch_size={batch}", f"train.seq_len={seq}", f"train.max_steps={steps}",
             f"train.warmup_steps={max(1, steps // 20)}", f"train.eval_every={max(1, steps // evals)}",
-            "train.eval_batches=10", "train.save_every=0", "train.log_every=1", f"train.seed={seed}",
+            "train.eval_batches=10", "train.save_every=0", "train.log_every=1",  # log_every=1: every step's time f"train.seed={seed}",
             f"train.compile={str(compile).lower()}", f"train.optimizer={optimizer}", "train.doc_mask=false"]
 
 
@@ -56,6 +56,17 @@ def seconds_per_step(preset: str, data: dict[str, Path], batch: int, seq: int, c
     recs = run_variant(preset, data, _sets(batch, seq, 8, compile, optimizer, 0, 1), work)
     times = [batch * seq / r["tokens_per_s"] for r in recs if "tokens_per_s" in r and r["step"] > 2]
     return statistics.median(times)
+
+
+def train_curve(recs: list[dict], tokens_per_step: int) -> list[tuple[float, float]]:
+    """(training seconds so far, val loss) at each validation: the seconds are the steps' own (tokens / tokens/s of
+    each logged step), so the time spent validating counts for no variant."""
+    spent, at_step = 0.0, {}
+    for r in recs:
+        if "tokens_per_s" in r:
+            spent += tokens_per_step / r["tokens_per_s"]
+            at_step[r["step"]] = spent
+    return [(at_step[r["step"]], r["val_loss"]) for r in recs if "val_loss" in r and r["step"] in at_step]
 
 
 def time_to(curve: list[tuple[float, float]], target: float) -> float | None:
@@ -96,7 +107,7 @@ def main() -> None:
                 recs = run_variant(preset, data, _sets(args.batch, args.seq, steps, compile, opt, seed, 10),
                                    work / tag)
                 wall = time.perf_counter() - t0
-                curve = [(r["elapsed_s"], r["val_loss"]) for r in recs if "val_loss" in r and "elapsed_s" in r]
+                curve = train_curve(recs, args.batch * args.seq)
                 rows[v] = {"s_per_step": sps, "steps": steps, "wall_s": wall, "curve": curve,
                            "val_loss": curve[-1][1] if curve else None}
                 print(f"{preset} seed {seed} {v:15s} {sps:6.3f} s/step → {steps:5d} steps, {wall:6.0f} s, "

@@ -141,7 +141,7 @@ def test_cli_flags_reach_sampling_params_and_help_shows_defaults(capsys):
     import argparse
 
     from scratchlm.engine.cli import add_sampling_args, sampling_params
-    from scratchlm.engine.sampling import CHAT_SAMPLING_DEFAULTS
+    from scratchlm.engine.chat_defaults import CHAT_SAMPLING_DEFAULTS
 
     parser = argparse.ArgumentParser()
     add_sampling_args(parser, default_min_p=0.05, default_frequency_penalty=0.3)

@@ -37,7 +37,8 @@ DEMO_CHATS = ["Tell me a fortune.", "说一句名言。", "Recite a poem by 李�
 
 def chat_sampling(s: DemoSettings) -> Any:
     """`scratchlm chat`'s sampling defaults for open-ended replies, seeded: the checkable tasks stay greedy."""
-    from scratchlm.engine.sampling import CHAT_SAMPLING_DEFAULTS, SamplingParams
+    from scratchlm.engine.chat_defaults import CHAT_SAMPLING_DEFAULTS
+    from scratchlm.engine.sampling import SamplingParams
 
     return SamplingParams(**CHAT_SAMPLING_DEFAULTS, max_new_tokens=3 * s.max_new_tokens, seed=s.seed)
 

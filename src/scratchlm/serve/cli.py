@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from scratchlm.engine.cli import add_sampling_args
-from scratchlm.engine.sampling import CHAT_SAMPLING_DEFAULTS
+from scratchlm.engine.chat_defaults import CHAT_SAMPLING_DEFAULTS
 
 
 def open_engine(run: str, device: str = "auto", block_size: int = 16, num_blocks: int | None = None,
