@@ -7,10 +7,11 @@ from pathlib import Path
 
 import torch
 
-CALC = {"type": "function", "function": {
-    "name": "calculator", "description": "Evaluate an arithmetic expression.",
-    "parameters": {"type": "object", "properties": {"expression": {"type": "string", "description": "e.g. 12*34"}},
-                   "required": ["expression"]}}}
+from scratchlm.agent.builtin import calculator
+from scratchlm.agent.tools import function_tool
+
+# The agent's own calculator tool, as the template lists it: the server tests and the agent's share it.
+CALC = function_tool(calculator).schema()
 QUESTION = "What is 12 times 34?"
 CALL_ARGS = {"expression": "12*34"}
 RESULT = "408"

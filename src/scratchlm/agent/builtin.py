@@ -12,7 +12,7 @@ from scratchlm.agent.calculator import calculate
 from scratchlm.agent.tools import Tool, function_tool
 
 BUILTIN = ("calculator", "date", "files", "rag")
-MAX_FILE_CHARS = 4000  # what one read returns; the model asks again with an offset for more
+MAX_FILE_CHARS = 1500  # what one read returns (within one observation); the model asks again with an offset
 
 
 def calculator(expression: str) -> str:

@@ -27,7 +27,7 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     trace = agent_task(args.run, args.task, tools=[t.strip() for t in tools], rag_db=args.rag_db,
                        files_root=args.files_root, mcp=args.mcp or [], max_steps=args.max_steps,
                        max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
-                       device=args.device, json_path=args.json)
+                       device=args.device, json_path=args.json, system=args.system)
     return 0 if trace.stopped == "answer" else 3
 
 
@@ -43,6 +43,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rag-db", default=None, metavar="DB", help="the database the rag tool searches")
     p.add_argument("--files-root", default=None, metavar="DIR", help="the one folder the files tool may read")
     p.add_argument("--mcp", action="append", metavar="CMD", help="an MCP server to start over stdio (repeatable)")
+    p.add_argument("--system", default=None, help="a system prompt before the tools (default: the tools alone)")
     p.add_argument("--max-steps", type=int, default=6, help="model replies at most (default 6)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="tokens per reply at most")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")

@@ -18,8 +18,6 @@ from scratchlm.agent.tools import ToolRegistry
 from scratchlm.tokenizer.tool_parser import parse_tool_calls
 from scratchlm.tokenizer.tools import CALL_OPEN
 
-SYSTEM = ("You are a careful assistant. Think step by step; when a tool can give a fact or a result you are not "
-          "sure of, call it, then answer from what it returned.")
 MALFORMED = ('error: the tool call could not be read; write <tool_call>\n{"name": <tool name>, "arguments": '
              '{<argument>: <value>}}\n</tool_call>')
 
@@ -125,8 +123,9 @@ def _split_thought(text: str) -> tuple[str, str]:
 
 
 def run_agent(policy: Policy, registry: ToolRegistry, task: str, max_steps: int = 6,
-              system: str | None = SYSTEM) -> Trace:
-    """Run the Thought → Action → Observation loop on `task` for at most `max_steps` replies."""
+              system: str | None = None) -> Trace:
+    """Run the Thought → Action → Observation loop on `task` for at most `max_steps` replies. With no `system` text
+    the system turn holds only the tools (what tool-use SFT chats look like)."""
     if max_steps < 1:
         raise ValueError(f"max_steps={max_steps} must be >= 1")
     t0 = time.perf_counter()

@@ -29,14 +29,15 @@ def open_tools(stack: ExitStack, names: Sequence[str], rag_db: str | Path | None
 def agent_task(run_dir: str | Path, task: str, tools: Sequence[str] = ("calculator", "date"),
                rag_db: str | Path | None = None, files_root: str | Path | None = None, mcp: Sequence[str] = (),
                max_steps: int = 6, max_new_tokens: int = 256, temperature: float = 0.0, seed: int | None = None,
-               device: str = "auto", json_path: str | Path | None = None, quiet: bool = False) -> Trace:
+               device: str = "auto", json_path: str | Path | None = None, quiet: bool = False,
+               system: str | None = None) -> Trace:
     """Run the agent on `task` with a run's model; print the trace (unless quiet) and write it to `json_path`."""
     from scratchlm.engine.offline import LLM
 
     with ExitStack() as stack:
         registry = open_tools(stack, tools, rag_db, files_root, mcp)
         policy = EnginePolicy(LLM.from_run(run_dir, device), max_new_tokens, temperature, seed)
-        trace = run_agent(policy, registry, task, max_steps=max_steps)
+        trace = run_agent(policy, registry, task, max_steps=max_steps, system=system)
     if not quiet:
         print_trace(trace)
     if json_path is not None:
