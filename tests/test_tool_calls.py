@@ -190,3 +190,35 @@ def test_final_arguments_drops_only_the_bodys_brace():
     assert final_arguments('{"a": 1}') == '{"a": 1}'
     assert final_arguments("garbage}") == "garbage"
     assert final_arguments("{{}") == "{{}"
+
+
+def test_llama_cpp_renders_the_gguf_template_with_tools_as_we_do(tok_dir, tmp_path):
+    """The GGUF export carries the same template: llama.cpp's server (jinja on) renders a tool loop, tools listed,
+    exactly as render_chat does (the chat ends on the tool results: llama.cpp would continue a final assistant
+    message instead of opening a new turn)."""
+    xllamacpp = pytest.importorskip("xllamacpp")
+    import urllib.request
+
+    from run_util import random_debug_run
+    from scratchlm.export.gguf import export_gguf
+
+    tok = Tokenizer.load(tok_dir)
+    random_debug_run(tmp_path / "run", tok_dir, f"model.vocab_size={tok.vocab_size}")
+    export_gguf(tmp_path / "run", tmp_path / "m.gguf", "f32")
+    params = xllamacpp.CommonParams()
+    params.model.path = str(tmp_path / "m.gguf")
+    params.n_ctx, params.n_parallel, params.warmup, params.use_jinja = 128, 1, False, True
+    params.cpuparams.n_threads = params.cpuparams_batch.n_threads = 1
+    server = xllamacpp.Server(params)
+    # OpenAI's wire form: arguments as JSON strings
+    msgs = [{**m, "tool_calls": [{**c, "function": {**c["function"], "arguments": json.dumps(c["function"]["arguments"])
+                                                    if isinstance(c["function"]["arguments"], dict)
+                                                    else c["function"]["arguments"]}} for c in m["tool_calls"]]}
+            if m.get("tool_calls") else m for m in LOOP[:-1]]
+    req = urllib.request.Request(server.listening_address + "/apply-template",
+                                 json.dumps({"messages": msgs, "tools": TOOLS}).encode(),
+                                 {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        rendered = json.loads(r.read())["prompt"]
+    assert rendered == tok.render_chat(msgs, add_generation_prompt=True, tools=TOOLS)
+    assert "<tools>\n" + json.dumps(CALC, ensure_ascii=False) in rendered
