@@ -222,3 +222,27 @@ def test_llama_cpp_renders_the_gguf_template_with_tools_as_we_do(tok_dir, tmp_pa
         rendered = json.loads(r.read())["prompt"]
     assert rendered == tok.render_chat(msgs, add_generation_prompt=True, tools=TOOLS)
     assert "<tools>\n" + json.dumps(CALC, ensure_ascii=False) in rendered
+
+
+FRAGMENTS = ["<tool_call>", "</tool_call>", "<tool_", "</tool", '{"name": "f", "arguments": ', '{"name": "g",',
+             ' "arguments": ', "{", "}", "}}", " ", "\n", "a", '"', '"x": 1', "，", "<", "/"]
+
+
+def test_any_text_streamed_in_any_pieces_reassembles_to_the_whole_parse():
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+
+    @hypothesis.settings(max_examples=400, deadline=None, derandomize=True)
+    @hypothesis.given(st.lists(st.sampled_from(FRAGMENTS), max_size=24), st.lists(st.integers(0, 200), max_size=6))
+    def check(parts, cuts):
+        text = "".join(parts)
+        content, calls = parse_tool_calls(text)
+        bounds = sorted({min(c, len(text)) for c in cuts} | {0, len(text)})
+        p = ToolCallStream()
+        deltas = [d for a, b in zip(bounds, bounds[1:]) for d in p.feed(text[a:b])] + p.finish()
+        assert _reassemble(deltas) == (content, [(c.name, c.arguments) for c in calls])
+        # and no piece of content is a call's: content deltas concatenate to the whole parse's content
+        assert "".join(d.content for d in deltas) == content
+
+    check()
+
