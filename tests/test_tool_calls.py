@@ -232,8 +232,12 @@ def test_any_text_streamed_in_any_pieces_reassembles_to_the_whole_parse():
     hypothesis = pytest.importorskip("hypothesis")
     st = hypothesis.strategies
 
+    block = st.builds(lambda a, b, c: "<tool_call>\n" + a + b + c, st.sampled_from(FRAGMENTS[4:6]),
+                      st.sampled_from(['{"x": 1}', '{"x": {"y": "}"}}', "", "{", '"s"']),
+                      st.sampled_from(["}\n</tool_call>", "}</tool_call>", "\n</tool_call>", "}", ""]))
     @hypothesis.settings(max_examples=400, deadline=None, derandomize=True)
-    @hypothesis.given(st.lists(st.sampled_from(FRAGMENTS), max_size=24), st.lists(st.integers(0, 200), max_size=6))
+    @hypothesis.given(st.lists(st.one_of(st.sampled_from(FRAGMENTS), block), max_size=16),
+                      st.lists(st.integers(0, 120), max_size=10))
     def check(parts, cuts):
         text = "".join(parts)
         content, calls = parse_tool_calls(text)
