@@ -51,7 +51,8 @@ class EnginePolicy:
         ids, _ = tok.encode_chat(clean_messages(messages), add_generation_prompt=True, tools=tools or None)
         room = self.llm.config.max_seq_len - len(ids)
         if room < min(self.max_new_tokens, 16):
-            raise ContextFull(f"the chat has {len(ids)} tokens; the model's context is {self.llm.config.max_seq_len}")
+            raise ContextFull(f"the chat has {len(ids)} tokens (tools listed included); the model's context is "
+                              f"{self.llm.config.max_seq_len}")
         params = SamplingParams(temperature=self.temperature, max_new_tokens=min(self.max_new_tokens, room),
                                 stop_ids=list(tok.stop_ids), seed=self.seed)
         return tok.decode(self.llm.generate([ids], params)[0])
@@ -99,6 +100,7 @@ class Trace:
     steps: list[Step] = field(default_factory=list)
     answer: str | None = None
     stopped: str = "answer"
+    note: str = ""  # why it stopped, when not by an answer
     seconds: float = 0.0
 
     def to_json(self) -> dict:
@@ -136,8 +138,8 @@ def run_agent(policy: Policy, registry: ToolRegistry, task: str, max_steps: int 
     for k in range(1, max_steps + 1):
         try:
             text = policy.reply(messages, tools)
-        except ContextFull:
-            trace.stopped = "context_full"
+        except ContextFull as e:
+            trace.stopped, trace.note = "context_full", str(e)
             break
         think, rest = _split_thought(text)
         content, calls = parse_tool_calls(rest)
@@ -158,7 +160,7 @@ def run_agent(policy: Policy, registry: ToolRegistry, task: str, max_steps: int 
             step.calls.append(CallRecord(c.name, c.arguments, obs.text, obs.error))
             messages.append({"role": "tool", "content": obs.text})
     else:
-        trace.stopped = "step_limit"
+        trace.stopped, trace.note = "step_limit", f"no answer after {max_steps} steps"
     trace.seconds = round(time.perf_counter() - t0, 3)
     return trace
 
@@ -182,6 +184,7 @@ def print_trace(trace: Trace, console: Any = None) -> None:
             body.append("Answer: ", style="bold magenta").append(trace.answer or "")
         console.print(Panel(body, title=f"step {s.step}"))
     if trace.stopped != "answer":
-        console.print(f"[bold red]stopped: {trace.stopped}[/] after {len(trace.steps)} steps ({trace.seconds:.1f} s)")
+        console.print(f"[bold red]stopped: {trace.stopped}[/] ({trace.note}) after {len(trace.steps)} steps "
+                      f"({trace.seconds:.1f} s)")
     else:
         console.print(f"[bold]answer:[/] {trace.answer}  ({len(trace.steps)} steps, {trace.seconds:.1f} s)")
