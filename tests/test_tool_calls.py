@@ -250,3 +250,13 @@ def test_any_text_streamed_in_any_pieces_reassembles_to_the_whole_parse():
 
     check()
 
+
+
+def test_a_weight_0_turn_stays_context_with_tools(tok):
+    chat = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "old", "weight": 0, "tool_calls": [
+        {"name": "today", "arguments": {}}]}, {"role": "tool", "content": "x"}, {"role": "assistant", "content": "new"}]
+    ids, mask = tok.encode_chat(chat, tools=TOOLS)
+    learnt = tok.decode([i for i, m in zip(ids, mask) if m])
+    assert learnt == "new<|im_end|>"
+    with pytest.raises(ValueError, match="weight"):
+        tok.encode_chat([{"role": "user", "content": "a", "weight": 0}], tools=TOOLS)
