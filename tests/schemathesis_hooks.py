@@ -18,6 +18,7 @@ string. The test counts those lines, so a run that sent no such case fails."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from typing import Any, Iterator
@@ -61,11 +62,18 @@ def _get(value: Any, path: Path) -> Any:
     return value
 
 
+# Which mutation comes next, and whether a body is kept as generated, go round in turn rather than being drawn:
+# hypothesis' draws favour their first choice this early in a run (13 mutations in 80 bodies, 12 of them
+# surrogates, once the chat schema grew its tool fields), so the counts the test checks hung on the schema's shape.
+_TURN = itertools.count()
+_KEEP = itertools.count()
+
+
 @st.composite
 def _mutated(draw: st.DrawFn, body: Any, paths: list[Path]) -> Any:
     for path in draw(st.lists(st.sampled_from(paths), min_size=1, max_size=2, unique=True)):
         old = _get(body, path)
-        if draw(st.booleans()):
+        if next(_TURN) % 2:
             at = draw(st.integers(0, len(old)))
             new = old[:at] + draw(st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)) + old[at:]
         else:
@@ -85,7 +93,7 @@ def flatmap_body(context: Any, body: Any) -> st.SearchStrategy:
     # string fields when a body has none.
     text = [p for p in paths if any(k in ("content", "prompt", "stop", "text") for k in p if isinstance(k, str))]
     paths = text or paths
-    return st.one_of(st.just(body), *[_mutated(body, paths)] * 3)
+    return st.just(body) if next(_KEEP) % 4 == 0 else _mutated(body, paths)
 
 
 def _strings(value: Any) -> Iterator[str]:

@@ -24,7 +24,9 @@ CHAT = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "
 
 def test_render_chat_is_chatml_exactly(tok):
     text = ("<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nwhat is 2 plus 2?<|im_end|>\n"
-            "<|im_start|>assistant\nit is 4.<|im_end|>\n<|im_start|>tool\n{}<|im_end|>\n"
+            "<|im_start|>assistant\nit is 4.<|im_end|>\n"
+            # a tool result sits in a user turn (the Hermes convention, tokenizer/tools.py)
+            "<|im_start|>user\n<tool_response>\n{}\n</tool_response><|im_end|>\n"
             "<|im_start|>assistant\n  done<|im_end|>\n")
     assert tok.render_chat(CHAT) == text
     assert tok.render_chat(CHAT, add_generation_prompt=True) == text + "<|im_start|>assistant\n"

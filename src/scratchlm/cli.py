@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "scratchlm.engine.cli",
     "scratchlm.serve.cli",
     "scratchlm.rag.cli",
+    "scratchlm.agent.cli",
     "scratchlm.eval.cli",
     "scratchlm.export.cli",
 ]

@@ -15,7 +15,8 @@ from scratchlm.serve import protocol as P
 from scratchlm.serve.errors import APIError, EngineStopped, RequestFailed
 from scratchlm.serve.metrics import ServerMetrics
 from scratchlm.serve.prompt import chat_prompt_ids
-from scratchlm.serve.reasoning import ThinkSplitter
+from scratchlm.serve.tools import (NAME_OPEN, MAX_NAME_TOKENS, ReplyParser, ToolPlan, delta_tool_calls, finish_reason,
+                                   forced_prefill, plan_tools, request_messages, snap_name)
 from scratchlm.serve.validate import check_chat, check_completion, max_text_chars
 
 
@@ -43,15 +44,6 @@ async def _guarded(events: AsyncIterator[str]) -> AsyncIterator[str]:
     except EngineStopped as e:
         code = "request_failed" if isinstance(e, RequestFailed) else "engine_stopped"
         yield _sse({"error": {"message": str(e), "type": "server_error", "param": None, "code": code}})
-
-
-def _split_think(splitter: ThinkSplitter, ev: Any) -> tuple[str, str]:
-    """(reasoning, content) of one event's text; a sample's last event also flushes what the splitter held."""
-    r, c = splitter.feed(ev.text)
-    if ev.finish_reason is not None:
-        r2, c2 = splitter.finish()
-        r, c = r + r2, c + c2
-    return r, c
 
 
 def _sse(data: Any) -> str:
@@ -224,56 +216,79 @@ class Handlers:
         t0 = time.perf_counter()
         check_chat(req, self.max_chars)
         self._check_model(req.model)
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
+        messages = request_messages(req)
+        plan = plan_tools(req)
         thinking = req.chat_template_kwargs.enable_thinking if req.chat_template_kwargs else True
         sources = None
         if self.rag is not None:
             room = self.engine.max_seq_len - (req.max_completion_tokens or req.max_tokens or self.engine.max_seq_len // 4)
 
             def fits(msgs: list[dict]) -> bool:
-                return len(chat_prompt_ids(self.tokenizer, msgs, enable_thinking=thinking)) <= room
+                return len(chat_prompt_ids(self.tokenizer, msgs, enable_thinking=thinking, tools=plan.tools)) <= room
 
             # Retrieval (embedding, sqlite) off the event loop, like submitting.
             messages, sources = await asyncio.to_thread(self.rag.augment, messages, fits)
+        if plan.choose:  # `required` with several tools: the model names one first
+            plan.forced = await self._choose_tool(req, request, messages, plan, thinking, t0)
+        prefill = forced_prefill(plan)
         # Tokenising is CPU work too: in a worker thread, so /health and other streams are not held up.
-        ids = await asyncio.to_thread(chat_prompt_ids, self.tokenizer, messages, enable_thinking=thinking)
+        ids = await asyncio.to_thread(chat_prompt_ids, self.tokenizer, messages, enable_thinking=thinking,
+                                      tools=plan.tools, prefill=prefill)
         params = self._params(req, len(ids), req.max_completion_tokens or req.max_tokens)
         handle = await self._submit(ids, params, req.n, req.logprobs, req.top_logprobs or 0)
         rid, created = f"chatcmpl-{handle.request_id}", int(time.time())
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
-            return EventStream(self._chat_stream(handle, req, request, rid, created, usage, t0, sources))
+            return EventStream(self._chat_stream(handle, req, request, rid, created, usage, t0, sources, plan, prefill))
         n = req.n
-        splitters = [ThinkSplitter() for _ in range(n)]
-        reasoning, content = [""] * n, [""] * n
+        parsers = [ReplyParser(plan, prefill) for _ in range(n)]
         finish: list[str | None] = [None] * n
         lps: list[list[P.TokenLogprob]] = [[] for _ in range(n)]
         completion_tokens = 0
         async for _, ev in self._collect([handle], request, t0):
             i = ev.index
-            r, c = _split_think(splitters[i], ev)
+            parsers[i].feed(ev.text, ev.finish_reason is not None)
             if ev.finish_reason is not None:
                 finish[i] = ev.finish_reason
-            reasoning[i] += r
-            content[i] += c
             if ev.token_id is not None:
                 completion_tokens += 1
                 if req.logprobs and ev.logprob is not None:
                     lps[i].append(self._logprob_entry(ev))
         choices = []
-        for i in range(n):
-            think = reasoning[i] if splitters[i].opened else None
-            message = P.AssistantMessage(content=content[i], reasoning_content=think, reasoning=think)
-            choices.append(P.ChatChoice(index=i, message=message, finish_reason=finish[i],
+        for i, p in enumerate(parsers):
+            think = p.reasoning if p.think is not None and p.think.opened else None
+            calls = p.tool_calls()
+            message = P.AssistantMessage(content=p.content or (None if calls else ""), reasoning_content=think,
+                                         reasoning=think, tool_calls=calls or None)
+            choices.append(P.ChatChoice(index=i, message=message, finish_reason=finish_reason(finish[i], bool(calls)),
                                         logprobs=P.ChoiceLogprobs(content=lps[i]) if req.logprobs else None))
         usage = P.Usage(prompt_tokens=handle.prompt_tokens, completion_tokens=completion_tokens,
                         total_tokens=handle.prompt_tokens + completion_tokens)
         return P.ChatCompletion(id=rid, created=created, model=self.model_name, choices=choices, usage=usage,
                                 sources=sources)
 
+    async def _choose_tool(self, req: P.ChatCompletionRequest, request: Request, messages: list[dict],
+                           plan: ToolPlan, thinking: bool, t0: float) -> str:
+        """`tool_choice: required` with several tools: the model writes a name after the call's opening (greedy,
+        a few tokens), snapped to the closest listed name, so the reply that follows is always a listed call."""
+        from scratchlm.engine.sampling import SamplingParams
+
+        ids = await asyncio.to_thread(chat_prompt_ids, self.tokenizer, messages, enable_thinking=thinking,
+                                      tools=plan.tools, prefill=NAME_OPEN)
+        self._params(req, len(ids), None)  # the same context checks as the reply's
+        room = self.engine.max_seq_len - len(ids)
+        params = SamplingParams(temperature=0.0, max_new_tokens=max(1, min(MAX_NAME_TOKENS, room)),
+                                stop_ids=list(self.tokenizer.stop_ids), stop_strings=['"'])
+        handle = await self._submit(ids, params, 1, False, 0)
+        written = ""
+        async for _, ev in self._collect([handle], request, t0):
+            written += ev.text
+        return snap_name(written, plan.names)
+
     async def _chat_stream(self, handle: Any, req: P.ChatCompletionRequest, request: Request, rid: str,
                            created: int, include_usage: bool, t0: float,
-                           sources: list[str] | None = None) -> AsyncIterator[str]:
+                           sources: list[str] | None = None, plan: ToolPlan | None = None,
+                           prefill: str = "") -> AsyncIterator[str]:
         base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": self.model_name}
 
         def chunk(i: int, delta: dict, finish: str | None = None, logprobs: Any = None, extra: dict | None = None) -> str:
@@ -283,19 +298,20 @@ class Handlers:
         for i in range(req.n):  # the first chunk of each choice carries the role, as OpenAI's does
             yield chunk(i, {"role": "assistant", "content": ""},
                         extra={"sources": sources} if sources is not None and i == 0 else None)
-        splitters = [ThinkSplitter() for _ in range(req.n)]
+        parsers = [ReplyParser(plan or ToolPlan(), prefill) for _ in range(req.n)]
         completion_tokens = 0
         async for _, ev in self._collect([handle], request, t0):
             i = ev.index
-            r, c = _split_think(splitters[i], ev)
+            r, c, calls = parsers[i].feed(ev.text, ev.finish_reason is not None)
             lp = None
             if ev.token_id is not None:
                 completion_tokens += 1
                 if req.logprobs and ev.logprob is not None:
                     lp = {"content": [self._logprob_entry(ev).model_dump()]}
-            if r or c or lp or ev.finish_reason:
-                delta = _drop_none({"reasoning_content": r or None, "reasoning": r or None, "content": c or None})
-                yield chunk(i, delta, ev.finish_reason, lp)
+            if r or c or calls or lp or ev.finish_reason:
+                delta = _drop_none({"reasoning_content": r or None, "reasoning": r or None, "content": c or None,
+                                    "tool_calls": delta_tool_calls(calls) or None})
+                yield chunk(i, delta, finish_reason(ev.finish_reason, parsers[i].has_calls), lp)
         if include_usage:
             usage = {"prompt_tokens": handle.prompt_tokens, "completion_tokens": completion_tokens,
                      "total_tokens": handle.prompt_tokens + completion_tokens}

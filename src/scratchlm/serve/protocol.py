@@ -1,15 +1,16 @@
 """The OpenAI wire format the server speaks: request bodies (validated by FastAPI into these pydantic
 models), response bodies and the error shape. Harmless fields the server does not implement (`user`,
 `metadata`, `store`, ...) are accepted and ignored (as vLLM does), so clients that send them keep working;
-fields that would change the answer (`tools`, `response_format`, `logit_bias`, ...) are refused by
-serve/validate.py, naming the field. Every bound here is what the engine can honour, so a request that passes
+fields that would change the answer and are not implemented (`response_format`, `logit_bias`, ...) are refused
+by serve/validate.py, naming the field. Tools (`tools`, `tool_choice`, assistant `tool_calls`, role `tool`) are
+implemented: docs/tools.md. Every bound here is what the engine can honour, so a request that passes
 validation does not fail later for a reason the schema could state."""
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 MAX_N = 16  # samples per prompt: each holds KV blocks, so a bound keeps one request from filling the pool
 MAX_STOP = 16
@@ -18,6 +19,10 @@ MAX_MESSAGES = 1024  # a chat's messages: more would not fit any context this se
 MAX_TOP_LOGPROBS = 20  # OpenAI's own limit
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit integer
 MIN_TOP_P = 1e-6  # smaller values act as this one: only the most likely token is kept
+MAX_TOOLS = 128  # OpenAI's own limit on `tools`
+MAX_TOOL_CALLS = 128  # calls in one assistant message of the history
+MAX_TOOLS_CHARS = 65536  # the tools' JSON: it goes into the system turn, so it must fit the context too
+MAX_SCHEMA_DEPTH = 32  # nesting of one tool's parameters schema
 GREEDY_BELOW = 1e-5  # a temperature this small samples greedily (as vLLM does): dividing by it overflows
 
 
@@ -37,11 +42,29 @@ class TextPart(BaseModel):
     text: str
 
 
+class FunctionCall(_Request):
+    """The function part of a call in the history: `arguments` is a JSON string, as OpenAI sends it."""
+
+    name: StrictStr
+    arguments: StrictStr
+
+
+class ToolCallIn(_Request):
+    """A call the assistant made earlier in the conversation."""
+
+    id: Optional[StrictStr] = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Request):
-    """A message of the conversation."""
+    """A message of the conversation: an assistant's may carry `tool_calls`, a `tool` message answers one."""
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Union[str, list[TextPart], None] = None
+    tool_calls: Optional[list[ToolCallIn]] = Field(None, max_length=MAX_TOOL_CALLS)
+    tool_call_id: Optional[StrictStr] = None
+    name: Optional[StrictStr] = None
 
     def text(self) -> str:
         """The content as one string."""
@@ -89,6 +112,37 @@ class ChatTemplateKwargs(_Request):
     enable_thinking: StrictBool = True
 
 
+class FunctionDef(BaseModel):
+    """A function the model may call: its name, what it does, and a JSON schema of its arguments."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt key (`parameter`) is an error, not a silently lost schema
+
+    name: StrictStr
+    description: Optional[StrictStr] = None
+    parameters: Optional[dict[str, Any]] = None
+    strict: Optional[StrictBool] = None
+
+
+class ToolDef(BaseModel):
+    """One entry of `tools`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(_Request):
+    name: StrictStr
+
+
+class NamedToolChoice(_Request):
+    """`tool_choice: {"type": "function", "function": {"name": ...}}`: the reply is a call to that function."""
+
+    type: Literal["function"]
+    function: NamedFunction
+
+
 class ChatCompletionRequest(_Sampling):
     """POST /v1/chat/completions."""
 
@@ -98,6 +152,9 @@ class ChatCompletionRequest(_Sampling):
     logprobs: StrictBool = False
     top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     chat_template_kwargs: Optional[ChatTemplateKwargs] = None
+    tools: Optional[list[ToolDef]] = Field(None, max_length=MAX_TOOLS)
+    tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = None
+    parallel_tool_calls: Optional[StrictBool] = None
 
 
 class CompletionRequest(_Sampling):
@@ -127,18 +184,30 @@ class ChoiceLogprobs(BaseModel):
     content: Optional[list[TokenLogprob]] = None
 
 
+class FunctionCallOut(BaseModel):
+    name: str
+    arguments: str  # the model's JSON text: like OpenAI's, not guaranteed to parse
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: Optional[str] = None
     reasoning_content: Optional[str] = None
     reasoning: Optional[str] = None
+    tool_calls: Optional[list[ToolCallOut]] = None
 
 
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     logprobs: Optional[ChoiceLogprobs] = None
-    finish_reason: Optional[Literal["stop", "length", "abort"]] = None
+    finish_reason: Optional[Literal["stop", "length", "abort", "tool_calls"]] = None
 
 
 class Usage(BaseModel):
@@ -157,18 +226,33 @@ class ChatCompletion(BaseModel):
     sources: Optional[list[str]] = None  # `serve --rag-db`: the chunks put into the prompt (source#chunk)
 
 
+class DeltaFunction(BaseModel):
+    name: Optional[str] = None
+    arguments: Optional[str] = None
+
+
+class DeltaToolCall(BaseModel):
+    """A streamed piece of a call: the first carries index, id, type and name; the next ones argument text."""
+
+    index: int
+    id: Optional[str] = None
+    type: Optional[Literal["function"]] = None
+    function: DeltaFunction
+
+
 class Delta(BaseModel):
     role: Optional[Literal["assistant"]] = None
     content: Optional[str] = None
     reasoning_content: Optional[str] = None
     reasoning: Optional[str] = None
+    tool_calls: Optional[list[DeltaToolCall]] = None
 
 
 class ChatChunkChoice(BaseModel):
     index: int
     delta: Delta
     logprobs: Optional[ChoiceLogprobs] = None
-    finish_reason: Optional[Literal["stop", "length", "abort"]] = None
+    finish_reason: Optional[Literal["stop", "length", "abort", "tool_calls"]] = None
 
 
 class ChatCompletionChunk(BaseModel):

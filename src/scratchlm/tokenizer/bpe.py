@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from scratchlm.data.jsonl import iter_text_records
 from scratchlm.data.thinking import THINK_OFF
+from scratchlm.tokenizer.tools import CHAT_TEMPLATE as _TOOLS_CHAT_TEMPLATE
+from scratchlm.tokenizer.tools import chat_turns, check_tools, call_function
 
 if TYPE_CHECKING:  # `tokenizers` loads when a tokenizer is trained or loaded, not on `scratchlm --help`
     from tokenizers import Tokenizer as HFTokenizer
@@ -47,16 +49,8 @@ MIN_VOCAB_SIZE = N_BYTES + len(SPECIAL_TOKENS)
 DEFAULT_MODEL_MAX_LENGTH = 32768
 ROLES = ("system", "user", "assistant", "tool")
 
-# ChatML, exactly what `render_chat` produces; transformers compiles it with trim_blocks/lstrip_blocks,
-# and the `-` markers keep the template's own layout out of the output.
-CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}"
-    "{{- '<|im_start|>assistant\\n' -}}"
-    "{%- endif -%}"
-)
+# ChatML with tool calls (tokenizer/tools.py), exactly what `render_chat` produces; exports carry it.
+CHAT_TEMPLATE = _TOOLS_CHAT_TEMPLATE
 
 
 # ----------------------------------------------------------------------------------------------
@@ -199,7 +193,8 @@ def train_tokenizer(
 
 
 def validate_messages(messages: Any) -> list[dict]:
-    """Check a chat: a list of {"role": one of ROLES, "content": str}; errors name index and field."""
+    """Check a chat: a list of {"role": one of ROLES, "content": str}; an assistant message may carry
+    `tool_calls` (then its content may be None or missing); errors name index and field."""
     if not isinstance(messages, (list, tuple)):
         raise ValueError(f"messages must be a list of dicts, got {type(messages).__name__}")
     for i, m in enumerate(messages):
@@ -209,15 +204,38 @@ def validate_messages(messages: Any) -> list[dict]:
             raise ValueError(f"messages[{i}].role is missing")
         if m["role"] not in ROLES:
             raise ValueError(f"messages[{i}].role={m['role']!r} is not allowed; choose one of: {', '.join(ROLES)}")
+        if "weight" in m and (m["role"] != "assistant" or m["weight"] not in (0, 1) or isinstance(m["weight"], bool)):
+            raise ValueError(f"messages[{i}].weight={m['weight']!r}: only assistant messages take a weight, 0 (a turn "
+                             f"the chat shows but training does not learn) or 1 (the default)")
+        calls = m.get("tool_calls")
+        if calls:
+            _check_calls(calls, i, m["role"])
+            if m.get("content") is None:
+                continue
         if "content" not in m:
             raise ValueError(f"messages[{i}].content is missing")
         if not isinstance(m["content"], str):
             raise ValueError(f"messages[{i}].content must be a string, got {type(m['content']).__name__}")
         _check_unicode(m["content"], f"messages[{i}].content")
-        if "weight" in m and (m["role"] != "assistant" or m["weight"] not in (0, 1) or isinstance(m["weight"], bool)):
-            raise ValueError(f"messages[{i}].weight={m['weight']!r}: only assistant messages take a weight, 0 (a turn "
-                             f"the chat shows but training does not learn) or 1 (the default)")
     return list(messages)
+
+
+def _check_calls(calls: Any, i: int, role: str) -> None:
+    """The tool_calls of messages[i]: only the assistant's, each a name and arguments (a dict or a JSON string)."""
+    if role != "assistant":
+        raise ValueError(f"messages[{i}].tool_calls: only assistant messages carry tool calls, not {role!r}")
+    if not isinstance(calls, (list, tuple)):
+        raise ValueError(f"messages[{i}].tool_calls must be a list, got {type(calls).__name__}")
+    for j, c in enumerate(calls):
+        f = call_function(c) if isinstance(c, dict) else None
+        where = f"messages[{i}].tool_calls[{j}]"
+        if not isinstance(f, dict) or not isinstance(f.get("name"), str):
+            raise ValueError(f"{where} must be {{'name': str, 'arguments': dict or str}} (or under 'function')")
+        if not isinstance(f.get("arguments"), (dict, str)):
+            raise ValueError(f"{where}.arguments must be a dict or a JSON string, got {type(f.get('arguments')).__name__}")
+        _check_unicode(f["name"], f"{where}.name")
+        if isinstance(f["arguments"], str):
+            _check_unicode(f["arguments"], f"{where}.arguments")
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -349,14 +367,22 @@ class Tokenizer:
 
     # --- chat ------------------------------------------------------------------------------------
 
-    def render_chat(self, messages: Sequence[dict], add_generation_prompt: bool = False) -> str:
-        """ChatML text: `<|im_start|>{role}\\n{content}<|im_end|>\\n` per message (+ assistant prompt)."""
-        messages = validate_messages(messages)
-        text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    def render_chat(self, messages: Sequence[dict], add_generation_prompt: bool = False,
+                    tools: Sequence[dict] | None = None) -> str:
+        """ChatML text: `<|im_start|>{role}\\n{content}<|im_end|>\\n` per turn (+ assistant prompt); tools, calls
+        and tool results as tokenizer/tools.py lowers them."""
+        turns = self._turns(messages, tools)
+        text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in turns)
         return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
 
+    def _turns(self, messages: Sequence[dict], tools: Sequence[dict] | None) -> list[dict]:
+        messages = validate_messages(messages)
+        if tools:
+            check_tools(tools)
+        return chat_turns(messages, tools)
+
     def encode_chat(
-        self, messages: Sequence[dict], add_generation_prompt: bool = False
+        self, messages: Sequence[dict], add_generation_prompt: bool = False, tools: Sequence[dict] | None = None
     ) -> tuple[list[int], list[int]]:
         """(ids, loss mask) of the ChatML chat; mask is 1 on assistant content tokens and their <|im_end|>
         (not on an assistant message with "weight": 0, the key OpenAI's fine-tuning format uses for context turns,
@@ -366,12 +392,13 @@ class Tokenizer:
         content string containing "<|im_end|>" cannot end the turn early. When no content contains a
         control-token string the ids equal `encode(render_chat(messages), allow_special=True)` and
         transformers' `apply_chat_template`: the tokenizer itself splits text at added tokens first and
-        encodes the pieces in between independently, which is what we do here piece by piece.
+        encodes the pieces in between independently, which is what we do here piece by piece. Tool calls are
+        part of the assistant's turn (learnt); tool results sit in a user turn (mask 0: observations are not
+        the model's to learn).
         """
-        messages = validate_messages(messages)
         ids: list[int] = []
         mask: list[int] = []
-        for m in messages:
+        for m in self._turns(messages, tools):
             head = m["role"] + "\n"
             # "role\ncontent" is one piece between two control tokens; BPE may merge across the
             # head/content border (e.g. "\n" + leading spaces), so assign tokens by character offsets.
