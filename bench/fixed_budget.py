@@ -29,9 +29,10 @@ VARIANTS = {"eager adamw": (False, "adamw"), "compiled adamw": (True, "adamw"), 
 
 
 def _sets(batch: int, seq: int, steps: int, compile: bool, optimizer: str, seed: int, evals: int) -> list[str]:
+    """The run's overrides; log_every=1 so that every step's own time is in metrics.jsonl (`train_curve`)."""
     return [f"train.batch_size={batch}", f"train.seq_len={seq}", f"train.max_steps={steps}",
             f"train.warmup_steps={max(1, steps // 20)}", f"train.eval_every={max(1, steps // evals)}",
-            "train.eval_batches=10", "train.save_every=0", "train.log_every=1",  # log_every=1: every step's time f"train.seed={seed}",
+            "train.eval_batches=5", "train.save_every=0", "train.log_every=1", f"train.seed={seed}",
             f"train.compile={str(compile).lower()}", f"train.optimizer={optimizer}", "train.doc_mask=false"]
 
 

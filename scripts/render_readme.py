@@ -150,8 +150,18 @@ def render_decode(results: Path) -> str:
             f"{n['gemv_floor_tok_s'] / n['physical_floor_tok_s']:.0%}).\n")
 
 
+def render_train(results: Path) -> str:
+    """Whole-loop training throughput and MFU of each variant (bench/bench_train.py)."""
+    doc = _load("bench_train", results)
+    n = doc["numbers"]
+    v = n["variants"]
+    parts = [f"{name} {r['best_tok_s']:.0f} tok/s (MFU {r['best_mfu']:.2f})" for name, r in v.items()]
+    return (f"Training step, whole loop, best step of each (`{doc['command']}`, {doc.get('notes', '')}; "
+            f"{_machine(doc)}, {doc['date']}; matmul peak {n['peak_gflops']:.0f} GFLOP/s): " + "; ".join(parts) + ".\n")
+
+
 RENDERERS: dict[str, Callable[[Path], str]] = {
-    "demo": render_demo, "post-training": render_post_training, "decode": render_decode,
+    "demo": render_demo, "post-training": render_post_training, "decode": render_decode, "train": render_train,
 }
 
 
