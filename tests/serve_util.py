@@ -8,8 +8,8 @@ import threading
 import time
 from pathlib import Path
 
-import torch
 
+from run_util import train_by_heart
 from scratchlm.serve.launch import free_port
 
 # What the tiny chat model learns by heart: a reasoning reply, plain replies, a long one (to keep a stream
@@ -26,7 +26,6 @@ def make_chat_run(root: Path, max_seq_len: int = 256, steps: int = 100) -> Path:
     """A run folder (objective sft) holding a debug-preset model trained to answer CHATS, with a small
     tokenizer trained on them."""
     from scratchlm.config import load_config
-    from scratchlm.model.transformer import Transformer
     from scratchlm.runs import save_run
     from scratchlm.serve.prompt import THINK_OFF
     from scratchlm.tokenizer.bpe import Tokenizer, train_tokenizer
@@ -38,29 +37,12 @@ def make_chat_run(root: Path, max_seq_len: int = 256, steps: int = 100) -> Path:
     tok = Tokenizer.load(tok_dir)
     cfg = load_config("debug", [f"model.vocab_size={tok.vocab_size}", f"model.max_seq_len={max_seq_len}",
                                 "train.objective=sft"])
-    torch.manual_seed(0)
-    model = Transformer(cfg.model)
     rows = []
     for (q, a), think in [(c, True) for c in CHATS] + [(c, False) for c in THINK_OFF_CHATS]:
         content = a if think else THINK_OFF + a
         # thinking off: encode_chat leaves the empty block out of the targets (the prompt's, not the model's)
-        ids, mask = tok.encode_chat([{"role": "user", "content": q}, {"role": "assistant", "content": content}])
-        rows.append((ids, mask))
-    width = max(len(ids) for ids, _ in rows)
-    x = torch.zeros(len(rows), width, dtype=torch.long)
-    y = torch.full((len(rows), width), -100, dtype=torch.long)
-    for r, (ids, mask) in enumerate(rows):
-        x[r, :len(ids)] = torch.tensor(ids)
-        targets = [t if m else -100 for t, m in zip(ids[1:], mask[1:])]
-        y[r, :len(targets)] = torch.tensor(targets)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(steps):
-        loss = model(x, targets=y).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+        rows.append(tok.encode_chat([{"role": "user", "content": q}, {"role": "assistant", "content": content}]))
+    model = train_by_heart(cfg, rows, steps)
     return save_run(root / "run", model, cfg, tok_dir)
 
 

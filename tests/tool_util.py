@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 
 from scratchlm.agent.builtin import calculator
 from scratchlm.agent.tools import function_tool
+from run_util import train_by_heart
 
 # The agent's own calculator tool, as the template lists it: the server tests and the agent's share it.
 CALC = function_tool(calculator).schema()
@@ -28,7 +28,6 @@ def make_tool_run(root: Path, steps: int = 300, max_seq_len: int = 512) -> Path:
     """A run folder (objective sft, debug preset) whose model answers QUESTION with the calculator call, then
     ANSWER once the tool's result is in, and GREETING without tools."""
     from scratchlm.config import load_config
-    from scratchlm.model.transformer import Transformer
     from scratchlm.runs import save_run
     from scratchlm.tokenizer.bpe import Tokenizer, train_tokenizer
 
@@ -45,23 +44,7 @@ def make_tool_run(root: Path, steps: int = 300, max_seq_len: int = 512) -> Path:
     tok = Tokenizer.load(tok_dir)
     cfg = load_config("debug", [f"model.vocab_size={tok.vocab_size}", f"model.max_seq_len={max_seq_len}",
                                 "train.objective=sft"])
-    torch.manual_seed(0)
-    model = Transformer(cfg.model)
     rows = [tok.encode_chat(LOOP, tools=[CALC]), tok.encode_chat(GREETING)]
-    width = max(len(ids) for ids, _ in rows)
-    assert width <= max_seq_len, width
-    x = torch.zeros(len(rows), width, dtype=torch.long)
-    y = torch.full((len(rows), width), -100, dtype=torch.long)
-    for r, (ids, mask) in enumerate(rows):
-        x[r, :len(ids)] = torch.tensor(ids)
-        targets = [t if m else -100 for t, m in zip(ids[1:], mask[1:])]
-        y[r, :len(targets)] = torch.tensor(targets)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(steps):
-        loss = model(x, targets=y).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+    assert max(len(ids) for ids, _ in rows) <= max_seq_len
+    model = train_by_heart(cfg, rows, steps)
     return save_run(root / "run", model, cfg, tok_dir)
