@@ -155,6 +155,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--no-compile", action="store_true", help="skip LLMEngine(compile=True) (it compiles ~1 min)")
+    ap.add_argument("--results", help="write the numbers to this JSON file (scratchlm.results)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -184,6 +185,17 @@ def main() -> None:
     on, off = second_turn_ttft(model, 400, args.repeats)
     print(f"[4] second chat turn after 400 tokens, time to first token: prefix caching {on * 1e3:6.1f} ms | "
           f"without {off * 1e3:6.1f} ms | {off / on:4.1f}x faster")
+    if args.results:
+        from scratchlm.results import write_results
+
+        numbers = {"preset": args.preset, "params": model.num_params(), "new_tokens": args.new,
+                   "batch1_tok_s": rates, "contiguous_loop_tok_s": old, "gemv_floor_tok_s": floor, "same_tokens": same,
+                   "aggregate_tok_s": {name: {str(k): v for k, v in a.items()} for name, a in agg.items()},
+                   "kv_paged_bytes": paged, "kv_contiguous_bytes": contiguous,
+                   "second_turn_ttft_s": {"prefix_caching": on, "without": off}}
+        write_results(args.results, "bench_engine", numbers,
+                      notes=f"medians of {args.repeats} repeats, both sides alternating in one process; "
+                            f"{torch.get_num_threads()} torch threads")
 
 
 if __name__ == "__main__":

@@ -150,6 +150,27 @@ def render_decode(results: Path) -> str:
             f"{n['gemv_floor_tok_s'] / n['physical_floor_tok_s']:.0%}).\n")
 
 
+def render_engine(results: Path) -> str:
+    """The serving engine against its references (bench/bench_engine.py)."""
+    doc = _load("bench_engine", results)
+    n = doc["numbers"]
+    b1, agg, floor = n["batch1_tok_s"], n["aggregate_tok_s"], n["gemv_floor_tok_s"]
+    eager = agg["eager"]
+    text = (f"Measured (`{doc['command']}`, {n['params'] / 1e6:.0f}M model, {_machine(doc)}, {doc['date']}): 16 requests "
+            f"together {eager['16'] / eager['1']:.1f}× the throughput of one; 16 mixed-length requests hold "
+            f"{n['kv_paged_bytes'] / n['kv_contiguous_bytes']:.2f}× the KV memory of contiguous caches; a second chat "
+            f"turn's first token {n['second_turn_ttft_s']['without'] / n['second_turn_ttft_s']['prefix_caching']:.1f}× "
+            f"sooner with prefix caching; batch-1 decode {b1['eager'] / n['contiguous_loop_tok_s']:.2f}× a bare "
+            f"contiguous-cache loop ({b1['eager'] / floor:.0%} of a pass of one GEMV per weight matrix).")
+    if "compiled" in b1 and "compiled" in agg:
+        comp = agg["compiled"]
+        text += (f" `serve --compile` / `chat --compile` compile the decode step with frozen weights: batch-1 decode "
+                 f"{b1['compiled'] / b1['eager']:.2f}× faster ({b1['eager']:.0f} → {b1['compiled']:.0f} tok/s, "
+                 f"{b1['compiled'] / floor:.0%} of that GEMV pass), 16 streams {comp['16'] / eager['16']:.2f}× "
+                 f"({comp['16']:.0f} tok/s, {comp['16'] / comp['1']:.1f}× one stream).")
+    return text + "\n"
+
+
 def render_train(results: Path) -> str:
     """Whole-loop training throughput and MFU of each variant (bench/bench_train.py)."""
     doc = _load("bench_train", results)
@@ -162,6 +183,7 @@ def render_train(results: Path) -> str:
 
 RENDERERS: dict[str, Callable[[Path], str]] = {
     "demo": render_demo, "post-training": render_post_training, "decode": render_decode, "train": render_train,
+    "engine": render_engine,
 }
 
 
