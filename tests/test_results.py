@@ -27,7 +27,7 @@ render = _render_module()
 
 def test_readme_tables_are_rendered_from_the_results_files():
     text = render.README.read_text(encoding="utf-8")
-    assert render.blocks(text) == ["decode", "post-training", "demo"]  # the README's reference numbers, in order
+    assert render.blocks(text) == ["engine", "decode", "train", "post-training", "demo"]  # the README's numbers, in order
     assert render.render(text) == text, "README.md is out of date: run python scripts/render_readme.py"
 
 
@@ -93,3 +93,16 @@ def test_results_file_round_trip_and_errors(tmp_path):
         read_results(bad)
     with pytest.raises(ValueError, match="no renderer"):
         render.render("<!-- results:nope -->\nx\n<!-- /results -->\n", tmp_path)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["/repo/bench/fixed_budget.py", "--budget", "120"], "bench/fixed_budget.py --budget 120"),
+    (["/repo/scripts/mutation.py", "--write"], "scripts/mutation.py --write"),
+    (["/venv/lib/scratchlm/__main__.py", "demo"], "scratchlm demo"),
+    (["/tmp/other.py"], "other.py"),
+])
+def test_command_line_names_the_repo_script_by_its_folder(monkeypatch, argv, expected):
+    from scratchlm.results import command_line
+
+    monkeypatch.setattr("sys.argv", argv)
+    assert command_line() == expected

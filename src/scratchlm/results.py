@@ -56,9 +56,12 @@ def git_commit(where: Path | None = None) -> str | None:
 
 def command_line() -> str:
     """This process's command line as a user would type it (`python -m scratchlm x` reads as `scratchlm x`)."""
-    prog = Path(sys.argv[0]).name
+    script = Path(sys.argv[0])
+    prog = script.name
     if prog in ("__main__.py", "cli.py"):
         prog = "scratchlm"
+    elif script.parent.name in ("bench", "scripts"):  # the repo's own scripts, named by their folder
+        prog = f"{script.parent.name}/{prog}"
     return " ".join([prog, *sys.argv[1:]])
 
 
