@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "scratchlm.rag.cli",
     "scratchlm.eval.cli",
     "scratchlm.export.cli",
+    "scratchlm.quant.cli",
 ]
 
 

@@ -266,8 +266,19 @@ class DistillConfig:
 
 
 @dataclass
+class QuantConfig:
+    """A quantized run (`scratchlm quantize`, model/quant.py): the loader builds quantized linears from these fields."""
+
+    method: Literal["none", "int8"] = "none"  # "none": a float run; int8: weight-only, per-output-channel scales
+    source: str = ""  # the float run it was quantized from
+
+    def __post_init__(self) -> None:
+        _validate(self, "quant")
+
+
+@dataclass
 class Config:
-    """A whole run: the model, how to train it, and optional adapters."""
+    """A whole run: the model, how to train it, optional adapters, and (for a quantized run) how it was quantized."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -275,6 +286,7 @@ class Config:
     pref: PreferenceConfig = field(default_factory=PreferenceConfig)
     rl: RLConfig = field(default_factory=RLConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (None values dropped: TOML has no null)."""
