@@ -1,0 +1,192 @@
+"""Quantization (model/quant.py, quant/): int8 weight-only runs.
+
+The quantized run is written by the real CLI from tests/conftest.py's trained chat run and opened by every consumer
+of runs: the engine (eager and compiled), `scratchlm generate`, eval, and the server through the openai client.
+"""
+
+from __future__ import annotations
+
+import openai
+import pytest
+import torch
+import torch.nn as nn
+from safetensors import safe_open
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from scratchlm.cli import main
+from scratchlm.config import ConfigError, load_config
+from scratchlm.engine.llm_engine import LLMEngine
+from scratchlm.engine.sampling import SamplingParams
+from scratchlm.model.quant import Int8Linear, check_quantizable, quantize_model, quantize_per_channel
+from scratchlm.model.transformer import Transformer
+from scratchlm.quant.quantize import quantize_run
+from scratchlm.runs import load_run, save_run
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+def test_quantize_dequantize_error_is_bounded_per_channel():
+    g = torch.Generator().manual_seed(0)
+    # rows of very different magnitudes: a per-tensor scale would give the small rows errors far over their bound
+    w = torch.randn(48, 80, generator=g) * torch.logspace(-3, 1, 48)[:, None]
+    w[5] = 0.0  # an all-zero row stays zero (no division by a zero scale)
+    q, s = quantize_per_channel(w)
+    assert q.dtype == torch.int8 and s.shape == (48,) and s.dtype == torch.float32
+    err = (w - q.float() * s[:, None]).abs()
+    bound = w.abs().amax(1, keepdim=True) / 254  # half a step of the row's own grid: max|w_row| / 127 / 2
+    assert bool((err <= bound * (1 + 1e-5)).all())
+    assert bool((q[5] == 0).all()) and err[5].max() == 0
+    rows = torch.arange(48)
+    peak = w.abs().argmax(1)
+    assert torch.equal(q[rows, peak].abs(), torch.where(w[rows, peak] == 0, 0, 127).to(torch.int8))  # max maps to ±127
+
+
+class _Ops(TorchDispatchMode):
+    """The aten ops a forward runs, with their outputs' shapes and dtypes."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.seen.append((func, tuple(out.shape) if isinstance(out, torch.Tensor) else None,
+                          out.dtype if isinstance(out, torch.Tensor) else None))
+        return out
+
+
+@pytest.mark.parametrize("rows", [1, 70])
+def test_int8_linear_multiplies_by_the_int8_matrix(rows):
+    g = torch.Generator().manual_seed(1)
+    lin = nn.Linear(96, 40, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(40, 96, generator=g))
+    m = Int8Linear.from_float(lin)
+    x = torch.randn(2, rows, 96, generator=g)
+    with _Ops() as ops, torch.no_grad():
+        y = m(x)
+    # the int8 kernel ran, and no float copy of the [40, 96] weight was made on the way
+    assert torch.ops.aten._weight_int8pack_mm.default in [f for f, _, _ in ops.seen]
+    assert not [f for f, shape, dtype in ops.seen if shape in ((40, 96), (96, 40)) and dtype != torch.int8]
+    ref = x @ m.dequantized().T  # the exact product with the dequantized weight
+    # bf16 activations in, bf16 product out: ~2^-8 relative rounding of each, so 1% of the output scale bounds it
+    assert y.shape == (2, rows, 40) and y.dtype == torch.float32
+    assert (y - ref).abs().max() <= 0.01 * ref.abs().max()
+    assert (y - ref).norm() <= 0.005 * ref.norm()
+
+
+@pytest.fixture(scope="module")
+def quantized(chat_run, tmp_path_factory):
+    """tests/conftest.py's trained chat run, quantized to int8 through the CLI."""
+    out = tmp_path_factory.mktemp("quant") / "q"
+    assert main(["quantize", str(chat_run), "--method", "int8", "--out", str(out)]) == 0
+    return out
+
+
+def _linear_bytes(path, names):
+    with safe_open(str(path), "pt") as f:
+        return sum(f.get_tensor(k).numel() * f.get_tensor(k).element_size() for k in f.keys() if names(k))
+
+
+def test_quantized_run_records_its_method_and_stores_int8(chat_run, quantized):
+    model, _, cfg = load_run(quantized)
+    assert cfg.quant.method == "int8" and cfg.quant.source == str(chat_run.resolve())
+    int8 = [n for n, m in model.named_modules() if isinstance(m, Int8Linear)]
+    assert len(int8) == 7 * cfg.model.n_layers + 1 and "lm_head" in int8
+    assert not [n for n, m in model.named_modules() if type(m) is nn.Linear]
+    with safe_open(str(quantized / "model.safetensors"), "pt") as f:
+        assert f.get_tensor("layers.0.attn.wq.qweight").dtype == torch.int8
+        # nothing else in the file: the embedding table, the norms, int8 weights and their scales
+        assert {k for k in f.keys() if not k.endswith((".qweight", ".scales", "norm.weight"))} == {"embed.weight"}
+    # the linears' bytes: int8 weights plus one fp32 scale per row, ~1/4 of their fp32 weights
+    fp32 = _linear_bytes(chat_run / "model.safetensors",
+                         lambda k: k.endswith(("wq.weight", "wk.weight", "wv.weight", "wo.weight", "w1.weight",
+                                               "w2.weight", "w3.weight"))) + _linear_bytes(
+        chat_run / "model.safetensors", lambda k: k == "embed.weight")  # the tied head is the embedding's table
+    ours = _linear_bytes(quantized / "model.safetensors", lambda k: k.endswith((".qweight", ".scales")))
+    assert 0.25 < ours / fp32 < 0.27, ours / fp32
+
+
+def test_quantized_logits_stay_close_to_float(chat_run, quantized):
+    from serve_util import CHATS
+
+    fp, tok, _ = load_run(chat_run)
+    q, _, _ = load_run(quantized)
+    ids = torch.tensor([tok.encode(a) for _, a in CHATS[2:]])  # 100+ tokens of text the model learnt
+    with torch.no_grad():
+        a, b = fp(ids).logits, q(ids).logits
+    # Each weight moves by at most half a step (max|w_row|/254: ~0.4% of the row's largest weight, uniformly
+    # spread), and bf16 activations add ~0.2% per linear; over 15 linears that stays a few tenths of a % of the
+    # logits (measured 0.45%, KL 2e-4 per position). 2% of the norm leaves room for other seeds, while a per-tensor
+    # scale or a dropped scale would be far over it; the argmax may flip only where the top two tie within that noise.
+    assert (b - a).norm() <= 0.02 * a.norm()
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.95
+    kl = torch.nn.functional.kl_div(b.flatten(0, 1).log_softmax(-1), a.flatten(0, 1).log_softmax(-1),
+                                    log_target=True, reduction="batchmean")  # per position
+    assert kl < 2e-3
+
+
+def _chat_ids(tok, question):
+    return tok.encode(tok.render_chat([{"role": "user", "content": question}], add_generation_prompt=True),
+                      allow_special=True)
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_engine_greedy_on_the_quantized_run_equals_float(chat_run, quantized, compile):
+    from serve_util import CHATS
+
+    fp, tok, _ = load_run(chat_run)
+    q, _, _ = load_run(quantized)
+    prompts = [_chat_ids(tok, question) for question, _ in CHATS]
+    params = SamplingParams(temperature=0.0, max_new_tokens=48)
+    want = LLMEngine(fp, tok).generate(prompts, params)
+    engine = LLMEngine(q, tok, compile=compile)
+    assert engine.compiled == compile
+    got = engine.generate(prompts, params)
+    assert got == want  # every token of every reply (the model learnt them: wide margins)
+    assert sum(map(len, got)) > 60
+
+
+def test_generate_and_eval_open_the_quantized_run(chat_run, quantized, capsys):
+    from scratchlm.eval.evaluate import evaluate_run
+
+    assert main(["generate", str(quantized), "--prompt", "hello", "--chat", "--temperature", "0",
+                 "--max-new-tokens", "16"]) == 0
+    assert "Hello! How can I help" in capsys.readouterr().out
+    fp, q = evaluate_run(chat_run, ["mc"], limit=4), evaluate_run(quantized, ["mc"], limit=4)
+    assert q["mc"]["n"] == fp["mc"]["n"] > 0
+
+
+def test_quantized_run_serves_through_the_openai_client(quantized):
+    from serve_util import serving
+
+    with serving(quantized) as (server, _):
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hello"}],
+                                           temperature=0, max_tokens=16)
+    assert r.choices[0].message.content.startswith("Hello! How can I help")
+
+
+def test_refusals_name_the_field(chat_run, quantized, tmp_path, capsys):
+    with pytest.raises(ConfigError, match=r"quant\.method='int8'"):
+        quantize_run(quantized, tmp_path / "again")
+    assert main(["quantize", str(quantized), "--out", str(tmp_path / "again")]) == 1
+    assert "already quantized" in capsys.readouterr().err and not (tmp_path / "again").exists()
+    with pytest.raises(ConfigError, match="model.n_routed_experts=4"):
+        check_quantizable(load_config("debug", ["model.n_routed_experts=4"]).model, "int8")
+    with pytest.raises(ConfigError, match="model.attention='mla'"):
+        check_quantizable(load_config("debug", ["model.attention=mla"]).model, "int8")
+    with pytest.raises(ConfigError, match="model.mtp_depth=1"):
+        check_quantizable(load_config("debug", ["model.mtp_depth=1"]).model, "int8")
+    cfg = load_config("debug", ["model.n_routed_experts=4"])
+    save_run(tmp_path / "moe", Transformer(cfg.model), cfg)
+    with pytest.raises(ConfigError, match="model.n_routed_experts"):
+        quantize_run(tmp_path / "moe", tmp_path / "moe_q")
+    with pytest.raises(ConfigError, match="is the run itself"):
+        quantize_run(chat_run, chat_run)
+    model = load_run(chat_run)[0]
+    from scratchlm.model.lora import apply_lora
+
+    apply_lora(model, 2, 4.0, 0.0, "wq")
+    with pytest.raises(ValueError, match="lora merge"):
+        quantize_model(model)
