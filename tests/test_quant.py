@@ -190,3 +190,36 @@ def test_refusals_name_the_field(chat_run, quantized, tmp_path, capsys):
     apply_lora(model, 2, 4.0, 0.0, "wq")
     with pytest.raises(ValueError, match="lora merge"):
         quantize_model(model)
+
+
+def _ppl(model, ids):
+    with torch.no_grad():
+        return torch.exp(-model.token_logprobs(ids[:, :-1], ids[:, 1:]).mean()).item()
+
+
+def test_perplexity_equals_torchaos_int8_weight_only(chat_run, quantized):
+    """The anchor: torchao's int8 weight-only quantization (a maintained library) of the same float model."""
+    from serve_util import CHATS
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    fp, tok, _ = load_run(chat_run)
+    ids = torch.tensor([tok.encode(" ".join(a for _, a in CHATS))])
+    want = _ppl(fp, ids)
+    ours = _ppl(load_run(quantized)[0], ids)
+    tao = load_run(chat_run)[0]
+    quantize_(tao, Int8WeightOnlyConfig())
+    assert type(tao.lm_head.weight).__name__ == "Int8Tensor"  # torchao really quantized the same linears
+    # the same int8 matrices: torchao's step is max|w_row|/127.5 (ours /127: the largest weight maps to ±127 and
+    # none clips), so a weight's integer differs by one at most and the scales by that factor exactly
+    q = load_run(quantized)[0]
+    for name in ("layers.0.attn.wq", "layers.1.ffn.w2", "lm_head"):
+        ours_m, theirs_w = q.get_submodule(name), tao.get_submodule(name).weight
+        assert (ours_m.qweight.int() - theirs_w.qdata.int()).abs().max() <= 1, name
+        assert torch.allclose(ours_m.scales * 127, theirs_w.scale.flatten() * 127.5, rtol=1e-5), name
+    theirs = _ppl(tao, ids)
+    assert theirs != want
+    # Two differences remain: torchao's step is max|w|/127.5 (ours /127, so no weight clips), and our kernel takes
+    # bf16 activations (torchao's eager path multiplies fp32 activations by the int8 matrix cast to fp32). Both
+    # move a weight by less than half a step, so the perplexities agree to a fraction of the quantization's own change.
+    assert abs(ours / theirs - 1) <= 0.01, (ours, theirs, want)
+    assert abs(ours / want - 1) <= 0.02 and abs(theirs / want - 1) <= 0.02
