@@ -1,0 +1,324 @@
+"""Quantization, measured: fp32 vs our int8 weight-only vs torchao's int8 weight-only vs llama.cpp (f32 and q8_0 GGUF).
+
+    python bench/bench_quant.py [--run RUN] [--train-seconds 90] [--new 64] [--repeats 3] [--compile] [--profile]
+                                [--results docs/results/bench_quant.json]
+
+The model: --run (any float run folder), or else the `minimind-26m` shape (d=512, 8 layers, GQA 8/2, vocab 6400)
+trained here for --train-seconds on the built-in corpus (a BPE tokenizer of 6400 trained first, then AdamW on
+128-token windows, batch 8), kept in --workdir so a second run skips it. Its weights are then what a briefly
+trained model's are, not a random init, so perplexity means something (though the model is far from converged).
+
+For each variant, in one process so that the ratios share the machine's load:
+- perplexity on the corpus' validation text (our token_logprobs; llama.cpp's server reports no prompt
+  log-probs, so its rows have none);
+- file size (model.safetensors; torchao's: torch.save of its state dict; the GGUF files);
+- decode tokens/s at batch 1, greedy, the same prompt and length: ours through LLMEngine (eager; --compile also
+  the compiled decode step), decode only (the time of a 1-token generate, i.e. the prefill, is subtracted);
+  llama.cpp's own `predicted_per_second` (decode only) from its server on the same number of threads;
+- the weights-only floor: tokens/s if a step did nothing but read every weight once at the machine's read
+  bandwidth (bench/stream.py), for that variant's bytes per weight.
+Each is printed as a ratio to fp32 measured in the same run. --results FILE writes them (scratchlm.results).
+"""
+
+from __future__ import annotations
+
+import scratchlm  # noqa: F401  (first: sets OpenMP's wait policy before torch loads it, see scratchlm/__init__.py)
+
+import argparse
+import json
+import math
+import statistics
+import time
+import urllib.request
+from pathlib import Path
+
+import torch
+
+from stream import measure_bandwidth  # bench/stream.py, beside this file
+
+
+def train_brief_run(workdir: Path, seconds: float, preset: str, seed: int = 0) -> Path:
+    """A float run of `preset` trained for `seconds` on the built-in corpus (kept in workdir/fp32 once made)."""
+    from scratchlm.config import load_config
+    from scratchlm.data.corpus import corpus_texts
+    from scratchlm.model.transformer import Transformer
+    from scratchlm.runs import save_run
+    from scratchlm.tokenizer.bpe import Tokenizer, train_tokenizer
+
+    run = workdir / "fp32"
+    if (run / "model.safetensors").exists():
+        return run
+    tok_dir = train_tokenizer(workdir / "tokenizer", vocab_size=6400, show_progress=False)
+    tok = Tokenizer.load(tok_dir)
+    ids = torch.tensor([t for text in corpus_texts("train") for t in tok.encode(text) + [tok.eos_id]])
+    cfg = load_config(preset, [f"train.seed={seed}"])
+    torch.manual_seed(seed)
+    model = Transformer(cfg.model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95))
+    g = torch.Generator().manual_seed(seed)
+    t0, step = time.perf_counter(), 0
+    model.train()
+    while time.perf_counter() - t0 < seconds:
+        for group in opt.param_groups:
+            group["lr"] = 1e-3 * min(1.0, (step + 1) / 10)  # 10 warmup steps, then flat
+        starts = torch.randint(0, len(ids) - 129, (8,), generator=g)
+        rows = torch.stack([ids[s: s + 129] for s in starts.tolist()])
+        loss = model(rows[:, :-1], targets=rows[:, 1:]).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+    model.eval()
+    print(f"trained {preset} for {step} steps ({time.perf_counter() - t0:.0f} s), last loss {loss.item():.2f}")
+    return save_run(run, model, cfg, tok_dir)
+
+
+def validation_ids(tokenizer, n_tokens: int) -> list[int]:
+    """The first n_tokens of the corpus' validation text, documents joined by the end-of-text id."""
+    from scratchlm.data.corpus import corpus_texts
+
+    out: list[int] = []
+    for text in corpus_texts("validation"):
+        out += tokenizer.encode(text) + [tokenizer.eos_id]
+        if len(out) >= n_tokens:
+            break
+    return out[:n_tokens]
+
+
+@torch.inference_mode()
+def perplexity(model, ids: list[int], seq_len: int) -> float:
+    """exp(mean next-token NLL) over consecutive windows of seq_len tokens."""
+    x = torch.tensor(ids)
+    n = (len(x) - 1) // seq_len
+    rows = torch.stack([x[i * seq_len: i * seq_len + seq_len + 1] for i in range(n)])
+    nll, count = 0.0, 0
+    for b in range(0, n, 8):
+        r = rows[b: b + 8]
+        lp = model.token_logprobs(r[:, :-1], r[:, 1:])
+        nll -= float(lp.double().sum())
+        count += lp.numel()
+    return math.exp(nll / count)
+
+
+def torchao_int8(run: Path):
+    """The float run's model with torchao's int8 weight-only quantization applied (every nn.Linear)."""
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    from scratchlm.runs import load_run
+
+    model = load_run(run)[0]
+    quantize_(model, Int8WeightOnlyConfig())
+    return model
+
+
+def engine_decode(model, prompt: list[int], new: int, compile: bool):
+    """A function timing one greedy batch-1 decode of `new` tokens (prefill subtracted) → (tok/s, tokens)."""
+    from scratchlm.engine.llm_engine import LLMEngine
+    from scratchlm.engine.sampling import SamplingParams
+
+    engine = LLMEngine(model, None, max_num_seqs=1, compile=compile)  # no tokenizer: no stop id, exactly `new` tokens
+    if compile:
+        engine.warmup()
+    full, one = SamplingParams(temperature=0.0, max_new_tokens=new + 1), SamplingParams(temperature=0.0, max_new_tokens=1)
+    engine.generate([prompt], full)  # first-call costs
+
+    def run() -> tuple[float, list[int]]:
+        t0 = time.perf_counter()
+        engine.generate([prompt], one)
+        t1 = time.perf_counter()
+        out = engine.generate([prompt], full)[0]
+        t2 = time.perf_counter()
+        return new / ((t2 - t1) - (t1 - t0)), out
+
+    return run
+
+
+class LlamaCpp:
+    """llama.cpp's server (the xllamacpp wheel) on one GGUF file, as tests/test_export_gguf.py starts it."""
+
+    def __init__(self, path: Path, threads: int, n_ctx: int) -> None:
+        import xllamacpp
+
+        params = xllamacpp.CommonParams()
+        params.model.path = str(path)
+        params.n_ctx = n_ctx
+        params.n_parallel = 1
+        params.cpuparams.n_threads = threads
+        params.cpuparams_batch.n_threads = threads
+        params.warmup = True
+        self.server = xllamacpp.Server(params)
+        self.url = self.server.listening_address
+
+    def decode(self, prompt: list[int], new: int) -> tuple[float, list[int]]:
+        """(decode tok/s as llama.cpp times it, generated ids) for a greedy continuation of exactly `new` tokens."""
+        body = {"prompt": prompt, "n_predict": new, "temperature": 0, "ignore_eos": True, "return_tokens": True,
+                "cache_prompt": False}
+        req = urllib.request.Request(self.url + "/completion", json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=300) as r:
+            out = json.loads(r.read())
+        return float(out["timings"]["predicted_per_second"]), out["tokens"]
+
+
+def linear_params(model) -> tuple[int, int]:
+    """(weights of the matrices a decode step reads once: every linear incl. the head, output rows of them)."""
+    from scratchlm.model.quant import Int8Linear
+
+    n = rows = 0
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Linear, Int8Linear)):
+            n += m.in_features * m.out_features
+            rows += m.out_features
+    return n, rows
+
+
+def agreement(a: list[int], b: list[int]) -> int:
+    """How many leading tokens two greedy continuations share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+@torch.inference_mode()
+def profile_decode(model, prompt: list[int], steps: int = 32) -> None:
+    """Print where our int8 decode step spends its time (torch.profiler, eager)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cache = model.new_cache(1, len(prompt) + steps + 1)
+    logits = model(torch.tensor([prompt]), cache=cache).logits[:, -1]
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            logits = model(logits.argmax(-1, keepdim=True), cache=cache).logits[:, -1]
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14))
+
+
+def main() -> None:
+    """Build or open the float run, quantize it three ways, measure, print ratios to fp32."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", default=None, help="a float run folder (default: minimind-26m trained here briefly)")
+    ap.add_argument("--preset", default="minimind-26m")
+    ap.add_argument("--workdir", default="/tmp/bench_quant", help="where the trained run, quantized runs and GGUFs go")
+    ap.add_argument("--train-seconds", type=float, default=90.0)
+    ap.add_argument("--ppl-tokens", type=int, default=4097, help="validation tokens scored for perplexity")
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--prompt", type=int, default=32, help="prompt tokens (from the validation text)")
+    ap.add_argument("--new", type=int, default=64, help="tokens decoded per measurement")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch and llama.cpp threads (0 = torch's default)")
+    ap.add_argument("--compile", action="store_true", help="also time the engine's compiled decode step")
+    ap.add_argument("--no-llama-cpp", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="profile our int8 decode step")
+    ap.add_argument("--stream-mb", type=int, default=256, help="MB per buffer of the bandwidth measurement")
+    ap.add_argument("--results", default=None, metavar="FILE", help="write the numbers to FILE (docs/results/...)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+
+    from scratchlm.export.gguf import export_gguf
+    from scratchlm.quant.quantize import quantize_run
+    from scratchlm.runs import load_run
+
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    run = Path(args.run) if args.run else train_brief_run(work, args.train_seconds, args.preset)
+    fp32, tok, cfg = load_run(run)
+    q_run = work / "int8"
+    if q_run.exists():
+        import shutil
+
+        shutil.rmtree(q_run)
+    quantize_run(run, q_run, "int8")
+    ours = load_run(q_run)[0]
+    tao = torchao_int8(run)
+    tao_file = work / "torchao_int8.pt"
+    torch.save(tao.state_dict(), tao_file)
+    models = {"fp32": fp32, "int8 (ours)": ours, "int8 (torchao)": tao}
+    sizes = {"fp32": (run / "model.safetensors").stat().st_size,
+             "int8 (ours)": (q_run / "model.safetensors").stat().st_size, "int8 (torchao)": tao_file.stat().st_size}
+    n_lin, n_rows = linear_params(fp32)
+    read_bytes = {"fp32": 4 * n_lin, "int8 (ours)": n_lin + 4 * n_rows, "int8 (torchao)": n_lin + 4 * n_rows}
+
+    seq_len = min(args.seq_len, cfg.model.max_seq_len)
+    ids = validation_ids(tok, args.ppl_tokens)
+    ppl = {name: perplexity(m, ids, seq_len) for name, m in models.items()}
+
+    prompt = ids[: args.prompt]
+    timers = {name: engine_decode(m, prompt, args.new, False) for name, m in models.items()}
+    if args.compile:
+        for name, m in list(models.items()):
+            timers[name + " compiled"] = engine_decode(m, prompt, args.new, True)
+            read_bytes[name + " compiled"] = read_bytes[name]
+    cpp = {}
+    if not args.no_llama_cpp:
+        for dtype in ("f32", "q8_0"):
+            path = work / f"model-{dtype}.gguf"
+            export_gguf(run, path, dtype)
+            name = f"llama.cpp {dtype}"
+            sizes[name] = path.stat().st_size
+            read_bytes[name] = 4 * n_lin if dtype == "f32" else n_lin * 34 // 32  # q8_0: 32 int8 + one f16 scale
+            cpp[name] = LlamaCpp(path, threads, args.prompt + args.new + 16)
+            timers[name] = (lambda c: (lambda: c.decode(prompt, args.new)))(cpp[name])
+    speeds: dict[str, list[float]] = {name: [] for name in timers}
+    tokens: dict[str, list[int]] = {}
+    for _ in range(args.repeats):  # alternating, so that every variant sees the same load
+        for name, fn in timers.items():
+            tps, out = fn()
+            speeds[name].append(tps)
+            tokens[name] = list(out)[: args.new]
+    tps = {name: statistics.median(v) for name, v in speeds.items()}
+    bw = measure_bandwidth(args.stream_mb)
+    floor = {name: bw["read"] * 1e9 / b for name, b in read_bytes.items()}
+
+    print(f"{args.run or args.preset}: {fp32.num_params() / 1e6:.1f}M params, CPU threads={threads}, "
+          f"perplexity over {len(ids)} validation tokens (windows of {seq_len}), decode: batch 1, greedy, "
+          f"{args.prompt}-token prompt + {args.new} new, median of {args.repeats}; read bandwidth {bw['read']:.1f} GB/s")
+    print(f"{'':22} {'ppl':>8} {'×fp32':>6} {'size MB':>8} {'×fp32':>6} {'tok/s':>8} {'×fp32':>6} "
+          f"{'floor tok/s':>11} {'of floor':>8} {'same tokens':>11}")
+    rows = {}
+    for name in timers:
+        base = "fp32 compiled" if name.endswith("compiled") else "fp32"
+        p = ppl.get(name.removesuffix(" compiled"))
+        size = sizes.get(name.removesuffix(" compiled"))
+        rows[name] = {"ppl": p, "ppl_ratio": p / ppl["fp32"] if p else None, "bytes": size,
+                      "size_ratio": size / sizes["fp32"] if size else None, "tok_s": tps[name],
+                      "tok_s_ratio": tps[name] / tps[base], "floor_tok_s": floor[name],
+                      "share_of_floor": tps[name] / floor[name],
+                      "same_tokens_as_fp32": agreement(tokens[name], tokens["fp32"])}
+        r = rows[name]
+        print(f"{name:22} {p or float('nan'):8.3f} {r['ppl_ratio'] or float('nan'):6.3f} "
+              f"{(size or 0) / 1e6:8.1f} {r['size_ratio'] or float('nan'):6.3f} {r['tok_s']:8.1f} "
+              f"{r['tok_s_ratio']:6.2f} {r['floor_tok_s']:11.1f} {r['share_of_floor']:8.0%} "
+              f"{r['same_tokens_as_fp32']:>5}/{args.new}")
+    goals = {"int8 decode / fp32 (goal >= 1.6)": tps["int8 (ours)"] / tps["fp32"]}
+    if cpp:
+        goals["fp32 ours / llama.cpp f32 (goal >= 1.0)"] = tps["fp32"] / tps["llama.cpp f32"]
+        goals["int8 ours / llama.cpp q8_0 (goal >= 0.8)"] = tps["int8 (ours)"] / tps["llama.cpp q8_0"]
+        if args.compile:
+            goals["compiled fp32 ours / llama.cpp f32"] = tps["fp32 compiled"] / tps["llama.cpp f32"]
+            goals["compiled int8 ours / llama.cpp q8_0"] = tps["int8 (ours) compiled"] / tps["llama.cpp q8_0"]
+    for k, v in goals.items():
+        print(f"  {k}: {v:.2f}")
+    print(f"({time.perf_counter() - t_start:.0f} s in all)")
+    if args.profile:
+        profile_decode(ours, prompt)
+    if args.results:
+        from scratchlm.results import write_results
+
+        write_results(args.results, "bench_quant", {
+            "model": args.run or args.preset, "params": fp32.num_params(),
+            "trained_seconds": None if args.run else args.train_seconds, "threads": threads,
+            "ppl_tokens": len(ids), "seq_len": seq_len, "prompt_tokens": args.prompt, "new_tokens": args.new,
+            "repeats": args.repeats, "bandwidth_gb_s": bw, "rows": rows, "goals": goals},
+            seed=0, split="validation",
+            notes="ppl: corpus validation text; llama.cpp rows have no ppl (its server gives no prompt log-probs); "
+                  "decode tok/s exclude the prefill; floor = read bandwidth / bytes of the weights read per token")
+
+
+if __name__ == "__main__":
+    main()
