@@ -223,3 +223,94 @@ def test_perplexity_equals_torchaos_int8_weight_only(chat_run, quantized):
     # move a weight by less than half a step, so the perplexities agree to a fraction of the quantization's own change.
     assert abs(ours / theirs - 1) <= 0.01, (ours, theirs, want)
     assert abs(ours / want - 1) <= 0.02 and abs(theirs / want - 1) <= 0.02
+
+
+# -- SmoothQuant (W8A8) -------------------------------------------------------------------------------------------
+
+
+def test_smooth_scales_and_per_token_quantization_by_hand():
+    from scratchlm.model.quant import quantize_per_token, smooth_scales
+
+    # s_j = max|X_j|^α / max|W_j|^(1-α), α = 0.5: √4/√1 = 2, √1/√4 = 0.5, √0.25/√1 = 0.5
+    s = smooth_scales(torch.tensor([4.0, 1.0, 0.25]), torch.tensor([1.0, 4.0, 1.0]), 0.5)
+    assert torch.allclose(s, torch.tensor([2.0, 0.5, 0.5]))
+    # α = 1 puts all of the range in the weights: x/s has max 1 in every channel
+    assert torch.allclose(smooth_scales(torch.tensor([4.0, 0.5]), torch.tensor([3.0, 7.0]), 1.0), torch.tensor([4.0, 0.5]))
+    # per token: row max 2 → step 2/127; 2 → 127, -1 → -63.5 → -64 (half to even), 0.25 → 15.875 → 16
+    xq, sx = quantize_per_token(torch.tensor([[2.0, -1.0, 0.25], [0.0, 0.0, 0.0]]))
+    assert xq.tolist() == [[127, -64, 16], [0, 0, 0]]
+    assert torch.allclose(sx[0], torch.tensor([2.0 / 127]))
+
+
+def test_w8a8_linear_is_the_int8_product_by_hand():
+    from scratchlm.model.quant import W8A8Linear
+
+    lin = nn.Linear(3, 2, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.27, 0.0, -0.635], [0.0, 2.54, 1.27]]))  # rows' steps: 0.01 and 0.02
+    m = W8A8Linear.from_float(lin)
+    assert m.qweight.tolist() == [[127, 0, -64], [0, 127, 64]]  # -63.5 → -64, 63.5 → 64 (half to even)
+    with _Ops() as ops, torch.no_grad():
+        y = m(torch.tensor([[2.0, -1.0, 0.25], [0.5, 0.0, 0.0]]))
+    # token 0: x_q = [127, -64, 16] (step 2/127); output 0: (127·127 + 0 + 16·(-64)) · 0.01 · 2/127,
+    # output 1: (-64·127 + 16·64) · 0.02 · 2/127. Token 1 has its own step 0.5/127: x_q = [127, 0, 0].
+    want = torch.tensor([[(127 * 127 - 16 * 64) * 0.01 * 2 / 127, (-64 * 127 + 16 * 64) * 0.02 * 2 / 127],
+                         [127 * 127 * 0.01 * 0.5 / 127, 0.0]])
+    assert torch.allclose(y, want, rtol=1e-5)
+    assert torch.ops.aten._int_mm.default in [f for f, _, _ in ops.seen]  # int8 × int8 → int32
+
+
+def test_smoothing_leaves_the_float_model_unchanged(chat_run):
+    """The scale migration only moves range between activations and weights: before rounding, the function is the same."""
+    from serve_util import CHATS
+
+    from scratchlm.model.quant import linear_names, smooth_model
+    from scratchlm.quant.calibrate import input_stats
+
+    for overrides in ([], ["model.n_kv_heads=4"]):  # GQA (wo not smoothed) and MHA (wv → wo folded too)
+        if overrides:
+            cfg = load_config("debug", ["model.vocab_size=320", *overrides])
+            torch.manual_seed(3)
+            model = Transformer(cfg.model).eval()
+            tok = load_run(chat_run)[1]
+        else:
+            model, tok, _ = load_run(chat_run)
+        ids = torch.tensor([tok.encode(CHATS[2][1])[:120]])
+        with torch.no_grad():
+            want = model(ids).logits
+        stats = input_stats(model, ids[0].tolist(), linear_names(model))
+        before = {n: model.get_submodule(n).weight.clone() for n in linear_names(model)}
+        smooth_model(model, {n: s.abs_max for n, s in stats.items()}, 0.5)
+        changed = [n for n in before if not torch.equal(before[n], model.get_submodule(n).weight)]
+        assert len(changed) == len(before) - (len(model.layers) if model.config.n_kv_heads < model.config.n_heads else 0)
+        with torch.no_grad():
+            got = model(ids).logits
+        assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def smoothquant(chat_run, tmp_path_factory):
+    """The chat run quantized W8A8 through the CLI, calibrated on its own chats."""
+    from serve_util import CHATS
+
+    out = tmp_path_factory.mktemp("sq") / "q"
+    quantize_run(chat_run, out, "smoothquant", alpha=0.5, calib_texts=[q + "\n" + a for q, a in CHATS])
+    return out
+
+
+def test_smoothquant_run_loads_and_greedy_equals_float(chat_run, smoothquant):
+    from serve_util import CHATS
+
+    from scratchlm.model.quant import W8A8Linear
+
+    q, tok, cfg = load_run(smoothquant)
+    assert cfg.quant.method == "smoothquant" and cfg.quant.alpha == 0.5 and cfg.quant.calib_tokens > 100
+    assert isinstance(q.layers[0].attn.wq, W8A8Linear) and isinstance(q.lm_head, W8A8Linear)
+    fp = load_run(chat_run)[0]
+    ids = torch.tensor([tok.encode(" ".join(a for _, a in CHATS))])
+    assert abs(_ppl(q, ids) / _ppl(fp, ids) - 1) <= 0.03  # int8 activations too: a little looser than weight-only
+    prompts = [_chat_ids(tok, question) for question, _ in CHATS]
+    params = SamplingParams(temperature=0.0, max_new_tokens=48)
+    want = LLMEngine(fp, tok).generate(prompts, params)
+    assert LLMEngine(q, tok).generate(prompts, params) == want
+    assert LLMEngine(q, tok, compile=True).generate(prompts, params) == want

@@ -269,8 +269,12 @@ class DistillConfig:
 class QuantConfig:
     """A quantized run (`scratchlm quantize`, model/quant.py): the loader builds quantized linears from these fields."""
 
-    method: Literal["none", "int8"] = "none"  # "none": a float run; int8: weight-only, per-output-channel scales
+    # "none": a float run; int8: weight-only, per-output-channel scales; smoothquant: W8A8 (int8 activations per
+    # token) after SmoothQuant's scale migration
+    method: Literal["none", "int8", "smoothquant"] = "none"
     source: str = ""  # the float run it was quantized from
+    alpha: float = 0.0  # smoothquant: the migration strength used (0 = all the range left on the activations)
+    calib_tokens: int = 0  # tokens of calibration text the activation statistics came from (0: none needed)
 
     def __post_init__(self) -> None:
         _validate(self, "quant")
@@ -382,6 +386,8 @@ _LIMITS: dict[str, tuple[float | None, float | None]] = {
     "lora.rank": (0, None),
     "lora.alpha": (0, None),
     "lora.dropout": (0, 1),
+    "quant.alpha": (0, 1),
+    "quant.calib_tokens": (0, None),
 }
 
 

@@ -75,6 +75,81 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel"
 
 
+def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows x [N, in] → (int8 [N, in], fp32 scales [N, 1]): each token its own symmetric scale, chosen at run time."""
+    scales = (x.abs().amax(dim=1, keepdim=True).float() / QMAX).clamp(min=torch.finfo(torch.float32).tiny)
+    return torch.round(x / scales).clamp(-QMAX, QMAX).to(torch.int8), scales
+
+
+class W8A8Linear(Int8Linear):
+    """SmoothQuant's linear: int8 weights (per output channel) times int8 activations (per token, dynamic).
+
+    y = (x_q · q_wᵀ) · s_x · s_w with the product of the two int8 matrices summed in int32 (`torch._int_mm`):
+    nothing in the matmul is float. The activation outliers that would make a per-token int8 scale coarse were
+    moved into the weights beforehand (`smooth_model`), which is what makes the int8 activations accurate."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features)
+        xq, sx = quantize_per_token(rows)
+        acc = torch._int_mm(xq, self.qweight.t())  # [N, out] int32: |acc| ≤ 127² · in, far below 2³¹
+        y = acc.to(torch.float32) * sx * self.scales
+        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, W8A8 per-channel × per-token"
+
+
+def smooth_scales(act_max: torch.Tensor, weight_max: torch.Tensor, alpha: float) -> torch.Tensor:
+    """SmoothQuant's per-input-channel factors s_j = max|X_j|^α / max|W_:,j|^(1−α) ([in]): x/s and W·s give the same
+    product, with the activations' outlier channels flattened by s and their range moved into the weights."""
+    a = act_max.float().clamp(min=1e-5)
+    w = weight_max.float().clamp(min=1e-5)
+    return (a.pow(alpha) / w.pow(1 - alpha)).clamp(min=1e-5)
+
+
+def smoothing_groups(model: nn.Module) -> list[tuple[str, nn.Module, list[str]]]:
+    """(what the 1/s folds into, that module, the linears whose columns take s): each group shares one input.
+
+    A norm's weight takes 1/s exactly (RMSNorm is per-channel), so do wv's rows for wo (attention averages each
+    value channel separately; only when every query head has its own value head: with GQA one value channel feeds
+    n_heads/n_kv_heads of wo's columns, so wo is not smoothed) and w3's rows for w2 (silu(w1 x) · w3 x is linear in
+    w3 x per channel)."""
+    groups = []
+    for i, block in enumerate(model.layers):
+        p = f"layers.{i}."
+        groups.append((p + "attn_norm", block.attn_norm, [p + "attn.wq", p + "attn.wk", p + "attn.wv"]))
+        if block.attn.n_kv_heads == block.attn.n_heads:
+            groups.append((p + "attn.wv", block.attn.wv, [p + "attn.wo"]))
+        groups.append((p + "ffn_norm", block.ffn_norm, [p + "ffn.w1", p + "ffn.w3"]))
+        groups.append((p + "ffn.w3", block.ffn.w3, [p + "ffn.w2"]))
+    groups.append(("norm", model.norm, ["lm_head"]))
+    return groups
+
+
+@torch.no_grad()
+def fold_scales(model: nn.Module, owner: nn.Module, linears: list[str], s: torch.Tensor) -> None:
+    """x → x/s in `owner`'s output (a norm's weight or a linear's rows) and W → W·diag(s) in `linears`: the float
+    function of the model is unchanged (up to rounding)."""
+    if isinstance(owner, nn.Linear):
+        owner.weight.div_(s[:, None])
+    else:
+        owner.weight.div_(s)
+    for name in linears:
+        model.get_submodule(name).weight.mul_(s[None, :])
+
+
+@torch.no_grad()
+def smooth_model(model: nn.Module, act_max: dict[str, torch.Tensor], alpha: float) -> nn.Module:
+    """Fold SmoothQuant's factors into a float model in place, from each linear's calibrated max |x| per input
+    channel (`act_max`, keyed by linear name; the linears of a group share their input, so any of them)."""
+    if model.lm_head.weight is model.embed.weight:  # tied: the head's columns are about to change, the table not
+        model.lm_head.weight = nn.Parameter(model.embed.weight.detach().clone())
+    for _, owner, linears in smoothing_groups(model):
+        w_max = torch.cat([model.get_submodule(n).weight for n in linears]).abs().amax(dim=0)  # [in]
+        fold_scales(model, owner, linears, smooth_scales(act_max[linears[0]], w_max, alpha))
+    return model
+
+
 def check_quantizable(cfg: ModelConfig, method: str) -> None:
     """Raise a ConfigError naming the field when a model of this config cannot be quantized with `method`."""
     if method not in METHODS:
@@ -85,6 +160,9 @@ def check_quantizable(cfg: ModelConfig, method: str) -> None:
     if cfg.attention != "mha":
         raise ConfigError(f"model.attention={cfg.attention!r}: MLA cannot be quantized yet (its decode path "
                           "multiplies by wkv_b's weight matrix itself); only model.attention='mha'")
+    if method != "int8" and cfg.norm != "rmsnorm":
+        raise ConfigError(f"model.norm={cfg.norm!r}: {method} folds its scales into RMSNorm weights; only "
+                          "model.norm='rmsnorm' (or use --method int8)")
     if cfg.mtp_depth:
         raise ConfigError(f"model.mtp_depth={cfg.mtp_depth}: models with multi-token prediction heads cannot be "
                           "quantized yet")
@@ -102,19 +180,29 @@ def _targets(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
     return out
 
 
+LINEAR_CLASSES = {"int8": Int8Linear, "smoothquant": W8A8Linear}
+
+
+def linear_names(model: nn.Module) -> list[str]:
+    """The names of the linears quantization replaces (every Block's seven and the head)."""
+    return [f"layers.{i}.{p}" for i in range(len(model.layers)) for p in BLOCK_LINEARS] + ["lm_head"]
+
+
 def quantize_model(model: nn.Module, method: str = "int8") -> nn.Module:
-    """Replace the linears of a float Transformer with int8 ones, in place (returned for chaining).
+    """Replace the linears of a float Transformer with `method`'s quantized ones, in place (returned for chaining);
+    smoothquant expects `smooth_model` to have run first.
 
     A tied lm_head is untied: the embedding keeps its float table for the lookup, the head gets its int8 copy
     (as torchao does; storing the embedding as the head's int8 rows would save its 4 bytes a weight more)."""
     check_quantizable(model.config, method)
+    cls = LINEAR_CLASSES[method]
     for owner, attr, linear in _targets(model):
         if isinstance(linear, Int8Linear):
             raise ValueError(f"{attr} is already quantized: quantize the float run it came from")
         if type(linear) is not nn.Linear:  # a LoRA-wrapped linear: its update would be lost
             raise ValueError(f"{attr} is a {type(linear).__name__}, not a plain linear: merge adapters first "
                              "(scratchlm lora merge)")
-        setattr(owner, attr, Int8Linear.from_float(linear))
+        setattr(owner, attr, cls.from_float(linear))
     return model
 
 
@@ -122,6 +210,7 @@ def quantized_skeleton(model: nn.Module, method: str) -> nn.Module:
     """A float Transformer with its target linears replaced by empty quantized ones of the same shapes, in place:
     what a quantized run's weights load into."""
     check_quantizable(model.config, method)
+    cls = LINEAR_CLASSES[method]
     for owner, attr, linear in _targets(model):
-        setattr(owner, attr, Int8Linear(linear.in_features, linear.out_features, device=linear.weight.device))
+        setattr(owner, attr, cls(linear.in_features, linear.out_features, device=linear.weight.device))
     return model

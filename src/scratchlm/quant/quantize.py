@@ -8,15 +8,20 @@ the tokenizer files.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
 from scratchlm.config import ConfigError
 
 
-def quantize_run(run_dir: str | Path, out_dir: str | Path, method: str = "int8") -> Path:
-    """Quantize the float run at `run_dir` with `method` and write it as a run folder at `out_dir`."""
-    from scratchlm.model.quant import check_quantizable, quantize_model
+def quantize_run(run_dir: str | Path, out_dir: str | Path, method: str = "int8", alpha: float = 0.5,
+                 calib_tokens: int = 4096, calib_texts: Sequence[str] | None = None) -> Path:
+    """Quantize the float run at `run_dir` with `method` and write it as a run folder at `out_dir`.
+
+    smoothquant calibrates on `calib_tokens` tokens of `calib_texts` (default: the corpus' train split) and migrates
+    `alpha` of the activations' range into the weights."""
+    from scratchlm.model.quant import check_quantizable, quantize_model, smooth_model
     from scratchlm.runs import load_run, run_kind, save_run
     from scratchlm.config import load_run_config
 
@@ -34,7 +39,17 @@ def quantize_run(run_dir: str | Path, out_dir: str | Path, method: str = "int8")
     check_quantizable(cfg.model, method)
     if out_dir.resolve() == run_dir.resolve():
         raise ConfigError(f"--out {out_dir} is the run itself: write the quantized run to a new folder")
-    model, _, cfg = load_run(run_dir, device="cpu")
+    model, tokenizer, cfg = load_run(run_dir, device="cpu")
+    if method == "smoothquant":
+        from scratchlm.model.quant import linear_names
+        from scratchlm.quant.calibrate import calibration_ids, input_stats
+
+        if tokenizer is None:
+            raise ConfigError(f"{run_dir}: no tokenizer.json; {method} calibrates on text and needs the run's tokenizer")
+        ids = calibration_ids(tokenizer, calib_tokens, calib_texts)
+        stats = input_stats(model, ids, linear_names(model), seq_len=min(256, cfg.model.max_seq_len))
+        smooth_model(model, {n: st.abs_max for n, st in stats.items()}, alpha)
+        cfg.quant.alpha, cfg.quant.calib_tokens = alpha, len(ids)
     with torch.no_grad():
         quantize_model(model, method)
     cfg.quant.method = method
