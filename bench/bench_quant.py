@@ -147,6 +147,10 @@ class LlamaCpp:
         params.cpuparams.n_threads = threads
         params.cpuparams_batch.n_threads = threads
         params.warmup = True
+        # f32 KV cache and no flash attention (which rounds q to f16 on a CPU): llama.cpp then computes what we do,
+        # so its f32 tokens are ours (tests/test_export_gguf.py), and both read the same KV bytes per step
+        params.cache_type_k = params.cache_type_v = xllamacpp.ggml_type.GGML_TYPE_F32
+        params.flash_attn_type = xllamacpp.llama_flash_attn_type.LLAMA_FLASH_ATTN_TYPE_DISABLED
         self.server = xllamacpp.Server(params)
         self.url = self.server.listening_address
 

@@ -271,10 +271,12 @@ class QuantConfig:
 
     # "none": a float run; int8: weight-only, per-output-channel scales; smoothquant: W8A8 (int8 activations per
     # token) after SmoothQuant's scale migration
-    method: Literal["none", "int8", "smoothquant"] = "none"
+    # awq: group-wise int4 weights after AWQ's activation-aware scales
+    method: Literal["none", "int8", "smoothquant", "awq"] = "none"
     source: str = ""  # the float run it was quantized from
-    alpha: float = 0.0  # smoothquant: the migration strength used (0 = all the range left on the activations)
+    alpha: float = 0.0  # smoothquant: the migration strength used; awq: the mean of the α its search chose
     calib_tokens: int = 0  # tokens of calibration text the activation statistics came from (0: none needed)
+    group_size: int = 0  # awq: int4 weights share one scale per this many consecutive weights of a row
 
     def __post_init__(self) -> None:
         _validate(self, "quant")
@@ -388,6 +390,7 @@ _LIMITS: dict[str, tuple[float | None, float | None]] = {
     "lora.dropout": (0, 1),
     "quant.alpha": (0, 1),
     "quant.calib_tokens": (0, None),
+    "quant.group_size": (0, None),
 }
 
 

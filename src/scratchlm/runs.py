@@ -130,7 +130,7 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None) -> t
     if cfg.quant.method != "none":  # int8 weights and scales (scratchlm quantize): the linears to load them into
         from scratchlm.model.quant import quantized_skeleton
 
-        quantized_skeleton(model, cfg.quant.method)
+        quantized_skeleton(model, cfg.quant)
     if run_kind(run_dir) == "adapter":
         from scratchlm.model.lora import load_adapter
 

@@ -16,11 +16,12 @@ from scratchlm.config import ConfigError
 
 
 def quantize_run(run_dir: str | Path, out_dir: str | Path, method: str = "int8", alpha: float = 0.5,
-                 calib_tokens: int = 4096, calib_texts: Sequence[str] | None = None) -> Path:
+                 calib_tokens: int = 4096, calib_texts: Sequence[str] | None = None, group_size: int = 64) -> Path:
     """Quantize the float run at `run_dir` with `method` and write it as a run folder at `out_dir`.
 
-    smoothquant calibrates on `calib_tokens` tokens of `calib_texts` (default: the corpus' train split) and migrates
-    `alpha` of the activations' range into the weights."""
+    smoothquant and awq calibrate on `calib_tokens` tokens of `calib_texts` (default: the corpus' train split);
+    smoothquant migrates `alpha` of the activations' range into the weights, awq searches its α per group of
+    linears and stores int4 weights in groups of `group_size`."""
     from scratchlm.model.quant import check_quantizable, quantize_model, smooth_model
     from scratchlm.runs import load_run, run_kind, save_run
     from scratchlm.config import load_run_config
@@ -36,11 +37,11 @@ def quantize_run(run_dir: str | Path, out_dir: str | Path, method: str = "int8",
     if cfg.train.objective == "reward":
         raise ConfigError(f"{run_dir}: train.objective='reward' (a reward model with a score head) cannot be "
                           "quantized; only language-model runs")
-    check_quantizable(cfg.model, method)
+    check_quantizable(cfg.model, method, group_size if method == "awq" else 0)
     if out_dir.resolve() == run_dir.resolve():
         raise ConfigError(f"--out {out_dir} is the run itself: write the quantized run to a new folder")
     model, tokenizer, cfg = load_run(run_dir, device="cpu")
-    if method == "smoothquant":
+    if method in ("smoothquant", "awq"):
         from scratchlm.model.quant import linear_names
         from scratchlm.quant.calibrate import calibration_ids, input_stats
 
@@ -48,10 +49,17 @@ def quantize_run(run_dir: str | Path, out_dir: str | Path, method: str = "int8",
             raise ConfigError(f"{run_dir}: no tokenizer.json; {method} calibrates on text and needs the run's tokenizer")
         ids = calibration_ids(tokenizer, calib_tokens, calib_texts)
         stats = input_stats(model, ids, linear_names(model), seq_len=min(256, cfg.model.max_seq_len))
-        smooth_model(model, {n: st.abs_max for n, st in stats.items()}, alpha)
+        if method == "smoothquant":
+            smooth_model(model, {n: st.abs_max for n, st in stats.items()}, alpha)
+        else:
+            from scratchlm.quant.awq import apply_awq
+
+            chosen = apply_awq(model, stats, group_size)
+            alpha = round(sum(chosen.values()) / len(chosen), 4)
+            cfg.quant.group_size = group_size
         cfg.quant.alpha, cfg.quant.calib_tokens = alpha, len(ids)
     with torch.no_grad():
-        quantize_model(model, method)
+        quantize_model(model, method, cfg.quant.group_size)
     cfg.quant.method = method
     cfg.quant.source = str(run_dir.resolve())
     return save_run(out_dir, model, cfg, tokenizer_dir=run_dir)
