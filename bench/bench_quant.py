@@ -1,6 +1,7 @@
-"""Quantization, measured: fp32 vs our int8 weight-only vs torchao's int8 weight-only vs llama.cpp (f32 and q8_0 GGUF).
+"""Quantization, measured: fp32 vs our int8 weight-only, SmoothQuant W8A8 and AWQ int4 vs torchao's int8 weight-only
+vs llama.cpp (f32 and q8_0 GGUF).
 
-    python bench/bench_quant.py [--run RUN] [--train-seconds 90] [--new 64] [--repeats 3] [--compile] [--profile]
+    python bench/bench_quant.py [--run RUN] [--train-seconds 120] [--new 64] [--repeats 3] [--compile] [--profile]
                                 [--results docs/results/bench_quant.json]
 
 The model: --run (any float run folder), or else the `minimind-26m` shape (d=512, 8 layers, GQA 8/2, vocab 6400)
@@ -206,13 +207,15 @@ def main() -> None:
     ap.add_argument("--run", default=None, help="a float run folder (default: minimind-26m trained here briefly)")
     ap.add_argument("--preset", default="minimind-26m")
     ap.add_argument("--workdir", default="/tmp/bench_quant", help="where the trained run, quantized runs and GGUFs go")
-    ap.add_argument("--train-seconds", type=float, default=90.0)
+    ap.add_argument("--train-seconds", type=float, default=120.0)
     ap.add_argument("--ppl-tokens", type=int, default=4097, help="validation tokens scored for perplexity")
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--prompt", type=int, default=32, help="prompt tokens (from the validation text)")
     ap.add_argument("--new", type=int, default=64, help="tokens decoded per measurement")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch and llama.cpp threads (0 = torch's default)")
+    ap.add_argument("--alpha", type=float, default=0.5, help="SmoothQuant's migration strength")
+    ap.add_argument("--group-size", type=int, default=64, help="AWQ's int4 group size")
     ap.add_argument("--compile", action="store_true", help="also time the engine's compiled decode step")
     ap.add_argument("--no-llama-cpp", action="store_true")
     ap.add_argument("--profile", action="store_true", help="profile our int8 decode step")
@@ -232,25 +235,39 @@ def main() -> None:
     t_start = time.perf_counter()
     run = Path(args.run) if args.run else train_brief_run(work, args.train_seconds, args.preset)
     fp32, tok, cfg = load_run(run)
-    q_run = work / "int8"
-    if q_run.exists():
-        import shutil
+    import shutil
 
-        shutil.rmtree(q_run)
-    quantize_run(run, q_run, "int8")
-    ours = load_run(q_run)[0]
+    from scratchlm.model.quant import quantize_model
+
+    t_quant = {}
+    for method in ("int8", "smoothquant", "awq"):
+        if (work / method).exists():
+            shutil.rmtree(work / method)
+        t0 = time.perf_counter()
+        quantize_run(run, work / method, method, alpha=args.alpha, group_size=args.group_size)
+        t_quant[method] = time.perf_counter() - t0
     tao = torchao_int8(run)
     tao_file = work / "torchao_int8.pt"
     torch.save(tao.state_dict(), tao_file)
-    models = {"fp32": fp32, "int8 (ours)": ours, "int8 (torchao)": tao}
-    sizes = {"fp32": (run / "model.safetensors").stat().st_size,
-             "int8 (ours)": (q_run / "model.safetensors").stat().st_size, "int8 (torchao)": tao_file.stat().st_size}
+    awq_name = f"AWQ int4 g{args.group_size} (ours)"
+    models = {"fp32": fp32, "int8 (ours)": load_run(work / "int8")[0], "int8 (torchao)": tao,
+              f"SmoothQuant W8A8 α={args.alpha} (ours)": load_run(work / "smoothquant")[0],
+              awq_name: load_run(work / "awq")[0]}
+    files = {"fp32": run / "model.safetensors", "int8 (ours)": work / "int8" / "model.safetensors",
+             "int8 (torchao)": tao_file, awq_name: work / "awq" / "model.safetensors",
+             f"SmoothQuant W8A8 α={args.alpha} (ours)": work / "smoothquant" / "model.safetensors"}
+    sizes = {name: f.stat().st_size for name, f in files.items()}
     n_lin, n_rows = linear_params(fp32)
-    read_bytes = {"fp32": 4 * n_lin, "int8 (ours)": n_lin + 4 * n_rows, "int8 (torchao)": n_lin + 4 * n_rows}
+    int8_bytes = n_lin + 4 * n_rows  # a byte a weight and an fp32 scale a row
+    read_bytes = {"fp32": 4 * n_lin, "int8 (ours)": int8_bytes, "int8 (torchao)": int8_bytes,
+                  f"SmoothQuant W8A8 α={args.alpha} (ours)": int8_bytes,
+                  awq_name: n_lin // 2 + 4 * n_lin // args.group_size}  # half a byte a weight, bf16 scale+zero a group
 
     seq_len = min(args.seq_len, cfg.model.max_seq_len)
     ids = validation_ids(tok, args.ppl_tokens)
     ppl = {name: perplexity(m, ids, seq_len) for name, m in models.items()}
+    # AWQ without its scales: plain round-to-nearest int4 in the same groups (every α = 0), perplexity only
+    ppl_rtn = perplexity(quantize_model(load_run(run)[0], "awq", args.group_size), ids, seq_len)
 
     prompt = ids[: args.prompt]
     timers = {name: engine_decode(m, prompt, args.new, False) for name, m in models.items()}
@@ -282,7 +299,7 @@ def main() -> None:
     print(f"{args.run or args.preset}: {fp32.num_params() / 1e6:.1f}M params, CPU threads={threads}, "
           f"perplexity over {len(ids)} validation tokens (windows of {seq_len}), decode: batch 1, greedy, "
           f"{args.prompt}-token prompt + {args.new} new, median of {args.repeats}; read bandwidth {bw['read']:.1f} GB/s")
-    print(f"{'':22} {'ppl':>8} {'×fp32':>6} {'size MB':>8} {'×fp32':>6} {'tok/s':>8} {'×fp32':>6} "
+    print(f"{'':30} {'ppl':>8} {'×fp32':>6} {'size MB':>8} {'×fp32':>6} {'tok/s':>8} {'×fp32':>6} "
           f"{'floor tok/s':>11} {'of floor':>8} {'same tokens':>11}")
     rows = {}
     for name in timers:
@@ -295,11 +312,15 @@ def main() -> None:
                       "share_of_floor": tps[name] / floor[name],
                       "same_tokens_as_fp32": agreement(tokens[name], tokens["fp32"])}
         r = rows[name]
-        print(f"{name:22} {p or float('nan'):8.3f} {r['ppl_ratio'] or float('nan'):6.3f} "
+        print(f"{name:30} {p or float('nan'):8.3f} {r['ppl_ratio'] or float('nan'):6.3f} "
               f"{(size or 0) / 1e6:8.1f} {r['size_ratio'] or float('nan'):6.3f} {r['tok_s']:8.1f} "
               f"{r['tok_s_ratio']:6.2f} {r['floor_tok_s']:11.1f} {r['share_of_floor']:8.0%} "
               f"{r['same_tokens_as_fp32']:>5}/{args.new}")
-    goals = {"int8 decode / fp32 (goal >= 1.6)": tps["int8 (ours)"] / tps["fp32"]}
+    print(f"  {awq_name.replace(' (ours)', '')} without AWQ's scales (round-to-nearest, α = 0): ppl {ppl_rtn:.3f} "
+          f"({ppl_rtn / ppl['fp32']:.3f}× fp32); quantizing took " +
+          ", ".join(f"{m} {t:.0f} s" for m, t in t_quant.items()))
+    goals = {"int8 decode / fp32 (goal >= 1.6)": tps["int8 (ours)"] / tps["fp32"],
+             "int8 ours / torchao int8": tps["int8 (ours)"] / tps["int8 (torchao)"]}
     if cpp:
         goals["fp32 ours / llama.cpp f32 (goal >= 1.0)"] = tps["fp32"] / tps["llama.cpp f32"]
         goals["int8 ours / llama.cpp q8_0 (goal >= 0.8)"] = tps["int8 (ours)"] / tps["llama.cpp q8_0"]
@@ -310,7 +331,7 @@ def main() -> None:
         print(f"  {k}: {v:.2f}")
     print(f"({time.perf_counter() - t_start:.0f} s in all)")
     if args.profile:
-        profile_decode(ours, prompt)
+        profile_decode(models["int8 (ours)"], prompt)
     if args.results:
         from scratchlm.results import write_results
 
@@ -318,7 +339,8 @@ def main() -> None:
             "model": args.run or args.preset, "params": fp32.num_params(),
             "trained_seconds": None if args.run else args.train_seconds, "threads": threads,
             "ppl_tokens": len(ids), "seq_len": seq_len, "prompt_tokens": args.prompt, "new_tokens": args.new,
-            "repeats": args.repeats, "bandwidth_gb_s": bw, "rows": rows, "goals": goals},
+            "repeats": args.repeats, "bandwidth_gb_s": bw, "rows": rows, "goals": goals,
+            "awq_rtn_ppl": ppl_rtn, "quantize_seconds": t_quant},
             seed=0, split="validation",
             notes="ppl: corpus validation text; llama.cpp rows have no ppl (its server gives no prompt log-probs); "
                   "decode tok/s exclude the prefill; floor = read bandwidth / bytes of the weights read per token")
