@@ -10,12 +10,14 @@ trained here for --train-seconds on the built-in corpus (a BPE tokenizer of 6400
 trained model's are, not a random init, so perplexity means something (though the model is far from converged).
 
 For each variant, in one process so that the ratios share the machine's load:
-- perplexity on the corpus' validation text (our token_logprobs; llama.cpp's server reports no prompt
-  log-probs, so its rows have none);
+- perplexity on the corpus' validation text, and how often the variant's argmax at a position is fp32's
+  (teacher-forced top-1 agreement; llama.cpp's server reports no prompt log-probs, so its rows have neither);
 - file size (model.safetensors; torchao's: torch.save of its state dict; the GGUF files);
 - decode tokens/s at batch 1, greedy, the same prompt and length: ours through LLMEngine (eager; --compile also
   the compiled decode step), decode only (the time of a 1-token generate, i.e. the prefill, is subtracted);
-  llama.cpp's own `predicted_per_second` (decode only) from its server on the same number of threads;
+  llama.cpp's own `predicted_per_second` (decode only) from its server on the same number of threads (with
+  ignore_eos it bans end-of-turn tokens, which our engine without a tokenizer emits: the tokens may differ, the
+  work per token does not; tests/test_export_gguf.py checks that its tokens are ours);
 - the weights-only floor: tokens/s if a step did nothing but read every weight once at the machine's read
   bandwidth (bench/stream.py), for that variant's bytes per weight.
 Each is printed as a ratio to fp32 measured in the same run. --results FILE writes them (scratchlm.results).
@@ -88,18 +90,19 @@ def validation_ids(tokenizer, n_tokens: int) -> list[int]:
 
 
 @torch.inference_mode()
-def perplexity(model, ids: list[int], seq_len: int) -> float:
-    """exp(mean next-token NLL) over consecutive windows of seq_len tokens."""
+def perplexity(model, ids: list[int], seq_len: int) -> tuple[float, torch.Tensor]:
+    """(exp(mean next-token NLL), the argmax at every position) over consecutive windows of seq_len tokens."""
     x = torch.tensor(ids)
     n = (len(x) - 1) // seq_len
     rows = torch.stack([x[i * seq_len: i * seq_len + seq_len + 1] for i in range(n)])
-    nll, count = 0.0, 0
+    nll, count, top1 = 0.0, 0, []
     for b in range(0, n, 8):
         r = rows[b: b + 8]
-        lp = model.token_logprobs(r[:, :-1], r[:, 1:])
-        nll -= float(lp.double().sum())
-        count += lp.numel()
-    return math.exp(nll / count)
+        out = model(r[:, :-1], targets=r[:, 1:])
+        nll += float(out.ce_loss.double()) * r[:, 1:].numel()
+        count += r[:, 1:].numel()
+        top1.append(out.logits.argmax(-1).flatten())
+    return math.exp(nll / count), torch.cat(top1)
 
 
 def torchao_int8(run: Path):
@@ -176,16 +179,6 @@ def linear_params(model) -> tuple[int, int]:
             n += m.in_features * m.out_features
             rows += m.out_features
     return n, rows
-
-
-def agreement(a: list[int], b: list[int]) -> int:
-    """How many leading tokens two greedy continuations share."""
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 @torch.inference_mode()
@@ -265,9 +258,11 @@ def main() -> None:
 
     seq_len = min(args.seq_len, cfg.model.max_seq_len)
     ids = validation_ids(tok, args.ppl_tokens)
-    ppl = {name: perplexity(m, ids, seq_len) for name, m in models.items()}
+    scored = {name: perplexity(m, ids, seq_len) for name, m in models.items()}
+    ppl = {name: p for name, (p, _) in scored.items()}
+    top1 = {name: float((t == scored["fp32"][1]).float().mean()) for name, (_, t) in scored.items()}
     # AWQ without its scales: plain round-to-nearest int4 in the same groups (every α = 0), perplexity only
-    ppl_rtn = perplexity(quantize_model(load_run(run)[0], "awq", args.group_size), ids, seq_len)
+    ppl_rtn = perplexity(quantize_model(load_run(run)[0], "awq", args.group_size), ids, seq_len)[0]
 
     prompt = ids[: args.prompt]
     timers = {name: engine_decode(m, prompt, args.new, False) for name, m in models.items()}
@@ -286,12 +281,9 @@ def main() -> None:
             cpp[name] = LlamaCpp(path, threads, args.prompt + args.new + 16)
             timers[name] = (lambda c: (lambda: c.decode(prompt, args.new)))(cpp[name])
     speeds: dict[str, list[float]] = {name: [] for name in timers}
-    tokens: dict[str, list[int]] = {}
     for _ in range(args.repeats):  # alternating, so that every variant sees the same load
         for name, fn in timers.items():
-            tps, out = fn()
-            speeds[name].append(tps)
-            tokens[name] = list(out)[: args.new]
+            speeds[name].append(fn()[0])
     tps = {name: statistics.median(v) for name, v in speeds.items()}
     bw = measure_bandwidth(args.stream_mb)
     floor = {name: bw["read"] * 1e9 / b for name, b in read_bytes.items()}
@@ -300,7 +292,7 @@ def main() -> None:
           f"perplexity over {len(ids)} validation tokens (windows of {seq_len}), decode: batch 1, greedy, "
           f"{args.prompt}-token prompt + {args.new} new, median of {args.repeats}; read bandwidth {bw['read']:.1f} GB/s")
     print(f"{'':30} {'ppl':>8} {'×fp32':>6} {'size MB':>8} {'×fp32':>6} {'tok/s':>8} {'×fp32':>6} "
-          f"{'floor tok/s':>11} {'of floor':>8} {'same tokens':>11}")
+          f"{'floor tok/s':>11} {'of floor':>8} {'top-1 = fp32':>12}")
     rows = {}
     for name in timers:
         base = "fp32 compiled" if name.endswith("compiled") else "fp32"
@@ -310,12 +302,12 @@ def main() -> None:
                       "size_ratio": size / sizes["fp32"] if size else None, "tok_s": tps[name],
                       "tok_s_ratio": tps[name] / tps[base], "floor_tok_s": floor[name],
                       "share_of_floor": tps[name] / floor[name],
-                      "same_tokens_as_fp32": agreement(tokens[name], tokens["fp32"])}
+                      "top1_agreement": top1.get(name.removesuffix(" compiled"))}
         r = rows[name]
         print(f"{name:30} {p or float('nan'):8.3f} {r['ppl_ratio'] or float('nan'):6.3f} "
               f"{(size or 0) / 1e6:8.1f} {r['size_ratio'] or float('nan'):6.3f} {r['tok_s']:8.1f} "
               f"{r['tok_s_ratio']:6.2f} {r['floor_tok_s']:11.1f} {r['share_of_floor']:8.0%} "
-              f"{r['same_tokens_as_fp32']:>5}/{args.new}")
+              f"{r['top1_agreement'] if r['top1_agreement'] is not None else float('nan'):12.4f}")
     print(f"  {awq_name.replace(' (ours)', '')} without AWQ's scales (round-to-nearest, α = 0): ppl {ppl_rtn:.3f} "
           f"({ppl_rtn / ppl['fp32']:.3f}× fp32); quantizing took " +
           ", ".join(f"{m} {t:.0f} s" for m, t in t_quant.items()))
@@ -342,7 +334,8 @@ def main() -> None:
             "repeats": args.repeats, "bandwidth_gb_s": bw, "rows": rows, "goals": goals,
             "awq_rtn_ppl": ppl_rtn, "quantize_seconds": t_quant},
             seed=0, split="validation",
-            notes="ppl: corpus validation text; llama.cpp rows have no ppl (its server gives no prompt log-probs); "
+            notes="ppl and top-1 agreement (teacher-forced argmax = fp32's): corpus validation text; llama.cpp rows "
+                  "have neither (its server gives no prompt log-probs); "
                   "decode tok/s exclude the prefill; floor = read bandwidth / bytes of the weights read per token")
 
 
