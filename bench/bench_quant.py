@@ -182,6 +182,31 @@ def linear_params(model) -> tuple[int, int]:
 
 
 @torch.inference_mode()
+def kernel_times(out_f: int = 1408, in_f: int = 512, repeats: int = 200) -> dict[str, float]:
+    """µs per call of one decode-sized matmul (1 row × [out_f, in_f], minimind-26m's w1) by each kernel: why
+    Int8Linear feeds _weight_int8pack_mm bf16 activations (its fp32 path is not vectorised)."""
+    from scratchlm.model.quant import Int4Linear, Int8Linear
+
+    lin = torch.nn.Linear(in_f, out_f, bias=False)
+    q8, q4 = Int8Linear.from_float(lin), Int4Linear.from_float(lin, 64)
+    x = torch.randn(1, in_f)
+    ones = torch.ones(out_f)
+    calls = {"fp32 F.linear": lambda: lin(x),
+             "int8pack_mm, fp32 activations": lambda: torch.ops.aten._weight_int8pack_mm(x, q8.qweight, ones),
+             "int8pack_mm, bf16 activations (Int8Linear)": lambda: q8(x),
+             "int4pack_mm g64, bf16 activations (Int4Linear)": lambda: q4(x)}
+    out = {}
+    for name, fn in calls.items():
+        for _ in range(10):
+            fn()
+        t = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        out[name] = (time.perf_counter() - t) / repeats * 1e6
+    return out
+
+
+@torch.inference_mode()
 def profile_decode(model, prompt: list[int], steps: int = 32) -> None:
     """Print where our int8 decode step spends its time (torch.profiler, eager)."""
     from torch.profiler import ProfilerActivity, profile
@@ -321,6 +346,8 @@ def main() -> None:
             goals["compiled int8 ours / llama.cpp q8_0"] = tps["int8 (ours) compiled"] / tps["llama.cpp q8_0"]
     for k, v in goals.items():
         print(f"  {k}: {v:.2f}")
+    kernels = kernel_times()
+    print("  one decode-sized matmul (1 × 512 → 1408): " + ", ".join(f"{k} {v:.0f} µs" for k, v in kernels.items()))
     print(f"({time.perf_counter() - t_start:.0f} s in all)")
     if args.profile:
         profile_decode(models["int8 (ours)"], prompt)
@@ -332,7 +359,7 @@ def main() -> None:
             "trained_seconds": None if args.run else args.train_seconds, "threads": threads,
             "ppl_tokens": len(ids), "seq_len": seq_len, "prompt_tokens": args.prompt, "new_tokens": args.new,
             "repeats": args.repeats, "bandwidth_gb_s": bw, "rows": rows, "goals": goals,
-            "awq_rtn_ppl": ppl_rtn, "quantize_seconds": t_quant},
+            "awq_rtn_ppl": ppl_rtn, "quantize_seconds": t_quant, "kernel_us": kernels},
             seed=0, split="validation",
             notes="ppl and top-1 agreement (teacher-forced argmax = fp32's): corpus validation text; llama.cpp rows "
                   "have neither (its server gives no prompt log-probs); "
