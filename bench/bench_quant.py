@@ -116,12 +116,28 @@ def torchao_int8(run: Path):
     return model
 
 
-def engine_decode(model, prompt: list[int], new: int, compile: bool):
+@torch.inference_mode()
+def kv_agreement(model, prompts: list[list[int]], new: int) -> dict[str, float]:
+    """Greedy continuations through the int8 KV pool against the fp32 pool: the share of prompts whose `new` tokens
+    are all the same, and the share of tokens before the first difference."""
+    from scratchlm.engine.llm_engine import LLMEngine
+    from scratchlm.engine.sampling import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_new_tokens=new)
+    want = LLMEngine(model, None).generate(prompts, params)
+    got = LLMEngine(model, None, kv_cache_dtype="int8").generate(prompts, params)
+    lead = [next((i for i, (a, b) in enumerate(zip(w, g)) if a != b), len(w)) for w, g in zip(want, got)]
+    return {"prompts_equal": sum(w == g for w, g in zip(want, got)) / len(prompts),
+            "tokens_before_first_difference": sum(lead) / sum(map(len, want)), "prompts": len(prompts)}
+
+
+def engine_decode(model, prompt: list[int], new: int, compile: bool, kv_cache_dtype: str = "auto"):
     """A function timing one greedy batch-1 decode of `new` tokens (prefill subtracted) → (tok/s, tokens)."""
     from scratchlm.engine.llm_engine import LLMEngine
     from scratchlm.engine.sampling import SamplingParams
 
-    engine = LLMEngine(model, None, max_num_seqs=1, compile=compile)  # no tokenizer: no stop id, exactly `new` tokens
+    # no tokenizer: no stop id, exactly `new` tokens
+    engine = LLMEngine(model, None, max_num_seqs=1, compile=compile, kv_cache_dtype=kv_cache_dtype)
     if compile:
         engine.warmup()
     full, one = SamplingParams(temperature=0.0, max_new_tokens=new + 1), SamplingParams(temperature=0.0, max_new_tokens=1)
@@ -291,6 +307,10 @@ def main() -> None:
 
     prompt = ids[: args.prompt]
     timers = {name: engine_decode(m, prompt, args.new, False) for name, m in models.items()}
+    timers["fp32, int8 KV cache"] = engine_decode(fp32, prompt, args.new, False, "int8")
+    read_bytes["fp32, int8 KV cache"] = read_bytes["fp32"]
+    # the int8 KV pool's greedy agreement on held-out prompts: 24 windows of the validation text
+    kv = kv_agreement(fp32, [ids[i * 128: i * 128 + args.prompt] for i in range(24)], args.new)
     if args.compile:
         for name, m in list(models.items()):
             timers[name + " compiled"] = engine_decode(m, prompt, args.new, True)
@@ -346,6 +366,9 @@ def main() -> None:
             goals["compiled int8 ours / llama.cpp q8_0"] = tps["int8 (ours) compiled"] / tps["llama.cpp q8_0"]
     for k, v in goals.items():
         print(f"  {k}: {v:.2f}")
+    print(f"  int8 KV cache vs fp32 pool, greedy, {kv['prompts']} validation prompts × {args.new} tokens: "
+          f"{kv['prompts_equal']:.0%} of prompts identical, {kv['tokens_before_first_difference']:.1%} of tokens "
+          f"before the first difference")
     kernels = kernel_times()
     print("  one decode-sized matmul (1 × 512 → 1408): " + ", ".join(f"{k} {v:.0f} µs" for k, v in kernels.items()))
     print(f"({time.perf_counter() - t_start:.0f} s in all)")
@@ -359,7 +382,8 @@ def main() -> None:
             "trained_seconds": None if args.run else args.train_seconds, "threads": threads,
             "ppl_tokens": len(ids), "seq_len": seq_len, "prompt_tokens": args.prompt, "new_tokens": args.new,
             "repeats": args.repeats, "bandwidth_gb_s": bw, "rows": rows, "goals": goals,
-            "awq_rtn_ppl": ppl_rtn, "quantize_seconds": t_quant, "kernel_us": kernels},
+            "awq_rtn_ppl": ppl_rtn, "quantize_seconds": t_quant, "kernel_us": kernels,
+            "kv_int8_agreement": kv},
             seed=0, split="validation",
             notes="ppl and top-1 agreement (teacher-forced argmax = fp32's): corpus validation text; llama.cpp rows "
                   "have neither (its server gives no prompt log-probs); "
