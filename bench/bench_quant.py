@@ -350,7 +350,7 @@ def main() -> None:
                       "top1_agreement": top1.get(name.removesuffix(" compiled"))}
         r = rows[name]
         print(f"{name:30} {p or float('nan'):8.3f} {r['ppl_ratio'] or float('nan'):6.3f} "
-              f"{(size or 0) / 1e6:8.1f} {r['size_ratio'] or float('nan'):6.3f} {r['tok_s']:8.1f} "
+              f"{size / 1e6 if size else float('nan'):8.1f} {r['size_ratio'] or float('nan'):6.3f} {r['tok_s']:8.1f} "
               f"{r['tok_s_ratio']:6.2f} {r['floor_tok_s']:11.1f} {r['share_of_floor']:8.0%} "
               f"{r['top1_agreement'] if r['top1_agreement'] is not None else float('nan'):12.4f}")
     print(f"  {awq_name.replace(' (ours)', '')} without AWQ's scales (round-to-nearest, α = 0): ppl {ppl_rtn:.3f} "
