@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "scratchlm.agent.cli",
     "scratchlm.eval.cli",
     "scratchlm.export.cli",
+    "scratchlm.quant.cli",
 ]
 
 

@@ -268,8 +268,25 @@ class DistillConfig:
 
 
 @dataclass
+class QuantConfig:
+    """A quantized run (`scratchlm quantize`, model/quant.py): the loader builds quantized linears from these fields."""
+
+    # "none": a float run; int8: weight-only, per-output-channel scales; smoothquant: W8A8 (int8 activations per
+    # token) after SmoothQuant's scale migration
+    # awq: group-wise int4 weights after AWQ's activation-aware scales
+    method: Literal["none", "int8", "smoothquant", "awq"] = "none"
+    source: str = ""  # the float run it was quantized from
+    alpha: float = 0.0  # smoothquant: the migration strength used; awq: the mean of the α its search chose
+    calib_tokens: int = 0  # tokens of calibration text the activation statistics came from (0: none needed)
+    group_size: int = 0  # awq: int4 weights share one scale per this many consecutive weights of a row
+
+    def __post_init__(self) -> None:
+        _validate(self, "quant")
+
+
+@dataclass
 class Config:
-    """A whole run: the model, how to train it, and optional adapters."""
+    """A whole run: the model, how to train it, optional adapters, and (for a quantized run) how it was quantized."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -277,6 +294,7 @@ class Config:
     pref: PreferenceConfig = field(default_factory=PreferenceConfig)
     rl: RLConfig = field(default_factory=RLConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (None values dropped: TOML has no null)."""
@@ -372,6 +390,9 @@ _LIMITS: dict[str, tuple[float | None, float | None]] = {
     "lora.rank": (0, None),
     "lora.alpha": (0, None),
     "lora.dropout": (0, 1),
+    "quant.alpha": (0, 1),
+    "quant.calib_tokens": (0, None),
+    "quant.group_size": (0, None),
 }
 
 

@@ -6,7 +6,9 @@ checkpoints/step-N/ and its weights, by kind (`run_kind`):
 - "adapter": adapter_config.json + adapter_model.safetensors (PEFT's layout) over the base run named by
   config.toml's lora.base; `load_run` loads the base and puts the adapters on it;
 - a reward model (train.objective = "reward"): model.safetensors of the trunk (`lm.*`) and its score head
-  (`head.weight`); `load_run` returns a `model.reward.RewardModel`.
+  (`head.weight`); `load_run` returns a `model.reward.RewardModel`;
+- a quantized run (config.toml's quant.method, written by `scratchlm quantize`): model.safetensors holds int8
+  weights with their scales (`*.qweight`, `*.scales`); `load_run` builds model/quant.py's linears for them.
 Weights are only ever read with safetensors.
 """
 
@@ -125,6 +127,10 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None) -> t
         from scratchlm.model.reward import RewardModel
 
         model = RewardModel(model)
+    if cfg.quant.method != "none":  # int8 weights and scales (scratchlm quantize): the linears to load them into
+        from scratchlm.model.quant import quantized_skeleton
+
+        quantized_skeleton(model, cfg.quant)
     if run_kind(run_dir) == "adapter":
         from scratchlm.model.lora import load_adapter
 

@@ -15,7 +15,8 @@ streamed). Callers get a `RequestHandle` (request.py): an iterator (threads) or 
 
 The parts: kv_manager.py (block tables over the block pool), scheduler.py (the decisions), runner.py (the
 forward; `compile=True` runs the decode step through `torch.compile` with the weights frozen into the graph,
-~1.2× faster batch-1 decode on 2 CPU cores, docs/engine.md), sampling.py (batched over rows), output.py
+~1.2× faster batch-1 decode on 2 CPU cores, docs/engine.md; `kv_cache_dtype="int8"` keeps the block pool in int8
+with per-slot, per-head scales, docs/quantization.md), sampling.py (batched over rows), output.py
 (logprobs, detokenisation, stop strings, events).
 """
 
@@ -42,7 +43,7 @@ class LLMEngine:
 
     def __init__(self, model: torch.nn.Module, tokenizer=None, *, block_size: int = 16, num_blocks: int | None = None,
                  max_num_seqs: int = 16, max_waiting: int = 64, prefix_caching: bool = True,
-                 max_prefill_tokens: int = 4096, compile: bool = False) -> None:
+                 max_prefill_tokens: int = 4096, compile: bool = False, kv_cache_dtype: str = "auto") -> None:
         self.tokenizer, self.config = tokenizer, model.config
         self.device = next(model.parameters()).device
         self.max_seq_len = int(self.config.max_seq_len)
@@ -56,7 +57,7 @@ class LLMEngine:
         self.kv_manager = KVManager(num_blocks, block_size, prefix_caching)
         # prompt tokens prefilled together in one forward (padding aside)
         self.scheduler = Scheduler(self.kv_manager, max_num_seqs, max_prefill_tokens)
-        self.runner = ModelRunner(model, num_blocks, block_size, compile)
+        self.runner = ModelRunner(model, num_blocks, block_size, compile, kv_cache_dtype)
         self.output = OutputProcessor(self.max_seq_len)
         self._lock = threading.RLock()
         self._work = threading.Condition(self._lock)

@@ -22,11 +22,20 @@ from scratchlm.config import ModelConfig
 from scratchlm.model.masks import AttnPlan, build_mask
 
 
+KV_DTYPES = ("auto", "int8")
+
+
 class PagedKVCache:
-    """The block pool's tensors: `num_blocks` blocks of `block_size` slots per layer, plus one scratch slot."""
+    """The block pool's tensors: `num_blocks` blocks of `block_size` slots per layer, plus one scratch slot.
+
+    kv_dtype "auto" stores keys and values in the model's dtype; "int8" stores them as int8 with one fp32 scale per
+    slot and head (max |x| / 127 over the head's dims; MLA: per slot over the latent), quantized as they are written
+    and dequantized as a forward reads them: the same pool, a quarter of the bytes plus the scales."""
 
     def __init__(self, cfg: ModelConfig, num_blocks: int, block_size: int, device: torch.device,
-                 dtype: torch.dtype) -> None:
+                 dtype: torch.dtype, kv_dtype: str = "auto") -> None:
+        if kv_dtype not in KV_DTYPES:
+            raise ValueError(f"kv_cache_dtype {kv_dtype!r}: choose one of {', '.join(KV_DTYPES)}")
         self.cfg, self.num_blocks, self.block_size = cfg, num_blocks, block_size
         self.scratch = num_blocks * block_size  # padded queries write here; nothing ever reads it
         n = self.scratch + 1
@@ -34,20 +43,48 @@ class PagedKVCache:
             shapes = [(n, cfg.kv_lora_rank), (n, cfg.qk_rope_head_dim)]
         else:
             shapes = [(n, cfg.n_kv_heads, cfg.head_dim)] * 2
-        self.layers = [tuple(torch.zeros(s, device=device, dtype=dtype) for s in shapes) for _ in range(cfg.n_layers)]
+        self.int8 = kv_dtype == "int8"
+        self.dtype = dtype  # what a forward reads back
+        store = torch.int8 if self.int8 else dtype
+        self.layers = [tuple(torch.zeros(s, device=device, dtype=store) for s in shapes) for _ in range(cfg.n_layers)]
+        # int8: the scales of every slot's keys and values [slots, n_kv_heads] (MLA: [slots]), parallel to `layers`
+        self.scales = [tuple(torch.zeros(s[:-1], device=device) for s in shapes) if self.int8 else ()
+                       for _ in range(cfg.n_layers)]
         self.mla = cfg.attention == "mla"
         self.window = cfg.sliding_window
 
     def nbytes(self) -> int:
-        """Bytes held by the pool (all layers)."""
-        return sum(t.numel() * t.element_size() for layer in self.layers for t in layer)
+        """Bytes held by the pool (all layers, int8 scales included)."""
+        return sum(t.numel() * t.element_size() for group in (self.layers, self.scales) for layer in group
+                   for t in layer)
 
     def copy_block(self, src: int, dst: int, n_tokens: int) -> None:
         """Copy the first n_tokens slots of block src into block dst (copy-on-write of a shared partial block)."""
         bs = self.block_size
-        for a, b in self.layers:
-            a[dst * bs: dst * bs + n_tokens] = a[src * bs: src * bs + n_tokens]
-            b[dst * bs: dst * bs + n_tokens] = b[src * bs: src * bs + n_tokens]
+        for layer in (*self.layers, *self.scales):
+            for t in layer:
+                t[dst * bs: dst * bs + n_tokens] = t[src * bs: src * bs + n_tokens]
+
+    def write(self, layer: int, which: int, slots: torch.Tensor, x: torch.Tensor) -> None:
+        """Store rows x [N, ...] (one per slot) into pool tensor `which` (0: keys / c_kv, 1: values / k_rope)."""
+        buf = self.layers[layer][which]
+        if not self.int8:
+            buf.index_copy_(0, slots, x.to(buf.dtype))
+            return
+        scale = (x.detach().abs().amax(dim=-1).float() / 127).clamp(min=torch.finfo(torch.float32).tiny)
+        buf.index_copy_(0, slots, torch.round(x.float() / scale[..., None]).clamp(-127, 127).to(torch.int8))
+        self.scales[layer][which].index_copy_(0, slots, scale)
+
+    def read(self, layer: int, which: int, span: int | None, length: int, slots: torch.Tensor | None) -> torch.Tensor:
+        """Rows of pool tensor `which`: `length` consecutive slots from `span`, or the gathered `slots`."""
+        buf = self.layers[layer][which]
+        if span is not None:
+            out = buf.narrow(0, span, length)
+            scale = self.scales[layer][which].narrow(0, span, length) if self.int8 else None
+        else:
+            out = buf.index_select(0, slots)  # ~3x faster than buf[idx] on a CPU
+            scale = self.scales[layer][which].index_select(0, slots) if self.int8 else None
+        return out if scale is None else (out.float() * scale[..., None]).to(self.dtype)
 
     def batch(self, tables: Sequence[Sequence[int]], cached: Sequence[int], new: Sequence[int]) -> "PagedBatch":
         """The cache view of one forward: row i has `cached[i]` tokens in the blocks `tables[i]` and feeds
@@ -105,25 +142,24 @@ class PagedBatch:
 
     def update(self, layer: int, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this forward's keys/values into their slots; return each row's whole prefix gathered."""
-        pa, pb = self.pool.layers[layer]
+        pool = self.pool
         slots = self.write_slots.reshape(-1)  # [B·T]
         B, S = self.batch_size, self._S
-        if self.pool.mla:  # a [B, T, r], b [B, T, rope]
-            pa.index_copy_(0, slots, a.reshape(-1, a.shape[-1]).to(pa.dtype))
-            pb.index_copy_(0, slots, b.reshape(-1, b.shape[-1]).to(pb.dtype))
-            ka, kb = self._read(pa), self._read(pb)
+        if pool.mla:  # a [B, T, r], b [B, T, rope]
+            pool.write(layer, 0, slots, a.reshape(-1, a.shape[-1]))
+            pool.write(layer, 1, slots, b.reshape(-1, b.shape[-1]))
+            ka, kb = self._read(layer, 0), self._read(layer, 1)
             return ka.view(B, S, -1), kb.view(B, S, -1)  # [B, S, r], [B, S, rope]
         H, hd = a.shape[1], a.shape[3]  # a, b: [B, Hkv, T, hd]
-        pa.index_copy_(0, slots, a.transpose(1, 2).reshape(-1, H, hd).to(pa.dtype))
-        pb.index_copy_(0, slots, b.transpose(1, 2).reshape(-1, H, hd).to(pb.dtype))
-        ka, kb = self._read(pa), self._read(pb)
+        pool.write(layer, 0, slots, a.transpose(1, 2).reshape(-1, H, hd))
+        pool.write(layer, 1, slots, b.transpose(1, 2).reshape(-1, H, hd))
+        ka, kb = self._read(layer, 0), self._read(layer, 1)
         return ka.view(B, S, H, hd).transpose(1, 2), kb.view(B, S, H, hd).transpose(1, 2)  # [B, Hkv, S, hd]
 
-    def _read(self, buf: torch.Tensor) -> torch.Tensor:
-        """Every row's keys [B·S, ...]: a view of consecutive blocks, or a gathered copy."""
-        if self.span is not None:
-            return buf.narrow(0, self.span, self._S)
-        return buf.index_select(0, self.read_slots.reshape(-1))  # ~3x faster than buf[idx] on a CPU
+    def _read(self, layer: int, which: int) -> torch.Tensor:
+        """Every row's keys or values [B·S, ...]: a view of consecutive blocks, or a gathered copy."""
+        slots = None if self.span is not None else self.read_slots.reshape(-1)
+        return self.pool.read(layer, which, self.span, self._S, slots)
 
     def advance(self, T: int) -> None:
         """Nothing to move: the engine keeps each sequence's length."""

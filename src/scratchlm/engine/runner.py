@@ -43,11 +43,12 @@ def _weights_version(model: torch.nn.Module) -> int:
 class ModelRunner:
     """Runs the model over the paged KV cache: a prefill of samples' uncached tokens, or one decode token each."""
 
-    def __init__(self, model: torch.nn.Module, num_blocks: int, block_size: int, compile: bool = False) -> None:
+    def __init__(self, model: torch.nn.Module, num_blocks: int, block_size: int, compile: bool = False,
+                 kv_cache_dtype: str = "auto") -> None:
         p = next(model.parameters())
         self.model, self.device = model, p.device
         self.block_size = block_size
-        self.kv = PagedKVCache(model.config, num_blocks, block_size, p.device, p.dtype)
+        self.kv = PagedKVCache(model.config, num_blocks, block_size, p.device, p.dtype, kv_cache_dtype)
         # The decode forward: the model itself, or its compiled and frozen form (serving a model nobody trains).
         self.compiled = compile
         self._decode_model = compile_frozen(model) if compile else model

@@ -159,7 +159,10 @@ def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
 def fused_linear(x: torch.Tensor, linears: list[nn.Linear]) -> list[torch.Tensor]:
     """x through several bias-free linears with one matmul over their concatenated weights (one kernel for
     the output and one for the input gradient); a LoRA-wrapped linear's update is added to its slice, so
-    adapters hold on the fused path too."""
+    adapters hold on the fused path too. Quantized linears run one by one: ours (model/quant.py) have no float
+    weight, torchao's weights are tensor subclasses that cannot be concatenated."""
+    if not all(type(getattr(m, "weight", None)) in (torch.Tensor, nn.Parameter) for m in linears):
+        return [m(x) for m in linears]
     out = F.linear(x, torch.cat([m.weight for m in linears])).split([m.out_features for m in linears], dim=-1)
     return [y + m.delta(x) if hasattr(m, "delta") and not m.merged else y for y, m in zip(out, linears)]
 

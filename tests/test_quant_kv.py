@@ -1,0 +1,68 @@
+"""The int8 KV cache: the paged block pool stored as int8 with one scale per slot and head (engine/paged_cache.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scratchlm.config import load_config
+from scratchlm.engine.llm_engine import LLMEngine
+from scratchlm.engine.paged_cache import PagedKVCache
+from scratchlm.engine.sampling import SamplingParams
+from scratchlm.runs import load_run
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+def test_int8_pool_round_trip_is_bounded_per_slot_and_head():
+    cfg = load_config("debug").model  # 2 KV heads of 16
+    pool = PagedKVCache(cfg, num_blocks=4, block_size=4, device=torch.device("cpu"), dtype=torch.float32,
+                        kv_dtype="int8")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 2, 16, generator=g) * torch.logspace(-2, 1, 6)[:, None, None]  # slots of unequal size
+    slots = torch.tensor([0, 3, 4, 5, 9, 15])
+    pool.write(0, 0, slots, x)
+    assert pool.layers[0][0].dtype == torch.int8 and pool.scales[0][0].shape == (17, 2)
+    back = pool.read(0, 0, None, 6, slots)
+    bound = x.abs().amax(-1, keepdim=True) / 254  # half a step of each slot's and head's own grid
+    assert back.dtype == torch.float32 and bool(((back - x).abs() <= bound * (1 + 1e-5)).all())
+    pool.copy_block(0, 2, 4)  # copy-on-write carries the scales too
+    assert torch.equal(pool.read(0, 0, 8, 4, None)[0], pool.read(0, 0, 0, 4, None)[0])
+    with pytest.raises(ValueError, match="kv_cache_dtype 'fp8'"):
+        PagedKVCache(cfg, 4, 4, torch.device("cpu"), torch.float32, "fp8")
+
+
+def test_int8_pool_memory_and_how_many_more_blocks_fit():
+    cfg = load_config("minimind-26m").model  # 2 KV heads of 64, 8 layers
+    cpu = torch.device("cpu")
+    fp32 = PagedKVCache(cfg, 64, 16, cpu, torch.float32).nbytes()
+    int8 = PagedKVCache(cfg, 64, 16, cpu, torch.float32, "int8").nbytes()
+    # per slot and head: 64 bytes + a 4-byte scale instead of 64 × 4 bytes
+    assert int8 / fp32 == pytest.approx((64 + 4) / (64 * 4))
+    assert fp32 // int8 == 3  # at the same pool bytes 3.76× as many blocks, so as many more sequences
+
+
+def _chat_ids(tok, question):
+    return tok.encode(tok.render_chat([{"role": "user", "content": question}], add_generation_prompt=True),
+                      allow_special=True)
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_int8_kv_cache_greedy_agrees_with_fp32(chat_run, compile):
+    from serve_util import CHATS, THINK_OFF_CHATS
+
+    model, tok, _ = load_run(chat_run)
+    # the prompts the model learnt (wide margins: what a trained model's answers have). A continuation of text it
+    # never saw ("hello world, the quick") sits on near-ties and did diverge after a few tokens: not a quality test.
+    prompts = [_chat_ids(tok, q) for q, _ in CHATS + THINK_OFF_CHATS]
+    params = SamplingParams(temperature=0.0, max_new_tokens=48)
+    want = LLMEngine(model, tok).generate(prompts, params)
+    engine = LLMEngine(model, tok, compile=compile, kv_cache_dtype="int8")
+    assert engine.runner.kv.int8 and engine.runner.kv.layers[0][0].dtype == torch.int8
+    got = engine.generate(prompts, params)
+    assert got == want and sum(map(len, got)) > 60
+    # n samples of one prompt fork its blocks (a partial last block is copied with its scales)
+    forked = engine.generate([prompts[1]], SamplingParams(temperature=0.0, max_new_tokens=12))
+    h = engine.submit(prompts[1], SamplingParams(temperature=0.0, max_new_tokens=12), n=3)
+    engine.run_until_done([h])
+    assert h.token_ids == [forked[0]] * 3
