@@ -51,6 +51,7 @@ class GroundedItem:
     task: str
     lang: str
     question: str
+    line: str  # the quoted verse line
     answer: str
     gold: tuple[str, str]
     distractors: list[tuple[str, str]]
@@ -142,7 +143,7 @@ class Grounded:
         distractors = [(ref, p["text"]) for ref, p in zip(refs[1:], others)]
         wrong = self._answer_in(others[0], line) if others else answer
         shown = f"《{answer}》" if self.name == "grounded_title" else answer
-        return GroundedItem(self.name, lang, question, answer, gold, distractors, wrong, f"{shown} [{gold[0]}]")
+        return GroundedItem(self.name, lang, question, line, answer, gold, distractors, wrong, f"{shown} [{gold[0]}]")
 
     def sample(self, rng: random.Random, side: str, lang: str) -> Example:
         """One training/eval example: the user turn holds the passages (as `rag ask` renders them) and the question."""

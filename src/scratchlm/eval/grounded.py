@@ -3,7 +3,7 @@ RAG answering path (`rag.answer.answer_question`, what `scratchlm rag ask` runs)
 
 - closed-book: the bare question, no passage;
 - gold: the question with only the gold passage (the poem the answer is in);
-- retrieval: the question with the top-k chunks that the real retriever (hybrid dense + BM25) finds in an index of
+- retrieval: the question with the top-k chunks that the real retriever (hybrid dense + BM25 by default) finds in an index of
   the built-in corpus built by `rag.index.index_paths` (the Chinese documents of the corpus train split and a
   sample of the English ones, written as one .jsonl as the demo's RAG step does).
 
@@ -61,10 +61,12 @@ def write_corpus(path: str | Path, n_en_docs: int = 1000, seed: int = 0) -> Path
     return path
 
 
-def grounded_accuracy(llm: Any, items: list, workdir: str | Path, embedder: str = "hash", k: int = 3,
-                      max_new_tokens: int = 48, n_en_docs: int = 1000, modes: Sequence[str] = MODES) -> dict:
+def grounded_accuracy(llm: Any, items: list, workdir: str | Path, embedder: str = "e5", k: int = 3,
+                      max_new_tokens: int = 48, n_en_docs: int = 1000, modes: Sequence[str] = MODES,
+                      search_mode: str = "hybrid") -> dict:
     """Accuracy of `llm` (a `scratchlm.engine.LLM`) on `items` in each of `modes`, overall / per language / per task,
-    plus the retrieval's gold-poem recall@k and a few samples. The index is built once in `workdir`."""
+    plus the retrieval's gold-poem recall@k and a few samples. The index (`embedder`, searched by `search_mode` as
+    `rag ask --mode` does; the demo's choice by default) is built once in `workdir`."""
     from scratchlm.rag.answer import answer_question
     from scratchlm.rag.store import Hit
 
@@ -101,7 +103,7 @@ def grounded_accuracy(llm: Any, items: list, workdir: str | Path, embedder: str 
                     src, _, idx = it.gold[0].rpartition("#")
                     hits = [Hit(0, src, int(idx), it.gold[1], 0.0)]
                 else:
-                    hits = retriever.search(it.question, k=k, mode="hybrid")
+                    hits = retriever.search(it.question, k=k, mode=search_mode)
                     ok = any(h.source.endswith(f":{line_of.get(it.gold[1], -1)}") for h in hits)
                     recall[it.lang].append(int(ok))
                     recall["all"].append(int(ok))
@@ -115,7 +117,9 @@ def grounded_accuracy(llm: Any, items: list, workdir: str | Path, embedder: str 
     finally:
         if store is not None:
             store.close()
-    out: dict = {"n": len(items), "k": k, "embedder": embedder if "retrieval" in modes else None}
+    out: dict = {"n": len(items), "k": k}
+    if "retrieval" in modes:
+        out.update(embedder=embedder, search_mode=search_mode)
     for mode, by in scores.items():
         out[mode] = {key: sum(v) / len(v) for key, v in sorted(by.items())}
     if recall:
