@@ -37,6 +37,9 @@ def _passages(content: str) -> list[tuple[str, str]]:
 
 
 def test_splits_never_share_a_poem_or_a_line(poems):
+    sides = {name: {side: {p["text"] for p in Grounded(name, poems).poems[side]} for side in SIDES}
+             for name in GROUNDED_TASKS}
+    assert sides["grounded_author"] == sides["grounded_next"] == sides["grounded_title"]  # a poem's side is fixed
     for name in GROUNDED_TASKS:
         t = Grounded(name, poems)
         texts = {side: {p["text"] for p in t.poems[side]} for side in SIDES}
