@@ -6,7 +6,7 @@ with the demo's own SFT chats plus grounded chats (data/grounded.py), then close
 
 The demo model's context is 256 tokens; the grounded chats here use short poems (<= 60 characters: every chat fits) and one
 distractor so a chat fits (the data's defaults — 160 characters, 1-2 distractors — are for longer contexts).
-Writes OUT/results.json (and docs/results/grounded_sft.json with --results)."""
+Writes OUT/results.json (and docs/results/NAME.json with --results NAME)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,10 @@ def main() -> None:
     ap.add_argument("--per-task", type=int, default=600, help="grounded training chats per task")
     ap.add_argument("--n-eval", type=int, default=30, help="val items per task")
     ap.add_argument("--max-chars", type=int, default=60)
-    ap.add_argument("--results", action="store_true", help="also write docs/results/grounded_sft.json")
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--demo-rows", type=int, default=0, help="demo SFT chats replayed beside (0: all of them)")
+    ap.add_argument("--skip-before", action="store_true", help="score only the trained model")
+    ap.add_argument("--results", default="", metavar="NAME", help="also write docs/results/NAME.json")
     args = ap.parse_args()
 
     import torch
@@ -54,6 +57,8 @@ def main() -> None:
                 rows.append((split, {"conversations": [{"role": "user", "content": ex.question},
                                                        {"role": "assistant", "content": ex.reply}]}))
     demo_sft = (args.demo / "data" / "synth" / "sft_train.jsonl").read_text(encoding="utf-8").splitlines()
+    if args.demo_rows:
+        demo_sft = random.Random(1).sample(demo_sft, min(args.demo_rows, len(demo_sft)))
     mix = [json.dumps(r, ensure_ascii=False) for s, r in rows if s == "train"] + demo_sft  # replay: keep old skills
     random.Random(0).shuffle(mix)
     (out / "sft_train.jsonl").write_text("\n".join(mix) + "\n", encoding="utf-8")
@@ -65,7 +70,7 @@ def main() -> None:
             prepare("sft", tok, [out / f"{name}.jsonl"], out / name, dedup=False)
     run = out / "sft_grounded"
     if not (run / "model.safetensors").exists():
-        sets = [f"train.max_steps={args.steps}", "train.batch_size=16", "train.seq_len=256", "train.lr=5e-4",
+        sets = [f"train.max_steps={args.steps}", "train.batch_size=16", "train.seq_len=256", f"train.lr={args.lr}",
                 "train.schedule=cosine", "train.packing=true", f"train.save_every={args.steps}",
                 f"train.val_data={out / 'sft_val'}", "train.pretrain_mix=0"]
         train_stage("sft", run, "tiny", sets, str(out / "sft_train"), init_from=args.demo / "sft", tokenizer=tok,
@@ -74,9 +79,10 @@ def main() -> None:
     for name, task in tasks.items():
         rng = random.Random(f"grounded-exp-eval:{name}")
         items += [task.item(rng, "val", ("en", "zh")[i % 2]) for i in range(args.n_eval)]
-    results = {"steps": args.steps, "grounded_train_chats": args.per_task * len(tasks), "demo_chats": len(demo_sft),
+    results = {"steps": args.steps, "lr": args.lr, "grounded_train_chats": args.per_task * len(tasks), "demo_chats": len(demo_sft),
                "n_eval": len(items), "split": "val"}
-    for label, model_dir in (("before", args.demo / "sft"), ("after", run)):
+    models = [("before", args.demo / "sft")] * (not args.skip_before) + [("after", run)]
+    for label, model_dir in models:
         llm = LLM.from_run(model_dir, "cpu")
         r = grounded_accuracy(llm, items, out, modes=("closed_book", "gold"), max_new_tokens=40)
         results[label] = {k: r[k] for k in ("closed_book", "gold")} | {"samples": r["samples"][:3]}
@@ -86,8 +92,8 @@ def main() -> None:
     if args.results:
         from scratchlm.results import write_results
 
-        write_results(Path("docs/results/grounded_sft.json"), "grounded_sft",
-                      {k: results[k] for k in ("before", "after", "steps", "n_eval")}, seed=0, split="val")
+        write_results(Path(f"docs/results/{args.results}.json"), args.results,
+                      {k: results[k] for k in ("before", "after", "steps", "lr", "n_eval") if k in results}, seed=0, split="val")
     print(f"done in {results['seconds']} s → {out / 'results.json'}")
 
 

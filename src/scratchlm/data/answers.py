@@ -39,7 +39,7 @@ def _number(text: str) -> int | None:
 
 
 def can_check(task: str) -> bool:
-    """Whether `check_answer` knows how to grade `task` (arithmetic, identity, next_line, author)."""
+    """Whether `check_answer` knows how to grade `task` (arithmetic, identity, next_line, author, grounded_*)."""
     return task in ("identity", "next_line", "author", *GROUNDED_TASKS) or bool(ARITH_RE.match(task))
 
 
