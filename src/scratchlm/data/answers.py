@@ -9,9 +9,12 @@ ARITH_RE = re.compile(r"^(add|sub|mul|arith)(\d+)$")  # arithmetic task names: <
 _SPECIAL_RE = re.compile(r"<\|[^|>]*\|>")
 _THINK_RE = re.compile(r"^.*</think>", re.S)
 _NUM_RE = re.compile(r"-?\d+")
+_CITATION_RE = re.compile(r"\[[^\[\]\s]+#\d+\]")  # a [source#chunk] key after a grounded answer
+GROUNDED_TASKS = ("grounded_author", "grounded_next", "grounded_title")  # data/grounded.py
 # Wrappers a correct short answer may come in ("作者是李白。", "The author is Li Bai.").
 _AUTHOR_PREFIXES = ("这首诗的作者是", "作者是", "是", "theauthoris", "itwaswrittenby", "writtenby", "answer")
 _AUTHOR_SUFFIXES = ("写的", "所作", "作")
+_TITLE_PREFIXES = ("这句诗出自", "出自", "itisfrom", "itsfrom", "thepoemis", "from")
 
 
 def _strip_completion(text: str) -> str:
@@ -36,8 +39,8 @@ def _number(text: str) -> int | None:
 
 
 def can_check(task: str) -> bool:
-    """Whether `check_answer` knows how to grade `task` (arithmetic, identity, next_line, author)."""
-    return task in ("identity", "next_line", "author") or bool(ARITH_RE.match(task))
+    """Whether `check_answer` knows how to grade `task` (arithmetic, identity, next_line, author, grounded_*)."""
+    return task in ("identity", "next_line", "author", *GROUNDED_TASKS) or bool(ARITH_RE.match(task))
 
 
 def digit_credit(task: str, completion: str, answer: str) -> float:
@@ -57,6 +60,14 @@ def digit_credit(task: str, completion: str, answer: str) -> float:
 def check_answer(task: str, completion: str, answer: str) -> bool:
     """True when a completion answers correctly (whitespace/punctuation-insensitive; see module doc)."""
     completion = _strip_completion(completion)
+    if task in GROUNDED_TASKS:  # the answer read from a passage, its citation key ignored
+        completion = _CITATION_RE.sub("", completion)
+        if task == "grounded_title":
+            got = normalize(completion)
+            for prefix in _TITLE_PREFIXES:
+                got = got.removeprefix(prefix)
+            return got != "" and got == normalize(answer)
+        task = "author" if task == "grounded_author" else "next_line"
     if ARITH_RE.match(task):
         got = _number(completion)
         return got is not None and got == int(answer)
@@ -71,4 +82,5 @@ def check_answer(task: str, completion: str, answer: str) -> bool:
         for suffix in _AUTHOR_SUFFIXES:
             got = got.removesuffix(suffix)
         return got == normalize(answer)
-    raise ValueError(f"unknown synthetic task {task!r}; choose next_line, author, identity or <add|sub|mul|arith><digits>")
+    raise ValueError(f"unknown synthetic task {task!r}; choose next_line, author, identity, "
+                     f"{', '.join(GROUNDED_TASKS)} or <add|sub|mul|arith><digits>")

@@ -93,8 +93,22 @@ def data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def data_tools(args: argparse.Namespace) -> int:
+    """Write the tool-use SFT set (agent/tool_data.py) and print its counts."""
+    from scratchlm.agent.tool_data import build_tool_sft
+
+    try:
+        sizes = [int(x) for x in args.sizes.split(",")]
+    except ValueError:
+        raise SystemExit(f"--sizes: expected TRAIN,VAL,TEST (integers), got {args.sizes!r}") from None
+    paths = build_tool_sft(args.out, sizes, direct_share=args.direct_share, seed=args.seed, name=args.name)
+    print((args.out / "meta.json").read_text(encoding="utf-8"), end="")
+    print("files: " + ", ".join(p.name for p in paths.values()))
+    return 0
+
+
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Register `scratchlm data info` and `scratchlm data synth`."""
+    """Register `scratchlm data info`, `scratchlm data synth` and `scratchlm data tools`."""
     p = subparsers.add_parser("data", help="the built-in corpus and synthetic tasks")
     sub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
@@ -121,3 +135,13 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                        help="share of SFT chats written thinking off (<think></think> + the answer), as the chat CLI's "
                             "/think off and the API's enable_thinking=false prompt them (default 0)")
     synth.set_defaults(func=data_synth)
+
+    tools = sub.add_parser("tools", help="write the tool-use SFT set: 4+-digit arithmetic through the calculator, "
+                                         "and chats answered without a tool (tools listed)")
+    tools.add_argument("--out", type=Path, required=True, help="output folder")
+    tools.add_argument("--sizes", default="2000,100,100", help="chats per split: TRAIN,VAL,TEST (default 2000,100,100)")
+    tools.add_argument("--direct-share", type=_prob, default=0.3, metavar="P",
+                       help="share of chats that need no tool (identity, poems), answered directly (default 0.3)")
+    tools.add_argument("--seed", type=int, default=0)
+    tools.add_argument("--name", default="scratchlm", help="the model's name in identity answers")
+    tools.set_defaults(func=data_tools)

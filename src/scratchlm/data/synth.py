@@ -6,6 +6,8 @@ Tasks (Chinese and English phrasing, chosen per example):
 - "next_line": the line that follows a given line of a poem from the built-in corpus.
 - "author": who wrote a poem of the built-in corpus (titles shared by several poets are left out).
 - "identity": "who are you" / "你是谁" → an answer containing the configured model name.
+- "grounded_author", "grounded_next", "grounded_title": the answer read from passages in the user turn, rendered
+  as `rag ask` renders retrieved chunks (data/grounded.py).
 - open-ended chats from the corpus (not checkable): "fortune" (tell me a fortune / 说一句名言), "recite"
   (a poem by an author, or by title) and "continue" (the rest of a text).
 
@@ -37,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from scratchlm.data.open_tasks import OPEN_TASKS, Continue, Fortune, Recite, open_task_docs
-from scratchlm.data.answers import ARITH_RE
+from scratchlm.data.answers import ARITH_RE, GROUNDED_TASKS
 from scratchlm.data.tasks import SIDES, Arithmetic, Author, Example, Identity, NextLine
 from scratchlm.data.thinking import strip_thinking, think_off
 
@@ -62,11 +64,15 @@ def make_task(name: str, model_name: str = DEFAULT_NAME, poems: list[dict] | Non
     """The task object for a task name (arithmetic names are `<add|sub|mul|arith><digits>`)."""
     if ARITH_RE.match(name):
         return Arithmetic(name)
-    if name in ("next_line", "author"):
+    if name in ("next_line", "author", *GROUNDED_TASKS):
         if poems is None:
             from scratchlm.data.corpus import poems as corpus_poems
 
             poems = corpus_poems("train")
+        if name in GROUNDED_TASKS:
+            from scratchlm.data.grounded import Grounded
+
+            return Grounded(name, poems)
         return NextLine(poems) if name == "next_line" else Author(poems)
     if name == "identity":
         return Identity(model_name)
@@ -75,7 +81,8 @@ def make_task(name: str, model_name: str = DEFAULT_NAME, poems: list[dict] | Non
 
         docs = open_task_docs(list(iter_corpus("train")), list(iter_corpus("validation")))
         return {"fortune": Fortune, "recite": Recite, "continue": Continue}[name](docs)
-    raise ValueError(f"unknown synthetic task {name!r}; choose next_line, author, identity, {', '.join(OPEN_TASKS)} "
+    raise ValueError(f"unknown synthetic task {name!r}; choose next_line, author, identity, "
+                     f"{', '.join(GROUNDED_TASKS + OPEN_TASKS)} "
                      "or <add|sub|mul|arith><digits> (e.g. add2)")
 
 
@@ -224,7 +231,7 @@ def build_synth(
         if not 0.0 <= v <= 1.0:
             raise ValueError(f"build_synth: {what}={v} must be in [0, 1]")
     sizes = resolve_sizes(tasks, n_train, n_val, n_test)
-    if poems is None and any(t in ("next_line", "author") for t in sizes):
+    if poems is None and any(t in ("next_line", "author", *GROUNDED_TASKS) for t in sizes):
         from scratchlm.data.corpus import poems as corpus_poems
 
         poems = corpus_poems("train")

@@ -1,5 +1,5 @@
 """Answering with retrieved context: chunks (with their [source#chunk] keys) go into the user turn of
-the chat template, the model answers through the one generation path (`scratchlm.engine.LLM`),
+the chat template (rendered by `data.rag_prompt.sources_turn`), the model answers through the one generation path (`scratchlm.engine.LLM`),
 and the result lists which sources were given and which the answer cited."""
 
 from __future__ import annotations
@@ -8,16 +8,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from scratchlm.data.rag_prompt import TEMPLATES, question_lang, sources_turn  # noqa: F401 (re-exported)
 from scratchlm.rag.store import Hit
 
-_CJK = re.compile("[\u3400-\u4dbf\u4e00-\u9fff]")
 _CITE = re.compile(r"\[([^\[\]\s]+#\d+)\]")
-
-TEMPLATES = {
-    "en": ("Sources:\n{context}\n\nQuestion: {question}\nAnswer from the sources and cite them like [{example}].",
-           "{question}"),
-    "zh": ("资料：\n{context}\n\n问题：{question}\n请根据资料回答，并注明出处，如 [{example}]。", "{question}"),
-}
 
 
 @dataclass
@@ -35,25 +29,16 @@ class Answer:
         return f"{self.text}\n\nsources: {refs}" if refs else self.text
 
 
-def question_lang(question: str) -> str:
-    """"zh" when the question has Chinese characters, else "en" (picks the prompt's language)."""
-    return "zh" if _CJK.search(question) else "en"
-
-
 def build_messages(question: str, hits: Sequence[Hit], fit=None) -> tuple[list[dict], list[str]]:
     """(chat messages, refs used): the context blocks `[ref] text`, shortened until `fit(messages)` is True.
 
     `fit` (optional) says whether a message list fits the model's context; the lowest-ranked chunks are
     cut first (then dropped), so a small model with a short context still gets the best chunk.
     """
-    template, bare = TEMPLATES[question_lang(question)]
     blocks = [(h.ref, " ".join(h.text.split())) for h in hits]
 
     def render(bs: list[tuple[str, str]]) -> list[dict]:
-        if not bs:
-            return [{"role": "user", "content": bare.format(question=question)}]
-        context = "\n".join(f"[{ref}] {text}" for ref, text in bs)
-        return [{"role": "user", "content": template.format(context=context, question=question, example=bs[0][0])}]
+        return sources_turn(question, bs)  # the one rendering (data/rag_prompt.py), shared with the SFT data
 
     if fit is None:
         return render(blocks), [r for r, _ in blocks]

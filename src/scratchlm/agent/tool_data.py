@@ -1,0 +1,180 @@
+"""Tool-use SFT data and its held-out measurement.
+
+The chats are in the Hermes format of tokenizer/tools.py, with the tools listed exactly as `scratchlm agent` and the
+server list them (`ToolRegistry(builtin_tools(...)).schemas()`: the one schema of each tool, derived from its
+function):
+
+- **calculator** (task `<op><digits>`, 4+ digits, column "tool": "calculator"): user question → an assistant turn
+  that is only a `calculator` call with the expression → the `tool` message holding what the agent's calculator
+  returns for it (run through the registry, as the agent loop runs it) → the assistant's answer copying the result
+  (`1234 × 5678 = 7006652`);
+- **direct** (identity, next_line, author; column "tool": "none"): the same tools listed, and the model answers
+  without calling one.
+
+Splits follow data/tasks.py: arithmetic by operand pair (`Arithmetic`'s own hash, so a held-out product never has
+its operands in training), the direct tasks by their own rules. The tool message sits in a user turn, so the
+loss mask leaves it out: only the call and the answer are trained.
+
+`tool_use_accuracy` runs the real agent loop (`run_agent` with an `EnginePolicy`) on held-out 4+-digit problems and
+compares it with the same model answering with no tools. It lives here, not in eval/, because eval/ and agent/ sit
+on the same layer and may not import each other.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+from scratchlm.agent.builtin import builtin_tools
+from scratchlm.agent.tools import ToolRegistry
+from scratchlm.data.answers import check_answer
+from scratchlm.data.synth import make_task
+from scratchlm.data.tasks import SIDES, Arithmetic, check_side
+
+DEFAULT_TOOLS = ("calculator", "date")  # what `scratchlm agent` lists by default
+CALC_TASKS = ("mul4", "add4", "sub4", "mul5", "add5")
+DIRECT_TASKS = ("identity", "next_line", "author")
+_OPS = {"+": "+", "-": "-", "×": "*"}
+_WORDS = {"en": {"+": "plus", "-": "minus", "×": "times"}, "zh": {"+": "加", "-": "减", "×": "乘以"}}
+_QUESTIONS = {
+    "en": ["What is {a} {op} {b}?", "Compute {a} {op} {b}.", "What is {a} {opw} {b}?", "Calculate {a}{op}{b}.",
+           "How much is {a} {opw} {b}?", "Please work out {a} {op} {b}."],
+    "zh": ["{a}{op}{b}等于多少？", "计算{a}{op}{b}。", "{a}{opw}{b}是多少？", "请算一下{a}{op}{b}。", "{a}{opw}{b}得几？",
+           "帮我算{a}{op}{b}。"],
+}
+
+
+def tool_registry(names: Sequence[str] = DEFAULT_TOOLS) -> ToolRegistry:
+    """The agent's registry of the named built-in tools (what `scratchlm agent --tools` builds)."""
+    return ToolRegistry(builtin_tools(list(names)))
+
+
+def tool_schemas(names: Sequence[str] = DEFAULT_TOOLS) -> list[dict]:
+    """The tools as the chat template lists them, from the agent's own tool definitions."""
+    return tool_registry(names).schemas()
+
+
+def calc_chat(rng: random.Random, task: Arithmetic, side: str, lang: str, registry: ToolRegistry) -> dict:
+    """One calculator chat of `side`: {"conversations", "answer", "task", "lang", "tool"}."""
+    a, b, op = task._draw(rng, check_side(side))  # Arithmetic's own side rule: held-out pairs stay held out
+    question = rng.choice(_QUESTIONS[lang]).format(a=a, b=b, op=op, opw=_WORDS[lang][op])
+    expression = f"{a}{_OPS[op]}{b}" if rng.random() < 0.5 else f"{a} {_OPS[op]} {b}"
+    obs = registry.call("calculator", {"expression": expression})
+    if obs.error:
+        raise RuntimeError(f"the calculator refused {expression!r}: {obs.text}")
+    conv = [{"role": "user", "content": question},
+            {"role": "assistant", "content": "", "tool_calls": [{"name": "calculator",
+                                                                 "arguments": {"expression": expression}}]},
+            {"role": "tool", "content": obs.text},
+            {"role": "assistant", "content": f"{a} {op} {b} = {obs.text}"}]
+    return {"conversations": conv, "answer": obs.text, "task": task.name, "lang": lang, "tool": "calculator"}
+
+
+def direct_chat(rng: random.Random, task: Any, side: str, lang: str) -> dict:
+    """One chat of a task that needs no tool, answered directly (the tools still listed)."""
+    ex = task.sample(rng, side, lang)
+    conv = [{"role": "user", "content": ex.question}, {"role": "assistant", "content": ex.reply}]
+    return {"conversations": conv, "answer": ex.answer, "task": ex.task, "lang": lang, "tool": "none"}
+
+
+def build_tool_sft(out_dir: str | Path, sizes: Sequence[int] = (2000, 100, 100), direct_share: float = 0.3,
+                   seed: int = 0, tools: Sequence[str] = DEFAULT_TOOLS, calc_tasks: Sequence[str] = CALC_TASKS,
+                   direct_tasks: Sequence[str] = DIRECT_TASKS, name: str = "scratchlm") -> dict[str, Path]:
+    """Write sft_{train,val,test}.jsonl ({"conversations", "tools", "task", "lang", "tool"}) and
+    prompt_{train,val,test}.jsonl ({"prompt", "answer", "tools", ...}) with `sizes` chats per split, a
+    `direct_share` of them needing no tool; line i of both files of a split is the same chat. Returns the paths."""
+    if not 0.0 <= direct_share <= 1.0:
+        raise ValueError(f"direct_share={direct_share} must be in [0, 1]")
+    if len(sizes) != 3 or min(sizes) < 0:
+        raise ValueError(f"sizes must be [train, val, test] >= 0, got {list(sizes)}")
+    registry = tool_registry(tools)
+    if "calculator" not in registry.tools:
+        raise ValueError("the tool-use set needs the calculator among the tools")
+    schemas = registry.schemas()
+    calc = [Arithmetic(t) for t in calc_tasks]
+    for t in calc:
+        if t.digits < 4:
+            raise ValueError(f"{t.name}: the calculator chats are for 4+-digit problems")
+    direct = [make_task(t, name) for t in direct_tasks]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    counts: dict[str, dict[str, int]] = {}
+    for split, n in zip(SIDES, sizes):
+        rng = random.Random(f"scratchlm-tools:{seed}:{split}")
+        rows = []
+        for _ in range(n):
+            lang = rng.choice(["en", "zh"])
+            if direct and rng.random() < direct_share:
+                rows.append(direct_chat(rng, rng.choice(direct), split, lang))
+            else:
+                rows.append(calc_chat(rng, rng.choice(calc), split, lang, registry))
+        counts[split] = dict(sorted(Counter(r["task"] for r in rows).items()))
+        for kind in ("sft", "prompt"):
+            paths[f"{kind}_{split}"] = p = out / f"{kind}_{split}.jsonl"
+            with open(p, "w", encoding="utf-8") as fh:
+                for r in rows:
+                    cols = {"task": r["task"], "lang": r["lang"], "tool": r["tool"]}
+                    rec = ({"conversations": r["conversations"], "tools": schemas, **cols} if kind == "sft" else
+                           {"prompt": r["conversations"][:1], "answer": r["answer"], "tools": schemas, **cols})
+                    fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    meta = {"seed": seed, "tools": list(registry.tools), "direct_share": direct_share, "counts": counts}
+    (out / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    return paths
+
+
+def held_out_problems(n: int, side: str = "val", seed: int = 0,
+                      calc_tasks: Sequence[str] = CALC_TASKS) -> list[dict]:
+    """n held-out 4+-digit problems ({"question", "answer", "task", "lang"}) of `side`, half English, half Chinese."""
+    if check_side(side) == "train":
+        raise ValueError("held_out_problems: choose a held-out side (val or test)")
+    registry = tool_registry(("calculator",))
+    rng = random.Random(f"scratchlm-tools-eval:{seed}:{side}")
+    calc = [Arithmetic(t) for t in calc_tasks]
+    out = []
+    for i in range(n):
+        r = calc_chat(rng, rng.choice(calc), side, ("en", "zh")[i % 2], registry)
+        out.append({"question": r["conversations"][0]["content"], "answer": r["answer"], "task": r["task"],
+                    "lang": r["lang"]})
+    return out
+
+
+def tool_use_accuracy(llm: Any, problems: list[dict], tools: Sequence[str] = DEFAULT_TOOLS, max_steps: int = 4,
+                      max_new_tokens: int = 64) -> dict:
+    """Final-answer accuracy on `problems` of the agent loop (the model with the tools, greedy) and of the same model
+    answering alone (no tools listed), overall and per language; plus the share of agent runs that called the
+    calculator and a few traces."""
+    from scratchlm.agent.loop import EnginePolicy, run_agent
+    from scratchlm.data.clean import clean_messages
+    from scratchlm.engine.sampling import SamplingParams
+
+    if not problems:
+        raise ValueError("tool_use_accuracy: no problems")
+    registry = tool_registry(tools)
+    policy = EnginePolicy(llm, max_new_tokens=max_new_tokens)
+    tok = llm.tokenizer
+    params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, stop_ids=list(tok.stop_ids))
+    scores: dict[str, dict[str, list[int]]] = {"agent": defaultdict(list), "direct": defaultdict(list),
+                                               "called_calculator": defaultdict(list)}
+    samples = []
+    for p in problems:
+        trace = run_agent(policy, registry, p["question"], max_steps=max_steps)
+        called = any(c.name == "calculator" for s in trace.steps for c in s.calls)
+        ids, _ = tok.encode_chat(clean_messages([{"role": "user", "content": p["question"]}]),
+                                 add_generation_prompt=True)
+        alone = tok.decode(llm.generate([ids], params)[0], skip_special_tokens=True)
+        ok_agent = trace.answer is not None and check_answer(p["task"], trace.answer, p["answer"])
+        ok_direct = check_answer(p["task"], alone, p["answer"])
+        for key, v in (("agent", ok_agent), ("direct", ok_direct), ("called_calculator", called)):
+            scores[key]["all"].append(int(v))
+            scores[key][p["lang"]].append(int(v))
+        if len(samples) < 6:
+            samples.append({"question": p["question"], "expected": p["answer"], "agent": trace.answer,
+                            "stopped": trace.stopped, "alone": alone})
+    out: dict = {"n": len(problems), "samples": samples}
+    for key, by in scores.items():
+        out[key] = {k: sum(v) / len(v) for k, v in sorted(by.items())}
+    return out
