@@ -37,7 +37,8 @@ def test_every_results_file_records_where_its_numbers_come_from():
     for f in files:
         doc = read_results(f)
         # a command of the repo: the CLI, a bench, a script, or the test that measures (the soak)
-        assert any(w in doc["command"] for w in ("scratchlm ", "bench", "scripts/", "mutation", "pytest")), (f, doc["command"])
+        assert any(w in doc["command"] for w in ("scratchlm ", "bench", "scripts/", "mutation", "pytest", "experiments/")), \
+            (f, doc["command"])
         assert doc["commit"], f"{f}: no commit recorded"
         if f.stem in ("demo_seed0", "demo_seed1", "bench_decode"):  # the README's tables: measured on committed code
             assert not doc["commit"].endswith("+dirty"), f"{f}: measured on uncommitted code"
@@ -99,6 +100,7 @@ def test_results_file_round_trip_and_errors(tmp_path):
     (["/repo/bench/fixed_budget.py", "--budget", "120"], "bench/fixed_budget.py --budget 120"),
     (["/repo/scripts/mutation.py", "--write"], "scripts/mutation.py --write"),
     (["/venv/lib/scratchlm/__main__.py", "demo"], "scratchlm demo"),
+    (["/repo/docs/experiments/grounded_sft.py", "--out", "x"], "docs/experiments/grounded_sft.py --out x"),
     (["/tmp/other.py"], "other.py"),
 ])
 def test_command_line_names_the_repo_script_by_its_folder(monkeypatch, argv, expected):

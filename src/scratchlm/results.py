@@ -62,6 +62,8 @@ def command_line() -> str:
         prog = "scratchlm"
     elif script.parent.name in ("bench", "scripts"):  # the repo's own scripts, named by their folder
         prog = f"{script.parent.name}/{prog}"
+    elif script.parent.name == "experiments" and script.parent.parent.name == "docs":
+        prog = f"docs/experiments/{prog}"
     return " ".join([prog, *sys.argv[1:]])
 
 
