@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import torch
+from run_util import train_by_heart
 
 
 def make_chat_run(root: Path, chats: Sequence[tuple[list[dict], list[dict] | None]], steps: int = 250,
@@ -14,7 +14,6 @@ def make_chat_run(root: Path, chats: Sequence[tuple[list[dict], list[dict] | Non
     """A run folder (objective sft) whose model was trained on `chats` ((messages, tools or None)) to mask 1."""
     from scratchlm.config import load_config
     from scratchlm.data.clean import clean_messages
-    from scratchlm.model.transformer import Transformer
     from scratchlm.runs import save_run
     from scratchlm.tokenizer.bpe import Tokenizer, train_tokenizer
 
@@ -28,23 +27,7 @@ def make_chat_run(root: Path, chats: Sequence[tuple[list[dict], list[dict] | Non
     tok = Tokenizer.load(tok_dir)
     cfg = load_config("debug", [f"model.vocab_size={tok.vocab_size}", f"model.max_seq_len={max_seq_len}",
                                 "train.objective=sft"])
-    torch.manual_seed(0)
-    model = Transformer(cfg.model)
     rows = [tok.encode_chat(c, tools=t) for c, t in chats]
-    width = max(len(ids) for ids, _ in rows)
-    assert width <= max_seq_len, width
-    x = torch.zeros(len(rows), width, dtype=torch.long)
-    y = torch.full((len(rows), width), -100, dtype=torch.long)
-    for r, (ids, mask) in enumerate(rows):
-        x[r, :len(ids)] = torch.tensor(ids)
-        targets = [t if m else -100 for t, m in zip(ids[1:], mask[1:])]
-        y[r, :len(targets)] = torch.tensor(targets)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(steps):
-        loss = model(x, targets=y).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+    assert max(len(ids) for ids, _ in rows) <= max_seq_len
+    model = train_by_heart(cfg, rows, steps)
     return save_run(root / "run", model, cfg, tok_dir)
