@@ -11,6 +11,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from scratchlm.data.synth import DEFAULT_NAME
 from scratchlm.demo.common import check_stage_steps, say
 from scratchlm.demo.data import prepare_demo_data, prepare_preference_data
 from scratchlm.demo.distill import run_distill_stage
@@ -24,7 +25,6 @@ from scratchlm.demo.reward import run_reward_stage
 from scratchlm.demo.settings import DEMO_STEPS, DemoSettings, quick_settings
 from scratchlm.demo.sft import run_sft_stage
 from scratchlm.eval.perplexity import perplexities
-from scratchlm.data.synth import DEFAULT_NAME
 from scratchlm.eval.conversation import conversation_scores
 from scratchlm.eval.stutter import open_ended_report
 from scratchlm.eval.tasks import chat_replies, evaluate_tasks, pick_samples
@@ -41,6 +41,7 @@ def chat_sampling(s: DemoSettings) -> Any:
     from scratchlm.engine.sampling import SamplingParams
 
     return SamplingParams(**CHAT_SAMPLING_DEFAULTS, max_new_tokens=3 * s.max_new_tokens, seed=s.seed)
+
 
 BASE_STEPS = {"pretrain": run_pretrain_stage, "sft": run_sft_stage}
 # The steps after SFT: each starts from the SFT run and returns its part of the summary.
