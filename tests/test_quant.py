@@ -192,6 +192,26 @@ def test_refusals_name_the_field(chat_run, quantized, tmp_path, capsys):
         quantize_model(model)
 
 
+def test_training_from_or_exporting_a_quantized_run_is_refused_naming_the_float_run(chat_run, quantized, tmp_path):
+    from scratchlm.export.gguf import export_gguf
+    from scratchlm.export.hf import export_hf
+    from scratchlm.runs import build_model
+    from scratchlm.train.loop import train
+    from scratchlm.train.objectives import Pretrain
+    from tests.test_train_loop import ArrayShards
+
+    cfg = load_run(chat_run)[2]
+    cfg.train.max_steps, cfg.train.objective = 1, "pretrain"
+    for call, what in ((lambda: train(cfg, Pretrain(cfg, ArrayShards(list(range(50)) * 4, vocab_size=cfg.model.vocab_size)), tmp_path / "t",
+                                      build_model(cfg), init_from=quantized, progress=False), "--init-from"),
+                       (lambda: export_hf(quantized, tmp_path / "hf"), "export hf"),
+                       (lambda: export_gguf(quantized, tmp_path / "m.gguf"), "export gguf")):
+        with pytest.raises(ConfigError, match=rf"quant\.method='int8'\); {what} needs float weights: use the float "
+                                               rf"run it came from, .*{chat_run.name}"):
+            call()
+    assert not (tmp_path / "hf").exists() and not (tmp_path / "m.gguf").exists()
+
+
 def _ppl(model, ids):
     with torch.no_grad():
         return torch.exp(-model.token_logprobs(ids[:, :-1], ids[:, 1:]).mean()).item()

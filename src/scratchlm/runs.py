@@ -157,6 +157,16 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None) -> t
     return model, tokenizer, cfg
 
 
+def refuse_quantized(run_dir: str | Path, what: str) -> None:
+    """ConfigError when `run_dir` is a quantized run (`scratchlm quantize`): `what` (training from it, exporting it)
+    needs float weights, which its int8/int4 linears no longer hold; the message names the float run it came from."""
+    cfg = load_run_config(run_dir)
+    if cfg.quant.method != "none":
+        source = f"the float run it came from, {cfg.quant.source}" if cfg.quant.source else "the float run it came from"
+        raise ConfigError(f"{run_dir} is a quantized run (quant.method={cfg.quant.method!r}); {what} needs float "
+                          f"weights: use {source}")
+
+
 def run_kind(run_dir: str | Path) -> str:
     """What a run folder's weights are: "model" (model.safetensors) or "adapter" (LoRA over a base run)."""
     from scratchlm.model.lora import ADAPTER_CONFIG

@@ -137,12 +137,13 @@ def export_gguf(run_dir: str | Path, out: str | Path, dtype: str = "f32") -> Pat
         raise ImportError("the GGUF export needs the `gguf` package: pip install 'scratchlm[export]'") from None
 
     from scratchlm.model.lora import merge_lora
-    from scratchlm.runs import load_run, run_kind
+    from scratchlm.runs import load_run, refuse_quantized, run_kind
     from scratchlm.tokenizer.bpe import CHAT_TEMPLATE
 
     if dtype not in DTYPES:
         raise ValueError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     run_dir, out = Path(run_dir), Path(out)
+    refuse_quantized(run_dir, "export gguf")  # the formats hold float (or their own quantized) weights
     model, tokenizer, cfg = load_run(run_dir)
     mcfg = cfg.model
     if cfg.train.objective == "reward":

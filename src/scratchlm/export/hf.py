@@ -95,11 +95,12 @@ def export_hf(run_dir: str | Path, out: str | Path, merge: bool = False, custom:
 
     from scratchlm.export.hf_mapping import hf_model
     from scratchlm.model.lora import merge_lora
-    from scratchlm.runs import load_run, run_kind
+    from scratchlm.runs import load_run, refuse_quantized, run_kind
 
     if dtype not in DTYPES:
         raise ValueError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     run_dir, out = Path(run_dir), Path(out)
+    refuse_quantized(run_dir, "export hf")  # the formats hold float (or their own quantized) weights
     model, tokenizer, cfg = load_run(run_dir)
     if cfg.train.objective == "reward":
         raise ConfigError(f"{run_dir}: a reward model (train.objective='reward') has a score head that no "

@@ -23,7 +23,7 @@ from torch import nn
 
 from scratchlm.config import Config, ConfigError, load_run_config
 from scratchlm.device import autocast, pick_device, pick_dtype
-from scratchlm.runs import load_weights, tied_aliases
+from scratchlm.runs import load_weights, refuse_quantized, tied_aliases
 from scratchlm.train import distributed as D
 from scratchlm.train import zero
 from scratchlm.train.batches import to_device
@@ -354,6 +354,8 @@ def _starting_point(cfg: Config, model: nn.Module, out_dir: Path, init_from: str
             raise ConfigError(f"--init-from {init_from}: LoRA needs a base run with model.safetensors (an adapter run "
                               f"can be merged first: scratchlm lora merge {init_from} --out MERGED)")
         cfg.lora.base = str(Path(init_from).resolve())  # saved in config.toml: resume and load_run find the base
+    if init_from is not None and (Path(init_from) / "config.toml").exists():
+        refuse_quantized(init_from, "--init-from")
     if init_from is not None and not resume:
         cfg.train.init_from = str(Path(init_from).resolve())  # saved: resume finds the reference run again
     elif resume and not cfg.train.init_from and (out_dir / "config.toml").exists():
