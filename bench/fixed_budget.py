@@ -82,6 +82,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--budget", type=float, default=120.0, help="seconds of training per run (default 120)")
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--evals", type=int, default=10, help="validations per run (the val curve's points)")
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of: {', '.join(VARIANTS)}")
     ap.add_argument("--workdir", type=Path, default=None, help="keep the data and runs here (default: a temp folder)")
@@ -105,7 +106,7 @@ def main() -> None:
                 sps = seconds_per_step(preset, data, args.batch, args.seq, compile, opt, work / f"calib-{tag}")
                 steps = max(10, int(args.budget / sps))
                 t0 = time.perf_counter()
-                recs = run_variant(preset, data, _sets(args.batch, args.seq, steps, compile, opt, seed, 10),
+                recs = run_variant(preset, data, _sets(args.batch, args.seq, steps, compile, opt, seed, args.evals),
                                    work / tag)
                 wall = time.perf_counter() - t0
                 curve = train_curve(recs, args.batch * args.seq)
