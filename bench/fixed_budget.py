@@ -24,8 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-VARIANTS = {"eager adamw": (False, "adamw"), "compiled adamw": (True, "adamw"), "eager muon": (False, "muon"),
-            "compiled muon": (True, "muon")}
+from bench_train import VARIANTS  # the same four variants as the per-step bench (bench/ is the script's folder)
+
 
 
 def _sets(batch: int, seq: int, steps: int, compile: bool, optimizer: str, seed: int, evals: int) -> list[str]:

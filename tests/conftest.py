@@ -16,6 +16,20 @@ def one_thread():
 
 
 @pytest.fixture(scope="session")
+def tool_run(tmp_path_factory):
+    """A tiny chat run trained in seconds to call the calculator (tests/tool_util.py); shared by the server's tool
+    tests and the agent's."""
+    from tool_util import make_tool_run
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return make_tool_run(tmp_path_factory.mktemp("tool_run"))
+    finally:
+        torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
 def chat_run(tmp_path_factory):
     """A tiny chat run (debug preset, objective sft) trained in seconds to answer tests/serve_util.py's CHATS;
     shared by the serving, web page and schema fuzzing tests."""

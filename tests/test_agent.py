@@ -280,18 +280,6 @@ def _schemas(reg):
 
 # ------------------------------------------------------------------------------------------ a real model
 
-@pytest.fixture(scope="module")
-def tool_run(tmp_path_factory):
-    from tool_util import make_tool_run
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return make_tool_run(tmp_path_factory.mktemp("agent_run"))
-    finally:
-        torch.set_num_threads(n)
-
-
 def test_a_trained_tiny_model_runs_the_loop(tool_run, tmp_path):
     from scratchlm.agent.loop import EnginePolicy
     from scratchlm.engine.offline import LLM

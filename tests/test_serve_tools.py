@@ -10,26 +10,15 @@ import json
 import httpx
 import openai
 import pytest
-import torch
 
 from scratchlm.agent.calculator import calculate
 from serve_util import serving
-from tool_util import ANSWER, CALC, CALL_ARGS, QUESTION, make_tool_run
+from tool_util import ANSWER, CALC, CALL_ARGS, QUESTION
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 DATE = {"type": "function", "function": {"name": "today", "description": "The current date.",
                                           "parameters": {"type": "object", "properties": {}}}}
-
-
-@pytest.fixture(scope="module")
-def tool_run(tmp_path_factory):
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return make_tool_run(tmp_path_factory.mktemp("tool_run"))
-    finally:
-        torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
