@@ -55,7 +55,8 @@ def scan(store: VectorStore, q: np.ndarray, k: int, metric: str) -> list:
     return store.db.execute(sql, (q.astype("<f4").tobytes(), k)).fetchall()
 
 
-def bench_size(n: int, dim: int, n_queries: int, k: int, tmp: Path) -> None:
+def bench_size(n: int, dim: int, n_queries: int, k: int, tmp: Path) -> dict:
+    """Index and query `n` random vectors; print the table and return its numbers."""
     rng = np.random.default_rng(n)
     V = rng.normal(size=(n, dim)).astype(np.float32)
     Q = rng.normal(size=(n_queries, dim)).astype(np.float32)
@@ -67,6 +68,7 @@ def bench_size(n: int, dim: int, n_queries: int, k: int, tmp: Path) -> None:
           f"(store only); db {size_mb:.0f} MB with three")
     print(f"  {'k=' + str(k):<8}{'vec0 KNN p50 ms':>17}{'p99 ms':>9}{'scan p50 ms':>13}{'numpy p50 ms':>14}"
           f"{'KNN/numpy':>11}{'scan/numpy':>12}  same top-k")
+    out: dict = {"index_chunks_per_s": {"one_table": rate1, "three_tables": rate3}, "db_mb": size_mb, "metrics": {}}
     with VectorStore(tmp / f"b{n}.db", create=False) as store:
         ids = np.array([r[0] for r in store.db.execute("SELECT id FROM chunks ORDER BY id")])
         for metric in ("cosine", "l2", "l1"):
@@ -78,9 +80,13 @@ def bench_size(n: int, dim: int, n_queries: int, k: int, tmp: Path) -> None:
             p50, p99 = np.percentile(knn, 50) * 1e3, np.percentile(knn, 99) * 1e3
             s50, r50 = np.percentile(sc, 50) * 1e3, np.percentile(ref, 50) * 1e3
             print(f"  {metric:<8}{p50:>17.1f}{p99:>9.1f}{s50:>13.1f}{r50:>14.1f}{p50 / r50:>10.2f}x{s50 / r50:>11.2f}x  {same}")
+            out["metrics"][metric] = {"knn_p50_ms": p50, "knn_p99_ms": p99, "scan_p50_ms": s50, "numpy_p50_ms": r50,
+                                      "knn_over_numpy": p50 / r50, "scan_over_numpy": s50 / r50, "same_top_k": same}
+    return out
 
 
-def bench_embedders(specs: list[str], n_texts: int) -> None:
+def bench_embedders(specs: list[str], n_texts: int) -> dict[str, float]:
+    """Chunks per second of each embedder on corpus text."""
     from scratchlm.data.corpus import iter_corpus
     from scratchlm.rag.chunking import Document, chunk_document
     from scratchlm.rag.embedders import get_embedder
@@ -88,6 +94,7 @@ def bench_embedders(specs: list[str], n_texts: int) -> None:
     docs = list(iter_corpus("validation"))[:n_texts]
     texts = [c.text for d in docs for c in chunk_document(Document("v", d["text"]))]
     print(f"\nembedders on {len(texts)} chunks of the corpus' validation split (mixed EN/ZH):")
+    rates = {}
     for spec in specs:
         emb = get_embedder(spec)
         emb.embed_passages(texts[:4])  # warm up (first-call allocations, thread pools)
@@ -95,6 +102,8 @@ def bench_embedders(specs: list[str], n_texts: int) -> None:
         emb.embed_passages(texts)
         dt = time.perf_counter() - t0
         print(f"  {emb.name:<28}{len(texts) / dt:>8.1f} chunks/s")
+        rates[emb.name] = len(texts) / dt
+    return rates
 
 
 def main() -> None:
@@ -105,12 +114,20 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--embedders", nargs="*", default=["e5", "minilm"], help="also time these on corpus text")
     ap.add_argument("--embed-texts", type=int, default=200, help="documents for the embedder timing")
+    ap.add_argument("--results", type=Path, help="also write the numbers to this JSON file (scratchlm.results)")
     args = ap.parse_args()
+    numbers: dict = {"dim": args.dim, "queries": args.queries, "k": args.k, "sizes": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.sizes:
-            bench_size(n, args.dim, args.queries, args.k, Path(tmp))
+            numbers["sizes"][str(n)] = bench_size(n, args.dim, args.queries, args.k, Path(tmp))
     if args.embedders:
-        bench_embedders(args.embedders, args.embed_texts)
+        numbers["embedder_chunks_per_s"] = bench_embedders(args.embedders, args.embed_texts)
+    if args.results:
+        from scratchlm.results import write_results
+
+        write_results(args.results, "bench_rag", numbers, seed=None,
+                      notes="random normal vectors (the maths does not care what made them); query ratios are "
+                            "measured in one process, absolute ms depend on the machine's load")
 
 
 if __name__ == "__main__":

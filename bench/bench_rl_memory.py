@@ -82,6 +82,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--keep", type=Path, help="write the run here instead of a temporary folder")
     ap.add_argument("--set", nargs="*", default=[], help="more config overrides for the GRPO run")
+    ap.add_argument("--results", type=Path, help="also write the numbers to this JSON file (scratchlm.results)")
     args = ap.parse_args()
     if args.steps < 100:
         ap.error("--steps must be at least 100 (step 100 is compared with step 10)")
@@ -121,8 +122,17 @@ def main() -> None:
     print(f"RSS after step 10 {a:.1f} MB | after step 100 {b:.1f} MB | ratio {b / a:.3f} (goal <= 1.05)")
     print(f"median of steps 6-15 {ma:.1f} MB | of steps 96-105 {mb:.1f} MB | ratio {mb / ma:.3f}; "
           f"range over steps 10-100 {lo:.1f}..{hi:.1f} MB")
-    print(json.dumps({"rss_mb_step10": a, "rss_mb_step100": b, "ratio": round(b / a, 4),
-                      "median_ratio": round(mb / ma, 4), "steps": res.step}))
+    numbers = {"rss_mb_step10": a, "rss_mb_step100": b, "ratio": round(b / a, 4), "median_rss_mb_steps_6_15": ma,
+               "median_rss_mb_steps_96_105": mb, "median_ratio": round(mb / ma, 4), "steps": res.step,
+               "rss_mb_range_10_100": [lo, hi], "init_from": str(args.init_from) if args.init_from else None,
+               "preset": None if args.init_from else args.preset, "batch": args.batch, "g": args.g,
+               "max_new_tokens": args.new, "beta": args.beta}
+    print(json.dumps(numbers))
+    if args.results:
+        from scratchlm.results import write_results
+
+        write_results(args.results, "bench_rl_memory", numbers, seed=0,
+                      notes="resident memory, not time: a loaded machine does not change it")
 
 
 if __name__ == "__main__":

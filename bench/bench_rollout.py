@@ -121,6 +121,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--results", type=Path, help="also write the numbers to this JSON file (scratchlm.results)")
     ap.add_argument("--quick", action="store_true", help="smoke run: debug preset, 4 prompts × 4, 16 tokens, 1 repeat")
     args = ap.parse_args()
     if args.quick:
@@ -174,8 +175,17 @@ def main() -> None:
     print(f"transformers generate (num_return_sequences={G}) {b:8.1f} tok/s  (tokens per rollout: "
           f"{tokens['transformers']})")
     print(f"ratio ours / transformers: {a / b:5.2f}x")
-    print(json.dumps({"ours_tok_s": round(a, 1), "transformers_tok_s": round(b, 1), "ratio": round(a / b, 3),
-                      "prompts": P, "G": G, "max_new_tokens": n_new, "threads": torch.get_num_threads()}))
+    numbers = {"ours_tok_s": round(a, 1), "transformers_tok_s": round(b, 1), "ratio": round(a / b, 3),
+               "prompts": P, "G": G, "max_new_tokens": n_new, "threads": torch.get_num_threads(),
+               "model": str(args.run) if args.run else f"{args.preset}, random weights", "stops_at_eos": eos is not None,
+               "tokens": tokens, "repeats": args.repeats}
+    print(json.dumps(numbers))
+    if args.results:
+        from scratchlm.results import write_results
+
+        write_results(args.results, "bench_rollout", numbers, seed=args.seed,
+                      notes="medians of repeats with both sides alternating in one process: the ratio holds on a "
+                            "loaded machine, absolute tokens/s do not")
 
 
 if __name__ == "__main__":

@@ -92,8 +92,15 @@ def _cmd_ask(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from scratchlm.rag.evalset import run_eval
 
-    run_eval(args.embedders, args.workdir, n_per_kind=args.n, n_docs_per_lang=args.docs_per_lang, run=args.run,
-             k=args.k, seed=args.seed, ask_per_kind=args.ask_per_kind)
+    numbers = run_eval(args.embedders, args.workdir, n_per_kind=args.n, n_docs_per_lang=args.docs_per_lang,
+                       run=args.run, k=args.k, seed=args.seed, ask_per_kind=args.ask_per_kind)
+    if args.results:
+        from scratchlm.results import write_results
+
+        path = write_results(args.results, "rag_eval", numbers, seed=args.seed, split="test",
+                             notes="questions built from corpus documents by rag/evalset.py; no retrieval setting "
+                                   "was chosen on them")
+        print(f"results: {path}")
     return 0
 
 
@@ -149,4 +156,6 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--k", type=int, default=5)
     q.add_argument("--run", default=None, help="also measure answer accuracy of this run with RAG vs without")
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--results", default=None, help="also write the numbers with their provenance (command, seed, "
+                   "commit, machine, date) to this JSON file, e.g. docs/results/rag_eval.json")
     q.set_defaults(func=_cmd_eval)
