@@ -174,6 +174,54 @@ def test_demo_flags_set_steps_and_seed_and_reject_bad_counts():
         settings_from_args(parse(["demo", "--sft-steps", "0"]))
 
 
+def test_demo_setting_flag_overrides_typed_values_and_names_bad_ones():
+    from scratchlm.cli import build_parser
+    from scratchlm.demo.cli import settings_from_args
+
+    parse = build_parser().parse_args
+    s = settings_from_args(parse(["demo", "--setting", "sft_mixed_turns=0.3", "--setting", "sft_think_off=1",
+                                  "--setting", 'train=["train.optimizer=muon"]', "--setting",
+                                  "synth_sizes={ add2 = [10, 2, 3] }"]))
+    assert (s.sft_mixed_turns, s.sft_think_off, s.train) == (0.3, 1.0, ["train.optimizer=muon"])
+    assert s.synth_sizes == {"add2": (10, 2, 3)}  # tuples, as the settings file gives them
+    with pytest.raises(SystemExit, match=r"--setting 'sft_turns=1': expected KEY=VALUE with KEY one of .*sft_mixed_turns"):
+        settings_from_args(parse(["demo", "--setting", "sft_turns=1"]))
+    with pytest.raises(SystemExit, match=r"--setting sft_steps: expected a int like 900, got 'many'"):
+        settings_from_args(parse(["demo", "--setting", 'sft_steps="many"']))
+    with pytest.raises(SystemExit, match=r"--setting preset: 'tiny' is not a TOML value"):
+        settings_from_args(parse(["demo", "--setting", "preset=tiny"]))
+
+
+def test_demo_mixed_turns_and_think_off_reach_the_sft_data(tmp_path):
+    import json
+
+    from scratchlm.demo.data import prepare_demo_data
+    from scratchlm.demo.settings import quick_settings
+
+    s = quick_settings()
+    s.sft_mixed_turns, s.sft_think_off = 1.0, 1.0
+    paths = prepare_demo_data(tmp_path, s)
+    meta = json.loads((tmp_path / "data" / "synth" / "meta.json").read_text(encoding="utf-8"))
+    assert (meta["conversations"]["mixed_turns_prob"], meta["conversations"]["think_off_prob"]) == (1.0, 1.0)
+    lines = (tmp_path / "data" / "synth" / "sft_train.jsonl").read_text(encoding="utf-8").splitlines()
+    chats = [json.loads(x) for x in lines]
+    assert sum(sum(m["role"] == "user" for m in c["conversations"]) >= 2 for c in chats) > len(chats) // 2
+    assert all(c["thinking"] == "off" for c in chats if c["task"] == "add2")
+    assert paths["sft"].exists()
+
+
+def test_demo_train_list_reaches_pretrain_and_sft_but_not_the_later_stages():
+    from scratchlm.config import load_config
+    from scratchlm.demo.settings import DemoSettings, post_sft_sets, stage_sets
+
+    s = DemoSettings(train=["train.optimizer=muon", "train.compile=true"])
+    for stage in ("pretrain", "sft"):
+        t = load_config(s.preset, stage_sets(s, stage)).train
+        assert (t.optimizer, t.compile) == ("muon", True)
+    later = load_config(s.preset, post_sft_sets(s, 10, [])).train
+    assert (later.optimizer, later.compile) == ("adamw", False)
+
+
 def test_demo_refuses_a_stage_folder_started_with_another_step_count(tmp_path):
     from scratchlm.demo.pipeline import run_demo
     from scratchlm.demo.settings import quick_settings

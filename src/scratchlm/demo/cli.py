@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from scratchlm.demo.settings import DEMO_STEPS, DemoSettings, parse_stages, quick_settings
+from scratchlm.demo.settings import DEMO_STEPS, DemoSettings, override_settings, parse_stages, quick_settings
 
 
 def settings_from_args(args: argparse.Namespace) -> DemoSettings:
@@ -22,7 +22,7 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
             if steps < 1:
                 raise SystemExit(f"scratchlm demo: --{name.replace('_', '-')} must be at least 1, got {steps}")
             setattr(s, name, steps)
-    return s
+    return override_settings(s, args.setting)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -63,4 +63,8 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--sft-steps", type=int, default=None, metavar="N",
                    help=f"SFT steps (default {DemoSettings.sft_steps}, ~1 s each on 2 cores; more steps raise "
                         "held-out add2 accuracy, see README)")
+    p.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one of configs/demo/settings.toml's [demo] values, VALUE in TOML syntax (repeat "
+                        "the flag), e.g. --setting sft_mixed_turns=0.3 --setting preset='\"tiny\"'; choose settings "
+                        "with --eval-split val")
     p.set_defaults(func=_cmd_demo)

@@ -40,7 +40,8 @@ def prepare_demo_data(out: Path, s: DemoSettings) -> dict[str, Path]:
     tok_dir = out / "tokenizer"
     data.mkdir(parents=True, exist_ok=True)
     say("building synthetic tasks")
-    files = build_synth(data / "synth", seed=s.seed, tasks=dict(s.synth_sizes))
+    files = build_synth(data / "synth", seed=s.seed, tasks=dict(s.synth_sizes), mixed_turns_prob=s.sft_mixed_turns,
+                        think_off_prob=s.sft_think_off)
     if not (tok_dir / "tokenizer.json").exists():
         say(f"training a {s.vocab_size}-token byte-level BPE tokenizer on the built-in corpus and the SFT chats")
         chats = data / "tokenizer_chats.jsonl"

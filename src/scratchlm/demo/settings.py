@@ -61,6 +61,7 @@ class DemoSettings:
     vocab_size: int
     preset: str
     model: list[str]  # extra --set model.* overrides
+    train: list[str]  # extra --set train.* overrides of pretrain and SFT (e.g. train.optimizer=muon, train.compile=true)
     pretrain_steps: int
     pretrain_batch: int
     pretrain_seq_len: int
@@ -73,6 +74,8 @@ class DemoSettings:
     sft_decay_frac: float
     sft_packing: bool
     sft_pretrain_mix: float
+    sft_mixed_turns: float  # share of SFT chats given 1-3 more turns of any task (multi-turn conversations)
+    sft_think_off: float  # share of SFT chats written thinking off (the template's think-off form)
     synth_sizes: dict[str, tuple[int, ...]]  # task: [train, val (dev), test]; test defaults to val's size
     stages: list[str]
     lora_name: str
@@ -119,6 +122,32 @@ def quick_settings() -> DemoSettings:
     return DemoSettings(**_read_section(DemoSettings, "quick"))
 
 
+def override_settings(s: DemoSettings, items: list[str]) -> DemoSettings:
+    """Apply `--setting KEY=VALUE` overrides (VALUE in TOML syntax) to `s`; a bad key or type names it."""
+    import tomllib
+
+    hints = get_type_hints(DemoSettings)
+    for item in items:
+        key, eq, raw = item.partition("=")
+        key = key.strip()
+        if not eq or key not in hints:
+            raise SystemExit(f"scratchlm demo --setting {item!r}: expected KEY=VALUE with KEY one of "
+                             f"{', '.join(hints)}")
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError as e:
+            raise SystemExit(f"scratchlm demo --setting {key}: {raw!r} is not a TOML value ({e}); "
+                             "strings need quotes, e.g. preset=\"tiny\"") from None
+        old = getattr(s, key)
+        if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not type(old) and not (isinstance(old, tuple) and isinstance(value, list)):
+            raise SystemExit(f"scratchlm demo --setting {key}: expected a {type(old).__name__} like {old!r}, "
+                             f"got {value!r}")
+        setattr(s, key, _typed(value, hints[key]))
+    return s
+
+
 def parse_stages(text: str) -> list[str]:
     """"pretrain,sft,lora" or "all" → the list of demo steps; the first two are always needed (later ones start
     from SFT)."""
@@ -135,8 +164,9 @@ def parse_stages(text: str) -> list[str]:
     return names
 
 
-def stage_sets(s: DemoSettings, stage: str) -> list[str]:
-    """The `--set` overrides that train demo stage "pretrain" or "sft" with settings `s`."""
+def stage_sets(s: DemoSettings, stage: str, with_train: bool = True) -> list[str]:
+    """The `--set` overrides that train demo stage "pretrain" or "sft" with settings `s` (and its `train` list
+    unless `with_train` is False)."""
     if stage == "pretrain":
         steps, batch, seq_len, lr = s.pretrain_steps, s.pretrain_batch, s.pretrain_seq_len, s.pretrain_lr
         # Plain causal windows across document boundaries, like the perplexity windows of the evaluation. With
@@ -152,11 +182,13 @@ def stage_sets(s: DemoSettings, stage: str) -> list[str]:
     return [f"model.vocab_size={s.vocab_size}", *s.model, f"train.max_steps={steps}", f"train.batch_size={batch}",
             f"train.seq_len={seq_len}", f"train.lr={lr}", f"train.warmup_steps={max(1, steps // 20)}",
             f"train.eval_every={max(1, steps // 5)}", "train.eval_batches=10", f"train.save_every={steps}",
-            "train.keep_last=1", f"train.log_every={max(1, steps // 100)}", f"train.seed={s.seed}", *extra]
+            "train.keep_last=1", f"train.log_every={max(1, steps // 100)}", f"train.seed={s.seed}", *extra, *(s.train if with_train else [])]
 
 
 def post_sft_sets(s: DemoSettings, steps: int, extra: list[str]) -> list[str]:
     """The `--set` overrides of a stage that starts from the SFT run (lora, reward, dpo): SFT's shape and
     sequence length, `steps` steps with one save and one validation at the end, then the stage's own `extra`."""
-    return [*stage_sets(s, "sft"), f"train.max_steps={steps}", "train.pretrain_mix=0", f"train.save_every={steps}",
-            f"train.warmup_steps={max(1, steps // 20)}", f"train.eval_every={steps}", *extra]
+    # s.train (optimizer, compile) is for the from-scratch trainings; these stages keep their own recipe
+    return [*stage_sets(s, "sft", with_train=False), f"train.max_steps={steps}", "train.pretrain_mix=0",
+            f"train.save_every={steps}", f"train.warmup_steps={max(1, steps // 20)}", f"train.eval_every={steps}",
+            *extra]
