@@ -107,6 +107,33 @@ def test_sft_shards_and_masks_equal_encode_chat(tmp_path, tok_dir, tok):
     assert ds.read_mask(0, ds.n_tokens).dtype == np.uint8
 
 
+def test_sft_context_turns_tool_calls_and_tools_survive_prepare(tmp_path, tok_dir, tok):
+    # a weight-0 history turn stays masked, a tool call and the tool schemas are rendered as encode_chat renders them
+    tools = [{"type": "function", "function": {"name": "calculator", "description": "arithmetic",
+                                               "parameters": {"type": "object", "properties": {"expr": {"type": "string"}}}}}]
+    convs = [
+        ([{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4", "weight": 0},
+          {"role": "user", "content": "3+3?"}, {"role": "assistant", "content": "6"}], None),
+        ([{"role": "user", "content": "1234*5678?"},
+          {"role": "assistant", "content": None, "tool_calls": [
+              {"type": "function", "function": {"name": "calculator", "arguments": {"expr": "1234*5678"}}}]},
+          {"role": "tool", "content": "7006652"}, {"role": "assistant", "content": "7006652"}], tools),
+    ]
+    recs = [{"conversations": c, **({"tools": t} if t else {})} for c, t in convs]
+    src = write_jsonl(tmp_path / "s.jsonl", recs)
+    prepare("sft", tok_dir, [src], tmp_path / "out", dedup=False)
+    ds = open_shards(tmp_path / "out")
+    for i, (c, t) in enumerate(convs):
+        ids, mask = tok.encode_chat(c, tools=t)
+        assert ds.doc(i).tolist() == ids
+        assert ds.doc_mask(i).tolist() == mask
+    assert ds.doc_mask(0).tolist() != tok.encode_chat([{k: v for k, v in m.items() if k != "weight"}
+                                                        for m in convs[0][0]])[1]  # the weight made a difference
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"conversations": convs[0][0], "tools": ["calculator"]}])
+    with pytest.raises(DataError, match=rf"{bad}:1: 'tools' must be a list of JSON schemas"):
+        prepare("sft", tok_dir, [bad], tmp_path / "out2")
+
+
 def test_preference_pairs_and_prompts(tmp_path, tok_dir, tok):
     q = [{"role": "user", "content": "capital of France?"}]
     pairs = [{"chosen": q + [{"role": "assistant", "content": "Paris"}],

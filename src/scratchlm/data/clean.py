@@ -30,7 +30,8 @@ def clean_text(text: str, normalize: str = "NFKC") -> str:
 
 def clean_messages(messages: list[dict], normalize: str = "NFKC") -> list[dict]:
     """A copy of a chat with every message's content cleaned (other keys kept)."""
-    return [{**m, "content": clean_text(m["content"], normalize)} for m in messages]
+    return [{**m, "content": clean_text(m["content"], normalize)} if m.get("content") is not None else dict(m)
+            for m in messages]
 
 
 def dedup_key(item: Any) -> int:

@@ -95,12 +95,17 @@ class Encoded:
 # Reading, cleaning, exact dedup (Python; runs while the previous batch is being encoded)
 
 
+def _chat(item: Any) -> tuple[list[dict], list[dict] | None]:
+    """An sft item's (messages, tools): a plain chat is a list, a chat with tool schemas a dict."""
+    return (item["messages"], item["tools"]) if isinstance(item, dict) else (item, None)
+
+
 def _item_chars(kind: str, item: Any) -> int:
     """Length used by --min-chars/--max-chars: the text, or all message contents (+ answer)."""
     if kind == "pretrain":
         return len(item)
     if kind == "sft":
-        return sum(len(m["content"]) for m in item)
+        return sum(len(m.get("content") or "") for m in _chat(item)[0])
     if kind == "preference":
         return sum(len(m["content"]) for m in item["chosen"] + item["rejected"])
     return sum(len(m["content"]) for m in item["prompt"]) + len(item["answer"])
@@ -111,7 +116,8 @@ def _is_empty(kind: str, item: Any) -> bool:
     if kind == "pretrain":
         return not item
     if kind == "sft":
-        return not any(m["role"] == "assistant" and m["content"] for m in item)
+        return not any(m["role"] == "assistant" and m.get("weight", 1) and (m.get("content") or m.get("tool_calls"))
+                       for m in _chat(item)[0])
     if kind == "preference":
         return any(not any(m["role"] == "assistant" and m["content"] for m in item[k]) for k in ("chosen", "rejected"))
     return not item["answer"].strip() or not any(m["content"] for m in item["prompt"])
@@ -122,7 +128,9 @@ def _clean_item(kind: str, item: Any, normalize: str) -> Any:
     if kind == "pretrain":
         return clean_text(item, normalize).strip()
     if kind == "sft":
-        return clean_messages(item, normalize)
+        msgs, tools = _chat(item)
+        return clean_messages(msgs, normalize) if tools is None else {"messages": clean_messages(msgs, normalize),
+                                                                      "tools": tools}
     if kind == "preference":
         return {k: clean_messages(item[k], normalize) for k in ("chosen", "rejected")}
     return {**item, "prompt": clean_messages(item["prompt"], normalize), "answer": clean_text(item["answer"], normalize)}
@@ -242,8 +250,9 @@ def _encode(kind: str, tok: Any, items: list[Any], special_tokens_in_text: bool 
         side = [json.dumps({"answer": it["answer"], "columns": it["columns"]}, ensure_ascii=False) for it in items]
         lens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
         return Encoded(np.fromiter(itertools.chain.from_iterable(ids), np.uint32, int(lens.sum())), lens, None, side, 1)
-    convs = items if kind == "sft" else [c for it in items for c in (it["chosen"], it["rejected"])]
-    pairs = [tok.encode_chat(c) for c in convs]
+    convs = [_chat(it) for it in items] if kind == "sft" else \
+        [(c, None) for it in items for c in (it["chosen"], it["rejected"])]
+    pairs = [tok.encode_chat(msgs, tools=tools) for msgs, tools in convs]
     lens = np.fromiter((len(p[0]) for p in pairs), dtype=np.int64, count=len(pairs))
     n = int(lens.sum())
     tokens = np.fromiter(itertools.chain.from_iterable(p[0] for p in pairs), np.uint32, n)

@@ -146,7 +146,14 @@ def parse_record(kind: str, src: Source, line: int, payload: Any) -> Any:
     if kind == "pretrain":
         return _field(rec, "text", str, where)
     if kind == "sft":
-        return _messages(_field(rec, "conversations", list, where), where, "conversations")
+        chat = _messages(_field(rec, "conversations", list, where), where, "conversations")
+        if rec.get("tools") is None:
+            return chat
+        # a chat with tool schemas: rendered into its system turn by encode_chat(tools=...)
+        tools = _field(rec, "tools", list, where)
+        if not all(isinstance(t, dict) for t in tools):
+            raise DataError(f"{where}: 'tools' must be a list of JSON schemas (objects)")
+        return {"messages": chat, "tools": tools}
     if kind == "preference":
         chosen = _messages(_field(rec, "chosen", list, where), where, "chosen")
         rejected = _messages(_field(rec, "rejected", list, where), where, "rejected")
@@ -171,8 +178,12 @@ def _field(rec: dict, name: str, types: type | tuple, where: str) -> Any:
     return v
 
 
+# What a message keeps through prepare: what the chat template renders or masks by (weight 0: a context turn).
+MESSAGE_KEYS = ("role", "content", "weight", "tool_calls")
+
+
 def _messages(msgs: list, where: str, field: str) -> list[dict]:
-    """A validated chat (roles and contents checked by the tokenizer's rules), role/content only."""
+    """A validated chat (roles and contents checked by the tokenizer's rules), MESSAGE_KEYS only."""
     from scratchlm.tokenizer.bpe import validate_messages
 
     if not msgs:
@@ -181,7 +192,7 @@ def _messages(msgs: list, where: str, field: str) -> list[dict]:
         validate_messages(msgs)
     except ValueError as e:
         raise DataError(f"{where}: {field}: {e}") from None
-    return [{"role": m["role"], "content": m["content"]} for m in msgs]
+    return [{k: m[k] for k in MESSAGE_KEYS if k in m and (k != "content" or m[k] is not None)} for m in msgs]
 
 
 def total_size(sources: list[Source]) -> int | None:
