@@ -27,20 +27,25 @@ render = _render_module()
 
 def test_readme_tables_are_rendered_from_the_results_files():
     text = render.README.read_text(encoding="utf-8")
-    assert render.blocks(text) == ["engine", "decode", "train", "post-training", "demo"]  # the README's numbers, in order
+    # the README's numbers, in order
+    assert render.blocks(text) == ["engine", "decode", "train", "post-training", "rollout", "rag", "demo"]
     assert render.render(text) == text, "README.md is out of date: run python scripts/render_readme.py"
+
+
+README_FILES = ("demo_seed0", "demo_seed1", "bench_decode", "bench_engine", "bench_train", "bench_rollout",
+                "bench_rl_memory", "rag_eval", "bench_rag")
 
 
 def test_every_results_file_records_where_its_numbers_come_from():
     files = sorted((ROOT / "docs" / "results").glob("*.json"))
-    assert {f.stem for f in files} >= {"demo_seed0", "demo_seed1", "bench_decode"}
+    assert {f.stem for f in files} >= set(README_FILES)
     for f in files:
         doc = read_results(f)
         # a command of the repo: the CLI, a bench, a script, or the test that measures (the soak)
         assert any(w in doc["command"] for w in ("scratchlm ", "bench", "scripts/", "mutation", "pytest", "experiments/")), \
             (f, doc["command"])
         assert doc["commit"], f"{f}: no commit recorded"
-        if f.stem in ("demo_seed0", "demo_seed1", "bench_decode"):  # the README's tables: measured on committed code
+        if f.stem in README_FILES:  # the README's tables: measured on committed code
             assert not doc["commit"].endswith("+dirty"), f"{f}: measured on uncommitted code"
         assert doc["machine"]["cores"] and doc["date"], f
     for seed in (0, 1):
