@@ -181,9 +181,48 @@ def render_train(results: Path) -> str:
             f"{_machine(doc)}, {doc['date']}; matmul peak {n['peak_gflops']:.0f} GFLOP/s): " + "; ".join(parts) + ".\n")
 
 
+def render_rollout(results: Path) -> str:
+    """GRPO's memory over 100 steps (bench/bench_rl_memory.py) and rollout speed (bench/bench_rollout.py)."""
+    mem, roll = _load("bench_rl_memory", results), _load("bench_rollout", results)
+    m, r = mem["numbers"], roll["numbers"]
+    return (f"GRPO's rollouts keep resident memory flat: median RSS of steps 96–105 over steps 6–15 "
+            f"{m['median_ratio']:.2f}× (step 100 over step 10 {m['ratio']:.2f}×; goal ≤ 1.05; `{mem['command']}`, "
+            f"{m['batch']} prompts × G={m['g']} a step, {mem['date']}). Our engine samples {r['ratio']:.1f}× the "
+            f"tokens/s of transformers' `generate` on the chat model {r['model']} ({r['prompts']} prompts × {r['G']}, rows that "
+            f"stop retire at once; `{roll['command']}`, {_machine(roll)}, {roll['date']}).\n")
+
+
+def render_rag(results: Path) -> str:
+    """Retrieval recall on the generated question set (`scratchlm rag eval`) and the store's latency (bench_rag)."""
+    ev, st = _load("rag_eval", results), _load("bench_rag", results)
+    rec = ev["numbers"]["recall"]
+
+    def pick(*words: str, exclude: str = "") -> dict[str, float]:
+        hits = [k for k in rec if all(w in k for w in words) and not (exclude and exclude in k)]
+        if len(hits) != 1:
+            raise ValueError(f"rag_eval.json: {len(hits)} recall rows match {words} (rows: {', '.join(rec)})")
+        return rec[hits[0]]
+
+    def en_zh(r: dict[str, float]) -> str:
+        return f"{r['en']:.2f} / {r['zh']:.2f}"
+
+    k = ev["numbers"]["k"]
+    big = max(st["numbers"]["sizes"], key=int)
+    mets = st["numbers"]["sizes"][big]["metrics"]
+    ratios = [v["knn_over_numpy"] for v in mets.values()]
+    return (f"Recall@{k} on {ev['numbers']['questions']} held-out corpus questions (English / Chinese; nothing was "
+            f"tuned on them): multilingual-e5-small + BM25 {en_zh(pick('e5', '+ BM25'))} (e5 alone "
+            f"{en_zh(pick('e5', exclude='BM25'))}, MiniLM {en_zh(pick('MiniLM', exclude='BM25'))}, BM25 alone "
+            f"{en_zh(pick('BM25 alone'))}: these questions quote their document; `{ev['command']}`, {ev['date']}). "
+            f"At {int(big):,} chunks sqlite-vec answers in {mets['cosine']['knn_p50_ms']:.0f} ms p50 (cosine), "
+            f"{min(ratios):.1f}–{max(ratios):.1f}× the time of an exact numpy search over the three metrics "
+            f"(`{st['command']}`, {st['date']}, a machine shared with other jobs: the milliseconds move with its load, "
+            f"the ratios much less).\n")
+
+
 RENDERERS: dict[str, Callable[[Path], str]] = {
     "demo": render_demo, "post-training": render_post_training, "decode": render_decode, "train": render_train,
-    "engine": render_engine,
+    "engine": render_engine, "rollout": render_rollout, "rag": render_rag,
 }
 
 
