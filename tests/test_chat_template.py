@@ -113,6 +113,56 @@ def test_validate_messages_takes_tuples_and_returns_a_new_list():
     assert validate_messages([]) == []
 
 
+def test_assistant_weight_0_and_the_think_off_block_are_context_not_target(tok):
+    """OpenAI's fine-tuning key: an assistant message with "weight": 0 is in the ids, not in the loss mask; so is a
+    leading empty think block."""
+    chat = [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2", "weight": 0},
+            {"role": "user", "content": "again?"}, {"role": "assistant", "content": "2 again", "weight": 1}]
+    ids, mask = tok.encode_chat(chat)
+    assert ids == tok.encode_chat([{k: v for k, v in m.items() if k != "weight"} for m in chat])[0]
+    assert _masked(tok, ids, mask) == ["2 again<|im_end|>"]
+    # thinking off: the empty block is the prompt's switch, the answer after it the target
+    off = [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "<think></think>2"}]
+    ids, mask = tok.encode_chat(off)
+    assert _masked(tok, ids, mask) == ["2<|im_end|>"]
+    assert ids[:ids.index(tok.token_to_id("</think>")) + 1] == \
+        tok.encode_chat(off[:1], add_generation_prompt=True)[0] + tok.encode("<think></think>", allow_special=True)
+    # a think block with reasoning in it is the target, whole
+    on = [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "<think>1+1=2</think>2"}]
+    assert _masked(tok, *tok.encode_chat(on)) == ["<think>1+1=2</think>2<|im_end|>"]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"role": "user", "content": "x", "weight": 0}, "messages[0].weight=0: only assistant messages take a weight"),
+    ({"role": "assistant", "content": "x", "weight": 0.5}, "messages[0].weight=0.5: only assistant"),
+    ({"role": "assistant", "content": "x", "weight": 2}, "messages[0].weight=2: only assistant"),
+    ({"role": "assistant", "content": "x", "weight": True}, "messages[0].weight=True: only assistant"),
+    ({"role": "user", "content": "x", "tool_calls": [{"name": "f", "arguments": {}}]},
+     "messages[0].tool_calls: only assistant messages carry tool calls, not 'user'"),
+    ({"role": "assistant", "tool_calls": [{"name": "f", "arguments": 3}]},
+     "messages[0].tool_calls[0].arguments must be a dict"),
+    ({"role": "assistant", "content": 5, "tool_calls": [{"name": "f", "arguments": {}}]},
+     "messages[0].content must be a string, got int"),
+])
+def test_weights_and_tool_calls_are_checked_naming_the_field(bad, message):
+    with pytest.raises(ValueError) as e:
+        validate_messages([bad])
+    assert str(e.value).startswith(message)
+
+
+def test_accepted_weights_and_a_call_without_content(tok):
+    for w in (0, 1):
+        validate_messages([{"role": "assistant", "content": "x", "weight": w}])
+    call = [{"role": "user", "content": "q"},
+            {"role": "assistant", "content": None, "tool_calls": [{"name": "f", "arguments": {"a": 1}}]},
+            {"role": "tool", "content": "r"}, {"role": "assistant", "content": "done"}]
+    assert validate_messages(call) == call
+    text = tok.render_chat(call)
+    assert '<tool_call>\n{"name": "f", "arguments": {"a": 1}}\n</tool_call>' in text
+    ids, mask = tok.encode_chat(call)
+    assert _masked(tok, ids, mask)[-1] == "done<|im_end|>" and "<tool_call>" in _masked(tok, ids, mask)[0]
+
+
 def test_a_tokenizer_that_adds_a_bos_adds_none_inside_the_chat(tok, tmp_path):
     """A tokenizer.json whose post-processor prepends a BOS (as Llama's does) must not put one at every turn: the
     chat's ids stay those of the rendered text encoded without added tokens."""

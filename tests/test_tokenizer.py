@@ -2,7 +2,6 @@
 
 import json
 import random
-import re
 from pathlib import Path
 
 import pytest
@@ -279,27 +278,6 @@ def test_loss_mask_is_exactly_assistant_content_and_im_end(tok, ci):
     expected = [m["content"] + "<|im_end|>" for m in messages if m["role"] == "assistant"]
     assert [tok.decode(r) for r in runs] == expected
     assert sum(r[-1] == tok.eos_id for r in runs) == len(expected)
-
-
-def test_assistant_weight_0_and_the_think_off_block_are_context_not_target(tok):
-    """OpenAI's fine-tuning key: an assistant message with "weight": 0 is in the ids, not in the loss mask; so is a
-    leading empty think block."""
-    chat = [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2", "weight": 0},
-            {"role": "user", "content": "again?"}, {"role": "assistant", "content": "2 again", "weight": 1}]
-    ids, mask = tok.encode_chat(chat)
-    assert ids == tok.encode_chat([{k: v for k, v in m.items() if k != "weight"} for m in chat])[0]
-    assert [tok.decode(r) for r in _runs(ids, mask)] == ["2 again<|im_end|>"]
-    # thinking off: the empty block is the prompt's switch, the answer after it the target
-    off = [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "<think></think>2"}]
-    ids, mask = tok.encode_chat(off)
-    assert [tok.decode(r) for r in _runs(ids, mask)] == ["2<|im_end|>"]
-    assert ids[:ids.index(tok.token_to_id("</think>")) + 1] == tok.encode_chat(off[:1], add_generation_prompt=True)[0] + \
-        tok.encode("<think></think>")  # the ids are exactly what the think-off prompt gives the model
-    for bad, field in (({"role": "user", "content": "x", "weight": 0}, "messages[0].weight=0"),
-                       ({"role": "assistant", "content": "x", "weight": 0.5}, "messages[0].weight=0.5"),
-                       ({"role": "assistant", "content": "x", "weight": True}, "messages[0].weight=True")):
-        with pytest.raises(ValueError, match=re.escape(field)):
-            tok.encode_chat([bad])
 
 
 def test_loss_mask_when_bpe_merges_across_the_role_line(tok):
