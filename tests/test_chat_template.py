@@ -161,6 +161,18 @@ def test_accepted_weights_and_a_call_without_content(tok):
     assert '<tool_call>\n{"name": "f", "arguments": {"a": 1}}\n</tool_call>' in text
     ids, mask = tok.encode_chat(call)
     assert _masked(tok, ids, mask)[-1] == "done<|im_end|>" and "<tool_call>" in _masked(tok, ids, mask)[0]
+    # a call without content is no reason to stop checking the messages after it
+    with pytest.raises(ValueError, match=r"messages\[2\].role='robot'"):
+        validate_messages(call[:2] + [{"role": "robot", "content": "x"}])
+
+
+def test_tools_are_listed_in_the_system_turn_of_both_renderings(tok):
+    tools = [{"type": "function", "function": {"name": "f", "description": "d", "parameters": {"type": "object"}}}]
+    chat = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    text = tok.render_chat(chat, tools=tools)
+    assert text.startswith("<|im_start|>system\n") and "<tools>" in text and '"name": "f"' in text
+    ids, mask = tok.encode_chat(chat, tools=tools)
+    assert ids == tok.encode(text, allow_special=True) and _masked(tok, ids, mask) == ["a<|im_end|>"]
 
 
 def test_a_tokenizer_that_adds_a_bos_adds_none_inside_the_chat(tok, tmp_path):
