@@ -1,0 +1,79 @@
+"""Held-out task accuracy with inference-time scaling (engine/scaling.py): one greedy answer against N samples
+picked by self-consistency (majority vote) and by best-of-N (a reward-model run), on a synth prompt file.
+
+Per task it reports greedy accuracy, the accuracy of the self-consistency pick and of the best-of-N pick, the
+mean accuracy of one sample (what N = 1 at this temperature gets) and pass@N (some sample right: the ceiling any
+picker can reach)."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from scratchlm.eval.tasks import UNSEEN
+
+
+def load_task_prompts(prompt_file: Path, tasks: set[str] | None, per_task: int | None) -> dict[str, list[dict]]:
+    """Checkable records of a synth prompt file by score key ("<task>" or "<task> (unseen phrasings)"), the first
+    `per_task` of each; `tasks` names tasks or score keys (default all checkable ones)."""
+    from scratchlm.data.answers import can_check
+
+    by_key: dict[str, list[dict]] = defaultdict(list)
+    for n, line in enumerate(Path(prompt_file).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        key = rec["task"] + (UNSEEN if rec.get("phrasing") == "unseen" else "")
+        if not can_check(rec["task"]) or (tasks is not None and rec["task"] not in tasks and key not in tasks):
+            continue
+        if per_task is None or len(by_key[key]) < per_task:
+            by_key[key].append(rec)
+    if not by_key:
+        raise ValueError(f"{prompt_file}: no checkable prompts" + (f" of {', '.join(sorted(tasks))}" if tasks else ""))
+    return dict(sorted(by_key.items()))
+
+
+def evaluate_scaling(model: Any, tokenizer: Any, prompt_file: Path, n: int, *, tasks: set[str] | None = None,
+                     per_task: int | None = None, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
+                     reward: tuple[Any, Any] | None = None, max_new_tokens: int = 48,
+                     keep_samples: int = 3) -> dict[str, Any]:
+    """{key: {"n_items", "greedy", "self_consistency", "best_of" (with `reward`), "mean_sample", "pass_at_n"}} of
+    accuracies for the prompts of `prompt_file`, plus "samples": a few items with their N replies and picks."""
+    from scratchlm.data.answers import check_answer
+    from scratchlm.data.clean import clean_messages
+    from scratchlm.engine.offline import LLM
+    from scratchlm.engine.sampling import SamplingParams
+    from scratchlm.engine.scaling import best_of, reward_scorer, sample_n, self_consistency
+
+    llm = LLM(model, tokenizer)
+    scorer = reward_scorer(*reward) if reward is not None else None
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
+    sampled = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+    out: dict[str, Any] = {"samples": []}
+    for key, recs in load_task_prompts(prompt_file, tasks, per_task).items():
+        task = recs[0]["task"]
+        prompts = [clean_messages(r["prompt"]) for r in recs]
+        ids = [list(tokenizer.encode_chat(p, add_generation_prompt=True)[0]) for p in prompts]
+        decode = lambda o: tokenizer.decode(o, skip_special_tokens=True)  # noqa: E731
+        greedy_replies = [decode(o) for o in llm.generate(ids, greedy)]
+        many = [[decode(o) for o in outs] for outs in sample_n(llm.llm, ids, sampled, n)]
+        acc: dict[str, float] = defaultdict(float)
+        for r, p, g, replies in zip(recs, prompts, greedy_replies, many):
+            ok = [check_answer(task, c, r["answer"]) for c in replies]
+            vote = self_consistency(replies, task)
+            acc["greedy"] += check_answer(task, g, r["answer"])
+            acc["self_consistency"] += ok[vote.index]
+            acc["mean_sample"] += sum(ok) / n
+            acc["pass_at_n"] += any(ok)
+            picks = [vote]
+            if scorer is not None:
+                best = best_of(p, replies, scorer)
+                acc["best_of"] += ok[best.index]
+                picks.append(best)
+            if len([s for s in out["samples"] if s["task"] == key]) < keep_samples:
+                out["samples"].append({"task": key, "prompt": p[-1]["content"], "answer": r["answer"], "greedy": g,
+                                       "replies": replies, "picks": [x.to_dict() for x in picks]})
+        out[key] = {"n_items": len(recs), **{k: v / len(recs) for k, v in acc.items()}}
+    return out
