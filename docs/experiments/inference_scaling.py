@@ -1,12 +1,16 @@
-"""Inference-time scaling on the demo's SFT model: self-consistency (N samples, majority vote) and best-of-N (the
+"""Inference-time scaling on the demo's models: self-consistency (N samples, majority vote) and best-of-N (the
 demo's reward model picks) against one greedy answer, on unsaturated held-out synth tasks.
 
-The sampling temperature of each method is chosen on the val split (the dev split), then both methods are run once
-on the test split at their chosen temperature and reported there.
+Two (model, task) settings, each a held-out task its model answers right about as often as not:
+- the SFT model on 2-digit addition in unseen phrasings and on the author of a poem (DEMO/data/synth);
+- the GRPO stage's cold-start model (SFT on 3-digit addition, before any RL) on 3-digit addition
+  (DEMO/data/grpo_synth, the GRPO stage's held-out prompts).
+The sampling temperature of each method is chosen on the val split (the dev split, mean over the setting's tasks),
+then both methods are run once on the test split at their chosen temperature and reported there.
 
     PYTHONPATH=src nice -n 10 python docs/experiments/inference_scaling.py --demo /work/runs/demo0
 
-Reads DEMO/sft, DEMO/reward and DEMO/data/synth/prompt_{val,test}.jsonl (nothing is written there); writes
+Reads DEMO/sft, DEMO/grpo_cold, DEMO/reward and the prompt files (nothing is written there); writes
 docs/results/inference_scaling.json (scratchlm.results.write_results, split="test")."""
 
 from __future__ import annotations
@@ -23,8 +27,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--demo", type=Path, default=Path("/work/runs/demo0"), help="a finished demo folder")
     ap.add_argument("--n", type=int, default=8, help="samples per prompt")
-    ap.add_argument("--tasks", default="add2 (unseen phrasings),author",
-                    help="score keys, comma-separated (unsaturated ones: greedy well below 1 and above 0)")
+    ap.add_argument("--settings", default="sft,grpo_cold", help="which of SETTINGS to run, comma-separated")
     ap.add_argument("--temperatures", default="0.5,0.7,1.0,1.3", help="tried on the val split")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed (sample i of a prompt is seeded seed + i)")
     ap.add_argument("--max-new-tokens", type=int, default=48)
@@ -34,16 +37,36 @@ def main() -> None:
     import torch
 
     from scratchlm.engine.scaling import load_reward_run
-    from scratchlm.eval.scaling import evaluate_scaling
     from scratchlm.results import write_results
     from scratchlm.runs import load_run
 
     torch.set_num_threads(1)  # one process, one core: the machine is shared
     t0 = time.time()
-    model, tok, _ = load_run(args.demo / "sft")
     reward = load_reward_run(args.demo / "reward")
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    synth = args.demo / "data" / "synth"
+    numbers: dict = {"n": args.n, "settings": {}}
+    for name in args.settings.split(","):
+        run_name, data, tasks = SETTINGS[name]
+        model, tok, _ = load_run(args.demo / run_name)
+        numbers["settings"][name] = setting(args, model, tok, reward, args.demo / "data" / data, tasks)
+        numbers["settings"][name]["run"] = str(args.demo / run_name)
+    numbers["seconds"] = round(time.time() - t0, 1)
+    notes = (f"demo seed-0 run {args.demo} (models: {args.settings}; the reward model RUN/reward); temperature per "
+             f"method chosen on the val split (tried {args.temperatures}), reported on the test split; greedy = "
+             f"temperature 0; top_p 1; sample i of a prompt seeded {args.seed} + i")
+    path = write_results(args.out, "inference_scaling", numbers, seed=args.seed, split="test", notes=notes)
+    for name, r in numbers["settings"].items():
+        print(name, json.dumps(r["tasks"], indent=1), "chosen on val:", r["chosen_temperature"])
+    print(f"wrote {path} in {numbers['seconds']} s")
+
+
+# name → (run folder under the demo, prompt folder under DEMO/data, score keys)
+SETTINGS = {"sft": ("sft", "synth", ["add2 (unseen phrasings)", "author"]),
+            "grpo_cold": ("grpo_cold", "grpo_synth", ["add3", "add3 (unseen phrasings)"])}
+
+
+def setting(args: argparse.Namespace, model, tok, reward, synth: Path, tasks: list[str]) -> dict:
+    """Temperatures tried on val, each method run on test at its best one: the numbers of one (model, tasks)."""
+    from scratchlm.eval.scaling import evaluate_scaling
 
     def run(split: str, temperature: float) -> dict:
         r = evaluate_scaling(model, tok, synth / f"prompt_{split}.jsonl", args.n, tasks=set(tasks),
@@ -56,7 +79,7 @@ def main() -> None:
         r = run("val", t)
         r.pop("samples")
         val[str(t)] = r
-        print(f"val T={t}: " + "  ".join(f"{k}: greedy {v['greedy']:.3f} sc {v['self_consistency']:.3f} "
+        print(f"{synth.name} val T={t}: " + "  ".join(f"{k}: greedy {v['greedy']:.3f} sc {v['self_consistency']:.3f} "
                                          f"bo {v['best_of']:.3f}" for k, v in r.items()), flush=True)
 
     def mean(r: dict, method: str) -> float:
@@ -66,7 +89,7 @@ def main() -> None:
     temps = sorted(val, key=float)
     chosen = {m: max(temps, key=lambda t: (mean(val[t], m), -float(t))) for m in ("self_consistency", "best_of")}
     test = {m: run("test", float(t)) for m, t in chosen.items()}
-    numbers: dict = {"n": args.n, "tasks": {}, "chosen_temperature": {m: float(t) for m, t in chosen.items()},
+    numbers: dict = {"tasks": {}, "chosen_temperature": {m: float(t) for m, t in chosen.items()},
                      "val": val, "samples": test["self_consistency"]["samples"][:4] + test["best_of"]["samples"][:4]}
     for k in tasks:
         sc, bo = test["self_consistency"][k], test["best_of"][k]
@@ -75,12 +98,7 @@ def main() -> None:
             f"self_consistency@{args.n}": sc["self_consistency"], f"best_of@{args.n}": bo["best_of"],
             "one_sample_sc_temperature": sc["mean_sample"], f"pass@{args.n}_sc_temperature": sc["pass_at_n"],
             "one_sample_bo_temperature": bo["mean_sample"], f"pass@{args.n}_bo_temperature": bo["pass_at_n"]}
-    numbers["seconds"] = round(time.time() - t0, 1)
-    notes = (f"demo seed-0 run {args.demo} (sft model, reward model); temperature per method chosen on the val split "
-             f"(tried {args.temperatures}), reported on the test split; greedy = temperature 0; top_p 1")
-    path = write_results(args.out, "inference_scaling", numbers, seed=args.seed, split="test", notes=notes)
-    print(json.dumps(numbers["tasks"], indent=1))
-    print(f"chosen on val: {numbers['chosen_temperature']}; wrote {path} in {numbers['seconds']} s")
+    return numbers
 
 
 if __name__ == "__main__":

@@ -77,3 +77,34 @@ def evaluate_scaling(model: Any, tokenizer: Any, prompt_file: Path, n: int, *, t
                                        "replies": replies, "picks": [x.to_dict() for x in picks]})
         out[key] = {"n_items": len(recs), **{k: v / len(recs) for k, v in acc.items()}}
     return out
+
+
+def evaluate_run_scaling(run_dir: str | Path, prompt_file: str | Path, n: int, reward_run: str | Path | None = None,
+                         **kwargs: Any) -> dict[str, Any]:
+    """`evaluate_scaling` of a run folder's model; best-of-N is scored when `reward_run` (a reward-model run) is
+    given. `kwargs` go to evaluate_scaling (tasks, per_task, temperature, top_p, seed, max_new_tokens)."""
+    from scratchlm.engine.scaling import load_reward_run
+    from scratchlm.runs import load_run
+
+    if n < 1:
+        raise ValueError(f"inference scaling: N={n} must be >= 1")
+    model, tokenizer, cfg = load_run(run_dir)
+    if tokenizer is None or cfg.train.objective == "reward":
+        raise ValueError(f"{run_dir}: inference scaling needs a language-model run with its tokenizer")
+    reward = load_reward_run(reward_run, device=next(model.parameters()).device) if reward_run else None
+    return {"n": n, "reward_run": str(reward_run) if reward_run else None,
+            **evaluate_scaling(model, tokenizer, Path(prompt_file), n, reward=reward, **kwargs)}
+
+
+def format_scaling(result: dict[str, Any]) -> str:
+    """A plain table of `evaluate_run_scaling`'s accuracies, one row per task."""
+    n = result["n"]
+    cols = [("greedy", "greedy"), ("self_consistency", f"self-consistency@{n}"), ("best_of", f"best-of-{n}"),
+            ("mean_sample", "one sample"), ("pass_at_n", f"pass@{n}")]
+    rows = {k: v for k, v in result.items() if isinstance(v, dict) and "greedy" in v}
+    cols = [(k, name) for k, name in cols if any(k in v for v in rows.values())]
+    width = max([len(k) for k in rows] + [4])
+    lines = [f"{'task':<{width}}  " + "  ".join(f"{name:>18}" for _, name in cols)]
+    for key, v in rows.items():
+        lines.append(f"{key:<{width}}  " + "  ".join(f"{v[k]:>18.3f}" for k, _ in cols) + f"   (n={v['n_items']})")
+    return "\n".join(lines)
