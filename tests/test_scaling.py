@@ -188,6 +188,14 @@ def serving_with_reward(run, reward_run, **engine_kwargs):
         engine.shutdown()
 
 
+def is_reply(choice: dict, text: str) -> bool:
+    """Whether a chat choice's message is `text` split into reasoning and content."""
+    from scratchlm.serve.reasoning import split_reasoning
+
+    reasoning, content = split_reasoning(text)
+    return (choice["message"].get("reasoning_content"), choice["message"]["content"]) == (reasoning, content)
+
+
 def test_api_self_consistency_and_best_of_end_to_end(chat_run, reward_run):
     from scratchlm.model.reward import score_texts
 
@@ -205,18 +213,23 @@ def test_api_self_consistency_and_best_of_end_to_end(chat_run, reward_run):
         # the vote, redone by hand from the candidates, picks the same sample, and that sample is the answer
         answers = [extract_answer("number", t) for t in cands]
         assert sc["answers"] == answers and sc["picked"] == majority_vote(answers)[0]
-        picked = cands[sc["picked"]]
-        assert picked.endswith(choice[0]["message"]["content"]) and choice[0]["index"] == 0
+        assert is_reply(choice[0], cands[sc["picked"]]) and choice[0]["index"] == 0
         # one prefill for the six samples
         assert engine.stats()["prompt_tokens_total"] - before == out["usage"]["prompt_tokens"]
 
-        body["scaling"] = {"method": "best_of", "samples": 5}
-        out = c.post("/v1/chat/completions", json=body).json()
-        sc = out["scaling"]
         rm, rtok = load_reward_run(reward_run)
-        scores = score_texts(rm, rtok, [ADD] * 5, sc["candidates"])
-        assert sc["scores"] == pytest.approx(scores) and sc["picked"] == max(range(5), key=scores.__getitem__)
-        assert sc["candidates"][sc["picked"]].endswith(out["choices"][0]["message"]["content"])
+        for seed in range(20):  # until the pick is not sample 0, so that returning sample 0 would show
+            body.update(seed=seed, scaling={"method": "best_of", "samples": 5})
+            out = c.post("/v1/chat/completions", json=body).json()
+            sc = out["scaling"]
+            cands = sc["candidates"]
+            scores = score_texts(rm, rtok, [ADD] * 5, cands)
+            assert sc["scores"] == pytest.approx(scores) and sc["picked"] == max(range(5), key=scores.__getitem__)
+            assert is_reply(out["choices"][0], cands[sc["picked"]])
+            if not is_reply(out["choices"][0], cands[0]):
+                break
+        else:
+            raise AssertionError("every best-of pick was sample 0's reply")
 
         def refused(extra: dict, param: str, *words: str, path: str = "/v1/chat/completions") -> None:
             r = c.post(path, json={"messages": ADD, "max_tokens": 4, **extra})
