@@ -93,6 +93,28 @@ def test_best_of_with_a_verifier_picks_the_verified_one_ties_to_the_first():
     assert best_of(ADD, ["x", "yyy", "zz"], verifier_scorer(lambda p, c: len(c))).index == 1
 
 
+@pytest.mark.parametrize("reply, score", [
+    ("<think>4+7=11 3+5+1=9</think>91", 1.0),  # 38 + 47 (the question is never read)
+    ("<think>9+9=18 9+9+1=19</think>198", 1.0),  # the last total is written whole
+    ("<think>4+7=11 3+5+1=9</think>81", 4 / 5),  # the answer is not what the steps say
+    ("<think>4+7=12 3+5+1=9</think>92", 4 / 5),  # a wrong sum (the answer follows it)
+    ("<think>4+7=11 3+5=8</think>81", 4 / 5),  # a dropped carry
+    ("<think>4+3=7 3+5+1=9</think>97", 4 / 5),  # a carry from nowhere
+    ("91", 0.0), ("<think>4+7=11 x</think>1", 0.0), ("", 0.0),
+])
+def test_addition_trace_verifier_by_hand(reply, score):
+    from scratchlm.eval.scaling import addition_trace_verifier
+
+    assert addition_trace_verifier(ADD, reply) == pytest.approx(score)
+
+
+def test_best_of_with_the_trace_verifier_picks_the_consistent_trace():
+    from scratchlm.eval.scaling import addition_trace_verifier
+
+    replies = ["<think>4+7=11 3+5=8</think>81", "<think>4+7=11 3+5+1=9</think>91", "91"]
+    assert best_of(ADD, replies, verifier_scorer(addition_trace_verifier)).index == 1
+
+
 # ------------------------------------------------------------------------------------------------
 # The engine
 
@@ -162,7 +184,11 @@ def test_eval_cli_self_consistency_and_best_of(chat_run, reward_run, tmp_path, c
     assert row["mean_sample"] == row["pass_at_n"] == 0.5
     assert res["n"] == 4 and {p["method"] for s in res["samples"] for p in s["picks"]} == {"self_consistency", "best_of"}
     assert "self-consistency@4" in capsys.readouterr().out
-    for extra, msg in [(["--best-of", "4"], "--best-of N needs --reward-run"),
+    assert main(base + ["--best-of", "2", "--verifier", "addition_trace", "--temperature", "0", "--out", str(out)]) == 0
+    row = json.loads(out.read_text())["scaling"]["add1"]
+    assert row["best_of_verifier"] == 0.5 and "best_of" not in row and "best-of-2 verifier" in capsys.readouterr().out
+    for extra, msg in [(["--best-of", "4"], "--best-of N needs --reward-run REWARD_RUN (a reward-model run, e.g. "
+                                            "the demo's RUNS/reward) or --verifier NAME"),
                        (["--best-of", "4", "--reward-run", str(tmp_path / "missing")], "--reward-run .*no such run"),
                        (["--self-consistency", "0"], "--self-consistency 0: N must be between 1 and 64"),
                        (["--self-consistency", "2", "--best-of", "3", "--reward-run", str(reward_run)], "same N")]:

@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--demo", type=Path, default=Path("/work/runs/demo0"), help="a finished demo folder")
     ap.add_argument("--n", type=int, default=8, help="samples per prompt")
     ap.add_argument("--settings", default="sft,grpo_cold", help="which of SETTINGS to run, comma-separated")
-    ap.add_argument("--temperatures", default="0.5,0.7,1.0,1.3", help="tried on the val split")
+    ap.add_argument("--temperatures", default="0.3,0.5,0.7,1.0", help="tried on the val split")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed (sample i of a prompt is seeded seed + i)")
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "inference_scaling.json")
@@ -66,12 +66,15 @@ SETTINGS = {"sft": ("sft", "synth", ["add2 (unseen phrasings)", "author"]),
 
 def setting(args: argparse.Namespace, model, tok, reward, synth: Path, tasks: list[str]) -> dict:
     """Temperatures tried on val, each method run on test at its best one: the numbers of one (model, tasks)."""
-    from scratchlm.eval.scaling import evaluate_scaling
+    from scratchlm.eval.scaling import addition_trace_verifier, evaluate_scaling
 
     def run(split: str, temperature: float) -> dict:
         r = evaluate_scaling(model, tok, synth / f"prompt_{split}.jsonl", args.n, tasks=set(tasks),
-                             temperature=temperature, seed=args.seed, reward=reward,
+                             temperature=temperature, seed=args.seed, reward=reward, verifier=addition_trace_verifier,
                              max_new_tokens=args.max_new_tokens)
+        for k in tasks:
+            if not k.startswith("add"):  # the verifier checks addition traces: elsewhere it says nothing
+                r[k].pop("best_of_verifier")
         return r
 
     val: dict[str, dict] = {}
@@ -80,24 +83,30 @@ def setting(args: argparse.Namespace, model, tok, reward, synth: Path, tasks: li
         r.pop("samples")
         val[str(t)] = r
         print(f"{synth.name} val T={t}: " + "  ".join(f"{k}: greedy {v['greedy']:.3f} sc {v['self_consistency']:.3f} "
-                                         f"bo {v['best_of']:.3f}" for k, v in r.items()), flush=True)
+                                         f"bo {v['best_of']:.3f} bv {v.get('best_of_verifier', float('nan')):.3f}"
+                                         for k, v in r.items()), flush=True)
 
     def mean(r: dict, method: str) -> float:
-        return sum(r[k][method] for k in tasks) / len(tasks)
+        vals = [r[k][method] for k in tasks if method in r[k]]
+        return sum(vals) / len(vals)
 
     # the highest mean val accuracy over the tasks; a tie goes to the lower temperature (listed first when sorted)
     temps = sorted(val, key=float)
-    chosen = {m: max(temps, key=lambda t: (mean(val[t], m), -float(t))) for m in ("self_consistency", "best_of")}
-    test = {m: run("test", float(t)) for m, t in chosen.items()}
+    chosen = {m: max(temps, key=lambda t: (mean(val[t], m), -float(t)))
+              for m in ("self_consistency", "best_of", "best_of_verifier")}
+    by_t = {t: run("test", float(t)) for t in sorted(set(chosen.values()), key=float)}  # each temperature once
+    test = {m: by_t[t] for m, t in chosen.items()}
     numbers: dict = {"tasks": {}, "chosen_temperature": {m: float(t) for m, t in chosen.items()},
-                     "val": val, "samples": test["self_consistency"]["samples"][:4] + test["best_of"]["samples"][:4]}
+                     "val": val, "samples": test["self_consistency"]["samples"][:4]}
+    names = {"self_consistency": "self_consistency", "best_of": "best_of_reward", "best_of_verifier": "best_of_verifier"}
     for k in tasks:
-        sc, bo = test["self_consistency"][k], test["best_of"][k]
-        numbers["tasks"][k] = {
-            "n_items": sc["n_items"], "greedy": sc["greedy"],
-            f"self_consistency@{args.n}": sc["self_consistency"], f"best_of@{args.n}": bo["best_of"],
-            "one_sample_sc_temperature": sc["mean_sample"], f"pass@{args.n}_sc_temperature": sc["pass_at_n"],
-            "one_sample_bo_temperature": bo["mean_sample"], f"pass@{args.n}_bo_temperature": bo["pass_at_n"]}
+        row = numbers["tasks"][k] = {"n_items": test["self_consistency"][k]["n_items"],
+                                     "greedy": test["self_consistency"][k]["greedy"]}
+        for m, name in names.items():
+            if m in test[m][k]:  # at the method's own temperature: its pick, one sample's mean, the ceiling pass@N
+                row[f"{name}@{args.n}"] = test[m][k][m]
+                row[f"one_sample_at_{name}_temperature"] = test[m][k]["mean_sample"]
+                row[f"pass@{args.n}_at_{name}_temperature"] = test[m][k]["pass_at_n"]
     return numbers
 
 

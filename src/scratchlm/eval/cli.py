@@ -46,12 +46,14 @@ def _scaling_kwargs(args: argparse.Namespace) -> dict | None:
         raise ValueError(f"--self-consistency {sc} and --best-of {bo}: give the same N (both pick from one set of samples)")
     if bo and args.reward_run and not (Path(args.reward_run) / "config.toml").is_file():
         raise ValueError(f"--reward-run {args.reward_run}: no such run folder (no config.toml)")
-    if bo and not args.reward_run:
-        raise ValueError("--best-of N needs --reward-run REWARD_RUN (a reward-model run, e.g. the demo's RUNS/reward)")
+    if bo and not (args.reward_run or args.verifier):
+        raise ValueError("--best-of N needs --reward-run REWARD_RUN (a reward-model run, e.g. the demo's RUNS/reward) "
+                         "or --verifier NAME")
     if not args.synth:
         raise ValueError("--self-consistency / --best-of need --synth PROMPT_FILE (e.g. DATA/synth/prompt_val.jsonl)")
     tasks = {t.strip() for t in args.scaling_tasks.split(",") if t.strip()} if args.scaling_tasks else None
-    return {"n": sc or bo, "reward_run": args.reward_run if bo else None, "tasks": tasks, "per_task": args.limit,
+    return {"n": sc or bo, "reward_run": args.reward_run if bo else None, "verifier": args.verifier if bo else None,
+            "tasks": tasks, "per_task": args.limit,
             "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed,
             "max_new_tokens": args.max_new_tokens}
 
@@ -92,6 +94,9 @@ def add_cli(subparsers: Any) -> None:
     g.add_argument("--best-of", type=int, default=None, metavar="N",
                    help="also score N samples per prompt picked by the highest reward of --reward-run")
     g.add_argument("--reward-run", default=None, metavar="RUN", help="reward-model run that scores --best-of samples")
+    g.add_argument("--verifier", default=None, choices=("addition_trace",),
+                   help="verifier function that scores --best-of samples (addition_trace: the reply's own "
+                        "column-addition trace is checked, never against the answer)")
     g.add_argument("--scaling-tasks", default=None, metavar="KEYS",
                    help="comma-separated tasks or score keys to scale (default every checkable one), "
                         "e.g. 'add2 (unseen phrasings),author'")
