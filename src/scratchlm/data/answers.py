@@ -84,3 +84,32 @@ def check_answer(task: str, completion: str, answer: str) -> bool:
         return got == normalize(answer)
     raise ValueError(f"unknown synthetic task {task!r}; choose next_line, author, identity, "
                      f"{', '.join(GROUNDED_TASKS)} or <add|sub|mul|arith><digits>")
+
+
+ANSWER_KINDS = ("number", "text")  # extract_answer's kinds beyond the task names: any numeric answer, any text
+
+
+def extract_answer(task: str, completion: str) -> str | None:
+    """The answer a completion gives, in the form `check_answer` compares (so that equal answers grade alike), or
+    None when it gives none: the number for arithmetic (and kind "number"), the normalised text with the task's
+    wrappers removed otherwise (kind "text": the whole normalised reply). Self-consistency votes on it."""
+    text = _strip_completion(completion)
+    if task == "number" or ARITH_RE.match(task):
+        got = _number(text)
+        return None if got is None else str(got)
+    if task in GROUNDED_TASKS:
+        text = _CITATION_RE.sub("", text)
+        task = {"grounded_author": "author", "grounded_next": "next_line"}.get(task, task)
+    got = normalize(text)
+    if task == "author":
+        for prefix in _AUTHOR_PREFIXES:
+            got = got.removeprefix(prefix)
+        for suffix in _AUTHOR_SUFFIXES:
+            got = got.removesuffix(suffix)
+    elif task == "grounded_title":
+        for prefix in _TITLE_PREFIXES:
+            got = got.removeprefix(prefix)
+    elif task not in ("text", "identity", "next_line"):
+        raise ValueError(f"extract_answer: unknown task {task!r}; choose {', '.join(ANSWER_KINDS)}, next_line, "
+                         f"author, identity, {', '.join(GROUNDED_TASKS)} or <add|sub|mul|arith><digits>")
+    return got or None

@@ -41,18 +41,19 @@ _SSE = {"text/event-stream": {"schema": {
 
 def create_app(engine: Any, tokenizer: Any, model_name: str, api_key: str | None = None,
                max_body_bytes: int = MAX_BODY_BYTES, rag: Any = None, allowed_hosts: Sequence[str] = (),
-               docs: bool = False) -> FastAPI:
+               docs: bool = False, reward: Any = None) -> FastAPI:
     """The FastAPI app serving `engine` (already started) as `model_name`; with `api_key`, the /v1 routes,
     /metrics and the schema need `Authorization: Bearer <api_key>`. Requests must name a localhost host or one
     of `allowed_hosts` (`*`: any). `docs` adds the interactive pages /docs and /redoc (their scripts come from a
-    CDN, so they are off by default)."""
+    CDN, so they are off by default). `reward` (engine/scaling.Scorer, e.g. of `--reward-run`) serves best-of-N
+replies (the `scaling` extension)."""
     app = FastAPI(title="scratchlm", version="1", description=f"OpenAI-compatible server of {model_name}",
                   openapi_url=None, docs_url=None, redoc_url=None)  # added below, behind the key
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     app.add_middleware(TrustedHosts, allowed=allowed_hosts)  # added last: runs first
     metrics = ServerMetrics(engine)
     created = int(time.time())
-    server = Handlers(engine, tokenizer, model_name, metrics, rag)
+    server = Handlers(engine, tokenizer, model_name, metrics, rag, reward)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:

@@ -62,6 +62,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from scratchlm.serve.app import create_app
     from scratchlm.serve.prompt import chat_run_problem
 
+    reward = None
+    if args.reward_run:  # checked and loaded before the engine starts: a wrong path costs nothing
+        from scratchlm.device import pick_device
+        from scratchlm.engine.scaling import load_reward_run, reward_scorer
+
+        reward = reward_scorer(*load_reward_run(args.reward_run, device=pick_device(args.device)))
+        print(f"best-of-N replies (the `scaling` extension) are scored by the reward model {args.reward_run}")
     engine, tokenizer, cfg = open_engine(args.run, max_waiting=args.max_waiting, **_engine_kwargs(args))
     name = args.model_name or Path(args.run).resolve().name
     problem = chat_run_problem(args.run, cfg, tokenizer)
@@ -85,7 +92,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
               f"clients use to reach {args.host} (or --allowed-host '*')")
     bound = [] if args.host in ("0.0.0.0", "::") else [args.host]  # the address it listens on is a name clients use
     app = create_app(engine, tokenizer, name, api_key=args.api_key, rag=rag, allowed_hosts=[*bound, *args.allowed_host],
-                     docs=args.docs)
+                     docs=args.docs, reward=reward)
     print(f"serving {name} (context {engine.max_seq_len} tokens) at http://{args.host}:{args.port}/  "
           f"(OpenAI API under /v1, chat page at /, metrics at /metrics)")
     try:
@@ -139,6 +146,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="answer chat requests from this `scratchlm rag index` database: the top chunks go into the "
                         "last user turn, the response lists them in 'sources' (needs the [rag] extra)")
     p.add_argument("--rag-k", type=int, default=3, help="chunks retrieved per question with --rag-db (default 3)")
+    p.add_argument("--reward-run", default=None, metavar="RUN",
+                   help="reward-model run that picks best-of-N replies: a chat request with "
+                        "scaling={method: best_of, samples: N} (docs/serving.md)")
     _engine_args(p)
     p.set_defaults(func=_cmd_serve)
 

@@ -73,9 +73,11 @@ class _Timer:
 class Handlers:
     """What each route does, step by step: create_app keeps only the routing."""
 
-    def __init__(self, engine: Any, tokenizer: Any, model_name: str, metrics: ServerMetrics, rag: Any = None):
+    def __init__(self, engine: Any, tokenizer: Any, model_name: str, metrics: ServerMetrics, rag: Any = None,
+                 reward: Any = None):
         self.engine, self.tokenizer, self.model_name, self.metrics = engine, tokenizer, model_name, metrics
         self.rag = rag  # serve/rag.RagContext with --rag-db: chat questions are answered from retrieved chunks
+        self.reward = reward  # engine/scaling.Scorer of --reward-run: picks best-of-N replies (`scaling`)
         self.max_chars = max_text_chars(tokenizer, engine.max_seq_len)  # checked before any tokenising
 
     # --- shared steps ----------------------------------------------------------------------------
@@ -216,6 +218,8 @@ class Handlers:
         t0 = time.perf_counter()
         check_chat(req, self.max_chars)
         self._check_model(req.model)
+        if req.scaling is not None:
+            self._check_scaling(req)
         messages = request_messages(req)
         plan = plan_tools(req)
         thinking = req.chat_template_kwargs.enable_thinking if req.chat_template_kwargs else True
@@ -235,18 +239,20 @@ class Handlers:
         ids = await asyncio.to_thread(chat_prompt_ids, self.tokenizer, messages, enable_thinking=thinking,
                                       tools=plan.tools, prefill=prefill)
         params = self._params(req, len(ids), req.max_completion_tokens or req.max_tokens)
-        handle = await self._submit(ids, params, req.n, req.logprobs, req.top_logprobs or 0)
+        n = req.scaling.samples if req.scaling is not None else req.n  # scaling: n is 1, one of the samples returned
+        handle = await self._submit(ids, params, n, req.logprobs, req.top_logprobs or 0)
         rid, created = f"chatcmpl-{handle.request_id}", int(time.time())
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
             return EventStream(self._chat_stream(handle, req, request, rid, created, usage, t0, sources, plan, prefill))
-        n = req.n
         parsers = [ReplyParser(plan, prefill) for _ in range(n)]
         finish: list[str | None] = [None] * n
         lps: list[list[P.TokenLogprob]] = [[] for _ in range(n)]
+        raw = [prefill] * n  # what each sample wrote, reasoning included: what a vote reads and a reward model scores
         completion_tokens = 0
         async for _, ev in self._collect([handle], request, t0):
             i = ev.index
+            raw[i] += ev.text
             parsers[i].feed(ev.text, ev.finish_reason is not None)
             if ev.finish_reason is not None:
                 finish[i] = ev.finish_reason
@@ -254,6 +260,11 @@ class Handlers:
                 completion_tokens += 1
                 if req.logprobs and ev.logprob is not None:
                     lps[i].append(self._logprob_entry(ev))
+        picked = None
+        if req.scaling is not None:
+            picked = await self._pick(req.scaling, messages, raw)
+            keep = picked["picked"]
+            parsers, finish, lps = [parsers[keep]], [finish[keep]], [lps[keep]]
         choices = []
         for i, p in enumerate(parsers):
             think = p.reasoning if p.think is not None and p.think.opened else None
@@ -265,7 +276,41 @@ class Handlers:
         usage = P.Usage(prompt_tokens=handle.prompt_tokens, completion_tokens=completion_tokens,
                         total_tokens=handle.prompt_tokens + completion_tokens)
         return P.ChatCompletion(id=rid, created=created, model=self.model_name, choices=choices, usage=usage,
-                                sources=sources)
+                                sources=sources, scaling=picked)
+
+    def _check_scaling(self, req: P.ChatCompletionRequest) -> None:
+        """400 naming the field when `scaling` cannot be served as asked (before anything is tokenised)."""
+        from scratchlm.data.answers import ANSWER_KINDS, can_check
+
+        sc = req.scaling
+        limit = min(P.MAX_N, self.engine.max_num_seqs)
+        if sc.samples > limit:
+            raise APIError(400, f"scaling.samples={sc.samples} is over this server's limit of {limit} samples per "
+                           f"request (--max-num-seqs {self.engine.max_num_seqs}, at most {P.MAX_N})",
+                           param="scaling.samples")
+        if req.n != 1:
+            raise APIError(400, f"n={req.n} with scaling: n must be 1 (scaling.samples={sc.samples} replies are "
+                           "sampled and the picked one is returned)", param="n")
+        if req.stream:
+            raise APIError(400, "stream: true with scaling: the pick needs every sample whole; send stream: false",
+                           param="stream")
+        if sc.method == "best_of" and self.reward is None:
+            raise APIError(400, "scaling.method='best_of' needs a reward model, and this server has none: start it "
+                           "with --reward-run REWARD_RUN (or use method 'self_consistency')", param="scaling.method")
+        if sc.method == "self_consistency" and sc.answer not in ANSWER_KINDS and not can_check(sc.answer):
+            raise APIError(400, f"scaling.answer={sc.answer[:40]!r} is not a way to read an answer: choose "
+                           f"{', '.join(ANSWER_KINDS)} or a synth task name (add2, author, next_line, identity, ...)",
+                           param="scaling.answer")
+
+    async def _pick(self, sc: P.Scaling, messages: list[dict], texts: list[str]) -> dict:
+        """The `scaling` field of the response: which sample was picked (engine/scaling.py), how, and every sample."""
+        from scratchlm.engine.scaling import best_of, self_consistency
+
+        if sc.method == "best_of":  # a reward-model forward: off the event loop
+            pick = await asyncio.to_thread(best_of, messages, texts, self.reward)
+        else:
+            pick = self_consistency(texts, sc.answer)
+        return {**pick.to_dict(), "samples": sc.samples, "candidates": texts}
 
     async def _choose_tool(self, req: P.ChatCompletionRequest, request: Request, messages: list[dict],
                            plan: ToolPlan, thinking: bool, t0: float) -> str:
@@ -350,6 +395,9 @@ class Handlers:
         t0 = time.perf_counter()
         check_completion(req, self.max_chars)
         self._check_model(req.model)
+        if (req.model_extra or {}).get("scaling") is not None:
+            raise APIError(400, "scaling (self-consistency, best-of-N) is served on /v1/chat/completions only",
+                           param="scaling")
         prompts = await asyncio.to_thread(self._prompts, req.prompt)
         if len(prompts) * req.n > P.MAX_N:
             raise APIError(400, f"{len(prompts)} prompts × n={req.n} samples is over {P.MAX_N}", param="n")

@@ -143,6 +143,18 @@ class NamedToolChoice(_Request):
     function: NamedFunction
 
 
+class Scaling(BaseModel):
+    """Extension `scaling`: sample `samples` replies from one shared prefill and answer with one of them, picked by
+    a majority vote on the answer (`self_consistency`, the answer read as `answer`: "text", "number" or a synth task
+    name) or by the server's reward model (`best_of`, needs `scratchlm serve --reward-run`). docs/serving.md."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not a silently different pick
+
+    method: Literal["self_consistency", "best_of"]
+    samples: StrictInt = Field(..., ge=1, le=MAX_N, description="also at most the server's --max-num-seqs")
+    answer: StrictStr = Field("text", description="self_consistency: how the vote reads an answer")
+
+
 class ChatCompletionRequest(_Sampling):
     """POST /v1/chat/completions."""
 
@@ -155,6 +167,7 @@ class ChatCompletionRequest(_Sampling):
     tools: Optional[list[ToolDef]] = Field(None, max_length=MAX_TOOLS)
     tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = None
     parallel_tool_calls: Optional[StrictBool] = None
+    scaling: Optional[Scaling] = None
 
 
 class CompletionRequest(_Sampling):
@@ -224,6 +237,7 @@ class ChatCompletion(BaseModel):
     choices: list[ChatChoice]
     usage: Usage
     sources: Optional[list[str]] = None  # `serve --rag-db`: the chunks put into the prompt (source#chunk)
+    scaling: Optional[dict[str, Any]] = None  # extension `scaling`: the samples, their answers/scores, the pick
 
 
 class DeltaFunction(BaseModel):
