@@ -220,9 +220,28 @@ def render_rag(results: Path) -> str:
             f"the ratios much less).\n")
 
 
+def render_scaling(results: Path) -> str:
+    """Greedy vs self-consistency and best-of-N on held-out tasks (docs/experiments/inference_scaling.py)."""
+    doc = _load("inference_scaling", results)
+    n = doc["numbers"]
+    k = n["n"]
+    names = {"sft": "SFT", "grpo_cold": "GRPO cold start"}
+    lines = [f"Inference-time scaling, N = {k}, on the {doc['split']} split of the seed-{doc['seed']} demo "
+             f"(`{doc['command']}`, {doc['date']}; each method's temperature chosen on val):", "",
+             f"| model · task | greedy | self-consistency@{k} | best-of-{k}, reward model | best-of-{k}, trace verifier "
+             f"| pass@{k} (at self-consistency's temperature) |", "|---|---|---|---|---|---|"]
+    for model, m in n["settings"].items():
+        for task, r in m["tasks"].items():
+            ver = r.get(f"best_of_verifier@{k}")
+            lines.append(f"| {names.get(model, model)} · {task} | {r['greedy']:.3f} | {r[f'self_consistency@{k}']:.3f} | "
+                         f"{r[f'best_of_reward@{k}']:.3f} | {'—' if ver is None else f'{ver:.3f}'} | "
+                         f"{r[f'pass@{k}_at_self_consistency_temperature']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 RENDERERS: dict[str, Callable[[Path], str]] = {
     "demo": render_demo, "post-training": render_post_training, "decode": render_decode, "train": render_train,
-    "engine": render_engine, "rollout": render_rollout, "rag": render_rag,
+    "engine": render_engine, "rollout": render_rollout, "rag": render_rag, "scaling": render_scaling,
 }
 
 
