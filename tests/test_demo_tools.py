@@ -58,7 +58,7 @@ def test_tool_chats_survive_prepare_with_tools_calls_and_mask(demo_data):
 
 def test_tool_settings_lengthen_sft_rows_and_the_model(demo_data):
     from scratchlm.config import load_config
-    from scratchlm.demo.data import check_tool_chats_fit
+    from scratchlm.demo.data import check_chats_fit
     from scratchlm.demo.settings import DemoSettings, stage_sets
 
     off = DemoSettings(tool_sizes=(0, 0, 0))
@@ -68,7 +68,7 @@ def test_tool_settings_lengthen_sft_rows_and_the_model(demo_data):
     assert (cfg_on.train.seq_len, cfg_on.train.batch_size, cfg_on.model.max_seq_len) == (320, 10, 640)
     assert load_config(on.preset, stage_sets(on, "pretrain")).model.max_seq_len == 640  # the SFT model's shape
     out, paths = demo_data
-    sft = out / "data" / "tools" / "sft_train.jsonl"
-    longest = check_tool_chats_fit(paths["tokenizer"], sft, 4096)
+    longest = check_chats_fit(paths["sft"], 4096)
+    assert longest == max(len(open_shards(paths["sft"]).doc(i)) for i in range(open_shards(paths["sft"]).n_docs))
     with pytest.raises(SystemExit, match=f"is {longest} tokens, longer than tool_seq_len=100"):
-        check_tool_chats_fit(paths["tokenizer"], sft, 100)
+        check_chats_fit(paths["sft"], 100)

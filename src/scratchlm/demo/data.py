@@ -43,19 +43,15 @@ def build_demo_tools(data: Path, s: DemoSettings) -> dict[str, Path]:
                           tools=s.tool_names)
 
 
-def check_tool_chats_fit(tok_dir: Path, sft_file: Path, seq_len: int) -> int:
-    """The longest chat of `sft_file` in tokens; a SystemExit when one would not fit a row of `seq_len`
-    (the batcher would cut it, and with it the call or the answer)."""
-    from scratchlm.data.jsonl import iter_jsonl
-    from scratchlm.tokenizer.bpe import Tokenizer
+def check_chats_fit(shards: Path, seq_len: int) -> int:
+    """The longest chat of the SFT shard folder `shards` in tokens; a SystemExit when one would not fit a row of
+    `seq_len` (the batcher would cut it, and with it a tool chat's call or answer)."""
+    from scratchlm.shards.datasets import open_shards
 
-    tok = Tokenizer.load(tok_dir)
-    with sft_file.open(encoding="utf-8") as lines:
-        longest = max((len(tok.encode_chat(r["conversations"], tools=r.get("tools"))[0])
-                       for _, r in iter_jsonl(lines, sft_file)), default=0)
+    longest = int(open_shards(shards).doc_lens.max(initial=0))
     if longest > seq_len + 1:
-        raise SystemExit(f"scratchlm demo: a tool chat of {sft_file} is {longest} tokens, longer than "
-                         f"tool_seq_len={seq_len} + 1; raise it (--setting tool_seq_len={longest})")
+        raise SystemExit(f"scratchlm demo: a chat of {shards} is {longest} tokens, longer than tool_seq_len="
+                         f"{seq_len} + 1; raise it (--setting tool_seq_len={longest})")
     return longest
 
 
@@ -84,11 +80,11 @@ def prepare_demo_data(out: Path, s: DemoSettings) -> dict[str, Path]:
     say("preparing pretraining shards (built-in corpus: train and validation splits) and SFT shards")
     prepare("pretrain", tok_dir, None, data / "pretrain")
     prepare("pretrain", tok_dir, [corpus_path("validation")], data / "pretrain_val", dedup=False)
-    if tools:
-        longest = check_tool_chats_fit(tok_dir, tools["sft_train"], s.tool_seq_len)
-        say(f"tool chats: the longest is {longest} tokens (rows of {s.tool_seq_len})")
     # the tool chats follow the task chats in the shards; training visits whole chats in a seeded random order
     prepare("sft", tok_dir, [files["sft_train"], *([tools["sft_train"]] if tools else [])], data / "sft", dedup=False)
+    if tools:
+        longest = check_chats_fit(data / "sft", s.tool_seq_len)
+        say(f"SFT with tool chats: the longest chat is {longest} tokens (rows of {s.tool_seq_len})")
     prepare("sft", tok_dir, [files["sft_val"]], data / "sft_val", dedup=False)
     # prompt_eval: what the demo reports, the test split by default (s.eval_split; val, the dev split, to choose
     # settings on); sft_val stays the validation loss every stage watches while training, a dev-side use.
