@@ -72,3 +72,14 @@ def test_tool_settings_lengthen_sft_rows_and_the_model(demo_data):
     assert longest == max(len(open_shards(paths["sft"]).doc(i)) for i in range(open_shards(paths["sft"]).n_docs))
     with pytest.raises(SystemExit, match=f"is {longest} tokens, longer than tool_seq_len=100"):
         check_chats_fit(paths["sft"], 100)
+
+
+def test_summary_reports_tool_use_accuracy():
+    from scratchlm.eval.summary import summary_rows
+
+    tu = {"n": 2, "tools": ["calculator"], "agent": {"all": 0.5}, "direct": {"all": 0.0},
+          "called_calculator": {"all": 1.0}}
+    rows = dict(summary_rows({"settings": {"eval_split": "test"}, "tool_use_accuracy": tu}))
+    key = next(k for k in rows if k.startswith("tool use:"))
+    assert "(2 problems)" in key and "calculator" in key and rows[key] == "0.500 / 0.000 / 1.000"
+    assert not any(k.startswith("tool use:") for k in dict(summary_rows({"settings": {"eval_split": "test"}})))
