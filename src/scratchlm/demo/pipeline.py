@@ -22,8 +22,9 @@ from scratchlm.demo.ppo import run_ppo_stage
 from scratchlm.demo.pretrain import run_pretrain_stage
 from scratchlm.demo.rag import run_rag_stage
 from scratchlm.demo.reward import run_reward_stage
-from scratchlm.demo.settings import DEMO_STEPS, DemoSettings, quick_settings
+from scratchlm.demo.settings import DEMO_STEPS, DemoSettings, quick_settings, tools_on
 from scratchlm.demo.sft import run_sft_stage
+from scratchlm.demo.tools import run_tool_eval
 from scratchlm.eval.perplexity import perplexities
 from scratchlm.eval.conversation import conversation_scores
 from scratchlm.eval.stutter import open_ended_report
@@ -126,6 +127,11 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoS
                                           enable_thinking=mode == "thinking on")
                   for mode in ("thinking on", "thinking off")}
     times["eval"] = time.perf_counter() - t
+    tool_use = {}
+    if tools_on(s):
+        t = time.perf_counter()
+        tool_use = {"tool_use_accuracy": run_tool_eval(out / "sft", s)}
+        times["tool_eval"] = time.perf_counter() - t
 
     after_sft: dict[str, Any] = {}
     if {"reward", "dpo", "ppo"} & set(s.stages):
@@ -145,7 +151,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoS
         "val_ppl_pretrain": ppl_pre, "val_ppl_sft": ppl_sft, "val_ppl_unigram": ppl_uni,
         "seconds": times, "torch_threads": torch.get_num_threads(), "lanes": lanes,
         "samples": pick_samples(graded), "chats": chats, "conversation": conversation, "open_ended": open_ended,
-        **after_sft,
+        **tool_use, **after_sft,
     }
     (out / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
     _print_summary(summary, out)

@@ -108,6 +108,12 @@ class DemoSettings:
     distill_sets: list[str]
     rag_docs: int
     rag_embedder: str
+    tool_sizes: tuple[int, ...]  # calculator/direct tool chats added to SFT: [train, val, test]; all 0 = off
+    tool_names: list[str]  # the tools every tool chat lists (and the agent gets when measured)
+    tool_direct_share: float  # share of the tool chats answered without a call
+    tool_seq_len: int  # SFT's row length when tool chats are on (a tool chat must fit)
+    tool_batch: int  # SFT's batch size when tool chats are on
+    tool_eval: int  # held-out problems of tool_use_accuracy (agent with the tools vs the model alone)
     report_eval: bool
     lanes: int  # 2: reward, dpo and ppo run in a second process beside the other stages (CPU only); 1: in turn
     eval_split: str  # "test": what the demo reports (never tuned on); "val": the dev split, to choose settings on
@@ -164,6 +170,11 @@ def parse_stages(text: str) -> list[str]:
     return names
 
 
+def tools_on(s: DemoSettings) -> bool:
+    """Whether the demo adds tool-use chats to its SFT data (and measures tool use)."""
+    return bool(s.tool_sizes) and s.tool_sizes[0] > 0
+
+
 def stage_sets(s: DemoSettings, stage: str, with_train: bool = True) -> list[str]:
     """The `--set` overrides that train demo stage "pretrain" or "sft" with settings `s` (and its `train` list
     unless `with_train` is False)."""
@@ -175,11 +186,16 @@ def stage_sets(s: DemoSettings, stage: str, with_train: bool = True) -> list[str
         extra = ["train.doc_mask=false"]
     elif stage == "sft":
         steps, batch, seq_len, lr = s.sft_steps, s.sft_batch, s.sft_seq_len, s.sft_lr
+        if tools_on(s):  # a tool chat is ~270 tokens, its tools' system turn alone ~180: rows must hold one
+            batch, seq_len = s.tool_batch, s.tool_seq_len
         extra = [f"train.packing={str(s.sft_packing).lower()}", f"train.schedule={s.sft_schedule}",
                  f"train.wsd_decay_frac={s.sft_decay_frac}", f"train.pretrain_mix={s.sft_pretrain_mix}"]
     else:
         raise ValueError(f"stage_sets: stage must be 'pretrain' or 'sft', got {stage!r}")
-    return [f"model.vocab_size={s.vocab_size}", *s.model, f"train.max_steps={steps}", f"train.batch_size={batch}",
+    # RoPE has no learnt positions: a longer max_seq_len only lengthens its tables (pretrain too, so that the SFT
+    # model's config is the pretrained one's), and leaves room for the agent's prompt plus its reply
+    longer = [f"model.max_seq_len={2 * s.tool_seq_len}"] if tools_on(s) else []
+    return [f"model.vocab_size={s.vocab_size}", *s.model, *longer, f"train.max_steps={steps}", f"train.batch_size={batch}",
             f"train.seq_len={seq_len}", f"train.lr={lr}", f"train.warmup_steps={max(1, steps // 20)}",
             f"train.eval_every={max(1, steps // 5)}", "train.eval_batches=10", f"train.save_every={steps}",
             "train.keep_last=1", f"train.log_every={max(1, steps // 100)}", f"train.seed={s.seed}", *extra, *(s.train if with_train else [])]
