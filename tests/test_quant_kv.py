@@ -66,3 +66,69 @@ def test_int8_kv_cache_greedy_agrees_with_fp32(chat_run, compile):
     h = engine.submit(prompts[1], SamplingParams(temperature=0.0, max_new_tokens=12), n=3)
     engine.run_until_done([h])
     assert h.token_ids == [forked[0]] * 3
+
+
+# ------------------------------------------------------------------------------------------------
+# --kv-cache-dtype on the commands that build an engine
+
+
+def test_every_engine_command_takes_the_kv_cache_flag():
+    from scratchlm.cli import build_parser
+    from scratchlm.engine.cli import KV_CACHE_DTYPES
+    from scratchlm.engine.paged_cache import KV_DTYPES
+
+    assert KV_CACHE_DTYPES == KV_DTYPES  # the CLI's copy (no torch at --help) is the pool's list
+    parser = build_parser()
+    for argv in (["generate", "RUN", "--prompt", "hi"], ["chat", "RUN"], ["serve", "RUN"], ["eval", "RUN"]):
+        assert parser.parse_args(argv).kv_cache_dtype == "auto"
+        assert parser.parse_args([*argv, "--kv-cache-dtype", "int8"]).kv_cache_dtype == "int8"
+        with pytest.raises(SystemExit):
+            parser.parse_args([*argv, "--kv-cache-dtype", "fp8"])
+
+
+def _metric(url: str, name: str) -> float:
+    import httpx
+
+    lines = httpx.get(url + "/metrics").text.splitlines()
+    return next(float(ln.split()[-1]) for ln in lines if ln.startswith(name + " "))
+
+
+def test_serve_cli_with_int8_kv_cache(chat_run):
+    import openai
+
+    from scratchlm.serve.launch import serve_process
+
+    model, _, _ = load_run(chat_run)
+    cpu = torch.device("cpu")
+    want = {d: PagedKVCache(model.config, 24, 16, cpu, torch.float32, d).nbytes() for d in ("auto", "int8")}
+    with serve_process(chat_run, "--num-blocks", "24", "--kv-cache-dtype", "int8") as url:
+        # the pool the real `scratchlm serve` built is the int8 one: its bytes, read from /metrics
+        assert _metric(url, "scratchlm_kv_cache_bytes") == want["int8"] < want["auto"] / 3
+        assert _metric(url, "scratchlm_kv_blocks_total") == 24
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        r = client.chat.completions.create(model="run", messages=[{"role": "user", "content": "What is 2 plus 3?"}],
+                                           temperature=0)
+        assert r.choices[0].message.content == "5"
+
+
+def test_generate_and_eval_cli_with_int8_kv_cache(chat_run, tmp_path, capsys):
+    import json
+
+    from scratchlm.cli import main
+    from scratchlm.engine.offline import LLM
+
+    assert LLM.from_run(chat_run, "cpu", kv_cache_dtype="int8").llm.kv.int8  # what generate builds
+    argv = ["generate", str(chat_run), "--prompt", "What is 2 plus 3?", "--chat", "--temperature", "0",
+            "--max-new-tokens", "16", "--device", "cpu"]
+    assert main(argv + ["--kv-cache-dtype", "int8"]) == 0
+    assert capsys.readouterr().out.strip().endswith("5")
+    gen = tmp_path / "gen.jsonl"
+    gen.write_text(json.dumps({"prompt": "What is 2 plus 3?", "reference": "<think>2+3=5</think>5"}) + "\n")
+    out = {}
+    for dtype in ("auto", "int8"):
+        out[dtype] = tmp_path / f"eval_{dtype}.json"
+        assert main(["eval", str(chat_run), "--tasks", "gen", "--gen", str(gen), "--max-new-tokens", "16",
+                     "--kv-cache-dtype", dtype, "--out", str(out[dtype])]) == 0
+    got = {d: json.loads(f.read_text()) for d, f in out.items()}
+    assert got["int8"]["kv_cache_dtype"] == "int8" and got["auto"]["kv_cache_dtype"] == "auto"
+    assert got["int8"]["gen"] == got["auto"]["gen"]

@@ -16,7 +16,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                           mc_style=args.mc_style,
                           fewshot=args.fewshot, fewshot_from=args.fewshot_from, gen=args.gen, synth=args.synth,
                           limit=args.limit, max_windows=args.max_windows, max_new_tokens=args.max_new_tokens,
-                          vs=args.vs, judge=args.judge, prompts=args.prompts)
+                          vs=args.vs, judge=args.judge, prompts=args.prompts,
+                          kv_cache_dtype=args.kv_cache_dtype)
     out = Path(args.out) if args.out else Path(args.run) / "eval.json"
     out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(format_table(result))
@@ -26,6 +27,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def add_cli(subparsers: Any) -> None:
     """Register `scratchlm eval` and `scratchlm report`."""
+    from scratchlm.engine.cli import add_kv_cache_arg
     from scratchlm.eval.evaluate import TASKS
     from scratchlm.eval.multiple_choice import LAYOUTS
 
@@ -51,6 +53,7 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--max-windows", type=int, default=200, help="validation windows for ppl/bpb (default 200)")
     p.add_argument("--max-new-tokens", type=int, default=48, help="generation length for gen/synth (default 48)")
     p.add_argument("--out", default=None, help="json file to write (default RUN/eval.json)")
+    add_kv_cache_arg(p)  # gen, synth and winrate generate; ppl, bpb and mc score whole texts in one forward
     p.set_defaults(func=_cmd_eval)
     _add_report_cli(subparsers)
 

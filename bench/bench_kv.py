@@ -1,0 +1,247 @@
+"""The int8 KV cache, measured: quality (greedy agreement with the fp32 pool, perplexity through the pool) and
+capacity (bytes, and sequences that run at once at the same pool bytes).
+
+    python bench/bench_kv.py [--demo /work/runs/demo0] [--split test|val] [--threads 1]
+                             [--results docs/results/kv_int8.json]
+
+--demo is a finished demo run folder (`scratchlm demo`): its sft/ and pretrain/ runs and data/synth/.
+- chat agreement (the issue's goal): the SFT chat model answers every distinct prompt of the demo's held-out
+  task file data/synth/prompt_{split}.jsonl (what the demo's eval reports on: `test`; `val` is the dev split to
+  choose settings on), greedy, chat template, the demo's max_new_tokens (3× for the open-ended tasks, as
+  eval/tasks.evaluate_tasks does), once through the fp32 pool and once through the int8 pool: per task, the
+  share of prompts whose generated ids are identical, the share of generated tokens before the first difference,
+  and the task accuracy (data/answers.check_answer) of each;
+- raw-text agreement (stricter: a base model's near-tied logits): the pretrained model continues 24 windows of the
+  corpus' validation text for 64 tokens (as bench_quant.py's kv_int8_agreement);
+- perplexity through the pool: the pretrained model reads validation windows one token per forward (teacher
+  forced), every earlier token's keys and values coming back from the pool: fp32 vs int8;
+- capacity: an fp32 pool of --budget-blocks blocks sets a byte budget; the int8 pool gets as many blocks as fit in
+  the same bytes. Both engines take the same --requests sequences (validation-text prompts, no stop id, every
+  one runs its full length, max_num_seqs high enough that the pool is the limit); measured: the pools' bytes
+  (their tensors), sequences decoded per step (mean and peak), preemptions, wall time.
+"""
+
+from __future__ import annotations
+
+import scratchlm  # noqa: F401  (first: sets OpenMP's wait policy before torch loads it, see scratchlm/__init__.py)
+
+import argparse
+import json
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from bench_quant import kv_agreement, validation_ids  # bench/bench_quant.py, beside this file
+
+UNSEEN = " (unseen phrasings)"  # as eval/tasks.py keys held-out phrasings
+
+
+def chat_prompts(tokenizer, prompt_file: Path, max_new: int, max_seq_len: int) -> dict[str, list[dict]]:
+    """{task key: [{"ids", "answer", "task", "new"}]}: every distinct prompt of the file that fits the context,
+    encoded as evaluate_tasks encodes them (cleaned, chat template, assistant turn opened)."""
+    from scratchlm.data.clean import clean_messages
+    from scratchlm.data.open_tasks import is_checkable
+
+    by_task: dict[str, list[dict]] = defaultdict(list)
+    seen: set[str] = set()
+    for line in prompt_file.read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line)
+        key = rec["task"] + (UNSEEN if rec.get("phrasing") == "unseen" else "")
+        text = json.dumps(rec["prompt"], ensure_ascii=False)
+        if text in seen:
+            continue
+        seen.add(text)
+        new = max_new if is_checkable(rec["task"]) else 3 * max_new
+        ids = list(tokenizer.encode_chat(clean_messages(rec["prompt"]), add_generation_prompt=True)[0])
+        if len(ids) + new <= max_seq_len:
+            by_task[key].append({"ids": ids, "answer": rec["answer"], "task": rec["task"], "new": new})
+    return dict(sorted(by_task.items()))
+
+
+def lead(want: list[int], got: list[int]) -> int:
+    """Tokens of `want` before the first position where `got` differs."""
+    return next((i for i, (a, b) in enumerate(zip(want, got)) if a != b), min(len(want), len(got)))
+
+
+@torch.inference_mode()
+def chat_agreement(model, tokenizer, by_task: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per task and in all: prompts identical, tokens before the first difference, accuracy fp32 / int8."""
+    from scratchlm.data.answers import check_answer
+    from scratchlm.data.open_tasks import is_checkable
+    from scratchlm.engine.offline import LLM
+    from scratchlm.engine.sampling import SamplingParams
+
+    engines = {d: LLM(model, tokenizer, kv_cache_dtype=d) for d in ("auto", "int8")}
+    out: dict[str, dict] = {}
+    tot = {"prompts": 0, "identical": 0, "lead": 0, "tokens": 0}
+    for key, recs in by_task.items():
+        params = SamplingParams(temperature=0.0, max_new_tokens=recs[0]["new"])
+        ids = [r["ids"] for r in recs]
+        want, got = (engines[d].generate(ids, params) for d in ("auto", "int8"))
+        same = sum(w == g for w, g in zip(want, got))
+        leads = sum(lead(w, g) for w, g in zip(want, got))
+        n_tok = sum(map(len, want))
+        row = {"prompts": len(recs), "identical": same, "identical_share": same / len(recs),
+               "tokens_before_first_difference": leads / max(n_tok, 1), "max_new_tokens": recs[0]["new"]}
+        if is_checkable(recs[0]["task"]):
+            for name, outs in (("accuracy_fp32", want), ("accuracy_int8", got)):
+                row[name] = sum(check_answer(r["task"], tokenizer.decode(o, skip_special_tokens=True), r["answer"])
+                                for r, o in zip(recs, outs)) / len(recs)
+        out[key] = row
+        tot["prompts"] += len(recs)
+        tot["identical"] += same
+        tot["lead"] += leads
+        tot["tokens"] += n_tok
+        print(f"  {key:28s} {same:4d}/{len(recs):<4d} identical ({same / len(recs):.1%}), "
+              f"{row['tokens_before_first_difference']:.1%} of tokens before the first difference"
+              + (f", accuracy fp32 {row['accuracy_fp32']:.3f} int8 {row['accuracy_int8']:.3f}"
+                 if "accuracy_fp32" in row else ""), flush=True)
+    out["all"] = {"prompts": tot["prompts"], "identical": tot["identical"],
+                  "identical_share": tot["identical"] / tot["prompts"],
+                  "tokens_before_first_difference": tot["lead"] / max(tot["tokens"], 1)}
+    return out
+
+
+@torch.inference_mode()
+def pool_perplexity(model, ids: list[int], seq_len: int, rows: int, kv_dtype: str) -> float:
+    """exp(mean NLL) of `rows` windows of `seq_len` tokens read one token per forward through a paged pool of
+    `kv_dtype`: every earlier token's keys and values come back from the pool."""
+    from scratchlm.engine.paged_cache import PagedKVCache
+
+    p = next(model.parameters())
+    bs = 16
+    per = -(-seq_len // bs)
+    x = torch.tensor([ids[i * seq_len:(i + 1) * seq_len] for i in range(rows)], device=p.device)  # [B, L]
+    pool = PagedKVCache(model.config, rows * per, bs, p.device, p.dtype, kv_dtype)
+    tables = [list(range(b * per, (b + 1) * per)) for b in range(rows)]
+    nll = 0.0
+    for t in range(seq_len - 1):
+        logits = model(x[:, t:t + 1], cache=pool.batch(tables, [t] * rows, [1] * rows)).logits[:, -1].float()
+        nll += float(F.cross_entropy(logits, x[:, t + 1], reduction="sum"))
+    return math.exp(nll / (rows * (seq_len - 1)))
+
+
+def pool_bytes(cfg, num_blocks: int, block_size: int, kv_dtype: str) -> int:
+    """Bytes of the tensors a pool of `num_blocks` allocates (built, then measured)."""
+    from scratchlm.engine.paged_cache import PagedKVCache
+
+    return PagedKVCache(cfg, num_blocks, block_size, torch.device("cpu"), torch.float32, kv_dtype).nbytes()
+
+
+@torch.inference_mode()
+def capacity(model, prompts: list[list[int]], new: int, budget_blocks: int, block_size: int = 16) -> dict:
+    """fp32 pool of `budget_blocks` vs the int8 pool of the same bytes, under the same requests."""
+    from scratchlm.engine.llm_engine import LLMEngine
+    from scratchlm.engine.sampling import SamplingParams
+
+    cfg = model.config
+    budget = pool_bytes(cfg, budget_blocks, block_size, "auto")
+    lo, hi = budget_blocks, 8 * budget_blocks  # the most int8 blocks within the budget
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if pool_bytes(cfg, mid, block_size, "int8") <= budget else (lo, mid - 1)
+    out: dict = {"budget_bytes": budget, "block_size": block_size, "requests": len(prompts),
+                 "tokens_per_sequence": len(prompts[0]) + new}
+    params = SamplingParams(temperature=0.0, max_new_tokens=new)
+    for name, dtype, blocks in (("fp32", "auto", budget_blocks), ("int8", "int8", lo)):
+        engine = LLMEngine(model, None, num_blocks=blocks, block_size=block_size, max_num_seqs=len(prompts),
+                           max_waiting=len(prompts), kv_cache_dtype=dtype)
+        handles = [engine.submit(p, params) for p in prompts]
+        per_step: list[int] = []
+        t0 = time.perf_counter()
+        while not all(h.finished for h in handles):
+            before = engine.generation_tokens_total
+            engine.step()
+            per_step.append(engine.generation_tokens_total - before)  # one token per sequence that stepped
+        wall = time.perf_counter() - t0
+        assert all(len(h.token_ids[0]) == new for h in handles)
+        out[name] = {"num_blocks": blocks, "pool_bytes": engine.kv.nbytes(),
+                     "sequences_per_step_mean": sum(per_step) / len(per_step),
+                     "sequences_per_step_peak": max(per_step), "steps": len(per_step),
+                     "preemptions": engine.preemptions, "seconds": wall,
+                     "tokens_per_second": len(prompts) * new / wall}
+        print(f"  {name}: {blocks} blocks, {out[name]['pool_bytes'] / 2**20:.2f} MiB, "
+              f"{out[name]['sequences_per_step_mean']:.1f} sequences per step (peak {max(per_step)}), "
+              f"{len(per_step)} steps, {engine.preemptions} preemptions, {wall:.1f} s", flush=True)
+    out["blocks_ratio"] = out["int8"]["num_blocks"] / out["fp32"]["num_blocks"]
+    out["bytes_ratio_per_block"] = (out["int8"]["pool_bytes"] / out["int8"]["num_blocks"]) / (
+        out["fp32"]["pool_bytes"] / out["fp32"]["num_blocks"])
+    out["sequences_per_step_ratio"] = (out["int8"]["sequences_per_step_mean"]
+                                       / out["fp32"]["sequences_per_step_mean"])
+    out["steps_ratio"] = out["int8"]["steps"] / out["fp32"]["steps"]
+    return out
+
+
+def main() -> None:
+    """Measure, print, and with --results write the results file."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--demo", default="/work/runs/demo0", help="a finished demo run folder (sft/, pretrain/, data/)")
+    ap.add_argument("--split", default="test", choices=("test", "val"),
+                    help="held-out prompt file: test (what the demo reports) or val (the dev split)")
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="default: the demo settings' max_new_tokens")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--budget-blocks", type=int, default=64, help="capacity: the fp32 pool's blocks")
+    ap.add_argument("--requests", type=int, default=64, help="capacity: sequences submitted")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: chat,raw,ppl,capacity")
+    ap.add_argument("--results", default=None, help="write the numbers here (scratchlm.results)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    from scratchlm.demo.settings import DemoSettings
+    from scratchlm.runs import load_run
+
+    skip = set(filter(None, args.skip.split(",")))
+    demo = Path(args.demo)
+    max_new = args.max_new_tokens or DemoSettings().max_new_tokens
+    t_start = time.perf_counter()
+    numbers: dict = {"demo": str(demo), "threads": args.threads, "max_new_tokens": max_new}
+    if "chat" not in skip:
+        sft, tok, _ = load_run(demo / "sft")
+        prompt_file = demo / "data" / "synth" / f"prompt_{args.split}.jsonl"
+        print(f"chat agreement: {demo / 'sft'} on {prompt_file}, greedy, max_new_tokens {max_new} "
+              f"({3 * max_new} open-ended)", flush=True)
+        numbers["chat"] = chat_agreement(sft, tok, chat_prompts(tok, prompt_file, max_new, sft.config.max_seq_len))
+        a = numbers["chat"]["all"]
+        print(f"  all: {a['identical']}/{a['prompts']} identical ({a['identical_share']:.1%})", flush=True)
+    pre, ptok, _ = load_run(demo / "pretrain")
+    ids = validation_ids(ptok, 24 * 128 + 32)
+    if "raw" not in skip:
+        numbers["raw_text"] = {**kv_agreement(pre, [ids[i * 128: i * 128 + 32] for i in range(24)], 64),
+                               "prompt_tokens": 32, "new_tokens": 64, "model": str(demo / "pretrain")}
+        r = numbers["raw_text"]
+        print(f"raw text (pretrained model, 24 validation windows × 64 tokens): {r['prompts_equal']:.1%} identical, "
+              f"{r['tokens_before_first_difference']:.1%} of tokens before the first difference", flush=True)
+    if "ppl" not in skip:
+        L = min(256, pre.config.max_seq_len)
+        rows = min(16, len(ids) // L)
+        ppl = {d: pool_perplexity(pre, ids, L, rows, d) for d in ("auto", "int8")}
+        numbers["perplexity"] = {"fp32_pool": ppl["auto"], "int8_pool": ppl["int8"],
+                                 "ratio": ppl["int8"] / ppl["auto"], "tokens": rows * (L - 1), "window": L}
+        print(f"perplexity through the pool, {rows} windows of {L}: fp32 {ppl['auto']:.3f}, int8 {ppl['int8']:.3f} "
+              f"({ppl['int8'] / ppl['auto']:.5f}×)", flush=True)
+    if "capacity" not in skip:
+        prompts = [ids[i * 48: i * 48 + 48] for i in range(args.requests)]
+        while len(prompts[-1]) < 48:  # not enough validation text: reuse windows
+            prompts[-1] = ids[:48]
+        print(f"capacity: {args.requests} requests of 48 prompt + 80 new tokens, fp32 pool of {args.budget_blocks} "
+              f"blocks vs int8 at the same bytes", flush=True)
+        numbers["capacity"] = capacity(pre, prompts, 80, args.budget_blocks)
+        c = numbers["capacity"]
+        print(f"  int8/fp32: {c['blocks_ratio']:.2f}× blocks, {c['sequences_per_step_ratio']:.2f}× sequences per "
+              f"step, {c['steps_ratio']:.2f}× steps", flush=True)
+    print(f"({time.perf_counter() - t_start:.0f} s in all)")
+    if args.results:
+        from scratchlm.results import write_results
+
+        summary = demo / "summary.json"  # the demo run's seed
+        seed = json.loads(summary.read_text())["settings"]["seed"] if summary.is_file() else None
+        write_results(args.results, "kv_int8", numbers, seed=seed, split=args.split,
+                      notes=f"chat: the demo's {args.split} prompt file with its SFT model; raw_text, perplexity and "
+                            "capacity: the demo's pretrained model on the corpus' validation text")
+
+
+if __name__ == "__main__":
+    main()
