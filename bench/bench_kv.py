@@ -13,8 +13,10 @@ capacity (bytes, and sequences that run at once at the same pool bytes).
   and the task accuracy (data/answers.check_answer) of each;
 - raw-text agreement (stricter: a base model's near-tied logits): the pretrained model continues 24 windows of the
   corpus' validation text for 64 tokens (as bench_quant.py's kv_int8_agreement);
-- perplexity through the pool: the pretrained model reads validation windows one token per forward (teacher
-  forced), every earlier token's keys and values coming back from the pool: fp32 vs int8;
+- through the pool, teacher-forced: the pretrained model reads validation windows one token per forward, every
+  earlier token's keys and values coming back from an fp32 and an int8 pool in lockstep: each one's perplexity,
+  the mean KL divergence of the int8 pool's next-token distribution from the fp32 pool's (the measure least
+  subject to near-ties), and their top-1 agreement;
 - capacity: an fp32 pool of --budget-blocks blocks sets a byte budget; the int8 pool gets as many blocks as fit in
   the same bytes (its tensors built and measured). Sequences of 48 validation-text prompt tokens + 80 new ones (no
   stop id: every one runs its full length; max_num_seqs high enough that the pool is the limit): the most that
@@ -108,22 +110,31 @@ def chat_agreement(model, tokenizer, by_task: dict[str, list[dict]]) -> dict[str
 
 
 @torch.inference_mode()
-def pool_perplexity(model, ids: list[int], seq_len: int, rows: int, kv_dtype: str) -> float:
-    """exp(mean NLL) of `rows` windows of `seq_len` tokens read one token per forward through a paged pool of
-    `kv_dtype`: every earlier token's keys and values come back from the pool."""
+def pool_perplexity(model, ids: list[int], seq_len: int, rows: int) -> dict[str, float]:
+    """`rows` windows of `seq_len` tokens read one token per forward through an fp32 and an int8 pool in lockstep
+    (every earlier token's keys and values come back from the pool): each pool's perplexity, the mean KL divergence
+    of the int8 pool's next-token distribution from the fp32 pool's, and how often their argmax agree."""
     from scratchlm.engine.paged_cache import PagedKVCache
 
     p = next(model.parameters())
     bs = 16
     per = -(-seq_len // bs)
     x = torch.tensor([ids[i * seq_len:(i + 1) * seq_len] for i in range(rows)], device=p.device)  # [B, L]
-    pool = PagedKVCache(model.config, rows * per, bs, p.device, p.dtype, kv_dtype)
+    pools = {d: PagedKVCache(model.config, rows * per, bs, p.device, p.dtype, d) for d in ("auto", "int8")}
     tables = [list(range(b * per, (b + 1) * per)) for b in range(rows)]
-    nll = 0.0
+    nll = {d: 0.0 for d in pools}
+    kl, top1 = 0.0, 0
     for t in range(seq_len - 1):
-        logits = model(x[:, t:t + 1], cache=pool.batch(tables, [t] * rows, [1] * rows)).logits[:, -1].float()
-        nll += float(F.cross_entropy(logits, x[:, t + 1], reduction="sum"))
-    return math.exp(nll / (rows * (seq_len - 1)))
+        logp = {d: F.log_softmax(model(x[:, t:t + 1], cache=pool.batch(tables, [t] * rows, [1] * rows))
+                                 .logits[:, -1].float(), dim=-1) for d, pool in pools.items()}
+        for d in pools:
+            nll[d] += float(F.nll_loss(logp[d], x[:, t + 1], reduction="sum"))
+        kl += float(F.kl_div(logp["int8"], logp["auto"], log_target=True, reduction="sum"))
+        top1 += int((logp["int8"].argmax(-1) == logp["auto"].argmax(-1)).sum())
+    n = rows * (seq_len - 1)
+    ppl = {d: math.exp(v / n) for d, v in nll.items()}
+    return {"fp32_pool": ppl["auto"], "int8_pool": ppl["int8"], "ratio": ppl["int8"] / ppl["auto"],
+            "kl_int8_from_fp32": kl / n, "top1_agreement": top1 / n, "tokens": n, "window": seq_len}
 
 
 def pool_bytes(cfg, num_blocks: int, block_size: int, kv_dtype: str) -> int:
@@ -234,11 +245,10 @@ def main() -> None:
     if "ppl" not in skip:
         L = min(256, pre.config.max_seq_len)
         rows = min(16, len(ids) // L)
-        ppl = {d: pool_perplexity(pre, ids, L, rows, d) for d in ("auto", "int8")}
-        numbers["perplexity"] = {"fp32_pool": ppl["auto"], "int8_pool": ppl["int8"],
-                                 "ratio": ppl["int8"] / ppl["auto"], "tokens": rows * (L - 1), "window": L}
-        print(f"perplexity through the pool, {rows} windows of {L}: fp32 {ppl['auto']:.3f}, int8 {ppl['int8']:.3f} "
-              f"({ppl['int8'] / ppl['auto']:.5f}×)", flush=True)
+        q = numbers["perplexity"] = pool_perplexity(pre, ids, L, rows)
+        print(f"through the pool, teacher-forced, {rows} windows of {L}: perplexity fp32 {q['fp32_pool']:.3f}, int8 "
+              f"{q['int8_pool']:.3f} ({q['ratio']:.5f}×); KL(fp32 || int8) {q['kl_int8_from_fp32']:.2e} nats a "
+              f"token; top-1 agreement {q['top1_agreement']:.4f}", flush=True)
     if "capacity" not in skip:
         prompts = [ids[i * 48: i * 48 + 48] for i in range(args.requests)]
         while len(prompts[-1]) < 48:  # not enough validation text: reuse windows

@@ -1,5 +1,6 @@
 """Which int8 KV cache to ship, decided on the dev split: variants of engine/paged_cache.py's int8 pool patched in
-(one child process each) and measured with bench_kv.py's chat agreement, raw-text agreement and perplexity.
+(one child process each) and measured with bench_kv.py's chat agreement, raw-text agreement and teacher-forced
+perplexity, KL divergence and top-1 agreement through the pool.
 
     python bench/kv_variants.py [--demo /work/runs/demo0] [--split val] [--results docs/results/kv_int8_dev.json]
 
@@ -109,7 +110,7 @@ def patch(variant: str) -> None:
 
 
 def measure(variant: str, demo: Path, split: str) -> dict:
-    """bench_kv's chat agreement, raw-text agreement and pool perplexity under `variant`."""
+    """bench_kv's chat agreement, raw-text agreement and teacher-forced pool measures under `variant`."""
     from bench_kv import chat_agreement, chat_prompts, pool_perplexity
     from bench_quant import kv_agreement, validation_ids
     from scratchlm.demo.settings import DemoSettings
@@ -124,8 +125,7 @@ def measure(variant: str, demo: Path, split: str) -> dict:
     ids = validation_ids(ptok, 24 * 128 + 32)
     raw = kv_agreement(pre, [ids[i * 128: i * 128 + 32] for i in range(24)], 64)
     L = min(256, pre.config.max_seq_len)
-    ppl = {d: pool_perplexity(pre, ids, L, min(12, len(ids) // L), d) for d in ("auto", "int8")}
-    return {"chat": chat, "raw_text": raw, "perplexity_ratio": ppl["int8"] / ppl["auto"]}
+    return {"chat": chat, "raw_text": raw, "teacher_forced": pool_perplexity(pre, ids, L, min(12, len(ids) // L))}
 
 
 def main() -> None:
@@ -148,7 +148,9 @@ def main() -> None:
         rows[v] = r
         a = r["chat"]["all"]
         print(f"{v:32s} chat {a['identical']}/{a['prompts']} ({a['identical_share']:.1%}), raw text "
-              f"{r['raw_text']['prompts_equal']:.1%}, perplexity × {r['perplexity_ratio']:.5f}", flush=True)
+              f"{r['raw_text']['prompts_equal']:.1%}, perplexity × {r['teacher_forced']['ratio']:.5f}, KL "
+              f"{r['teacher_forced']['kl_int8_from_fp32']:.2e}, top-1 {r['teacher_forced']['top1_agreement']:.4f}",
+              flush=True)
     if args.results:
         from scratchlm.results import write_results
 

@@ -43,11 +43,10 @@ def add_kv_cache_arg(parser: argparse.ArgumentParser) -> None:
     `kv_cache_dtype`."""
     parser.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto",
                         help="storage of the KV cache's block pool: auto = the model's dtype; int8 = one byte a "
-                             "value plus one fp32 scale per token and KV head (about 0.28x the fp32 pool's bytes, "
-                             "so about 3.5x the blocks, i.e. sequences, at the same memory), for a small quality "
-                             "cost (greedy replies identical to fp32's on ~96%% of the demo's held-out prompts) and "
-                             "somewhat slower decode at short contexts; see docs/quantization.md "
-                             "(default: %(default)s)")
+                             "value plus 4 bytes per token and KV head (about 0.28x an fp32 pool's bytes: about "
+                             "3.5x the sequences fit in the same memory), for a small quality cost (greedy replies "
+                             "identical to fp32's on 97.8%% of the demo's held-out test prompts) and somewhat slower "
+                             "steps at short contexts; see docs/quantization.md (default: %(default)s)")
 
 
 class TextArgumentError(ValueError):
