@@ -2,7 +2,7 @@
 (one child process each) and measured with bench_kv.py's chat agreement, raw-text agreement and teacher-forced
 perplexity, KL divergence and top-1 agreement through the pool.
 
-    python bench/kv_variants.py [--demo /work/runs/demo0] [--split val] [--results docs/results/kv_int8_dev.json]
+    python bench/bench_kv_variants.py [--demo /work/runs/demo0] [--split val] [--results docs/results/kv_int8_dev.json]
 
 Variants (the shipped one is "asym bf16 + fresh"; the others are the pool's int8 path patched):
 - sym: one fp32 scale max|x|/127 per slot and head, every row attended as read back (what shipped before);
@@ -157,7 +157,7 @@ def main() -> None:
         summary = Path(args.demo) / "summary.json"  # the demo run's seed
         seed = json.loads(summary.read_text())["settings"]["seed"] if summary.is_file() else None
         write_results(args.results, "kv_int8_dev", {"variants": rows, "shipped": "asym bf16 + fresh"}, seed=seed,
-                      split=args.split, notes="variants of the int8 KV pool (bench/kv_variants.py); the demo run's "
+                      split=args.split, notes="variants of the int8 KV pool (bench/bench_kv_variants.py); the demo run's "
                       "SFT model on its dev prompt file, its pretrained model on the corpus' validation text")
 
 
