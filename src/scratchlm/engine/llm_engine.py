@@ -193,11 +193,12 @@ class LLMEngine:
             self.runner.warmup(self.pool.num_blocks, self.max_seq_len)
 
     def stats(self) -> dict[str, int]:
-        """Counters for /metrics: sequences running and waiting, blocks, tokens so far."""
+        """Counters for /metrics: sequences running and waiting, blocks, the pool's bytes, tokens so far."""
         with self._lock:
             return {"running": len(self.scheduler.running), "waiting": self.scheduler.num_waiting(),
                     "blocks_used": self.pool.num_used(), "blocks_free": self.pool.num_free(),
-                    "blocks_total": self.pool.num_blocks, "prompt_tokens_total": self.prompt_tokens_total,
+                    "blocks_total": self.pool.num_blocks, "kv_cache_bytes": self.kv.nbytes(),
+                    "prompt_tokens_total": self.prompt_tokens_total,
                     "generation_tokens_total": self.generation_tokens_total,
                     "prefix_cache_hit_blocks": self.pool.hits, "preemptions": self.preemptions}
 

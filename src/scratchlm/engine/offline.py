@@ -20,28 +20,30 @@ class LLM:
     offline evaluation, the CLI and the server share one generation path. The tokenizer (optional) adds
     `<|im_end|>` as a stop id and lets stop strings be checked."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer=None, max_batch: int = 64):
+    def __init__(self, model: torch.nn.Module, tokenizer=None, max_batch: int = 64, kv_cache_dtype: str = "auto"):
         self.model = model
         self.tokenizer = tokenizer
         self.config = model.config
         self.max_batch = max_batch
+        self.kv_cache_dtype = kv_cache_dtype  # the engine's block pool: "auto" (the model's dtype) or "int8"
         self._llm: LLMEngine | None = None
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, device: str = "auto") -> "LLM":
+    def from_run(cls, run_dir: str | Path, device: str = "auto", kv_cache_dtype: str = "auto") -> "LLM":
         """The front of a run folder's model (in eval mode) and tokenizer (None without tokenizer.json)."""
         from scratchlm.device import pick_device
         from scratchlm.runs import load_run
 
         model, tokenizer, _ = load_run(run_dir, device=pick_device(device))
-        return cls(model, tokenizer)
+        return cls(model, tokenizer, kv_cache_dtype=kv_cache_dtype)
 
     @property
     def llm(self) -> LLMEngine:
         """The LLMEngine behind this front (built on first use; its KV pool is kept between calls)."""
         if self._llm is None:
             # Offline callers queue whole evaluation sets: no waiting limit, max_batch sequences decoding at once.
-            self._llm = LLMEngine(self.model, self.tokenizer, max_num_seqs=self.max_batch, max_waiting=1 << 30)
+            self._llm = LLMEngine(self.model, self.tokenizer, max_num_seqs=self.max_batch, max_waiting=1 << 30,
+                                  kv_cache_dtype=self.kv_cache_dtype)
         return self._llm
 
     def _check(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> None:

@@ -17,7 +17,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                           mc_style=args.mc_style,
                           fewshot=args.fewshot, fewshot_from=args.fewshot_from, gen=args.gen, synth=args.synth,
                           limit=args.limit, max_windows=args.max_windows, max_new_tokens=args.max_new_tokens,
-                          vs=args.vs, judge=args.judge, prompts=args.prompts)
+                          vs=args.vs, judge=args.judge, prompts=args.prompts,
+                          kv_cache_dtype=args.kv_cache_dtype)
     if scaling is not None:
         from scratchlm.eval.scaling import evaluate_run_scaling
 
@@ -63,6 +64,7 @@ MAX_SCALING_N = 64  # samples per prompt: the offline engine decodes up to 64 se
 
 def add_cli(subparsers: Any) -> None:
     """Register `scratchlm eval` and `scratchlm report`."""
+    from scratchlm.engine.cli import add_kv_cache_arg
     from scratchlm.eval.evaluate import TASKS
     from scratchlm.eval.multiple_choice import LAYOUTS
 
@@ -103,6 +105,7 @@ def add_cli(subparsers: Any) -> None:
     g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the N samples (default 1.0)")
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus filter of the N samples (default 1.0: off)")
     g.add_argument("--seed", type=int, default=0, help="sample i of a prompt is seeded SEED + i (default 0)")
+    add_kv_cache_arg(p)  # gen, synth and winrate generate; ppl, bpb and mc score whole texts in one forward
     p.set_defaults(func=_cmd_eval)
     _add_report_cli(subparsers)
 

@@ -76,7 +76,7 @@ def evaluate_run(run_dir: str | Path, tasks: list[str], data: str | Path | None 
                  gen: str | Path | None = None, synth: str | Path | None = None, limit: int | None = None,
                  max_windows: int = 200, max_new_tokens: int = 48, per_task: int = 50,
                  vs: str | Path | None = None, judge: str | Path | None = None,
-                 prompts: str | Path | None = None) -> dict[str, Any]:
+                 prompts: str | Path | None = None, kv_cache_dtype: str = "auto") -> dict[str, Any]:
     """The run's numbers for `tasks` as a json-able dict {"run", task: {...}}; samples under "samples"."""
     import torch
 
@@ -89,7 +89,8 @@ def evaluate_run(run_dir: str | Path, tasks: list[str], data: str | Path | None 
     if cfg.train.objective == "reward":
         raise ValueError(f"{run_dir}: a reward model scores replies; it is not a language model to evaluate "
                          "(use it as the judge of a win-rate)")
-    result: dict[str, Any] = {"run": str(run_dir), "params": sum(p.numel() for p in model.parameters())}
+    result: dict[str, Any] = {"run": str(run_dir), "params": sum(p.numel() for p in model.parameters()),
+                              "kv_cache_dtype": kv_cache_dtype}
     with torch.no_grad():
         if "ppl" in tasks or "bpb" in tasks:
             from scratchlm.eval.perplexity import ppl_bpb
@@ -119,7 +120,7 @@ def evaluate_run(run_dir: str | Path, tasks: list[str], data: str | Path | None 
                 raise ValueError("--tasks gen needs --gen FILE ({\"prompt\", \"reference\"} jsonl)")
             every = load_gen_items(Path(gen))
             items = [with_shots(it, every, i, fewshot) for i, it in enumerate(every)][:limit]
-            replies = generate_replies(model, tokenizer, items, max_new_tokens)
+            replies = generate_replies(model, tokenizer, items, max_new_tokens, kv_cache_dtype=kv_cache_dtype)
             result["gen"] = {"data": str(gen), "fewshot": fewshot, **generation_scores(replies, [it["reference"] for it in items])}
             result.setdefault("samples", []).extend(
                 {"prompt": it["messages"][-1]["content"], "reply": r, "reference": it["reference"]}
@@ -129,14 +130,16 @@ def evaluate_run(run_dir: str | Path, tasks: list[str], data: str | Path | None 
 
             if not synth:
                 raise ValueError("--tasks synth needs --synth PROMPT_FILE (e.g. DATA/synth/prompt_test.jsonl)")
-            scores, _ = evaluate_tasks(model, tokenizer, Path(synth), per_task, max_new_tokens)
+            scores, _ = evaluate_tasks(model, tokenizer, Path(synth), per_task, max_new_tokens,
+                                       kv_cache_dtype=kv_cache_dtype)
             result["synth"] = {task: {"acc": c / n, "correct": c, "n": n} for task, (c, n) in scores.items()}
         if "winrate" in tasks:
             from scratchlm.eval.winrate import compare_runs, load_prompts
 
             if not (vs and judge and prompts):
                 raise ValueError("--tasks winrate needs --vs RUN, --judge REWARD_RUN and --prompts FILE")
-            result["winrate"] = compare_runs(run_dir, vs, judge, load_prompts(Path(prompts))[:limit], max_new_tokens)
+            result["winrate"] = compare_runs(run_dir, vs, judge, load_prompts(Path(prompts))[:limit], max_new_tokens,
+                                             kv_cache_dtype)
     return result
 
 

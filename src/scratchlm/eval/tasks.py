@@ -12,7 +12,8 @@ OPEN_SAMPLES = 2  # greedy replies shown per open-ended task (fortune, recite, c
 
 
 def evaluate_tasks(model: Any, tokenizer: Any, prompt_file: Path, per_task: int, max_new_tokens: int,
-                   batch: int = 50, tasks: set[str] | None = None) -> tuple[dict[str, tuple[int, int]], list[dict]]:
+                   batch: int = 50, tasks: set[str] | None = None,
+                   kv_cache_dtype: str = "auto") -> tuple[dict[str, tuple[int, int]], list[dict]]:
     """Greedy answers to held-out prompts (of `tasks`, default all): {task: (correct, total)} and the answered
     samples. Arithmetic in held-out phrasings scores as "<task> (unseen phrasings)"; open-ended tasks are answered
     (a few each) but not scored."""
@@ -37,7 +38,7 @@ def evaluate_tasks(model: Any, tokenizer: Any, prompt_file: Path, per_task: int,
             rec["ids"] = list(tokenizer.encode_chat(clean_messages(rec["prompt"]), add_generation_prompt=True)[0])
             if len(rec["ids"]) <= context:  # a long "continue this text" may not fit a small model's window
                 by_task[key].append(rec)
-    engine = LLM(model, tokenizer)
+    engine = LLM(model, tokenizer, kv_cache_dtype=kv_cache_dtype)
     scores: dict[str, tuple[int, int]] = {}
     graded: list[dict] = []
     for key, recs in sorted(by_task.items()):
@@ -66,14 +67,15 @@ def chat_replies(model: Any, tokenizer: Any, prompts: list[str], params: Any) ->
     return [{"prompt": p, "reply": tokenizer.decode(o, skip_special_tokens=True)} for p, o in zip(prompts, out)]
 
 
-def generate_replies(model: Any, tokenizer: Any, items: list[dict], max_new_tokens: int, batch: int = 32) -> list[str]:
+def generate_replies(model: Any, tokenizer: Any, items: list[dict], max_new_tokens: int, batch: int = 32,
+                     kv_cache_dtype: str = "auto") -> list[str]:
     """Greedy replies to chat prompts (the assistant turn opened by the chat template)."""
     from scratchlm.engine.offline import LLM
     from scratchlm.engine.sampling import SamplingParams
 
     window = int(model.config.max_seq_len) - max_new_tokens
     ids = [tokenizer.encode_chat(it["messages"], add_generation_prompt=True)[0][-window:] for it in items]
-    engine, params = LLM(model, tokenizer), SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
+    engine, params = LLM(model, tokenizer, kv_cache_dtype=kv_cache_dtype), SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
     out: list[str] = []
     for b in range(0, len(ids), batch):
         out += [tokenizer.decode(o, skip_special_tokens=True) for o in engine.generate(ids[b:b + batch], params)]

@@ -52,7 +52,7 @@ def load_prompts(path: str | Path) -> list[list[dict]]:
 
 
 def compare_runs(run_a: str | Path, run_b: str | Path, judge_run: str | Path, prompts: list[list[dict]],
-                 max_new_tokens: int = 48) -> dict[str, Any]:
+                 max_new_tokens: int = 48, kv_cache_dtype: str = "auto") -> dict[str, Any]:
     """Greedy replies of both runs to `prompts`, judged in both orders by the reward-model run `judge_run`."""
     from scratchlm.eval.tasks import generate_replies
     from scratchlm.runs import load_run
@@ -62,7 +62,8 @@ def compare_runs(run_a: str | Path, run_b: str | Path, judge_run: str | Path, pr
         model, tok, cfg = load_run(run)
         if cfg.train.objective == "reward":
             raise ValueError(f"{run}: a reward model; the runs to compare must be language models")
-        replies.append(generate_replies(model, tok, [{"messages": p} for p in prompts], max_new_tokens))
+        replies.append(generate_replies(model, tok, [{"messages": p} for p in prompts], max_new_tokens,
+                                        kv_cache_dtype=kv_cache_dtype))
     judge_model, judge_tok, jcfg = load_run(judge_run)
     if jcfg.train.objective != "reward":
         raise ValueError(f"{judge_run}: the judge must be a reward-model run (train.objective='reward'), "

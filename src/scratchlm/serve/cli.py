@@ -7,13 +7,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from scratchlm.engine.cli import add_sampling_args
+from scratchlm.engine.cli import add_kv_cache_arg, add_sampling_args
 from scratchlm.engine.chat_defaults import CHAT_SAMPLING_DEFAULTS
 
 
 def open_engine(run: str, device: str = "auto", block_size: int = 16, num_blocks: int | None = None,
                 max_num_seqs: int = 16, max_waiting: int = 64, prefix_caching: bool = True,
-                compile: bool = False) -> tuple[Any, Any, Any]:
+                compile: bool = False, kv_cache_dtype: str = "auto") -> tuple[Any, Any, Any]:
     """(started LLMEngine, tokenizer, config) of a run folder; refuses runs that cannot generate text. With
     `compile`, the decode step is compiled (weights frozen) before it returns."""
     import time
@@ -28,7 +28,8 @@ def open_engine(run: str, device: str = "auto", block_size: int = 16, num_blocks
     if cfg.train.objective == "reward":
         raise ValueError(f"{run} is a reward model (train.objective='reward'): it scores text and cannot generate")
     engine = LLMEngine(model, tokenizer, block_size=block_size, num_blocks=num_blocks, max_num_seqs=max_num_seqs,
-                       max_waiting=max_waiting, prefix_caching=prefix_caching, compile=compile)
+                       max_waiting=max_waiting, prefix_caching=prefix_caching, compile=compile,
+                       kv_cache_dtype=kv_cache_dtype)
     if compile:
         print("compiling the decode step (torch.compile, weights frozen; about a minute on 2 CPU cores) ...", flush=True)
         t = time.perf_counter()
@@ -49,11 +50,13 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true",
                    help="compile the decode step with torch.compile, weights frozen into it (needs a C++ compiler "
                         "on a CPU; about a minute at start): batch-1 decode ~1.2x faster on 2 cores, see docs/engine.md")
+    add_kv_cache_arg(p)
 
 
 def _engine_kwargs(args: argparse.Namespace) -> dict:
     return {"device": args.device, "block_size": args.block_size, "num_blocks": args.num_blocks,
-            "max_num_seqs": args.max_num_seqs, "prefix_caching": args.prefix_caching, "compile": args.compile}
+            "max_num_seqs": args.max_num_seqs, "prefix_caching": args.prefix_caching, "compile": args.compile,
+            "kv_cache_dtype": args.kv_cache_dtype}
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -93,7 +96,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     bound = [] if args.host in ("0.0.0.0", "::") else [args.host]  # the address it listens on is a name clients use
     app = create_app(engine, tokenizer, name, api_key=args.api_key, rag=rag, allowed_hosts=[*bound, *args.allowed_host],
                      docs=args.docs, reward=reward)
-    print(f"serving {name} (context {engine.max_seq_len} tokens) at http://{args.host}:{args.port}/  "
+    print(f"serving {name} (context {engine.max_seq_len} tokens; KV cache {args.kv_cache_dtype}, "
+          f"{engine.kv.nbytes() / 2**20:.1f} MiB) at http://{args.host}:{args.port}/  "
           f"(OpenAI API under /v1, chat page at /, metrics at /metrics)")
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)

@@ -22,6 +22,7 @@ _GAUGES = {  # engine.stats() key → (metric name, help)
     "blocks_used": ("kv_blocks_used", "KV cache blocks held by sequences or the prefix cache"),
     "blocks_free": ("kv_blocks_free", "KV cache blocks free to allocate"),
     "blocks_total": ("kv_blocks_total", "KV cache blocks in the pool"),
+    "kv_cache_bytes": ("kv_cache_bytes", "bytes of the KV cache's block pool (--kv-cache-dtype int8: with its scales)"),
 }
 _COUNTERS = {
     "prompt_tokens_total": ("prompt_tokens", "prompt tokens submitted"),
