@@ -239,9 +239,35 @@ def render_scaling(results: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_quant(results: Path) -> str:
+    """Quantized decode beside torchao and llama.cpp (bench/bench_quant.py) and the int8 KV cache (bench/bench_kv.py)."""
+    doc, kv = _load("bench_quant", results), _load("kv_int8", results)
+    n = doc["numbers"]
+    lines = [f"`{n['model']}` ({n['params'] / 1e6:.1f}M parameters, {n['trained_seconds']:.0f} s of pretraining), batch-1 "
+             f"decode of {n['new_tokens']} tokens on {n['threads']} thread(s), `{doc['command']}` on {_machine(doc)} "
+             f"({doc['date']}, a machine shared with other jobs: the ratios moved from run to run, "
+             "[docs/quantization.md](docs/quantization.md)); the floor is the time to read the weights once at "
+             f"{n['bandwidth_gb_s']['read']:.1f} GB/s:", "",
+             "| variant | perplexity × fp32 | file × fp32 | decode tok/s | × fp32 | share of the floor |",
+             "|---|---|---|---|---|---|"]
+    for name, r in n["rows"].items():
+        ppl = "—" if r["ppl_ratio"] is None else f"{r['ppl_ratio']:.4f}"
+        lines.append(f"| {name} | {ppl} | {r['size_ratio']:.2f} | {r['tok_s']:.1f} | {r['tok_s_ratio']:.2f} | "
+                     f"{r['share_of_floor']:.1%} |")
+    k = kv["numbers"]
+    chat, cap = k["chat"]["all"], k["capacity"]
+    lines += ["", f"The int8 KV cache (`{kv['command']}`, {kv['date']}, the seed-{kv['seed']} demo's {kv['split']} "
+                  f"split): greedy replies identical to the fp32 pool's on {chat['identical']} of {chat['prompts']} "
+                  f"prompts ({chat['identical_share']:.1%}); {cap['max_sequences_ratio']:.1f}× the sequences of "
+                  f"{cap['tokens_per_sequence']} tokens running together in the same {cap['budget_bytes'] / 2**20:.1f} "
+                  f"MiB; perplexity through the pool {k['perplexity']['ratio']:.5f}× fp32's."]
+    return "\n".join(lines) + "\n"
+
+
 RENDERERS: dict[str, Callable[[Path], str]] = {
     "demo": render_demo, "post-training": render_post_training, "decode": render_decode, "train": render_train,
     "engine": render_engine, "rollout": render_rollout, "rag": render_rag, "scaling": render_scaling,
+    "quant": render_quant,
 }
 
 
