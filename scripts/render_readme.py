@@ -264,10 +264,22 @@ def render_quant(results: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_tools(results: Path) -> str:
+    """The demo trained with tool-use chats against the same demo without (docs/experiments/tool_sft.py)."""
+    doc = _load("tool_sft", results)
+    n = doc["numbers"]
+    t = n["tool_use_accuracy"]
+    change = ", ".join(f"{task} {d:+.2f}" for task, d in n["accuracy_change"].items())
+    return (f"Held-out {t['n']} 4–5 digit problems ({t['split']} split, seed {doc['seed']}; `{doc['command']}`, "
+            f"{doc['date']}): the agent with the calculator {t['agent']['all']:.2f}, the same model answering alone "
+            f"{t['direct']['all']:.2f}, runs that called the calculator {t['called_calculator']['all']:.2f}; the other "
+            f"tasks against the demo without tool chats: {change}.\n")
+
+
 RENDERERS: dict[str, Callable[[Path], str]] = {
     "demo": render_demo, "post-training": render_post_training, "decode": render_decode, "train": render_train,
     "engine": render_engine, "rollout": render_rollout, "rag": render_rag, "scaling": render_scaling,
-    "quant": render_quant,
+    "quant": render_quant, "tools": render_tools,
 }
 
 
