@@ -99,6 +99,10 @@ class AgentGRPO(GRPO):
         self.registry = registry if registry is not None else agent_registry(cfg.rl.tools)
         self.tools = self.registry.schemas()
 
+    def max_completion_tokens(self) -> int:
+        """Every reply of a run is trained: up to rl.max_turns · rl.max_new_tokens tokens (dr_grpo's normaliser)."""
+        return self.cfg.rl.max_turns * self.cfg.rl.max_new_tokens
+
     def _run_tool(self, name: str, arguments: str) -> tuple[str, bool]:
         obs = self.registry.call(name, arguments)
         return obs.text, obs.error
