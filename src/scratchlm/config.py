@@ -234,6 +234,10 @@ class RLConfig:
     # prompts until the batch is full again; here the batch shrinks instead.
     dynamic_sampling: bool = False
     num_iterations: int = 1  # μ: optimizer steps on each rollout batch, old log-probs kept (TRL's num_ppo_epochs)
+    # Agentic RL (`scratchlm train agent`, agent/rl.py): replies per agent run (each may call tools; the last may not),
+    # and the built-in tools listed and run (comma-separated: calculator, date). max_new_tokens is per reply.
+    max_turns: int = 3
+    tools: str = "calculator,date"
     # PPO (train/ppo.py; TRL's PPOConfig names). The clipped ratio uses eps_low / eps_high (TRL's cliprange: 0.2 both).
     reward_model: str = ""  # a `scratchlm train reward` run scoring prompt + completion; empty = reward_funcs
     kl_coef: float = 0.05  # β of the per-token −β·(log π − log π_ref) folded into the rewards; 0 loads no reference
@@ -378,6 +382,7 @@ _LIMITS: dict[str, tuple[float | None, float | None]] = {
     "rl.eps_high": (0, None),
     "rl.beta": (0, None),
     "rl.num_iterations": (1, None),
+    "rl.max_turns": (1, 16),
     "rl.kl_coef": (0, None),
     "rl.gamma": (0, 1),
     "rl.lam": (0, 1),

@@ -46,6 +46,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("distill", "scratchlm.train.distill:Distill", "sft",
           "logit distillation from --teacher RUN (T²·KL forward or reverse, mixed with CE by distill.alpha) on "
           "`prepare --kind sft` shards (e.g. teacher-written answers with their <think> traces)"),
+    Stage("agent", "scratchlm.agent.rl:AgentGRPO", "prompt",
+          "agentic RL: GRPO over multi-turn tool-use rollouts (≤ rl.max_turns replies, tools from rl.tools run "
+          "between them, their results masked out of the loss; rewards on the final answer + a small format term) "
+          "from --init-from TOOL_SFT_RUN on `prepare --kind prompt` shards", needs_init=True),
 )}
 STAGE_NAMES: tuple[str, ...] = tuple(STAGES)
 

@@ -74,11 +74,15 @@ class GRPO(RolloutObjective):
         logp = token_logprobs(model, x, y)  # [B, T], through forward: the model may be DDP / FSDP wrapped
         mask = y != IGNORE
         out = policy_loss(logp, batch["old_logp"], batch["advantages"], mask, rl.eps_low, rl.eps_high, rl.loss_agg,
-                          batch.get("ref_logp"), rl.beta, max_len=rl.max_new_tokens)
+                          batch.get("ref_logp"), rl.beta, max_len=self.max_completion_tokens())
         n = mask.sum().clamp(min=1)
         metrics = {**batch["stats"], "clip_fraction": out.clip_fraction, "kl": out.kl,
                    "entropy": float(-(logp.detach() * mask).sum() / n)}  # sampled-token estimate of −E[log π]
         return out.loss, metrics
+
+    def max_completion_tokens(self) -> int:
+        """The most tokens one row's completion may hold (dr_grpo's constant normaliser)."""
+        return self.cfg.rl.max_new_tokens
 
     def weight(self, batch: Batch) -> float:
         return float(batch["input_ids"].shape[0])

@@ -1,0 +1,86 @@
+"""Does agentic RL (`scratchlm train agent`) help the tool-use SFT model? A short GRPO run over multi-turn calculator
+rollouts from a demo's SFT model (trained with tool chats: `scratchlm demo --setting tool_sizes=[...]`), then the
+agent's final-answer accuracy on held-out 4-5 digit problems (agent/tool_data.py's `tool_use_accuracy`, greedy,
+the calculator listed as in training), before and after.
+
+    PYTHONPATH=src nice -n 10 python docs/experiments/agent_rl.py --demo /work/runs/tools_val --out /tmp/agent-rl \
+        --results agent_rl
+
+The RL prompts are the demo's own tool-use training prompts (data/tools/prompt_train.jsonl), the calculator ones only;
+the problems scored are held_out_problems(n, split) (operand pairs never in training). Writes OUT/results.json (and
+docs/results/NAME.json with --results NAME)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+SETS = ["train.batch_size=8", "train.schedule=constant", "train.warmup_steps=2", "train.log_every=1",
+        "train.eval_every=0", "train.save_every=0", "rl.num_generations=4", "rl.max_new_tokens=48", "rl.max_turns=3",
+        "rl.tools=calculator", "rl.loss_agg=cispo", "rl.reward_funcs=answer,digits,format",
+        "rl.reward_weights=1.0,0.5,0.1", "rl.temperature=1.0"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--demo", type=Path, default=Path("/work/runs/tools_val"), help="a demo folder with tool chats")
+    ap.add_argument("--out", type=Path, default=Path("/tmp/agent-rl"))
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--n-eval", type=int, default=100)
+    ap.add_argument("--split", default="val")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], help="more config overrides for the RL run")
+    ap.add_argument("--skip-before", action="store_true", help="score only the trained model")
+    ap.add_argument("--results", default="", metavar="NAME", help="also write docs/results/NAME.json")
+    args = ap.parse_args()
+
+    import torch
+
+    from scratchlm.agent.tool_data import held_out_problems, tool_use_accuracy
+    from scratchlm.engine.offline import LLM
+    from scratchlm.runs import read_metrics
+    from scratchlm.shards.prepare import prepare
+    from scratchlm.train.stage import train_stage
+
+    torch.manual_seed(args.seed)
+    sft = args.demo / "sft"
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = [json.loads(x) for x in (args.demo / "data" / "tools" / "prompt_train.jsonl").read_text("utf-8").splitlines()]
+    calc = [r for r in rows if r.get("tool") == "calculator"]
+    src = args.out / "prompts.jsonl"
+    src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in calc), encoding="utf-8")
+    prepare("prompt", sft, [src], args.out / "prompts")
+    problems = held_out_problems(args.n_eval, args.split, seed=args.seed)
+    out: dict = {"demo": str(args.demo), "steps": args.steps, "lr": args.lr, "sets": SETS + args.set,
+                 "rl_prompts": len(calc), "split": args.split}
+    t0 = time.perf_counter()
+    if not args.skip_before:
+        out["before"] = tool_use_accuracy(LLM.from_run(sft), problems, tools=["calculator"])
+        print("before:", out["before"]["agent"], flush=True)
+    out["seconds_eval_before"] = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
+    run = args.out / "agent"
+    res = train_stage("agent", run, None, [*SETS, f"train.max_steps={args.steps}", f"train.lr={args.lr}",
+                                           f"train.seed={args.seed}", *args.set],
+                      data=str(args.out / "prompts"), init_from=sft, progress=False)
+    out["seconds_rl"] = round(time.perf_counter() - t0, 1)
+    logged = [r for r in read_metrics(run) if "reward" in r]
+    keys = ("reward", "accuracy", "rewards/digits/mean", "rewards/format/mean", "tool_calls", "bad_calls", "turns")
+    out["rl_curve"] = [{k: round(float(r[k]), 4) for k in ("step", *keys) if k in r} for r in logged]
+    out["rl_status"] = res.status
+    out["after"] = tool_use_accuracy(LLM.from_run(run), problems, tools=["calculator"])
+    print("after:", out["after"]["agent"], flush=True)
+    (args.out / "results.json").write_text(json.dumps(out, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    if args.results:
+        from scratchlm.results import write_results
+
+        print(write_results(Path(__file__).resolve().parents[2] / "docs" / "results" / f"{args.results}.json",
+                            args.results, out, seed=args.seed, split=args.split,
+                            notes="2-core AMD EPYC shared with the lead's runs; one process, nice 10"))
+
+
+if __name__ == "__main__":
+    main()
