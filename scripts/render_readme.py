@@ -245,15 +245,24 @@ def render_quant(results: Path) -> str:
     n = doc["numbers"]
     lines = [f"`{n['model']}` ({n['params'] / 1e6:.1f}M parameters, {n['trained_seconds']:.0f} s of pretraining), batch-1 "
              f"decode of {n['new_tokens']} tokens on {n['threads']} thread(s), `{doc['command']}` on {_machine(doc)} "
-             f"({doc['date']}, a machine shared with other jobs: the ratios moved from run to run, "
-             "[docs/quantization.md](docs/quantization.md)); the floor is the time to read the weights once at "
+             f"({doc['date']}; the ratios move with the machine's load, [docs/quantization.md](docs/quantization.md)); "
+             "the floor is the time to read the weights once at "
              f"{n['bandwidth_gb_s']['read']:.1f} GB/s:", "",
              "| variant | perplexity × fp32 | file × fp32 | decode tok/s | × fp32 | share of the floor |",
              "|---|---|---|---|---|---|"]
+    def cell(v: float | None, fmt: str) -> str:
+        return "—" if v is None else f"{v:{fmt}}"
+
     for name, r in n["rows"].items():
-        ppl = "—" if r["ppl_ratio"] is None else f"{r['ppl_ratio']:.4f}"
-        lines.append(f"| {name} | {ppl} | {r['size_ratio']:.2f} | {r['tok_s']:.1f} | {r['tok_s_ratio']:.2f} | "
-                     f"{r['share_of_floor']:.1%} |")
+        lines.append(f"| {name} | {cell(r['ppl_ratio'], '.4f')} | {cell(r['size_ratio'], '.2f')} | "
+                     f"{cell(r['tok_s'], '.1f')} | {cell(r['tok_s_ratio'], '.2f')} | {cell(r['share_of_floor'], '.1%')} |")
+    g, rows = n["goals"], n["rows"]
+    lines += ["", f"Goals: our int8 ≥ 1.6× our fp32: {g['int8 decode / fp32 (goal >= 1.6)']:.2f}×; ours ≥ 1.0× "
+                  f"llama.cpp f32: {g['fp32 ours / llama.cpp f32 (goal >= 1.0)']:.2f}×; our int8 ≥ 0.8× llama.cpp "
+                  f"q8_0: {g['int8 ours / llama.cpp q8_0 (goal >= 0.8)']:.2f}×. The last two are not reached: "
+                  f"llama.cpp's f32 decode reads its weights at {rows['llama.cpp f32']['share_of_floor']:.0%} of the "
+                  f"floor, ours at {rows['fp32']['share_of_floor']:.0%}; the profile in docs/quantization.md shows where "
+                  "our step goes (torch's int8 kernel about half of it, the rest many small ops with Python between)."]
     k = kv["numbers"]
     chat, cap = k["chat"]["all"], k["capacity"]
     lines += ["", f"The int8 KV cache (`{kv['command']}`, {kv['date']}, the seed-{kv['seed']} demo's {kv['split']} "

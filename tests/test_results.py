@@ -34,7 +34,7 @@ def test_readme_tables_are_rendered_from_the_results_files():
     assert render.render(text) == text, "README.md is out of date: run python scripts/render_readme.py"
 
 
-README_FILES = ("demo_seed0", "demo_seed1", "bench_decode", "bench_engine", "bench_rollout",
+README_FILES = ("demo_seed0", "demo_seed1", "bench_decode", "bench_engine", "bench_train", "bench_rollout",
                 "bench_rl_memory", "rag_eval", "bench_rag", "inference_scaling",
                 "bench_quant", "kv_int8", "tool_sft")
 
