@@ -16,10 +16,9 @@ from typing import Any, Protocol, Sequence
 
 from scratchlm.agent.tools import ToolRegistry
 from scratchlm.tokenizer.tool_parser import parse_tool_calls
-from scratchlm.tokenizer.tools import CALL_OPEN
+from scratchlm.tokenizer.tools import CALL_OPEN, MALFORMED_CALL
 
-MALFORMED = ('error: the tool call could not be read; write <tool_call>\n{"name": <tool name>, "arguments": '
-             '{<argument>: <value>}}\n</tool_call>')
+MALFORMED = MALFORMED_CALL
 
 
 class ContextFull(RuntimeError):

@@ -14,6 +14,9 @@ import re
 from typing import Any, Sequence
 
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
+# What a model that wrote an unreadable call reads back, in the agent loop and in agentic RL's rollouts alike.
+MALFORMED_CALL = ('error: the tool call could not be read; write <tool_call>\n{"name": <tool name>, "arguments": '
+                  '{<argument>: <value>}}\n</tool_call>')
 RESPONSE_OPEN, RESPONSE_CLOSE = "<tool_response>", "</tool_response>"
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # OpenAI's rule for function names
 

@@ -28,11 +28,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from scratchlm.tokenizer.tool_parser import parse_tool_calls
-from scratchlm.tokenizer.tools import CALL_OPEN
+from scratchlm.tokenizer.tools import CALL_OPEN, MALFORMED_CALL
 
-# What a model that wrote an unreadable call reads back (agent/loop.py's MALFORMED says the same).
-MALFORMED = ('error: the tool call could not be read; write <tool_call>\n{"name": <tool name>, "arguments": '
-             '{<argument>: <value>}}\n</tool_call>')
+MALFORMED = MALFORMED_CALL
 MIN_ROOM = 16  # a turn needs at least this many free context tokens to be sampled
 
 ToolFn = Callable[[str, str], tuple[str, bool]]
