@@ -32,6 +32,7 @@ from scratchlm.config import Config, ConfigError
 from scratchlm.train.batches import Batch, rows_batch
 from scratchlm.train.grpo import GRPO
 from scratchlm.train.multiturn import Trajectory, chat_of_prompt, multi_turn_rollout, trajectory_rows
+from scratchlm.train.rule_rewards import parse_rewards
 from scratchlm.train.rl_losses import group_advantages, zero_variance_groups
 
 
@@ -60,18 +61,7 @@ AGENT_REWARDS = {"answer": _answer, "digits": _digits, "format": _format, "lengt
 
 def agent_rewards(names: str, weights: str) -> list[tuple[str, Any, float]]:
     """[(name, function, weight)] of rl.reward_funcs / rl.reward_weights over agent runs; errors name the fields."""
-    ns = [n.strip() for n in names.split(",") if n.strip()]
-    try:
-        ws = [float(w) for w in weights.split(",") if w.strip()]
-    except ValueError:
-        raise ConfigError(f"rl.reward_weights={weights!r}: comma-separated numbers, one per reward function") from None
-    unknown = [n for n in ns if n not in AGENT_REWARDS]
-    if unknown or not ns:
-        raise ConfigError(f"rl.reward_funcs={names!r}: unknown {', '.join(unknown) or '(none given)'} for the agent "
-                          f"stage; choose from {', '.join(AGENT_REWARDS)}")
-    if len(ws) != len(ns):
-        raise ConfigError(f"rl.reward_weights={weights!r} has {len(ws)} weights for {len(ns)} reward functions")
-    return [(n, AGENT_REWARDS[n], w) for n, w in zip(ns, ws)]
+    return parse_rewards(names, weights, AGENT_REWARDS, where=" for the agent stage")
 
 
 def agent_registry(tools: str) -> ToolRegistry:

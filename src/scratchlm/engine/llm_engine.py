@@ -150,18 +150,25 @@ class LLMEngine:
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams | None = None) -> list[list[int]]:
         """Generated ids (stop id / stop string cut off) for each prompt, all scheduled together. A prompt the
         engine refuses is an error naming it, and none of the batch is left queued."""
+        handles = self.submit_all(prompts, params)
+        self.run_until_done(handles)
+        return [h.token_ids[0] for h in handles]
+
+    def submit_all(self, prompts: Sequence[Sequence[int]], params: SamplingParams | None = None, n: int = 1,
+                   caller: str = "generate") -> list[RequestHandle]:
+        """Submit every prompt (n samples each) or none: a prompt the engine refuses is an error naming `caller`
+        and the prompt's index, and the ones already submitted are cancelled."""
         handles: list[RequestHandle] = []
         for i, p in enumerate(prompts):
             try:
-                handles.append(self.submit(p, params))
+                handles.append(self.submit(p, params, n=n))
             except (ValueError, EngineFull) as e:
                 for h in handles:
                     h.cancel()
                 if not self.running_in_background:
                     self.step()  # drops the cancelled requests now
-                raise type(e)(f"generate: prompt {i}: {e}") from None
-        self.run_until_done(handles)
-        return [h.token_ids[0] for h in handles]
+                raise type(e)(f"{caller}: prompt {i}: {e}") from None
+        return handles
 
     def wait_for(self, handle: RequestHandle, timeout: float = 0.5) -> None:
         """Let `handle` make progress: wait (up to `timeout` s) for the background loop's next event for it, or

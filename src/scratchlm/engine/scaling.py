@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from scratchlm.data.answers import extract_answer
-from scratchlm.engine.request import EngineFull
 from scratchlm.engine.sampling import SamplingParams
 
 # (prompt messages, completions) → one score per completion, higher is better
@@ -48,16 +47,7 @@ class Pick:
 def sample_n(engine: Any, prompts: Sequence[Sequence[int]], params: SamplingParams, n: int) -> list[list[list[int]]]:
     """n samples (generated ids) of each prompt: one request per prompt, prefilled once and forked into n samples.
     `engine` is an `LLMEngine`; a prompt it refuses is an error naming it, with none of the batch left queued."""
-    handles = []
-    for i, p in enumerate(prompts):
-        try:
-            handles.append(engine.submit(p, params, n=n))
-        except (ValueError, EngineFull) as e:
-            for h in handles:
-                h.cancel()
-            if not engine.running_in_background:
-                engine.step()  # drops the cancelled requests now
-            raise type(e)(f"sample_n: prompt {i}: {e}") from None
+    handles = engine.submit_all(prompts, params, n=n, caller="sample_n")
     engine.run_until_done(handles)
     return [h.token_ids for h in handles]
 

@@ -44,9 +44,10 @@ REWARD_FUNCS: dict[str, RewardFunc] = {"answer": answer_reward, "digits": digits
                                        "length": length_reward}
 
 
-def parse_rewards(names: str, weights: str) -> list[tuple[str, RewardFunc, float]]:
-    """[(name, function, weight)] from rl.reward_funcs / rl.reward_weights; unknown names and a count
-    mismatch are errors naming the fields."""
+def parse_rewards(names: str, weights: str, funcs: dict[str, Any] | None = None,
+                  where: str = "") -> list[tuple[str, Any, float]]:
+    """[(name, function, weight)] from rl.reward_funcs / rl.reward_weights over `funcs` (default REWARD_FUNCS;
+    `where` names a stage with its own set); unknown names and a count mismatch are errors naming the fields."""
     from scratchlm.config import ConfigError
 
     ns = [n.strip() for n in names.split(",") if n.strip()]
@@ -54,11 +55,12 @@ def parse_rewards(names: str, weights: str) -> list[tuple[str, RewardFunc, float
         ws = [float(w) for w in weights.split(",") if w.strip()]
     except ValueError:
         raise ConfigError(f"rl.reward_weights={weights!r}: comma-separated numbers, one per reward function") from None
-    unknown = [n for n in ns if n not in REWARD_FUNCS]
+    funcs = REWARD_FUNCS if funcs is None else funcs
+    unknown = [n for n in ns if n not in funcs]
     if unknown or not ns:
-        raise ConfigError(f"rl.reward_funcs={names!r}: unknown {', '.join(unknown) or '(none given)'}; "
-                          f"choose from {', '.join(REWARD_FUNCS)}")
+        raise ConfigError(f"rl.reward_funcs={names!r}: unknown {', '.join(unknown) or '(none given)'}{where}; "
+                          f"choose from {', '.join(funcs)}")
     if len(ws) != len(ns):
         raise ConfigError(f"rl.reward_weights={weights!r} has {len(ws)} weights for {len(ns)} reward functions "
                           f"({', '.join(ns)})")
-    return [(n, REWARD_FUNCS[n], w) for n, w in zip(ns, ws)]
+    return [(n, funcs[n], w) for n, w in zip(ns, ws)]
