@@ -15,18 +15,23 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+def _on_one_thread(make, path):
+    """make(path) with torch on one thread (a run trained the same way wherever the tests run), threads restored."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return make(path)
+    finally:
+        torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tool_run(tmp_path_factory):
     """A tiny chat run trained in seconds to call the calculator (tests/tool_util.py); shared by the server's tool
     tests and the agent's."""
     from tool_util import make_tool_run
 
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return make_tool_run(tmp_path_factory.mktemp("tool_run"))
-    finally:
-        torch.set_num_threads(n)
+    return _on_one_thread(make_tool_run, tmp_path_factory.mktemp("tool_run"))
 
 
 @pytest.fixture(scope="session")
@@ -35,9 +40,4 @@ def chat_run(tmp_path_factory):
     shared by the serving, web page and schema fuzzing tests."""
     from serve_util import make_chat_run
 
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return make_chat_run(tmp_path_factory.mktemp("chat_run"))
-    finally:
-        torch.set_num_threads(n)
+    return _on_one_thread(make_chat_run, tmp_path_factory.mktemp("chat_run"))
