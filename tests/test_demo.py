@@ -12,7 +12,7 @@ from scratchlm.demo.pipeline import DEMO_CHATS
 @pytest.mark.ci
 def test_demo_quick_runs_end_to_end(tmp_path):
     out = tmp_path / "demo"
-    after_sft = ["lora", "reward", "dpo", "grpo", "ppo", "distill", "rag"]
+    after_sft = ["lora", "reward", "dpo", "grpo", "ppo", "distill", "rag", "tools"]
     results = tmp_path / "results" / "demo.json"
     assert main(["demo", "--quick", "--out", str(out), "--no-progress", "--stages", "all", "--results", str(results)]) == 0
     summary = json.loads((out / "summary.json").read_text())
@@ -115,7 +115,19 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     assert d["val_ppl"]["teacher"] < d["val_ppl"]["distill"] < d["val_ppl"]["baseline"]
     assert load_run(out / "distill")[2].train.objective == "distill"
     assert load_run(out / "distill_baseline")[2].train.max_steps == load_run(out / "distill")[2].train.max_steps
-    assert set(summary["seconds"]) >= {"lora", "reward", "dpo", "grpo", "ppo", "distill", "rag"}
+    # the tools step: tool-use SFT from the SFT run on its own chats (rows long enough for one, the model's RoPE
+    # tables twice that), the agent with the calculator vs the same model alone, add2/identity before (SFT) → after
+    tu = summary["tools"]
+    assert tu["n"] == 4 and tu["tools"] == ["calculator"] and tu["split"] == "test"
+    assert all(0.0 <= tu[k]["all"] <= 1.0 for k in ("agent", "direct", "called_calculator"))
+    assert set(tu["tasks"]) == {"add2", "add2 (unseen phrasings)", "identity"}
+    assert all(tu["tasks"][k][0] == summary["accuracy"][k] for k in tu["tasks"])
+    tools_cfg = load_run(out / "tools")[2]
+    assert tools_cfg.train.objective == "sft" and tools_cfg.train.init_from == str(out / "sft")
+    assert tools_cfg.train.seq_len == 640 and tools_cfg.model.max_seq_len == 1280
+    assert tools_cfg.train.data == str(out / "data" / "tools_stage_sft")
+    assert tools_cfg.train.val_data == str(out / "data" / "tools_stage_sft_val")
+    assert set(summary["seconds"]) >= {"lora", "reward", "dpo", "grpo", "ppo", "distill", "rag", "tools"}
     report = (out / "report.md").read_text()  # the report card covers every trained stage
     assert all(f"{st}" in report for st in ("pretrain", "sft", "lora", "reward", "dpo", "grpo", "ppo", "distill"))
     assert (out / "loss_curves.png").exists()
@@ -132,7 +144,7 @@ def test_demo_quick_runs_end_to_end(tmp_path):
 
     import torch
 
-    assert summary["lanes"] == ([["lora", "grpo", "distill", "rag"], ["reward", "dpo", "ppo"]]
+    assert summary["lanes"] == ([["lora", "grpo", "distill", "rag", "tools"], ["reward", "dpo", "ppo"]]
                                 if torch.get_num_threads() >= 2 else [after_sft])
     one = tmp_path / "one_lane"
     for part in ("pretrain", "sft", "tokenizer", "data"):
@@ -320,8 +332,8 @@ def test_demo_steps_are_registered_stages_in_registry_order():
     from scratchlm.stages import STAGE_NAMES
 
     # the demo's steps are not a second stage registry: the training stages among them are the registry's, in its
-    # order; lora (an adapter trained by the sft objective) and rag (no training) are the demo's own
-    trained = [st for st in DEMO_STEPS if st not in ("lora", "rag")]
+    # order; lora and tools (trained by the sft objective) and rag (no training) are the demo's own
+    trained = [st for st in DEMO_STEPS if st not in ("lora", "rag", "tools")]
     assert trained == [st for st in STAGE_NAMES if st in trained]
     assert list(BASE_STEPS) + list(AFTER_SFT) == list(DEMO_STEPS)
 

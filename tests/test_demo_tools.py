@@ -43,7 +43,7 @@ def test_tool_chats_survive_prepare_with_tools_calls_and_mask(demo_data):
         assert '"name": "calculator"' in shown  # the tools' system turn, as context
         if rec["tool"] == "calculator":
             call, answer = rec["conversations"][1]["tool_calls"][0], rec["conversations"][3]["content"]
-            result = answer.rsplit("= ", 1)[1]
+            result = rec["conversations"][2]["content"]
             # the tool's result only shown, the call and the answer learnt
             assert "<tool_response>" not in learnt and f"<tool_response>\n{result}\n</tool_response>" in shown
             expr = call["arguments"]["expression"]
@@ -72,6 +72,8 @@ def test_tool_settings_lengthen_sft_rows_and_the_model(demo_data):
     assert longest == max(len(open_shards(paths["sft"]).doc(i)) for i in range(open_shards(paths["sft"]).n_docs))
     with pytest.raises(SystemExit, match=f"is {longest} tokens, longer than tool_seq_len=100"):
         check_chats_fit(paths["sft"], 100)
+    with pytest.raises(SystemExit, match=rf"longer than tools_stage_seq_len=100 \+ 1; raise it \(--setting tools_stage_seq_len={longest}\)"):
+        check_chats_fit(paths["sft"], 100, "tools_stage_seq_len")
 
 
 def test_summary_reports_tool_use_accuracy():
@@ -80,6 +82,12 @@ def test_summary_reports_tool_use_accuracy():
     tu = {"n": 2, "tools": ["calculator"], "agent": {"all": 0.5}, "direct": {"all": 0.0},
           "called_calculator": {"all": 1.0}}
     rows = dict(summary_rows({"settings": {"eval_split": "test"}, "tool_use_accuracy": tu}))
-    key = next(k for k in rows if k.startswith("tool use:"))
+    key = next(k for k in rows if k.startswith("tool use (tool chats in SFT):"))
     assert "(2 problems)" in key and "calculator" in key and rows[key] == "0.500 / 0.000 / 1.000"
-    assert not any(k.startswith("tool use:") for k in dict(summary_rows({"settings": {"eval_split": "test"}})))
+    assert not any(k.startswith("tool") for k in dict(summary_rows({"settings": {"eval_split": "test"}})))
+    # the tools step: the same row, and what it kept of the SFT model's tasks (before → after)
+    step = {**tu, "agent": {"all": 0.75}, "tasks": {"add2": [1.0, 0.96]}}
+    rows = dict(summary_rows({"settings": {"eval_split": "test"}, "tools": step}))
+    assert rows[next(k for k in rows if k.startswith("tools step: test 4-5 digit"))] == "0.750 / 0.000 / 1.000"
+    assert rows["tools step (from SFT): test add2 before → after"] == "1.000 → 0.960"
+    assert not any(k.startswith("tool use") for k in rows)

@@ -6,8 +6,9 @@ function):
 
 - **calculator** (task `<op><digits>`, 4+ digits, column "tool": "calculator"): user question → an assistant turn
   that is only a `calculator` call with the expression → the `tool` message holding what the agent's calculator
-  returns for it (run through the registry, as the agent loop runs it) → the assistant's answer copying the result
-  (`1234 × 5678 = 7006652`);
+  returns for it (run through the registry, as the agent loop runs it) → the assistant's answer, the result as the
+  tool returned it (`7006652`). Not `1234 × 5678 = 7006652`: restating the sum made the small model compute its last
+  digits as add2 taught it instead of copying them (val, seed 0: right calls, wrong last digits in 10 of 12 traces);
 - **direct** (identity, next_line, author; column "tool": "none"): the same tools listed, and the model answers
   without calling one.
 
@@ -69,7 +70,7 @@ def calc_chat(rng: random.Random, task: Arithmetic, side: str, lang: str, regist
             {"role": "assistant", "content": "", "tool_calls": [{"name": "calculator",
                                                                  "arguments": {"expression": expression}}]},
             {"role": "tool", "content": obs.text},
-            {"role": "assistant", "content": f"{a} {op} {b} = {obs.text}"}]
+            {"role": "assistant", "content": obs.text}]
     return {"conversations": conv, "answer": obs.text, "task": task.name, "lang": lang, "tool": "calculator"}
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from scratchlm.demo.settings import DemoSettings, post_sft_sets
 
-SFT_LIKE = {"lora": "sft", "grpo_cold": "sft"}  # demo stages trained by the sft objective on their own data
+SFT_LIKE = {"lora": "sft", "grpo_cold": "sft", "tools": "sft"}  # demo stages trained by the sft objective on their own data
 
 
 def say(msg: str) -> None:
@@ -23,8 +23,8 @@ def train_demo_stage(kind: str, out: Path, s: DemoSettings, paths: dict[str, Pat
     from scratchlm.train.checkpoint import list_checkpoints
     from scratchlm.train.stage import train_stage
 
-    val = {"pretrain": paths["pretrain_val"], "reward": paths.get("pref_val"), "dpo": paths.get("pref_val")}.get(
-        kind, paths["sft_val"])
+    val = {"pretrain": paths["pretrain_val"], "reward": paths.get("pref_val"), "dpo": paths.get("pref_val"),
+           "tools": paths.get("tools_val")}.get(kind, paths["sft_val"])
     if kind in ("sft", "distill") and s.sft_pretrain_mix > 0:
         sets = sets + [f"train.pretrain_mix_data={paths['pretrain']}"]
     resume = bool(list_checkpoints(out / "checkpoints"))  # an interrupted earlier demo continues

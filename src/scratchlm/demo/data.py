@@ -43,15 +43,15 @@ def build_demo_tools(data: Path, s: DemoSettings) -> dict[str, Path]:
                           tools=s.tool_names)
 
 
-def check_chats_fit(shards: Path, seq_len: int) -> int:
-    """The longest chat of the SFT shard folder `shards` in tokens; a SystemExit when one would not fit a row of
-    `seq_len` (the batcher would cut it, and with it a tool chat's call or answer)."""
+def check_chats_fit(shards: Path, seq_len: int, setting: str = "tool_seq_len") -> int:
+    """The longest chat of the SFT shard folder `shards` in tokens; a SystemExit naming the demo `setting` when one
+    would not fit a row of `seq_len` (the batcher would cut it, and with it a tool chat's call or answer)."""
     from scratchlm.shards.datasets import open_shards
 
     longest = int(open_shards(shards).doc_lens.max(initial=0))
     if longest > seq_len + 1:
-        raise SystemExit(f"scratchlm demo: a chat of {shards} is {longest} tokens, longer than tool_seq_len="
-                         f"{seq_len} + 1; raise it (--setting tool_seq_len={longest})")
+        raise SystemExit(f"scratchlm demo: a chat of {shards} is {longest} tokens, longer than {setting}="
+                         f"{seq_len} + 1; raise it (--setting {setting}={longest})")
     return longest
 
 

@@ -24,7 +24,7 @@ from scratchlm.demo.rag import run_rag_stage
 from scratchlm.demo.reward import run_reward_stage
 from scratchlm.demo.settings import DEMO_STEPS, DemoSettings, quick_settings, tools_on
 from scratchlm.demo.sft import run_sft_stage
-from scratchlm.demo.tools import run_tool_eval
+from scratchlm.demo.tools import run_tool_eval, run_tools_stage
 from scratchlm.eval.perplexity import perplexities
 from scratchlm.eval.conversation import conversation_scores
 from scratchlm.eval.stutter import open_ended_report
@@ -47,7 +47,8 @@ def chat_sampling(s: DemoSettings) -> Any:
 BASE_STEPS = {"pretrain": run_pretrain_stage, "sft": run_sft_stage}
 # The steps after SFT: each starts from the SFT run and returns its part of the summary.
 AFTER_SFT = {"lora": run_lora_stage, "reward": run_reward_stage, "dpo": run_dpo_stage, "grpo": run_grpo_stage,
-             "ppo": run_ppo_stage, "distill": run_distill_stage, "rag": run_rag_stage}
+             "ppo": run_ppo_stage, "distill": run_distill_stage, "rag": run_rag_stage,
+             "tools": run_tools_stage}
 # ppo needs the reward stage's model, no other stage needs another's; dpo joins them to even out the lanes
 # (measured beside each other on one thread each, 2026-12-04: reward 914 s + ppo ~410 s against lora 102 s, dpo
 # 170 s, GRPO with its cold start ~660 s, distillation ~670 s)
@@ -176,3 +177,6 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
     print_summary(summary)
     Console().print(f"everything is in {out}/ (a folder per stage, tokenizer/, data/, summary.json, report.md); "
                     f"chat with: scratchlm generate {out}/sft --chat --prompt 'who are you?'")
+    if "tools" in summary:
+        Console().print(f"the agent with the calculator: scratchlm agent {out}/tools 'What is 4821 * 377?' "
+                        f"--tools {','.join(summary['tools']['tools'])}")

@@ -15,7 +15,7 @@ SETTINGS_FILE = PRESET_DIR / "demo" / "settings.toml"
 
 # The demo's steps, in order: training stages of the registry (scratchlm.stages.STAGES) plus "lora" (an adapter
 # trained by the sft objective) and "rag" (no training); `--stages all` runs every one.
-DEMO_STEPS: tuple[str, ...] = ("pretrain", "sft", "lora", "reward", "dpo", "grpo", "ppo", "distill", "rag")
+DEMO_STEPS: tuple[str, ...] = ("pretrain", "sft", "lora", "reward", "dpo", "grpo", "ppo", "distill", "rag", "tools")
 
 
 def _typed(value: Any, tp: Any) -> Any:
@@ -114,6 +114,10 @@ class DemoSettings:
     tool_seq_len: int  # SFT's row length when tool chats are on (a tool chat must fit)
     tool_batch: int  # SFT's batch size when tool chats are on
     tool_eval: int  # held-out problems of tool_use_accuracy (agent with the tools vs the model alone)
+    tools_stage_sizes: tuple[int, ...]  # the tools stage's tool chats: [train, val]
+    tools_stage_steps: int
+    tools_stage_seq_len: int  # its row length: one tool chat (with the tools' system turn) must fit
+    tools_stage_sets: list[str]
     report_eval: bool
     lanes: int  # 2: reward, dpo and ppo run in a second process beside the other stages (CPU only); 1: in turn
     eval_split: str  # "test": what the demo reports (never tuned on); "val": the dev split, to choose settings on

@@ -1,12 +1,13 @@
-"""The demo's tool-use measurement: the SFT model as an agent with the calculator against the same model answering
-alone, on held-out 4-5 digit problems of the eval split (agent/tool_data.py's `tool_use_accuracy`)."""
+"""The demo's tool use: `run_tool_eval`, the agent with the calculator against the same model answering alone on
+held-out 4-5 digit problems of the eval split (agent/tool_data.py's `tool_use_accuracy`), and the `tools` step,
+which fine-tunes the SFT model on tool-use chats and measures it so."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from scratchlm.demo.common import say
+from scratchlm.demo.common import accuracy, say, train_post_sft
 from scratchlm.demo.settings import DemoSettings
 
 
@@ -21,3 +22,34 @@ def run_tool_eval(run_dir: Path, s: DemoSettings) -> dict[str, Any]:
     problems = held_out_problems(s.tool_eval, s.eval_split, seed=s.seed)
     out = tool_use_accuracy(LLM.from_run(run_dir), problems, tools=s.tool_names)
     return {**out, "tools": list(s.tool_names), "split": s.eval_split}
+
+
+def run_tools_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scores: dict[str, tuple[int, int]],
+                    progress: bool) -> dict[str, Any]:
+    """Tool-use SFT from the SFT run (s.tools_stage_sizes chats, rows of s.tools_stage_seq_len) into out/tools; the
+    agent with the calculator vs the same model alone, and add2 / identity before (the SFT model) and after."""
+    from scratchlm.agent.tool_data import build_tool_sft
+    from scratchlm.demo.data import check_chats_fit, prepare_once
+    from scratchlm.eval.tasks import evaluate_tasks
+    from scratchlm.runs import load_run
+
+    data = out / "data"
+    n_train, n_val = s.tools_stage_sizes
+    files = build_tool_sft(data / "tools_stage", sizes=(n_train, n_val, 0), direct_share=s.tool_direct_share,
+                           seed=s.seed, tools=s.tool_names)
+    shards = prepare_once("sft", paths["tokenizer"], files["sft_train"], data / "tools_stage_sft")
+    val = prepare_once("sft", paths["tokenizer"], files["sft_val"], data / "tools_stage_sft_val")
+    longest = check_chats_fit(shards, s.tools_stage_seq_len, "tools_stage_seq_len")
+    # RoPE has no learnt positions: a longer max_seq_len only lengthens its tables, leaving the agent room for the
+    # tools' system turn, the question, a call, its result and the answer
+    sets = [f"train.seq_len={s.tools_stage_seq_len}", f"model.max_seq_len={2 * s.tools_stage_seq_len}",
+            *s.tools_stage_sets]
+    run_dir = train_post_sft("tools", out, s, {**paths, "tools": shards, "tools_val": val}, s.tools_stage_steps,
+                             sets, f"tool-use SFT on {n_train} calculator/direct chats (the longest {longest} "
+                             f"tokens)", progress)
+    result = run_tool_eval(run_dir, s)
+    model, tokenizer, _ = load_run(run_dir)
+    after, _ = evaluate_tasks(model, tokenizer, paths["prompt_eval"], s.eval_per_task, s.max_new_tokens,
+                              tasks={"add2", "identity"})  # add2 in unseen phrasings comes with add2
+    result["tasks"] = {k: [accuracy(sft_scores[k]), accuracy(v)] for k, v in sorted(after.items()) if k in sft_scores}
+    return result

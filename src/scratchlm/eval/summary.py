@@ -49,11 +49,13 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append((f"{held} open-ended requests ({rep['replies']}, chat sampling, {mode}): without stutter "
                      f"(run ≤ {rep['max_run']}, distinct-2 ≥ {rep['min_distinct2']}) / identity line",
                      f"{rep['pass']:.3f} / {rep['identity_line']:.3f}"))
-    tu = summary.get("tool_use_accuracy")
-    if tu:
-        rows.append((f"tool use: {held} 4-5 digit arithmetic ({tu['n']} problems), the agent with "
-                     f"{'+'.join(tu['tools'])} / the same model alone / runs that called the calculator",
-                     f"{tu['agent']['all']:.3f} / {tu['direct']['all']:.3f} / {tu['called_calculator']['all']:.3f}"))
+    for label, tu in (("tool use (tool chats in SFT)", summary.get("tool_use_accuracy")),
+                      ("tools step", summary.get("tools"))):
+        if tu:
+            rows.append((f"{label}: {held} 4-5 digit arithmetic ({tu['n']} problems), the agent with "
+                         f"{'+'.join(tu['tools'])} / the same model alone / runs that called the calculator",
+                         f"{tu['agent']['all']:.3f} / {tu['direct']['all']:.3f} / {tu['called_calculator']['all']:.3f}"))
+            rows += _task_rows(label + " (from SFT)", tu.get("tasks", {}), held)
     if "lora" in summary:
         lo = summary["lora"]
         rows += [(f"LoRA: {held} identity answers {lo['name']!r}", f"{lo['identity_new_name']:.3f}"),
