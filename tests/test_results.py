@@ -34,8 +34,8 @@ def test_readme_tables_are_rendered_from_the_results_files():
     assert render.render(text) == text, "README.md is out of date: run python scripts/render_readme.py"
 
 
-README_FILES = ("demo_seed0", "demo_seed1", "bench_decode", "bench_engine", "bench_train", "bench_rollout",
-                "bench_rl_memory", "rag_eval", "bench_rag", "inference_scaling",
+README_FILES = ("demo_seed0", "demo_seed1", "demo_all_seed0", "demo_all_seed1", "bench_decode", "bench_engine",
+                "bench_train", "bench_rollout", "bench_rl_memory", "rag_eval", "bench_rag", "inference_scaling",
                 "bench_quant", "kv_int8", "tool_sft")
 
 
@@ -51,9 +51,10 @@ def test_every_results_file_records_where_its_numbers_come_from():
         if f.stem in README_FILES:  # the README's tables: measured on committed code
             assert not doc["commit"].endswith("+dirty"), f"{f}: measured on uncommitted code"
         assert doc["machine"]["cores"] and doc["date"], f
-    for seed in (0, 1):
-        doc = read_results(ROOT / "docs" / "results" / f"demo_seed{seed}.json")
-        assert doc["seed"] == seed and doc["split"] == "test" and doc["numbers"]["settings"]["eval_split"] == "test"
+    for name in ("demo_seed", "demo_all_seed"):
+        for seed in (0, 1):
+            doc = read_results(ROOT / "docs" / "results" / f"{name}{seed}.json")
+            assert doc["seed"] == seed and doc["split"] == "test" and doc["numbers"]["settings"]["eval_split"] == "test"
 
 
 def test_a_hand_edited_number_is_caught(tmp_path):

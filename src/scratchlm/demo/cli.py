@@ -46,7 +46,8 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--stages", default="pretrain,sft", metavar="LIST",
                    help=f"stages to run, in order (default pretrain,sft; 'all' = {','.join(DEMO_STEPS)}): lora teaches "
-                        "the SFT model a new name with LoRA adapters")
+                        "the SFT model a new name with LoRA adapters; tools fine-tunes it to answer 4-5 digit arithmetic "
+                        "by calling a calculator (scratchlm agent RUN/tools ...)")
     p.add_argument("--one-lane", action="store_true",
                    help="run the stages after SFT one after another (default on a CPU: reward, dpo and ppo in a "
                         "second process beside the others, each process on half the threads)")
