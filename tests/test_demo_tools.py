@@ -91,3 +91,15 @@ def test_summary_reports_tool_use_accuracy():
     assert rows[next(k for k in rows if k.startswith("tools step: test 4-5 digit"))] == "0.750 / 0.000 / 1.000"
     assert rows["tools step (from SFT): test add2 before → after"] == "1.000 → 0.960"
     assert not any(k.startswith("tool use") for k in rows)
+
+
+def test_tools_stage_refuses_sizes_that_are_not_train_and_val(tmp_path):
+    from scratchlm.demo.settings import quick_settings
+    from scratchlm.demo.tools import run_tools_stage
+
+    s = quick_settings()
+    for bad in ((40, 4, 4), (40, 0)):
+        s.tools_stage_sizes = bad
+        with pytest.raises(SystemExit, match=r"tools_stage_sizes must be \[train, val\] chats, each >= 1"):
+            run_tools_stage(tmp_path, s, {}, {}, False)
+    assert not (tmp_path / "data").exists()  # refused before writing anything

@@ -8,7 +8,8 @@ from typing import Any
 
 from scratchlm.demo.settings import DemoSettings, post_sft_sets
 
-SFT_LIKE = {"lora": "sft", "grpo_cold": "sft", "tools": "sft"}  # demo stages trained by the sft objective on their own data
+# demo stages trained by the sft objective on their own data
+SFT_LIKE = {"lora": "sft", "grpo_cold": "sft", "tools": "sft"}
 
 
 def say(msg: str) -> None:

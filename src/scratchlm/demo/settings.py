@@ -14,7 +14,8 @@ from scratchlm.config import PRESET_DIR, read_toml
 SETTINGS_FILE = PRESET_DIR / "demo" / "settings.toml"
 
 # The demo's steps, in order: training stages of the registry (scratchlm.stages.STAGES) plus "lora" (an adapter
-# trained by the sft objective) and "rag" (no training); `--stages all` runs every one.
+# trained by the sft objective), "rag" (no training) and "tools" (tool-use SFT by the sft objective); `--stages all`
+# runs every one.
 DEMO_STEPS: tuple[str, ...] = ("pretrain", "sft", "lora", "reward", "dpo", "grpo", "ppo", "distill", "rag", "tools")
 
 

@@ -34,6 +34,9 @@ def run_tools_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scor
     from scratchlm.runs import load_run
 
     data = out / "data"
+    if len(s.tools_stage_sizes) != 2 or min(s.tools_stage_sizes) < 1:
+        raise SystemExit(f"scratchlm demo: tools_stage_sizes must be [train, val] chats, each >= 1, got "
+                         f"{list(s.tools_stage_sizes)}")
     n_train, n_val = s.tools_stage_sizes
     files = build_tool_sft(data / "tools_stage", sizes=(n_train, n_val, 0), direct_share=s.tool_direct_share,
                            seed=s.seed, tools=s.tool_names)
