@@ -131,7 +131,9 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoS
     tool_use = {}
     if tools_on(s):
         t = time.perf_counter()
-        tool_use = {"tool_use_accuracy": run_tool_eval(out / "sft", s)}
+        from scratchlm.engine.offline import LLM
+
+        tool_use = {"tool_use_accuracy": run_tool_eval(LLM(model, tokenizer), s)}  # the SFT model loaded above
         times["tool_eval"] = time.perf_counter() - t
 
     after_sft: dict[str, Any] = {}

@@ -11,16 +11,16 @@ from scratchlm.demo.common import accuracy, say, train_post_sft
 from scratchlm.demo.settings import DemoSettings
 
 
-def run_tool_eval(run_dir: Path, s: DemoSettings) -> dict[str, Any]:
-    """tool_use_accuracy of the model in `run_dir` on s.tool_eval held-out problems of s.eval_split (greedy, the
-    tools of s.tool_names listed as in training): {"n", "agent", "direct", "called_calculator", "samples", ...}."""
+def run_tool_eval(llm: Any, s: DemoSettings) -> dict[str, Any]:
+    """tool_use_accuracy of `llm` (a `scratchlm.engine.LLM` over a run's model) on s.tool_eval held-out problems of
+    s.eval_split (greedy, the tools of s.tool_names listed as in training): {"n", "agent", "direct",
+    "called_calculator", "samples", ...}."""
     from scratchlm.agent.tool_data import held_out_problems, tool_use_accuracy
-    from scratchlm.engine.offline import LLM
 
     say(f"evaluating tool use: {s.tool_eval} held-out 4-5 digit problems ({s.eval_split}), the agent with "
         f"{', '.join(s.tool_names)} vs the same model alone")
     problems = held_out_problems(s.tool_eval, s.eval_split, seed=s.seed)
-    out = tool_use_accuracy(LLM.from_run(run_dir), problems, tools=s.tool_names)
+    out = tool_use_accuracy(llm, problems, tools=s.tool_names)
     return {**out, "tools": list(s.tool_names), "split": s.eval_split}
 
 
@@ -30,8 +30,8 @@ def run_tools_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scor
     agent with the calculator vs the same model alone, and add2 / identity before (the SFT model) and after."""
     from scratchlm.agent.tool_data import build_tool_sft
     from scratchlm.demo.data import check_chats_fit, prepare_once
+    from scratchlm.engine.offline import LLM
     from scratchlm.eval.tasks import evaluate_tasks
-    from scratchlm.runs import load_run
 
     data = out / "data"
     if len(s.tools_stage_sizes) != 2 or min(s.tools_stage_sizes) < 1:
@@ -50,9 +50,9 @@ def run_tools_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scor
     run_dir = train_post_sft("tools", out, s, {**paths, "tools": shards, "tools_val": val}, s.tools_stage_steps,
                              sets, f"tool-use SFT on {n_train} calculator/direct chats (the longest {longest} "
                              f"tokens)", progress)
-    result = run_tool_eval(run_dir, s)
-    model, tokenizer, _ = load_run(run_dir)
-    after, _ = evaluate_tasks(model, tokenizer, paths["prompt_eval"], s.eval_per_task, s.max_new_tokens,
+    llm = LLM.from_run(run_dir)  # one load serves the agent and the task scores
+    result = run_tool_eval(llm, s)
+    after, _ = evaluate_tasks(llm.model, llm.tokenizer, paths["prompt_eval"], s.eval_per_task, s.max_new_tokens,
                               tasks={"add2", "identity"})  # add2 in unseen phrasings comes with add2
     result["tasks"] = {k: [accuracy(sft_scores[k]), accuracy(v)] for k, v in sorted(after.items()) if k in sft_scores}
     return result
