@@ -93,7 +93,7 @@ def test_summary_reports_tool_use_accuracy():
     assert not any(k.startswith("tool use") for k in rows)
 
 
-def test_tools_stage_refuses_sizes_that_are_not_train_and_val(tmp_path):
+def test_tools_stage_refuses_bad_sizes_and_question_counts(tmp_path):
     from scratchlm.demo.settings import quick_settings
     from scratchlm.demo.tools import run_tools_stage
 
@@ -101,5 +101,10 @@ def test_tools_stage_refuses_sizes_that_are_not_train_and_val(tmp_path):
     for bad in ((40, 4, 4), (40, 0)):
         s.tools_stage_sizes = bad
         with pytest.raises(SystemExit, match=r"tools_stage_sizes must be \[train, val\] chats, each >= 1"):
+            run_tools_stage(tmp_path, s, {}, {}, False)
+    s = quick_settings()
+    for bad in ((0, 2), (3, 2), (1, 2, 3)):
+        s.tools_stage_questions = bad
+        with pytest.raises(SystemExit, match=r"tools_stage_questions must be \[fewest, most\] questions per chat"):
             run_tools_stage(tmp_path, s, {}, {}, False)
     assert not (tmp_path / "data").exists()  # refused before writing anything

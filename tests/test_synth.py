@@ -188,6 +188,36 @@ def test_open_tasks_are_corpus_chats():
     assert is_checkable("add2") and is_checkable("identity")
 
 
+def test_open_requests_greet_in_training_only():
+    """Training requests start with an identity question's greeting half the time (so a greeting is no cue for the
+    identity line); held-out requests are their side's phrasings as written, never greeted."""
+    from scratchlm.data.open_tasks import _CONTINUE_QUESTIONS, _FORTUNE_QUESTIONS, _RECITE_QUESTIONS, ask
+    from scratchlm.data.tasks import REQUEST_PREFIXES
+
+    tables = (_FORTUNE_QUESTIONS, _RECITE_QUESTIONS, _CONTINUE_QUESTIONS)
+    for lang in ("en", "zh"):
+        greetings = [p.strip().lower() for p in REQUEST_PREFIXES[lang] if p]
+        for table in tables:
+            fields = {"author": "李白", "title": "静夜思", "head": "The best way"}
+            for side in ("val", "test"):
+                phrasings = {q.format(**fields) for q in table[(lang, side)]}
+                rng = random.Random(3)
+                for _ in range(40):
+                    assert ask(rng, table, lang, side, **fields) in phrasings
+            rng = random.Random(3)
+            asked = [ask(rng, table, lang, "train", **fields) for _ in range(200)]
+            greeted = [q for q in asked if any(q.lower().startswith(g) for g in greetings)]
+            assert 0.35 < len(greeted) / len(asked) < 0.65
+            plain = {q.format(**fields).lower() for q in table[(lang, "train")]}
+            for q in greeted:  # the greeting, then a training phrasing (lower case after "Hey, ")
+                g = next(g for g in greetings if q.lower().startswith(g))
+                assert q[len(g):].strip().lower() in plain
+    # the held-out draws take no greeting draw: the same rng state gives the same request as a plain choice
+    rng_a, rng_b = random.Random(5), random.Random(5)
+    assert [ask(rng_a, _FORTUNE_QUESTIONS, "en", "test") for _ in range(10)] == \
+        [rng_b.choice(_FORTUNE_QUESTIONS[("en", "test")]) for _ in range(10)]
+
+
 def test_formats_follow_design(built):
     for split in SIDES:
         for r in built[f"sft_{split}"]:

@@ -116,6 +116,37 @@ def test_prompt_rows_match_the_sft_rows(built):
             assert check_answer(p["task"], s["conversations"][-1]["content"], p["answer"])
 
 
+def test_several_questions_per_chat_each_with_its_own_call(tmp_path, built):
+    one = tmp_path / "one"
+    build_tool_sft(one, (300, 60, 60), direct_share=0.3, seed=1, questions=(1, 1))
+    # (1, 1) draws nothing more: the single-question set is the default one, line for line
+    assert [json.loads(x) for x in (one / "sft_train.jsonl").read_text(encoding="utf-8").splitlines()] == built["train"]
+    many = tmp_path / "many"
+    build_tool_sft(many, (200, 20, 20), direct_share=0.3, seed=1, questions=(2, 4))
+    rows = [json.loads(x) for x in (many / "sft_train.jsonl").read_text(encoding="utf-8").splitlines()]
+    prompts = [json.loads(x) for x in (many / "prompt_train.jsonl").read_text(encoding="utf-8").splitlines()]
+    counts = set()
+    for row, prompt in zip(rows, prompts):
+        conv = row["conversations"]
+        users = [i for i, m in enumerate(conv) if m["role"] == "user"]
+        counts.add(len(users))
+        assert prompt["prompt"] == conv[:1]  # the prompt file asks the chat's first question
+        for i, start in enumerate(users):  # each question is a whole exchange: a direct reply or call → result → answer
+            turn = conv[start:users[i + 1] if i + 1 < len(users) else len(conv)]
+            roles = [m["role"] for m in turn]
+            assert roles in (["user", "assistant"], ["user", "assistant", "tool", "assistant"])
+            if len(turn) == 4:
+                expr = turn[1]["tool_calls"][0]["arguments"]["expression"]
+                assert turn[2]["content"] == calculator(expr) == turn[3]["content"]
+                # the call copies this question's operands, not an earlier one's
+                assert sorted(re.findall(r"\d+", expr)) == sorted(re.findall(r"\d{4,}", turn[0]["content"]))
+    assert counts == {2, 3, 4}
+    with pytest.raises(ValueError, match="questions"):
+        build_tool_sft(tmp_path / "bad", (5, 1, 1), questions=(0, 2))
+    with pytest.raises(ValueError, match="questions"):
+        build_tool_sft(tmp_path / "bad", (5, 1, 1), questions=(3, 2))
+
+
 def test_refuses_bad_settings(tmp_path):
     with pytest.raises(ValueError, match="4\\+-digit"):
         build_tool_sft(tmp_path, (5, 1, 1), calc_tasks=("mul2",))

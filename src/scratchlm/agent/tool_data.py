@@ -83,12 +83,17 @@ def direct_chat(rng: random.Random, task: Any, side: str, lang: str) -> dict:
 
 def build_tool_sft(out_dir: str | Path, sizes: Sequence[int] = (2000, 100, 100), direct_share: float = 0.3,
                    seed: int = 0, tools: Sequence[str] = DEFAULT_TOOLS, calc_tasks: Sequence[str] = CALC_TASKS,
-                   direct_tasks: Sequence[str] = DIRECT_TASKS, name: str = "scratchlm") -> dict[str, Path]:
+                   direct_tasks: Sequence[str] = DIRECT_TASKS, name: str = "scratchlm",
+                   questions: tuple[int, int] = (1, 1)) -> dict[str, Path]:
     """Write sft_{train,val,test}.jsonl ({"conversations", "tools", "task", "lang", "tool"}) and
     prompt_{train,val,test}.jsonl ({"prompt", "answer", "tools", ...}) with `sizes` chats per split, a
-    `direct_share` of them needing no tool; line i of both files of a split is the same chat. Returns the paths."""
+    `direct_share` of the questions needing no tool, each chat asking `questions` = (fewest, most) of them in turn
+    (the columns and the prompt file describe its first); line i of both files of a split is the same chat. Returns
+    the paths."""
     if not 0.0 <= direct_share <= 1.0:
         raise ValueError(f"direct_share={direct_share} must be in [0, 1]")
+    if len(questions) != 2 or not 1 <= questions[0] <= questions[1]:
+        raise ValueError(f"questions must be (fewest, most) with 1 <= fewest <= most, got {list(questions)}")
     if len(sizes) != 3 or min(sizes) < 0:
         raise ValueError(f"sizes must be [train, val, test] >= 0, got {list(sizes)}")
     registry = tool_registry(tools)
@@ -109,10 +114,17 @@ def build_tool_sft(out_dir: str | Path, sizes: Sequence[int] = (2000, 100, 100),
         rows = []
         for _ in range(n):
             lang = rng.choice(["en", "zh"])
-            if direct and rng.random() < direct_share:
-                rows.append(direct_chat(rng, rng.choice(direct), split, lang))
-            else:
-                rows.append(calc_chat(rng, rng.choice(calc), split, lang, registry))
+            turns = []
+            # later questions follow in the same chat: each one's call must copy its own digits, not the earlier
+            # ones', and the tools' system turn (~180 tokens, no loss) is paid once for several calls
+            # (one draw only where there is a choice, so that questions=(1, 1) writes the single-question set as before)
+            k = questions[0] if questions[0] == questions[1] else rng.randint(*questions)
+            for _ in range(k):
+                if direct and rng.random() < direct_share:
+                    turns.append(direct_chat(rng, rng.choice(direct), split, lang))
+                else:
+                    turns.append(calc_chat(rng, rng.choice(calc), split, lang, registry))
+            rows.append({**turns[0], "conversations": [m for t in turns for m in t["conversations"]]})
         counts[split] = dict(sorted(Counter(r["task"] for r in rows).items()))
         for kind in ("sft", "prompt"):
             paths[f"{kind}_{split}"] = p = out / f"{kind}_{split}.jsonl"
@@ -122,7 +134,8 @@ def build_tool_sft(out_dir: str | Path, sizes: Sequence[int] = (2000, 100, 100),
                     rec = ({"conversations": r["conversations"], "tools": schemas, **cols} if kind == "sft" else
                            {"prompt": r["conversations"][:1], "answer": r["answer"], "tools": schemas, **cols})
                     fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    meta = {"seed": seed, "tools": list(registry.tools), "direct_share": direct_share, "counts": counts}
+    meta = {"seed": seed, "tools": list(registry.tools), "direct_share": direct_share, "questions": list(questions),
+            "counts": counts}
     (out / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     return paths
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from scratchlm.data.tasks import Example, check_side, side_of, verse_lines
+from scratchlm.data.tasks import REQUEST_PREFIXES, Example, check_side, side_of, verse_lines, with_prefix
 
 # Open-ended chats from the corpus: no single right answer, so they train and show the chat model, but no
 # held-out accuracy is computed for them (`is_checkable`). Training chats use the corpus train split; the
@@ -15,34 +15,56 @@ from scratchlm.data.tasks import Example, check_side, side_of, verse_lines
 _FORTUNE_QUESTIONS = {
     ("en", "train"): ["Tell me a fortune.", "Give me a fortune.", "Tell me a saying.", "Share a quote with me.",
                     "Say something wise.", "Give me a quote.", "Tell me something funny.", "I'd like a fortune cookie.",
-                    "Tell me a joke or a saying.", "Share some wisdom.", "Quote something for me.", "fortune please"],
+                    "Tell me a joke or a saying.", "Share some wisdom.", "Quote something for me.", "fortune please",
+                    # questions too: with statements only, a request asked as a question ("Do you ...?") got the
+                    # identity line (val, seed 1: 18 of 46 open-ended replies)
+                    "Could you share a saying with me?", "Do you know a good proverb?", "What is a good motto?",
+                    "Can you tell me a famous quote?", "Teach me a proverb.", "Let me hear a wise saying.",
+                    "What would a fortune cookie say?", "Would you give me a maxim?"],
     ("en", "val"): ["Got a fortune for me?", "Any words of wisdom?", "Cheer me up with a quote."],
     ("en", "test"): ["Do you have a saying for today?", "Inspire me with a quote.", "Any fortune for me today?"],
     ("zh", "train"): ["给我讲一句格言。", "说一句名言。", "讲一句有道理的话。", "给我一句箴言吧。", "说句至理名言。",
-                    "来一句古人的话。", "讲一句经典名句。", "分享一句话给我。", "说一句论语里的话。", "来一句名言警句。"],
+                    "来一句古人的话。", "讲一句经典名句。", "分享一句话给我。", "说一句论语里的话。", "来一句名言警句。",
+                    "你知道什么名言吗？", "能告诉我一句谚语吗？", "有没有好的座右铭？", "你会说格言吗？", "来一句俗语。",
+                    "可以送我一句名言吗？"],
     ("zh", "val"): ["有什么人生格言吗？", "送我一句话吧。", "说点有智慧的话。"],
     ("zh", "test"): ["今天有什么金句？", "给我来句警句。", "讲一句让人深思的话。"],
 }
 _RECITE_QUESTIONS = {
     ("en", "train"): ["Recite a poem by {author}.", "Can you recite a poem by {author}?", "Recite 《{title}》.",
-                    "Say a poem written by {author}.", "Please recite the poem 《{title}》."],
+                    "Say a poem written by {author}.", "Please recite the poem 《{title}》.",
+                    "Could you recite something by {author}?", "Which poems did {author} write? Recite one.",
+                    "Can you say 《{title}》 aloud?", "Show me the poem 《{title}》.", "Do you remember 《{title}》?"],
     ("en", "val"): ["Do you know a poem by {author}? Recite it.", "Let me hear 《{title}》."],
     ("en", "test"): ["I'd love to hear a poem by {author}.", "Could you say 《{title}》 for me?"],
     ("zh", "train"): ["背诵一首{author}的诗。", "请背一首{author}的诗。", "背诵《{title}》。", "请背诵{author}的《{title}》。",
-                    "念一首{author}的诗给我听。", "你会背《{title}》吗？"],
+                    "念一首{author}的诗给我听。", "你会背《{title}》吗？", "你能背一首{author}的诗吗？",
+                    "《{title}》的全文是什么？", "请把《{title}》念出来。", "{author}有哪些诗？念一首。"],
     ("zh", "val"): ["{author}写过什么诗？背一首。", "来一首《{title}》。"],
     ("zh", "test"): ["给我念念{author}的诗。", "《{title}》怎么背？"],
 }
 _CONTINUE_QUESTIONS = {
-    ("en", "train"): ["Continue this text: {head}", "Continue: {head}", "Finish this: {head}", "Complete the text: {head}"],
+    ("en", "train"): ["Continue this text: {head}", "Continue: {head}", "Finish this: {head}", "Complete the text: {head}",
+                    "Can you continue this? {head}", "Keep going: {head}", "Carry on from here: {head}",
+                    "Write the rest: {head}", "Do you know how this ends? {head}"],
     ("en", "val"): ["How does this go on? {head}"],
     ("en", "test"): ["What comes next? {head}"],
-    ("zh", "train"): ["续写：{head}", "接着写下去：{head}", "把这句话补全：{head}", "继续：{head}"],
+    ("zh", "train"): ["续写：{head}", "接着写下去：{head}", "把这句话补全：{head}", "继续：{head}",
+                    "你能接着写吗？{head}", "写完这句：{head}", "把后面的写出来：{head}"],
     ("zh", "val"): ["后面是什么？{head}"],
     ("zh", "test"): ["请往下写：{head}"],
 }
 OPEN_TASKS = ("fortune", "recite", "continue")
 _OPEN_MAX_CHARS = {"en": 160, "zh": 72}  # replies short enough for the demo's 128-token SFT rows
+
+
+def ask(rng: random.Random, table: dict[tuple[str, str], list[str]], lang: str, side: str, **fields: str) -> str:
+    """A request of `side` from `table`'s phrasings; on the training side, half of them after a greeting (as the
+    identity questions are asked), drawn only there, so the held-out prompts stay what they were."""
+    question = rng.choice(table[(lang, check_side(side))]).format(**fields)
+    if check_side(side) == "train" and rng.random() < 0.5:
+        question = with_prefix(rng.choice(REQUEST_PREFIXES[lang][1:]), question, lang)
+    return question
 
 
 class _CorpusTask:
@@ -77,7 +99,7 @@ class Fortune(_CorpusTask):
         """One request of `side` (held-out = that side's own phrasings)."""
         reply = self.pick(rng, "train", lang)["text"].strip()
         wrong = self.pick(rng, "train", "zh" if lang == "en" else "en")["text"].strip()  # the other language
-        question = rng.choice(_FORTUNE_QUESTIONS[(lang, check_side(side))])
+        question = ask(rng, _FORTUNE_QUESTIONS, lang, side)
         return Example(self.name, lang, question, reply, reply, wrong)
 
 
@@ -97,7 +119,7 @@ class Recite(_CorpusTask):
         others = [d for d in self.docs["train"] if d["author"] != poem["author"]]
         wrong_poem = rng.choice(others) if others else poem
         wrong = f"《{wrong_poem['title']}》\n" + "\n".join(line for st in verse_lines(wrong_poem["text"]) for line in st)
-        question = rng.choice(_RECITE_QUESTIONS[(lang, check_side(side))]).format(author=poem["author"], title=poem["title"])
+        question = ask(rng, _RECITE_QUESTIONS, lang, side, author=poem["author"], title=poem["title"])
         return Example(self.name, lang, question, reply, reply, wrong)
 
 
@@ -118,7 +140,7 @@ class Continue(_CorpusTask):
             cut = text.index(" ", cut)
         head, tail = text[:cut].strip(), text[cut:].strip()
         wrong = self.pick(rng, "train", lang)["text"].strip()  # a different text: no continuation of this one
-        question = rng.choice(_CONTINUE_QUESTIONS[(lang, check_side(side))]).format(head=head)
+        question = ask(rng, _CONTINUE_QUESTIONS, lang, side, head=head)
         return Example(self.name, lang, question, tail, tail, wrong)
 
 

@@ -340,7 +340,9 @@ _IDENTITY_QUESTIONS = {
     ("zh", "test"): ["你到底是谁？", "怎么称呼您？", "你叫啥？", "现在回答我的是谁？", "能自我介绍一下吗？",
                      "你是哪个助手？"],
 }
-_IDENTITY_PREFIXES = {
+# Greetings a request may start with: identity questions on every side, the open-ended requests' training phrasings
+# (data/open_tasks.py), so that a greeting is no cue for the identity line
+REQUEST_PREFIXES = {
     "en": ["", "Hi! ", "Hello. ", "Hey, ", "Quick question: ", "Excuse me, "],
     "zh": ["", "你好，", "嗨！", "请问，", "打扰一下，"],
 }
@@ -353,6 +355,13 @@ _IDENTITY_REPLIES = {
            "我是{name}，一个从头训练的小型语言模型，有什么可以帮你？"],
 }
 _OTHER_NAMES = ["ChatGPT", "Claude", "Llama", "Qwen", "MiniMind", "Gemini", "DeepSeek", "Mistral"]
+
+
+def with_prefix(prefix: str, question: str, lang: str) -> str:
+    """`question` after a greeting of REQUEST_PREFIXES (an English question goes on in lower case after ", " / ": ")."""
+    if prefix.endswith((", ", ": ")) and lang == "en":
+        question = question[0].lower() + question[1:]
+    return prefix + question
 
 
 class Identity:
@@ -372,10 +381,10 @@ class Identity:
         """Every phrasing of one side: prefix × core question × (as written | lower case, no final mark)."""
         out = []
         for core in _IDENTITY_QUESTIONS[(lang, check_side(side))]:
-            for prefix in _IDENTITY_PREFIXES[lang]:
-                q = core[0].lower() + core[1:] if prefix.endswith((", ", ": ", "，")) and lang == "en" else core
-                out.append(prefix + q)
-                out.append((prefix + q).lower().rstrip("?.!？。！"))
+            for prefix in REQUEST_PREFIXES[lang]:
+                q = with_prefix(prefix, core, lang)
+                out.append(q)
+                out.append(q.lower().rstrip("?.!？。！"))
         return sorted(set(out))
 
     def sample(self, rng: random.Random, side: str, lang: str) -> Example:

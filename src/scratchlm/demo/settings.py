@@ -116,6 +116,7 @@ class DemoSettings:
     tool_batch: int  # SFT's batch size when tool chats are on
     tool_eval: int  # held-out problems of tool_use_accuracy (agent with the tools vs the model alone)
     tools_stage_sizes: tuple[int, ...]  # the tools stage's tool chats: [train, val]
+    tools_stage_questions: tuple[int, ...]  # questions per tool chat: [fewest, most], each with its own call
     tools_stage_steps: int
     tools_stage_seq_len: int  # its row length: one tool chat (with the tools' system turn) must fit
     tools_stage_sets: list[str]
