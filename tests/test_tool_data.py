@@ -36,7 +36,7 @@ def tok(tmp_path_factory):
 
 def _operands(row):
     call = row["conversations"][1]["tool_calls"][0]["arguments"]["expression"]
-    a, b = [int(x) for x in call.replace(" ", "").replace("+", " ").replace("-", " ").replace("*", " ").split()]
+    a, b = [int(x) for x in re.findall(r"\d+", call)]
     return tuple(sorted((a, b), reverse=True)), call
 
 
@@ -58,7 +58,15 @@ def test_calculator_chats_carry_the_calculators_real_result(built):
         assert result["content"] == calculator(expr)  # what the agent's calculator returns
         assert final["content"] == result["content"]  # the answer copies the result and restates nothing
         assert check_answer(r["task"], final["content"], result["content"])
-        assert all(len(x) >= 4 for x in expr.replace(" ", "").replace("+", " ").replace("-", " ").replace("*", " ").split())
+        assert all(len(x) >= 4 for x in re.findall(r"\d+", expr))
+        # the call copies the question's arithmetic as written; words become the symbol, spaced
+        assert expr in user["content"] or re.fullmatch(r"\d+ [+\-×] \d+", expr), (user["content"], expr)
+        if any(w in user["content"] for w in ("plus", "minus", "times", "加", "减", "乘以")):
+            op = "+" if any(w in user["content"] for w in ("plus", "加")) else "-" if any(
+                w in user["content"] for w in ("minus", "减")) else "×"
+            assert expr == " ".join([re.findall(r"\d+", expr)[0], op, re.findall(r"\d+", expr)[1]])
+        else:
+            assert expr in user["content"]
 
 
 def test_direct_chats_answer_without_a_call(built):

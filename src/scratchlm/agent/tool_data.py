@@ -38,7 +38,6 @@ from scratchlm.data.tasks import SIDES, Arithmetic, check_side
 DEFAULT_TOOLS = ("calculator", "date")  # what `scratchlm agent` lists by default
 CALC_TASKS = ("mul4", "add4", "sub4", "mul5", "add5")
 DIRECT_TASKS = ("identity", "next_line", "author")
-_OPS = {"+": "+", "-": "-", "×": "*"}
 _WORDS = {"en": {"+": "plus", "-": "minus", "×": "times"}, "zh": {"+": "加", "-": "减", "×": "乘以"}}
 _QUESTIONS = {
     "en": ["What is {a} {op} {b}?", "Compute {a} {op} {b}.", "What is {a} {opw} {b}?", "Calculate {a}{op}{b}.",
@@ -61,8 +60,14 @@ def tool_schemas(names: Sequence[str] = DEFAULT_TOOLS) -> list[dict]:
 def calc_chat(rng: random.Random, task: Arithmetic, side: str, lang: str, registry: ToolRegistry) -> dict:
     """One calculator chat of `side`: {"conversations", "answer", "task", "lang", "tool"}."""
     a, b, op = task._draw(rng, check_side(side))  # Arithmetic's own side rule: held-out pairs stay held out
-    question = rng.choice(_QUESTIONS[lang]).format(a=a, b=b, op=op, opw=_WORDS[lang][op])
-    expression = f"{a}{_OPS[op]}{b}" if rng.random() < 0.5 else f"{a} {_OPS[op]} {b}"
+    template = rng.choice(_QUESTIONS[lang])
+    question = template.format(a=a, b=b, op=op, opw=_WORDS[lang][op])
+    rng.random()  # the draw of an earlier version (spacing by chance), kept so the held-out problems stay the same
+    # The call copies the question's arithmetic as written ("57476+90036", "9507 + 8302", "79924×94694"; the
+    # calculator reads × as *), and words ("plus", "乘以") become the symbol, spaced. With the spacing and "*" by
+    # chance, the operator was the call's one token not copied from the question, and the model got it wrong in 18
+    # of 19 failures (val, seed 0, 50 problems)
+    expression = f"{a}{op}{b}" if "{a}{op}{b}" in template else f"{a} {op} {b}"
     obs = registry.call("calculator", {"expression": expression})
     if obs.error:
         raise RuntimeError(f"the calculator refused {expression!r}: {obs.text}")
