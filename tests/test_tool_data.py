@@ -194,3 +194,16 @@ def test_tool_use_accuracy_runs_the_agent_loop(calc_run):
     assert out["direct"]["all"] == 0.0  # alone it has no result to copy
     wrong = tool_use_accuracy(llm, [{**problem, "answer": str(int(problem["answer"]) + 1)}])
     assert wrong["agent"]["all"] == 0.0
+
+
+def test_data_tools_command_writes_several_questions_and_names_bad_flags(tmp_path, capsys):
+    from scratchlm.cli import main
+
+    assert main(["data", "tools", "--out", str(tmp_path / "t"), "--sizes", "20,2,2", "--questions", "2:3"]) == 0
+    meta = json.loads((tmp_path / "t" / "meta.json").read_text(encoding="utf-8"))
+    assert meta["questions"] == [2, 3]
+    rows = [json.loads(x) for x in (tmp_path / "t" / "sft_train.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert {sum(m["role"] == "user" for m in r["conversations"]) for r in rows} <= {2, 3}
+    for bad, msg in (("two", "--questions: expected FEWEST:MOST"), ("3:2", "questions must be")):
+        with pytest.raises(SystemExit, match=msg):
+            main(["data", "tools", "--out", str(tmp_path / "bad"), "--questions", bad])

@@ -101,7 +101,16 @@ def data_tools(args: argparse.Namespace) -> int:
         sizes = [int(x) for x in args.sizes.split(",")]
     except ValueError:
         raise SystemExit(f"--sizes: expected TRAIN,VAL,TEST (integers), got {args.sizes!r}") from None
-    paths = build_tool_sft(args.out, sizes, direct_share=args.direct_share, seed=args.seed, name=args.name)
+    fewest, _, most = args.questions.partition(":")
+    try:
+        questions = (int(fewest), int(most or fewest))
+    except ValueError:
+        raise SystemExit(f"--questions: expected FEWEST:MOST (integers), got {args.questions!r}") from None
+    try:
+        paths = build_tool_sft(args.out, sizes, direct_share=args.direct_share, seed=args.seed, name=args.name,
+                               questions=questions)
+    except ValueError as e:
+        raise SystemExit(f"scratchlm data tools: {e}") from None
     print((args.out / "meta.json").read_text(encoding="utf-8"), end="")
     print("files: " + ", ".join(p.name for p in paths.values()))
     return 0
@@ -141,7 +150,10 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     tools.add_argument("--out", type=Path, required=True, help="output folder")
     tools.add_argument("--sizes", default="2000,100,100", help="chats per split: TRAIN,VAL,TEST (default 2000,100,100)")
     tools.add_argument("--direct-share", type=_prob, default=0.3, metavar="P",
-                       help="share of chats that need no tool (identity, poems), answered directly (default 0.3)")
+                       help="share of questions that need no tool (identity, poems), answered directly (default 0.3)")
+    tools.add_argument("--questions", default="1:1", metavar="FEWEST:MOST",
+                       help="questions per chat, each with its own call or direct answer (default 1:1; the demo's "
+                            "tools step uses 1:4)")
     tools.add_argument("--seed", type=int, default=0)
     tools.add_argument("--name", default="scratchlm", help="the model's name in identity answers")
     tools.set_defaults(func=data_tools)
