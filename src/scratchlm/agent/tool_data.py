@@ -121,7 +121,7 @@ def build_tool_sft(out_dir: str | Path, sizes: Sequence[int] = (2000, 100, 100),
             lang = rng.choice(["en", "zh"])
             turns = []
             # later questions follow in the same chat: each one's call must copy its own digits, not the earlier
-            # ones', and the tools' system turn (~180 tokens, no loss) is paid once for several calls
+            # ones', and the tools' system turn (~290 demo tokens, no loss) is paid once for several calls
             # (one draw only where there is a choice, so that questions=(1, 1) writes the single-question set as before)
             k = questions[0] if questions[0] == questions[1] else rng.randint(*questions)
             for _ in range(k):
