@@ -86,6 +86,13 @@ def direct_chat(rng: random.Random, task: Any, side: str, lang: str) -> dict:
     return {"conversations": conv, "answer": ex.answer, "task": ex.task, "lang": lang, "tool": "none"}
 
 
+def check_questions(questions: Sequence[int]) -> tuple[int, int]:
+    """`questions` as (fewest, most) questions per tool chat; a ValueError unless 1 <= fewest <= most."""
+    if len(questions) != 2 or not 1 <= questions[0] <= questions[1]:
+        raise ValueError(f"questions must be (fewest, most) with 1 <= fewest <= most, got {list(questions)}")
+    return questions[0], questions[1]
+
+
 def build_tool_sft(out_dir: str | Path, sizes: Sequence[int] = (2000, 100, 100), direct_share: float = 0.3,
                    seed: int = 0, tools: Sequence[str] = DEFAULT_TOOLS, calc_tasks: Sequence[str] = CALC_TASKS,
                    direct_tasks: Sequence[str] = DIRECT_TASKS, name: str = "scratchlm",
@@ -97,8 +104,7 @@ def build_tool_sft(out_dir: str | Path, sizes: Sequence[int] = (2000, 100, 100),
     the paths."""
     if not 0.0 <= direct_share <= 1.0:
         raise ValueError(f"direct_share={direct_share} must be in [0, 1]")
-    if len(questions) != 2 or not 1 <= questions[0] <= questions[1]:
-        raise ValueError(f"questions must be (fewest, most) with 1 <= fewest <= most, got {list(questions)}")
+    questions = check_questions(questions)
     if len(sizes) != 3 or min(sizes) < 0:
         raise ValueError(f"sizes must be [train, val, test] >= 0, got {list(sizes)}")
     registry = tool_registry(tools)

@@ -61,8 +61,9 @@ _OPEN_MAX_CHARS = {"en": 160, "zh": 72}  # replies short enough for the demo's 1
 def ask(rng: random.Random, table: dict[tuple[str, str], list[str]], lang: str, side: str, **fields: str) -> str:
     """A request of `side` from `table`'s phrasings; on the training side, half of them after a greeting (as the
     identity questions are asked), drawn only there, so the held-out prompts stay what they were."""
-    question = rng.choice(table[(lang, check_side(side))]).format(**fields)
-    if check_side(side) == "train" and rng.random() < 0.5:
+    side = check_side(side)
+    question = rng.choice(table[(lang, side)]).format(**fields)
+    if side == "train" and rng.random() < 0.5:
         question = with_prefix(rng.choice(REQUEST_PREFIXES[lang][1:]), question, lang)
     return question
 

@@ -28,7 +28,7 @@ def run_tools_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scor
                     progress: bool) -> dict[str, Any]:
     """Tool-use SFT from the SFT run (s.tools_stage_sizes chats, rows of s.tools_stage_seq_len) into out/tools; the
     agent with the calculator vs the same model alone, and add2 / identity before (the SFT model) and after."""
-    from scratchlm.agent.tool_data import build_tool_sft
+    from scratchlm.agent.tool_data import build_tool_sft, check_questions
     from scratchlm.demo.data import check_chats_fit, prepare_once
     from scratchlm.engine.offline import LLM
     from scratchlm.eval.tasks import evaluate_tasks
@@ -37,12 +37,14 @@ def run_tools_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scor
     if len(s.tools_stage_sizes) != 2 or min(s.tools_stage_sizes) < 1:
         raise SystemExit(f"scratchlm demo: tools_stage_sizes must be [train, val] chats, each >= 1, got "
                          f"{list(s.tools_stage_sizes)}")
-    if len(s.tools_stage_questions) != 2 or not 1 <= s.tools_stage_questions[0] <= s.tools_stage_questions[1]:
-        raise SystemExit(f"scratchlm demo: tools_stage_questions must be [fewest, most] questions per chat with "
-                         f"1 <= fewest <= most, got {list(s.tools_stage_questions)}")
+    try:
+        questions = check_questions(s.tools_stage_questions)
+    except ValueError as e:
+        raise SystemExit(f"scratchlm demo: tools_stage_questions must be [fewest, most] questions per chat "
+                         f"({e})") from None
     n_train, n_val = s.tools_stage_sizes
     files = build_tool_sft(data / "tools_stage", sizes=(n_train, n_val, 0), direct_share=s.tool_direct_share,
-                           seed=s.seed, tools=s.tool_names, questions=tuple(s.tools_stage_questions))
+                           seed=s.seed, tools=s.tool_names, questions=questions)
     shards = prepare_once("sft", paths["tokenizer"], files["sft_train"], data / "tools_stage_sft")
     val = prepare_once("sft", paths["tokenizer"], files["sft_val"], data / "tools_stage_sft_val")
     longest = check_chats_fit(shards, s.tools_stage_seq_len, "tools_stage_seq_len")
