@@ -143,6 +143,8 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     assert tools_cfg.train.seq_len == 1024 and tools_cfg.model.max_seq_len == 2048
     meta = json.loads((out / "data" / "tools_stage" / "meta.json").read_text())
     assert meta["questions"] == [1, 2]  # several questions per chat, as tools_stage_questions asks
+    assert meta["calc_tasks"] == ["add4", "sub4"] and set(meta["counts"]["train"]) <= {"add4", "sub4", "identity",
+                                                                                       "next_line", "author"}
     assert tools_cfg.train.data == str(out / "data" / "tools_stage_sft")
     assert tools_cfg.train.val_data == str(out / "data" / "tools_stage_sft_val")
     assert set(summary["seconds"]) >= {"lora", "reward", "dpo", "grpo", "ppo", "distill", "rag", "tools"}

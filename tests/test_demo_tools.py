@@ -93,18 +93,29 @@ def test_summary_reports_tool_use_accuracy():
     assert not any(k.startswith("tool use") for k in rows)
 
 
-def test_tools_stage_refuses_bad_sizes_and_question_counts(tmp_path):
+def test_tools_stage_refuses_bad_settings_before_training(tmp_path):
+    from scratchlm.demo.pipeline import run_demo
     from scratchlm.demo.settings import quick_settings
-    from scratchlm.demo.tools import run_tools_stage
+    from scratchlm.demo.tools import check_tools_stage, run_tools_stage
 
-    s = quick_settings()
-    for bad in ((40, 4, 4), (40, 0)):
-        s.tools_stage_sizes = bad
-        with pytest.raises(SystemExit, match=r"tools_stage_sizes must be \[train, val\] chats, each >= 1"):
+    cases = [("tools_stage_sizes", (40, 4, 4), r"tools_stage_sizes must be \[train, val\] chats, each >= 1"),
+             ("tools_stage_sizes", (40, 0), r"tools_stage_sizes must be \[train, val\] chats, each >= 1"),
+             *[("tools_stage_questions", bad, r"tools_stage_questions must be \[fewest, most\] questions per chat")
+               for bad in ((0, 2), (3, 2), (1, 2, 3))],
+             ("tools_stage_calc_tasks", ("add4", "plus4"), r"tools_stage_calc_tasks: not an arithmetic task name: 'plus4'"),
+             ("tools_stage_calc_tasks", ("add4", "sub3"), r"tools_stage_calc_tasks: 'sub3' has 3 digit\(s\)"),
+             ("tools_stage_calc_tasks", (), r"tools_stage_calc_tasks is empty")]
+    for key, bad, message in cases:
+        s = quick_settings()
+        s.stages = ["pretrain", "sft", "tools"]
+        setattr(s, key, bad)
+        with pytest.raises(SystemExit, match=message):
+            check_tools_stage(s)
+        with pytest.raises(SystemExit, match=message):
             run_tools_stage(tmp_path, s, {}, {}, False)
+        with pytest.raises(SystemExit, match=message):  # the demo refuses before its data and pretraining
+            run_demo(tmp_path / "demo", settings=s, progress=False)
+        assert not (tmp_path / "data").exists() and not (tmp_path / "demo").exists()
     s = quick_settings()
-    for bad in ((0, 2), (3, 2), (1, 2, 3)):
-        s.tools_stage_questions = bad
-        with pytest.raises(SystemExit, match=r"tools_stage_questions must be \[fewest, most\] questions per chat"):
-            run_tools_stage(tmp_path, s, {}, {}, False)
-    assert not (tmp_path / "data").exists()  # refused before writing anything
+    assert check_tools_stage(s) == tuple(s.tools_stage_questions)
+

@@ -207,3 +207,9 @@ def test_data_tools_command_writes_several_questions_and_names_bad_flags(tmp_pat
     for bad, msg in (("two", "--questions: expected FEWEST:MOST"), ("3:2", "questions must be")):
         with pytest.raises(SystemExit, match=msg):
             main(["data", "tools", "--out", str(tmp_path / "bad"), "--questions", bad])
+    assert main(["data", "tools", "--out", str(tmp_path / "s"), "--sizes", "20,0,0", "--calc-tasks", "sub4, sub5",
+                 "--direct-share", "0"]) == 0
+    meta = json.loads((tmp_path / "s" / "meta.json").read_text(encoding="utf-8"))
+    assert meta["calc_tasks"] == ["sub4", "sub5"] and set(meta["counts"]["train"]) == {"sub4", "sub5"}
+    with pytest.raises(SystemExit, match="scratchlm data tools: add2: the calculator chats are for 4\\+-digit"):
+        main(["data", "tools", "--out", str(tmp_path / "bad"), "--calc-tasks", "add2"])

@@ -146,7 +146,7 @@ def build_tool_sft(out_dir: str | Path, sizes: Sequence[int] = (2000, 100, 100),
                            {"prompt": r["conversations"][:1], "answer": r["answer"], "tools": schemas, **cols})
                     fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
     meta = {"seed": seed, "tools": list(registry.tools), "direct_share": direct_share, "questions": list(questions),
-            "counts": counts}
+            "calc_tasks": list(calc_tasks), "counts": counts}
     (out / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     return paths
 

@@ -95,7 +95,7 @@ def data_synth(args: argparse.Namespace) -> int:
 
 def data_tools(args: argparse.Namespace) -> int:
     """Write the tool-use SFT set (agent/tool_data.py) and print its counts."""
-    from scratchlm.agent.tool_data import build_tool_sft
+    from scratchlm.agent.tool_data import CALC_TASKS, build_tool_sft
 
     try:
         sizes = [int(x) for x in args.sizes.split(",")]
@@ -108,7 +108,8 @@ def data_tools(args: argparse.Namespace) -> int:
         raise SystemExit(f"--questions: expected FEWEST:MOST (integers), got {args.questions!r}") from None
     try:
         paths = build_tool_sft(args.out, sizes, direct_share=args.direct_share, seed=args.seed, name=args.name,
-                               questions=questions)
+                               questions=questions,
+                               calc_tasks=[x.strip() for x in args.calc_tasks.split(",") if x.strip()] or CALC_TASKS)
     except ValueError as e:
         raise SystemExit(f"scratchlm data tools: {e}") from None
     print((args.out / "meta.json").read_text(encoding="utf-8"), end="")
@@ -154,6 +155,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     tools.add_argument("--questions", default="1:1", metavar="FEWEST:MOST",
                        help="questions per chat, each with its own call or direct answer (default 1:1; the demo's "
                             "tools step uses 1:4)")
+    tools.add_argument("--calc-tasks", default="mul4,add4,sub4,mul5,add5", metavar="TASKS",
+                       help="the calculator chats' arithmetic tasks, <op><digits> with 4+ digits (default "
+                            "mul4,add4,sub4,mul5,add5)")
     tools.add_argument("--seed", type=int, default=0)
     tools.add_argument("--name", default="scratchlm", help="the model's name in identity answers")
     tools.set_defaults(func=data_tools)

@@ -24,7 +24,7 @@ from scratchlm.demo.rag import run_rag_stage
 from scratchlm.demo.reward import run_reward_stage
 from scratchlm.demo.settings import DEMO_STEPS, DemoSettings, quick_settings, tools_on
 from scratchlm.demo.sft import run_sft_stage
-from scratchlm.demo.tools import run_tool_eval, run_tools_stage
+from scratchlm.demo.tools import check_tools_stage, run_tool_eval, run_tools_stage
 from scratchlm.eval.perplexity import perplexities
 from scratchlm.eval.conversation import conversation_scores
 from scratchlm.eval.stutter import open_ended_report
@@ -92,6 +92,8 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoS
     from scratchlm.runs import load_run
 
     s = settings or (quick_settings() if quick else DemoSettings())
+    if "tools" in s.stages:
+        check_tools_stage(s)  # before any training: a bad setting found after SFT costs its minutes
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(s.seed)

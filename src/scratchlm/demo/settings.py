@@ -117,6 +117,7 @@ class DemoSettings:
     tool_eval: int  # held-out problems of tool_use_accuracy (agent with the tools vs the model alone)
     tools_stage_sizes: tuple[int, ...]  # the tools stage's tool chats: [train, val]
     tools_stage_questions: tuple[int, ...]  # questions per tool chat: [fewest, most], each with its own call
+    tools_stage_calc_tasks: tuple[str, ...]  # the arithmetic tasks (`<op><digits>`, 4+ digits) of its calculator chats
     tools_stage_steps: int
     tools_stage_seq_len: int  # its row length: one tool chat (with the tools' system turn) must fit
     tools_stage_sets: list[str]

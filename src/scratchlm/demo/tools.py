@@ -24,16 +24,12 @@ def run_tool_eval(llm: Any, s: DemoSettings) -> dict[str, Any]:
     return {**out, "tools": list(s.tool_names), "split": s.eval_split}
 
 
-def run_tools_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scores: dict[str, tuple[int, int]],
-                    progress: bool) -> dict[str, Any]:
-    """Tool-use SFT from the SFT run (s.tools_stage_sizes chats, rows of s.tools_stage_seq_len) into out/tools; the
-    agent with the calculator vs the same model alone, and add2 / identity before (the SFT model) and after."""
-    from scratchlm.agent.tool_data import build_tool_sft, check_questions
-    from scratchlm.demo.data import check_chats_fit, prepare_once
-    from scratchlm.engine.offline import LLM
-    from scratchlm.eval.tasks import evaluate_tasks
+def check_tools_stage(s: DemoSettings) -> tuple[int, int]:
+    """SystemExit naming the setting unless the tools step's settings can build its data; returns (fewest, most)
+    questions per chat. The demo checks them before it trains anything, not after SFT."""
+    from scratchlm.agent.tool_data import check_questions
+    from scratchlm.data.tasks import Arithmetic
 
-    data = out / "data"
     if len(s.tools_stage_sizes) != 2 or min(s.tools_stage_sizes) < 1:
         raise SystemExit(f"scratchlm demo: tools_stage_sizes must be [train, val] chats, each >= 1, got "
                          f"{list(s.tools_stage_sizes)}")
@@ -42,9 +38,34 @@ def run_tools_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scor
     except ValueError as e:
         raise SystemExit(f"scratchlm demo: tools_stage_questions must be [fewest, most] questions per chat "
                          f"({e})") from None
+    if not s.tools_stage_calc_tasks:
+        raise SystemExit("scratchlm demo: tools_stage_calc_tasks is empty; name arithmetic tasks like \"add4\"")
+    for name in s.tools_stage_calc_tasks:
+        try:
+            digits = Arithmetic(name).digits
+        except ValueError as e:
+            raise SystemExit(f"scratchlm demo: tools_stage_calc_tasks: {e}") from None
+        if digits < 4:
+            raise SystemExit(f"scratchlm demo: tools_stage_calc_tasks: {name!r} has {digits} digit(s); the calculator "
+                             "chats are for 4+-digit problems (smaller ones the model answers alone)")
+    return questions
+
+
+def run_tools_stage(out: Path, s: DemoSettings, paths: dict[str, Path], sft_scores: dict[str, tuple[int, int]],
+                    progress: bool) -> dict[str, Any]:
+    """Tool-use SFT from the SFT run (s.tools_stage_sizes chats, rows of s.tools_stage_seq_len) into out/tools; the
+    agent with the calculator vs the same model alone, and add2 / identity before (the SFT model) and after."""
+    from scratchlm.agent.tool_data import build_tool_sft
+    from scratchlm.demo.data import check_chats_fit, prepare_once
+    from scratchlm.engine.offline import LLM
+    from scratchlm.eval.tasks import evaluate_tasks
+
+    data = out / "data"
+    questions = check_tools_stage(s)
     n_train, n_val = s.tools_stage_sizes
     files = build_tool_sft(data / "tools_stage", sizes=(n_train, n_val, 0), direct_share=s.tool_direct_share,
-                           seed=s.seed, tools=s.tool_names, questions=questions)
+                           seed=s.seed, tools=s.tool_names, questions=questions,
+                           calc_tasks=s.tools_stage_calc_tasks)
     shards = prepare_once("sft", paths["tokenizer"], files["sft_train"], data / "tools_stage_sft")
     val = prepare_once("sft", paths["tokenizer"], files["sft_val"], data / "tools_stage_sft_val")
     longest = check_chats_fit(shards, s.tools_stage_seq_len, "tools_stage_seq_len")
