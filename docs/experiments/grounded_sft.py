@@ -20,6 +20,8 @@ from pathlib import Path
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--demo", type=Path, default=Path("/work/runs/demo0"), help="a finished demo folder (sft/, data/)")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="the run to fine-tune and score as 'before' (default: the demo's sft/; e.g. its tools/)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/ground-exp"))
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--per-task", type=int, default=600, help="grounded training chats per task")
@@ -65,6 +67,7 @@ def main() -> None:
     (out / "sft_val.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for s, r in rows if s == "val")
                                        + "\n", encoding="utf-8")
     tok = args.demo / "sft"
+    init = args.init or args.demo / "sft"
     for name in ("sft_train", "sft_val"):
         if not (out / name / "meta.json").exists():
             prepare("sft", tok, [out / f"{name}.jsonl"], out / name, dedup=False)
@@ -73,7 +76,7 @@ def main() -> None:
         sets = [f"train.max_steps={args.steps}", "train.batch_size=16", "train.seq_len=256", f"train.lr={args.lr}",
                 "train.schedule=cosine", "train.packing=true", f"train.save_every={args.steps}",
                 f"train.val_data={out / 'sft_val'}", "train.pretrain_mix=0"]
-        train_stage("sft", run, "tiny", sets, str(out / "sft_train"), init_from=args.demo / "sft", tokenizer=tok,
+        train_stage("sft", run, "tiny", sets, str(out / "sft_train"), init_from=init, tokenizer=tok,
                     progress=False)
     items = []
     for name, task in tasks.items():
@@ -81,7 +84,8 @@ def main() -> None:
         items += [task.item(rng, "val", ("en", "zh")[i % 2]) for i in range(args.n_eval)]
     results = {"steps": args.steps, "lr": args.lr, "grounded_train_chats": args.per_task * len(tasks), "demo_chats": len(demo_sft),
                "n_eval": len(items), "split": "val"}
-    models = [("before", args.demo / "sft")] * (not args.skip_before) + [("after", run)]
+    results["init"] = str(init)
+    models = [("before", init)] * (not args.skip_before) + [("after", run)]
     for label, model_dir in models:
         llm = LLM.from_run(model_dir, "cpu")
         r = grounded_accuracy(llm, items, out, modes=("closed_book", "gold"), max_new_tokens=40)
