@@ -119,9 +119,14 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     # a few quick steps move the mean sampled score by less than its noise (-1.20 -> -1.17, then -2.10 -> -2.14 after
     # the SFT data changed): here only that PPO trained the policy; test_ppo.py checks that it learns
     assert all(math.isfinite(r) for r in pp["reward"])
-    ppo_model, sft_model = load_run(out / "ppo")[0], load_run(out / "sft")[0]
-    assert any(not torch.equal(a, b) for a, b in zip(ppo_model.state_dict().values(), sft_model.state_dict().values()))
-    assert set(pp["tasks"]) == {"add2", "add2 (unseen phrasings)", "identity"}
+    # the quick settings chain PPO after DPO (ppo_init = "dpo"): the demo ends in one model, SFT → DPO → PPO, scored on
+    # every task against SFT, named in the summary
+    ppo_model, dpo_model = load_run(out / "ppo")[0], load_run(out / "dpo")[0]
+    assert any(not torch.equal(a, b) for a, b in zip(ppo_model.state_dict().values(), dpo_model.state_dict().values()))
+    assert pp["chain"] == ["sft", "dpo", "ppo"] and load_run(out / "ppo")[2].train.init_from == str(out / "dpo")
+    assert summary["final_model"] == {"run": str(out / "ppo"), "chain": ["sft", "dpo", "ppo"]}
+    assert set(pp["tasks"]) == set(summary["accuracy"])
+    assert all(pp["tasks"][k][0] == summary["accuracy"][k] for k in pp["tasks"])  # "before" is the SFT model
     assert load_run(out / "ppo")[2].train.objective == "ppo" and (out / "ppo" / "critic" / "config.toml").exists()
     # distillation: two students of one (smaller) size, with and without the teacher, same steps
     d = summary["distill"]
@@ -366,3 +371,22 @@ def test_lanes_run_every_job_once_and_time_it():
     assert {job: result for job, (result, _) in done.items()} == {3: 3, 1: 1, 2: 2}
     assert list(done)[:2] == [3, 1] and all(seconds >= 0 for _, seconds in done.values())
     assert run_lanes([], max, False) == {}
+
+
+def test_ppo_chain_starts_from_dpo_when_asked_and_dpo_runs():
+    from scratchlm.demo.ppo import ppo_chain
+    from scratchlm.demo.settings import DemoSettings
+    from scratchlm.eval.summary import summary_rows
+
+    all_stages = ["pretrain", "sft", "reward", "dpo", "ppo"]
+    assert ppo_chain(DemoSettings(stages=all_stages, ppo_init="dpo")) == ["sft", "dpo", "ppo"]
+    assert ppo_chain(DemoSettings(stages=all_stages, ppo_init="sft")) == ["sft", "ppo"]
+    # without DPO among the stages PPO starts from SFT (the stage says so when it runs)
+    assert ppo_chain(DemoSettings(stages=["pretrain", "sft", "reward", "ppo"], ppo_init="dpo")) == ["sft", "ppo"]
+    with pytest.raises(SystemExit, match=r'ppo_init must be "sft" or "dpo", got \'grpo\''):
+        ppo_chain(DemoSettings(stages=all_stages, ppo_init="grpo"))
+    pp = {"chain": ["sft", "dpo", "ppo"], "prompts": 10, "samples": 2, "reward": [0.5, 1.0], "reward_greedy": [1.0, 1.5],
+          "tasks": {"add2": [1.0, 0.98]}}
+    rows = dict(summary_rows({"settings": {"eval_split": "test"}, "ppo": pp}))
+    assert rows["PPO: test mean reward (10 prompts × 2 samples), DPO → PPO"] == "0.50 → 1.00"
+    assert rows["final model = PPO (SFT → DPO → PPO): test add2 before → after"] == "1.000 → 0.980"

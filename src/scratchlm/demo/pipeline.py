@@ -18,7 +18,7 @@ from scratchlm.demo.distill import run_distill_stage
 from scratchlm.demo.dpo import run_dpo_stage
 from scratchlm.demo.grpo import run_grpo_stage
 from scratchlm.demo.lora import run_lora_stage
-from scratchlm.demo.ppo import run_ppo_stage
+from scratchlm.demo.ppo import ppo_chain, run_ppo_stage
 from scratchlm.demo.pretrain import run_pretrain_stage
 from scratchlm.demo.rag import run_rag_stage
 from scratchlm.demo.reward import run_reward_stage
@@ -92,8 +92,11 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoS
     from scratchlm.runs import load_run
 
     s = settings or (quick_settings() if quick else DemoSettings())
+    # settings of the later steps checked before any training: a bad one found after SFT costs its minutes
     if "tools" in s.stages:
-        check_tools_stage(s)  # before any training: a bad setting found after SFT costs its minutes
+        check_tools_stage(s)
+    if "ppo" in s.stages:
+        ppo_chain(s)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(s.seed)
@@ -148,6 +151,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoS
     for stage, (result, seconds) in run_lanes(lanes, out, s, paths, scores, progress).items():
         after_sft[stage], times[stage] = result, seconds
     times["total"] = time.perf_counter() - t0
+    final_chain = after_sft["ppo"]["chain"] if "ppo" in after_sft else ["sft"]
     summary = {
         "settings": asdict(s),
         "params": int(model.num_params()),
@@ -157,6 +161,9 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoS
         "seconds": times, "torch_threads": torch.get_num_threads(), "lanes": lanes,
         "samples": pick_samples(graded), "chats": chats, "conversation": conversation, "open_ended": open_ended,
         **tool_use, **after_sft,
+        # the chat model the demo ends with: the last of the chain SFT → [DPO →] PPO when PPO ran (the other stages
+        # branch off SFT and are shown, not kept)
+        "final_model": {"run": str(out / final_chain[-1]), "chain": final_chain},
     }
     (out / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
     _print_summary(summary, out)
@@ -179,8 +186,10 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
     from scratchlm.eval.summary import print_summary
 
     print_summary(summary)
+    final = summary["final_model"]
     Console().print(f"everything is in {out}/ (a folder per stage, tokenizer/, data/, summary.json, report.md); "
-                    f"chat with: scratchlm generate {out}/sft --chat --prompt 'who are you?'")
+                    f"chat with the final model ({' → '.join(c.upper() for c in final['chain'])}): "
+                    f"scratchlm generate {final['run']} --chat --prompt 'who are you?'")
     if "tools" in summary:
         Console().print(f"the agent with the calculator: scratchlm agent {out}/tools 'What is 4821 * 377?' "
                         f"--tools {','.join(summary['tools']['tools'])}")

@@ -104,6 +104,7 @@ class DemoSettings:
     ppo_steps: int
     ppo_sets: list[str]
     ppo_eval_samples: int
+    ppo_init: str  # "dpo" (the chain SFT -> DPO -> PPO when DPO runs) or "sft"
     distill_student: list[str]
     distill_steps: int
     distill_sets: list[str]

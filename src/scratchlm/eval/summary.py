@@ -84,10 +84,12 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         rows += _task_rows("GRPO (from the cold start)", g["tasks"], held)
     if "ppo" in summary:
         pp = summary["ppo"]
-        rows += [(f"PPO: {held} mean reward ({pp['prompts']} prompts × {pp['samples']} samples), SFT → PPO",
+        chain = [c.upper() for c in pp.get("chain", ["sft", "ppo"])]  # results written before the chain existed
+        rows += [(f"PPO: {held} mean reward ({pp['prompts']} prompts × {pp['samples']} samples), {chain[-2]} → PPO",
                   f"{pp['reward'][0]:.2f} → {pp['reward'][1]:.2f}"),
                  ("PPO: the same for greedy replies", f"{pp['reward_greedy'][0]:.2f} → {pp['reward_greedy'][1]:.2f}"),
-                 *_task_rows("PPO", pp["tasks"], held)]
+                 # before = the SFT model: PPO's model is the last of the chain, the demo's final chat model
+                 *_task_rows(f"final model = PPO ({' → '.join(chain)})", pp["tasks"], held)]
     if "distill" in summary:
         d = summary["distill"]
         p = d["params"]
