@@ -26,6 +26,10 @@ SETS = ["train.batch_size=8", "train.schedule=constant", "train.warmup_steps=2",
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--demo", type=Path, default=Path("/work/runs/tools_val"), help="a demo folder with tool chats")
+    ap.add_argument("--model", type=Path, default=None,
+                    help="the tool-use model to start from (default: the demo's sft/; the tools step's: DEMO/tools)")
+    ap.add_argument("--prompts", type=Path, default=None, help="its tool-use prompt file (default: "
+                    "DEMO/data/tools/prompt_train.jsonl; the tools step's: DEMO/data/tools_stage/prompt_train.jsonl)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/agent-rl"))
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--lr", type=float, default=5e-5)
@@ -46,15 +50,15 @@ def main() -> None:
     from scratchlm.train.stage import train_stage
 
     torch.manual_seed(args.seed)
-    sft = args.demo / "sft"
+    sft = args.model or args.demo / "sft"
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = [json.loads(x) for x in (args.demo / "data" / "tools" / "prompt_train.jsonl").read_text("utf-8").splitlines()]
+    rows = [json.loads(x) for x in (args.prompts or args.demo / "data" / "tools" / "prompt_train.jsonl").read_text("utf-8").splitlines()]
     calc = [r for r in rows if r.get("tool") == "calculator"]
     src = args.out / "prompts.jsonl"
     src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in calc), encoding="utf-8")
     prepare("prompt", sft, [src], args.out / "prompts")
     problems = held_out_problems(args.n_eval, args.split, seed=args.seed)
-    out: dict = {"demo": str(args.demo), "steps": args.steps, "lr": args.lr, "sets": SETS + args.set,
+    out: dict = {"demo": str(args.demo), "model": str(sft), "steps": args.steps, "lr": args.lr, "sets": SETS + args.set,
                  "rl_prompts": len(calc), "split": args.split}
     t0 = time.perf_counter()
     if not args.skip_before:
