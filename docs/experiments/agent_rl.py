@@ -35,6 +35,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--n-eval", type=int, default=100)
     ap.add_argument("--split", default="val")
+    ap.add_argument("--also-split", default="", help="score before/after on this split too (e.g. test: the split to "
+                    "report once the settings were chosen on --split)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", action="append", default=[], help="more config overrides for the RL run")
     ap.add_argument("--skip-before", action="store_true", help="score only the trained model")
@@ -77,6 +79,11 @@ def main() -> None:
     out["rl_status"] = res.status
     out["after"] = tool_use_accuracy(LLM.from_run(run), problems, tools=["calculator"])
     print("after:", out["after"]["agent"], flush=True)
+    if args.also_split:
+        other = held_out_problems(args.n_eval, args.also_split, seed=args.seed)
+        out[args.also_split] = {label: tool_use_accuracy(LLM.from_run(m), other, tools=["calculator"])
+                                for label, m in (("before", sft), ("after", run))}
+        print(f"{args.also_split}:", {k: v["agent"] for k, v in out[args.also_split].items()}, flush=True)
     (args.out / "results.json").write_text(json.dumps(out, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     if args.results:
         from scratchlm.results import write_results
