@@ -103,8 +103,9 @@ def test_tools_stage_refuses_bad_settings_before_training(tmp_path):
              *[("tools_stage_questions", bad, r"tools_stage_questions must be \[fewest, most\] questions per chat")
                for bad in ((0, 2), (3, 2), (1, 2, 3))],
              ("tools_stage_calc_tasks", ("add4", "plus4"), r"tools_stage_calc_tasks: not an arithmetic task name: 'plus4'"),
-             ("tools_stage_calc_tasks", ("add4", "sub3"), r"tools_stage_calc_tasks: 'sub3' has 3 digit\(s\)"),
-             ("tools_stage_calc_tasks", (), r"tools_stage_calc_tasks is empty")]
+             ("tools_stage_calc_tasks", ("add4", "sub3"),
+              r"tools_stage_calc_tasks: sub3: the calculator chats are for 4\+-digit problems \(it has 3 digit\(s\)"),
+             ("tools_stage_calc_tasks", (), r"tools_stage_calc_tasks: no calculator tasks")]
     for key, bad, message in cases:
         s = quick_settings()
         s.stages = ["pretrain", "sft", "tools"]

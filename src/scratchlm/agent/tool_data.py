@@ -93,6 +93,18 @@ def check_questions(questions: Sequence[int]) -> tuple[int, int]:
     return questions[0], questions[1]
 
 
+def check_calc_tasks(names: Sequence[str]) -> list[Arithmetic]:
+    """The arithmetic tasks `names` of the calculator chats; a ValueError unless there is one and each is 4+ digits."""
+    if not names:
+        raise ValueError("no calculator tasks: name arithmetic tasks like add4")
+    calc = [Arithmetic(t) for t in names]  # a ValueError names a name that is no arithmetic task
+    for t in calc:
+        if t.digits < 4:
+            raise ValueError(f"{t.name}: the calculator chats are for 4+-digit problems (it has {t.digits} digit(s); "
+                             "smaller ones the model answers alone)")
+    return calc
+
+
 def build_tool_sft(out_dir: str | Path, sizes: Sequence[int] = (2000, 100, 100), direct_share: float = 0.3,
                    seed: int = 0, tools: Sequence[str] = DEFAULT_TOOLS, calc_tasks: Sequence[str] = CALC_TASKS,
                    direct_tasks: Sequence[str] = DIRECT_TASKS, name: str = "scratchlm",
@@ -111,10 +123,7 @@ def build_tool_sft(out_dir: str | Path, sizes: Sequence[int] = (2000, 100, 100),
     if "calculator" not in registry.tools:
         raise ValueError("the tool-use set needs the calculator among the tools")
     schemas = registry.schemas()
-    calc = [Arithmetic(t) for t in calc_tasks]
-    for t in calc:
-        if t.digits < 4:
-            raise ValueError(f"{t.name}: the calculator chats are for 4+-digit problems")
+    calc = check_calc_tasks(calc_tasks)
     direct = [make_task(t, name) for t in direct_tasks]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -27,8 +27,7 @@ def run_tool_eval(llm: Any, s: DemoSettings) -> dict[str, Any]:
 def check_tools_stage(s: DemoSettings) -> tuple[int, int]:
     """SystemExit naming the setting unless the tools step's settings can build its data; returns (fewest, most)
     questions per chat. The demo checks them before it trains anything, not after SFT."""
-    from scratchlm.agent.tool_data import check_questions
-    from scratchlm.data.tasks import Arithmetic
+    from scratchlm.agent.tool_data import check_calc_tasks, check_questions
 
     if len(s.tools_stage_sizes) != 2 or min(s.tools_stage_sizes) < 1:
         raise SystemExit(f"scratchlm demo: tools_stage_sizes must be [train, val] chats, each >= 1, got "
@@ -38,16 +37,10 @@ def check_tools_stage(s: DemoSettings) -> tuple[int, int]:
     except ValueError as e:
         raise SystemExit(f"scratchlm demo: tools_stage_questions must be [fewest, most] questions per chat "
                          f"({e})") from None
-    if not s.tools_stage_calc_tasks:
-        raise SystemExit("scratchlm demo: tools_stage_calc_tasks is empty; name arithmetic tasks like \"add4\"")
-    for name in s.tools_stage_calc_tasks:
-        try:
-            digits = Arithmetic(name).digits
-        except ValueError as e:
-            raise SystemExit(f"scratchlm demo: tools_stage_calc_tasks: {e}") from None
-        if digits < 4:
-            raise SystemExit(f"scratchlm demo: tools_stage_calc_tasks: {name!r} has {digits} digit(s); the calculator "
-                             "chats are for 4+-digit problems (smaller ones the model answers alone)")
+    try:
+        check_calc_tasks(s.tools_stage_calc_tasks)
+    except ValueError as e:
+        raise SystemExit(f"scratchlm demo: tools_stage_calc_tasks: {e}") from None
     return questions
 
 
