@@ -259,6 +259,21 @@ def test_demo_train_list_reaches_pretrain_and_sft_but_not_the_later_stages():
     assert (later.optimizer, later.compile) == ("adamw", False)
 
 
+def test_demo_per_stage_train_lists_reach_only_their_stage():
+    from scratchlm.config import load_config
+    from scratchlm.demo.settings import DemoSettings, stage_sets
+
+    s = DemoSettings(train=["train.compile=true"], pretrain_train=["train.optimizer=muon"],
+                     sft_train=["train.muon_lr=0.01"])
+    pre, sft = (load_config(s.preset, stage_sets(s, st)).train for st in ("pretrain", "sft"))
+    assert (pre.optimizer, pre.compile, pre.muon_lr) == ("muon", True, 0.02)
+    assert (sft.optimizer, sft.compile, sft.muon_lr) == ("adamw", True, 0.01)
+    # the stage's own list comes after `train`, so it wins
+    s = DemoSettings(train=["train.optimizer=muon"], sft_train=["train.optimizer=adamw"])
+    assert load_config(s.preset, stage_sets(s, "sft")).train.optimizer == "adamw"
+    assert load_config(s.preset, stage_sets(s, "pretrain")).train.optimizer == "muon"
+
+
 def test_demo_refuses_a_stage_folder_started_with_another_step_count(tmp_path):
     from scratchlm.demo.pipeline import run_demo
     from scratchlm.demo.settings import quick_settings

@@ -63,6 +63,8 @@ class DemoSettings:
     preset: str
     model: list[str]  # extra --set model.* overrides
     train: list[str]  # extra --set train.* overrides of pretrain and SFT (e.g. train.optimizer=muon, train.compile=true)
+    pretrain_train: list[str]  # extra --set train.* overrides of pretraining only (after `train`)
+    sft_train: list[str]  # extra --set train.* overrides of SFT only (after `train`)
     pretrain_steps: int
     pretrain_batch: int
     pretrain_seq_len: int
@@ -184,16 +186,18 @@ def tools_on(s: DemoSettings) -> bool:
 
 
 def stage_sets(s: DemoSettings, stage: str, with_train: bool = True) -> list[str]:
-    """The `--set` overrides that train demo stage "pretrain" or "sft" with settings `s` (and its `train` list
-    unless `with_train` is False)."""
+    """The `--set` overrides that train demo stage "pretrain" or "sft" with settings `s` (and its `train` list, then
+    the stage's own `pretrain_train` / `sft_train`, unless `with_train` is False)."""
     if stage == "pretrain":
         steps, batch, seq_len, lr = s.pretrain_steps, s.pretrain_batch, s.pretrain_seq_len, s.pretrain_lr
+        own = s.pretrain_train
         # Plain causal windows across document boundaries, like the perplexity windows of the evaluation. With
         # the document mask the model never sees such windows: val ppl 291 vs 229 measured (add2 after SFT was
         # 0.755, inside the large run-to-run spread of 0.575-0.92 without it).
         extra = ["train.doc_mask=false"]
     elif stage == "sft":
         steps, batch, seq_len, lr = s.sft_steps, s.sft_batch, s.sft_seq_len, s.sft_lr
+        own = s.sft_train
         if tools_on(s):  # a tool chat is ~270 tokens, its tools' system turn alone ~180: rows must hold one
             batch, seq_len = s.tool_batch, s.tool_seq_len
         extra = [f"train.packing={str(s.sft_packing).lower()}", f"train.schedule={s.sft_schedule}",
@@ -206,7 +210,7 @@ def stage_sets(s: DemoSettings, stage: str, with_train: bool = True) -> list[str
     return [f"model.vocab_size={s.vocab_size}", *s.model, *longer, f"train.max_steps={steps}", f"train.batch_size={batch}",
             f"train.seq_len={seq_len}", f"train.lr={lr}", f"train.warmup_steps={max(1, steps // 20)}",
             f"train.eval_every={max(1, steps // 5)}", "train.eval_batches=10", f"train.save_every={steps}",
-            "train.keep_last=1", f"train.log_every={max(1, steps // 100)}", f"train.seed={s.seed}", *extra, *(s.train if with_train else [])]
+            "train.keep_last=1", f"train.log_every={max(1, steps // 100)}", f"train.seed={s.seed}", *extra, *((*s.train, *own) if with_train else ())]
 
 
 def post_sft_sets(s: DemoSettings, steps: int, extra: list[str]) -> list[str]:
