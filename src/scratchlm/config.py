@@ -164,6 +164,11 @@ class TrainConfig:
     # torch.compile each Block's cache-free forward (every objective; masks, loss and decoding stay eager). The first
     # step compiles (the progress line says so); inductor's on-disk cache makes later runs of the same shapes fast.
     compile: bool = False
+    # torch.profiler over profile_steps steps from step profile_from on (1-based; later than the compiling first
+    # step), written to the run folder's profile/: trace.json (chrome://tracing, Perfetto), ops.txt and
+    # breakdown.json (each step's milliseconds by part: matmuls, attention, compiled kernels, optimizer, the rest)
+    profile_steps: int = 0  # 0: no profiling
+    profile_from: int = 3
     seed: int = 1337
     log_every: int = 10
     eval_every: int = 100  # 0 disables periodic validation
@@ -366,6 +371,8 @@ _LIMITS: dict[str, tuple[float | None, float | None]] = {
     "train.muon_ns_steps": (1, 99),
     "train.muon_weight_decay": (0, None),
     "train.grad_clip": (0, None),
+    "train.profile_steps": (0, None),
+    "train.profile_from": (2, None),
     "train.log_every": (1, None),
     "train.eval_every": (0, None),
     "train.eval_batches": (1, None),

@@ -31,6 +31,7 @@ from scratchlm.train.checkpoint import latest_checkpoint, list_checkpoints, load
 from scratchlm.train.metrics_log import MetricsLog, plot_metrics, rss_mb
 from scratchlm.train.muon import MuonAdamW, muon_param_names
 from scratchlm.train.objectives import Objective
+from scratchlm.train.profiling import FORWARD_BACKWARD, OPTIMIZER_STEP, maybe_profiler, region
 from scratchlm.train.schedule import lr_at
 
 
@@ -196,15 +197,18 @@ def train(
     t_start = time.perf_counter()
     t_log, tok_log = t_start, 0
     model.train()
+    profiling = tc.profile_steps > 0 and info.is_main
     try:
-        with _StopFlag() as stop:
+        with _StopFlag() as stop, maybe_profiler(profiling, out_dir, tc.profile_from, tc.profile_steps) as prof:
             for step in range(start_step, end_step):
                 lr = lr_at(step, tc)
                 backend.set_lr(lr)
                 if bar is not None and tc.compile and step == start_step:
                     bar.set_postfix_str(f"compiling the blocks (inductor cache: {inductor_cache_dir()})")
-                loss_mean, n_tok_all, parts, n_stop = _forward_backward(step_setup, step, stop.set)
-                grad_norm = backend.step(tc.grad_clip)
+                with region(FORWARD_BACKWARD):
+                    loss_mean, n_tok_all, parts, n_stop = _forward_backward(step_setup, step, stop.set)
+                with region(OPTIMIZER_STEP):
+                    grad_norm = backend.step(tc.grad_clip)
 
                 done = step + 1
                 result.step = done
@@ -242,6 +246,7 @@ def train(
                 if tc.save_every and done % tc.save_every == 0:
                     save(done)
                     last_saved = done
+                prof.step()
             else:
                 if end_step < tc.max_steps:
                     result.status = "stopped"
