@@ -388,6 +388,20 @@ def test_lanes_run_every_job_once_and_time_it():
     assert run_lanes([], max, False) == {}
 
 
+def test_lanes_on_one_thread_give_each_lane_one_thread():
+    import torch
+
+    from scratchlm.lanes import run_lanes
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # n // 2 would be a zero-thread second lane
+    try:
+        done = run_lanes([[3], [2]], max, False, seed=0)
+    finally:
+        torch.set_num_threads(before)
+    assert {job: result for job, (result, _) in done.items()} == {3: 3, 2: 2}
+
+
 def test_ppo_chain_starts_from_dpo_when_asked_and_dpo_runs():
     from scratchlm.demo.ppo import ppo_chain
     from scratchlm.demo.settings import DemoSettings

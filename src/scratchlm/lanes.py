@@ -54,13 +54,14 @@ def run_lanes(lanes: list[list[Any]], run: JobRunner, progress: bool, seed: int 
     import multiprocessing
 
     n = torch.get_num_threads()
+    second = max(1, n // 2)  # on one thread both lanes get one: oversubscribed, but never a zero-thread process
     ctx = multiprocessing.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)
-    worker = ctx.Process(target=_second_lane, args=(send, lanes[1], run, n // 2, seed), name="lane-2")
+    worker = ctx.Process(target=_second_lane, args=(send, lanes[1], run, second, seed), name="lane-2")
     worker.start()
     send.close()
     try:
-        done = run_lane(lanes[0], run, progress, n - n // 2)
+        done = run_lane(lanes[0], run, progress, max(1, n - second))
         try:
             status, payload = receive.recv()
         except EOFError:
