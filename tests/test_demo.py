@@ -223,7 +223,7 @@ def test_demo_setting_flag_overrides_typed_values_and_names_bad_ones():
     assert s.synth_sizes == {"add2": (10, 2, 3)}  # tuples, as the settings file gives them
     with pytest.raises(SystemExit, match=r"--setting 'sft_turns=1': expected KEY=VALUE with KEY one of .*sft_mixed_turns"):
         settings_from_args(parse(["demo", "--setting", "sft_turns=1"]))
-    with pytest.raises(SystemExit, match=r"--setting sft_steps: expected a int like 900, got 'many'"):
+    with pytest.raises(SystemExit, match=r"--setting sft_steps: expected a int like 750, got 'many'"):
         settings_from_args(parse(["demo", "--setting", 'sft_steps="many"']))
     with pytest.raises(SystemExit, match=r"--setting preset: 'tiny' is not a TOML value"):
         settings_from_args(parse(["demo", "--setting", "preset=tiny"]))
