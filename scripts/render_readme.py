@@ -135,9 +135,9 @@ def render_post_training(results: Path) -> str:
         return f"{sum(q['right_doc_retrieved'] for q in qs)}/{len(qs)} retrieved, {sum(q['correct'] for q in qs)}/{len(qs)} right"
 
     lines = [
-        f"Measured by {_provenance(docs)} on {_machine(docs[0])}, with the demo settings of then (SFT without "
-        "conversations or thinking off, which became defaults later); every stage starts from that seed's SFT model, "
-        "accuracies on the test split.",
+        f"Measured by {_provenance(docs)} on {_machine(docs[0])}, with the demo settings of then (AdamW pretraining "
+        "and 900 SFT steps without conversations or thinking off; Muon pretraining, 750 SFT steps and conversations "
+        "became defaults later); every stage starts from that seed's SFT model, accuracies on the test split.",
         "",
         "| stage | what | seed 0 | seed 1 |",
         "|---|---|---|---|",
