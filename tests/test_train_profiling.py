@@ -37,6 +37,19 @@ def test_profiled_steps_write_a_trace_and_a_breakdown_of_the_model_s_matmuls(tmp
     assert b["fwd_bwd_matmul_flops_per_step"] == pytest.approx(6 * tokens * linear, rel=1e-9)
 
 
+def test_a_run_that_ends_inside_the_profiled_steps_writes_those_it_ran(tmp_path):
+    cfg = load_config("debug", [*SETS, "train.profile_from=4", "train.profile_steps=3"])  # steps 4-6 of 5
+    train(cfg, Pretrain(cfg, _shards()), tmp_path / "run", build_model(cfg), progress=False)
+    assert json.loads((tmp_path / "run" / "profile" / "breakdown.json").read_text())["steps"] == 2
+
+
+def test_a_run_that_ends_before_the_profiled_steps_says_so(tmp_path, capsys):
+    cfg = load_config("debug", [*SETS, "train.profile_from=7"])  # steps 7-8 of 5
+    train(cfg, Pretrain(cfg, _shards()), tmp_path / "run", build_model(cfg), progress=False)
+    assert "the run ended after 5 step(s), before step 8" in capsys.readouterr().out
+    assert not (tmp_path / "run" / "profile").exists()
+
+
 def test_no_profile_folder_unless_asked(tmp_path):
     cfg = load_config("debug", [s for s in SETS if "profile" not in s])
     train(cfg, Pretrain(cfg, _shards()), tmp_path / "run", build_model(cfg), progress=False)

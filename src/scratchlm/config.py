@@ -168,7 +168,7 @@ class TrainConfig:
     # step), written to the run folder's profile/: trace.json (chrome://tracing, Perfetto), ops.txt and
     # breakdown.json (each step's milliseconds by part: matmuls, attention, compiled kernels, optimizer, the rest)
     profile_steps: int = 0  # 0: no profiling
-    profile_from: int = 3
+    profile_from: int = 3  # counted from this run's first step (a resumed run: from where it resumed)
     seed: int = 1337
     log_every: int = 10
     eval_every: int = 100  # 0 disables periodic validation

@@ -32,7 +32,8 @@ class StepProfiler:
     """Records steps profile_from .. profile_from + steps - 1 (1-based) of a run and writes out_dir/profile/."""
 
     def __init__(self, out_dir: Path, profile_from: int, steps: int) -> None:
-        self.out_dir, self.steps = Path(out_dir) / "profile", steps
+        self.out_dir, self.steps, self.last = Path(out_dir) / "profile", steps, profile_from + steps - 1
+        self.written, self.seen = False, 0
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
         # one warm-up step before the recorded ones (the profiler's own start-up cost lands there)
         self.prof = profile(activities=activities, record_shapes=True, on_trace_ready=self._write,
@@ -44,16 +45,21 @@ class StepProfiler:
 
     def __exit__(self, *exc: Any) -> None:
         self.prof.__exit__(*exc)
+        if not self.written and exc[0] is None:
+            print(f"warning: train.profile_steps: the run ended after {self.seen} step(s), before step {self.last}, "
+                  f"the last one to profile; nothing written to {self.out_dir}")
 
     def step(self) -> None:
         """Mark the end of one training step."""
+        self.seen += 1
         self.prof.step()
 
     def _write(self, prof: profile) -> None:
+        self.written = True
         self.out_dir.mkdir(parents=True, exist_ok=True)
         prof.export_chrome_trace(str(self.out_dir / "trace.json"))
         (self.out_dir / "ops.txt").write_text(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40))
-        parts = step_breakdown(prof.events(), self.steps)
+        parts = step_breakdown(prof.events())
         (self.out_dir / "breakdown.json").write_text(json.dumps(parts, indent=2) + "\n")
 
 
@@ -105,15 +111,19 @@ def _descendants(ev: Any) -> Iterable[Any]:
         stack.extend(e.cpu_children)
 
 
-def step_breakdown(events: Iterable[Any], steps: int) -> dict[str, Any]:
+def step_breakdown(events: Iterable[Any]) -> dict[str, Any]:
     """Per-step milliseconds of a profiled run by part: forward + backward split into matmul / attention /
     compiled / other self time, the optimizer step, and the rest of the loop; with the matmuls' FLOPs (from their
     shapes) so that their achieved rate can be set against a peak. `events`: a profiler's FunctionEvents."""
     events = list(events)
+    # a step mark with no forward + backward is the loop's tail after its last step (the run ended while recording)
+    marks = [e for e in events if e.name.startswith("ProfilerStep")
+             and any(c.name == FORWARD_BACKWARD for c in e.cpu_children)]
+    steps = max(1, len(marks))  # fewer than asked when the run ended inside the profiled steps
     ms: dict[str, float] = defaultdict(float)
     mm_flops = 0.0
     mm_shapes: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])  # shape -> [calls, ms, flops]
-    step_ms = sum(e.cpu_time_total for e in events if e.name.startswith("ProfilerStep")) / 1e3
+    step_ms = sum(e.cpu_time_total for e in marks) / 1e3
     for top in (e for e in events if e.name in (FORWARD_BACKWARD, OPTIMIZER_STEP) and e.cpu_parent is not None
                 and e.cpu_parent.name.startswith("ProfilerStep")):
         prefix = "fwd_bwd" if top.name == FORWARD_BACKWARD else "optimizer"
@@ -134,6 +144,6 @@ def step_breakdown(events: Iterable[Any], steps: int) -> dict[str, Any]:
     per["step"] = step_ms / steps
     per["loop_outside_regions"] = per["step"] - per.get("fwd_bwd.total", 0.0) - per.get("optimizer.total", 0.0)
     top_shapes = sorted(mm_shapes.items(), key=lambda kv: -kv[1][1])[:12]
-    return {"steps": steps, "ms_per_step": per, "fwd_bwd_matmul_flops_per_step": mm_flops / steps,
+    return {"steps": len(marks), "ms_per_step": per, "fwd_bwd_matmul_flops_per_step": mm_flops / steps,
             "matmul_shapes": [{"op": k, "calls_per_step": c / steps, "ms_per_step": t / steps,
                                "gflops": f / (t / 1e3) / 1e9 if t else 0.0} for k, (c, t, f) in top_shapes]}
