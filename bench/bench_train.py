@@ -52,16 +52,21 @@ class ArrayShards:
         return None
 
 
-def matmul_peak(n: int = 2048, reps: int = 5, dtype: torch.dtype = torch.float32) -> float:
-    """Best FLOP/s of an n×n×n torch.mm on this machine."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def mm_flops(m: int, k: int, n: int, reps: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """Best FLOP/s of an (m×k)·(k×n) torch.mm on this machine."""
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
     torch.mm(a, b)
     best = float("inf")
     for _ in range(reps):
         t = time.perf_counter()
         torch.mm(a, b)
         best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
+    return 2 * m * k * n / best
+
+
+def matmul_peak(n: int = 2048, reps: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """Best FLOP/s of an n×n×n torch.mm on this machine."""
+    return mm_flops(n, n, n, reps, dtype)
 
 
 class HFStep:

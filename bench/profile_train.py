@@ -19,29 +19,16 @@ import scratchlm  # noqa: F401  (first: sets OpenMP's wait policy before torch l
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from bench_train import ArrayShards, matmul_peak
+from bench_train import ArrayShards, matmul_peak, mm_flops
 from scratchlm.config import load_config
 from scratchlm.model.info import flops_per_token
 from scratchlm.runs import build_model
 from scratchlm.train.loop import train
 from scratchlm.train.objectives import Pretrain
-
-
-def mm_rate(m: int, k: int, n: int, reps: int = 20) -> float:
-    """Best GFLOP/s of an (m×k)·(k×n) torch.mm alone."""
-    a, b = torch.randn(m, k), torch.randn(k, n)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - t)
-    return 2 * m * k * n / best / 1e9
 
 
 def profiled_run(preset: str, batch: int, seq: int, compile: bool, timed: int, profiled: int) -> tuple[list[float], dict]:
@@ -106,7 +93,7 @@ def main() -> None:
         try:
             shp = [s for s in parse_shapes(dims) if s]  # the recorded input shapes, e.g. [[1024, 512], [512, 1408]]
             if row["op"].startswith("aten::mm"):
-                alone = mm_rate(shp[0][0], shp[0][1], shp[1][1])
+                alone = mm_flops(shp[0][0], shp[0][1], shp[1][1], reps=20) / 1e9
         except (ValueError, IndexError):
             pass
         shapes.append({**row, "alone_gflops": alone})
