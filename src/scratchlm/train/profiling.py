@@ -1,5 +1,6 @@
 """train.profile_steps: torch.profiler over a few steps of a run, written into the run folder as a Chrome trace, the
-op table and where each step's time went (`step_breakdown`)."""
+op table and where each step's time went (`step_breakdown`). The breakdown counts host (CPU) time, which on a CPU is
+the work itself; on CUDA the kernels run asynchronously and their own times are in the trace (and ops.txt), not in it."""
 
 from __future__ import annotations
 
