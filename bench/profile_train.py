@@ -88,14 +88,10 @@ def main() -> None:
     shapes = []
     print(f"{'matmul (shapes)':60s}{'calls':>6s}{'ms':>7s}{'in step':>9s}{'alone':>8s} GFLOP/s")
     for row in b["matmul_shapes"][:8]:
-        dims = row["op"].split(" ", 1)[1]
         alone = None
-        try:
-            shp = [s for s in parse_shapes(dims) if s]  # the recorded input shapes, e.g. [[1024, 512], [512, 1408]]
-            if row["op"].startswith("aten::mm"):
-                alone = mm_flops(shp[0][0], shp[0][1], shp[1][1], reps=20) / 1e9
-        except (ValueError, IndexError):
-            pass
+        if row["op"].startswith("aten::mm "):  # input shapes [[m, k], [k, n]] (and the out= tensor's)
+            (m, k), (_, n) = row["shapes"][0], row["shapes"][1]
+            alone = mm_flops(m, k, n, reps=20) / 1e9
         shapes.append({**row, "alone_gflops": alone})
         print(f"{row['op'][:60]:60s}{row['calls_per_step']:6.0f}{row['ms_per_step']:7.1f}{row['gflops']:9.1f}"
               f"{alone if alone is not None else float('nan'):8.1f}")
@@ -107,11 +103,6 @@ def main() -> None:
             "profiled_ms_per_step": ms, "matmul_gflops_in_step": mm_gflops, "matmul_shapes": shapes},
             seed=None, split=None, notes=f"preset {args.preset}, {kind} AdamW, batch {args.batch}x{args.seq}, fp32, "
                                          f"{torch.get_num_threads()} threads; random token ids")
-
-
-def parse_shapes(text: str) -> list[list[int]]:
-    """The profiler's input-shape list as written (e.g. "[[1024, 512], [512, 1408]]") back into lists (JSON)."""
-    return json.loads(text)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ def test_profiled_steps_write_a_trace_and_a_breakdown_of_the_model_s_matmuls(tmp
     tokens = 2 * 32
     linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
     assert b["fwd_bwd_matmul_flops_per_step"] == pytest.approx(6 * tokens * linear, rel=1e-9)
+    # each row carries its recorded input shapes (bench/profile_train.py times them alone)
+    assert all(r["op"] == f"{r['op'].split(' ')[0]} {r['shapes']}" for r in b["matmul_shapes"])
 
 
 def test_a_run_that_ends_inside_the_profiled_steps_writes_those_it_ran(tmp_path):

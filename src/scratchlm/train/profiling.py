@@ -33,7 +33,7 @@ class StepProfiler:
     """Records steps profile_from .. profile_from + steps - 1 (1-based) of a run and writes out_dir/profile/."""
 
     def __init__(self, out_dir: Path, profile_from: int, steps: int) -> None:
-        self.out_dir, self.steps, self.last = Path(out_dir) / "profile", steps, profile_from + steps - 1
+        self.out_dir, self.last = Path(out_dir) / "profile", profile_from + steps - 1
         self.written, self.seen = False, 0
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
         # one warm-up step before the recorded ones (the profiler's own start-up cost lands there)
@@ -123,7 +123,7 @@ def step_breakdown(events: Iterable[Any]) -> dict[str, Any]:
     steps = max(1, len(marks))  # fewer than asked when the run ended inside the profiled steps
     ms: dict[str, float] = defaultdict(float)
     mm_flops = 0.0
-    mm_shapes: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])  # shape -> [calls, ms, flops]
+    mm_shapes: dict[str, list[Any]] = {}  # "op [shapes]" -> [input shapes, calls, ms, flops]
     step_ms = sum(e.cpu_time_total for e in marks) / 1e3
     for top in (e for e in events if e.name in (FORWARD_BACKWARD, OPTIMIZER_STEP) and e.cpu_parent is not None
                 and e.cpu_parent.name.startswith("ProfilerStep")):
@@ -136,15 +136,14 @@ def step_breakdown(events: Iterable[Any]) -> dict[str, Any]:
             if kind == "matmul" and prefix == "fwd_bwd":
                 f = matmul_flops(ev)
                 mm_flops += f
-                key = f"{ev.name} {ev.input_shapes}"
-                row = mm_shapes[key]
-                row[0] += 1
-                row[1] += ev.self_cpu_time_total / 1e3
-                row[2] += f
+                row = mm_shapes.setdefault(f"{ev.name} {ev.input_shapes}", [ev.input_shapes, 0, 0.0, 0.0])
+                row[1] += 1
+                row[2] += ev.self_cpu_time_total / 1e3
+                row[3] += f
     per = {k: v / steps for k, v in sorted(ms.items())}
     per["step"] = step_ms / steps
     per["loop_outside_regions"] = per["step"] - per.get("fwd_bwd.total", 0.0) - per.get("optimizer.total", 0.0)
-    top_shapes = sorted(mm_shapes.items(), key=lambda kv: -kv[1][1])[:12]
+    top_shapes = sorted(mm_shapes.items(), key=lambda kv: -kv[1][2])[:12]
     return {"steps": len(marks), "ms_per_step": per, "fwd_bwd_matmul_flops_per_step": mm_flops / steps,
-            "matmul_shapes": [{"op": k, "calls_per_step": c / steps, "ms_per_step": t / steps,
-                               "gflops": f / (t / 1e3) / 1e9 if t else 0.0} for k, (c, t, f) in top_shapes]}
+            "matmul_shapes": [{"op": k, "shapes": shp, "calls_per_step": c / steps, "ms_per_step": t / steps,
+                               "gflops": f / (t / 1e3) / 1e9 if t else 0.0} for k, (shp, c, t, f) in top_shapes]}
