@@ -36,7 +36,7 @@ import json
 import random
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from scratchlm.data.open_tasks import OPEN_TASKS, Continue, Fortune, Recite, open_task_docs
 from scratchlm.data.answers import ARITH_RE, GROUNDED_TASKS
@@ -135,7 +135,8 @@ _REPEAT = {
 }
 
 
-def _mix_conversations(sft: list[dict], rng: random.Random, mixed_prob: float, think_off_prob: float) -> None:
+def _mix_conversations(sft: list[dict], rng: random.Random, mixed_prob: float, think_off_prob: float,
+                       by_task: Mapping[str, float] | None = None) -> None:
     """Turn rows of one split into conversations, in place; row i still trains on example i (line i of the
     preference and prompt files).
 
@@ -144,7 +145,9 @@ def _mix_conversations(sft: list[dict], rng: random.Random, mixed_prob: float, t
     was your last answer?" → the row's answer again). Earlier assistant turns are written as the chat CLI and the
     server send history back (the answer without its reasoning) and carry "weight": 0: context, not trained on.
     With `think_off_prob`, the trained turn is written thinking off (`THINK_OFF` + the answer, no reasoning), as
-    the chat CLI's /think off and the API's enable_thinking=false prompt it."""
+    the chat CLI's /think off and the API's enable_thinking=false prompt it. `by_task` (task → share) replaces both
+    shares for the tasks it names: a task of 400 chats gets only ~40 of either at 0.1."""
+    by_task = by_task or {}
     by_lang: dict[str, list[int]] = defaultdict(list)
     for i, row in enumerate(sft):
         by_lang[row["lang"]].append(i)
@@ -156,7 +159,9 @@ def _mix_conversations(sft: list[dict], rng: random.Random, mixed_prob: float, t
 
     for i, row in enumerate(sft):
         conv = row["conversations"]
-        if mixed_prob and rng.random() < mixed_prob and len(by_lang[row["lang"]]) > 1:
+        mixed_p = by_task.get(row["task"], mixed_prob)
+        off_p = by_task.get(row["task"], think_off_prob)
+        if mixed_p and rng.random() < mixed_p and len(by_lang[row["lang"]]) > 1:
             head = conv[:-2]  # a system prompt and a same-task follow-up stay in front
             history = []
             for _ in range(rng.randint(1, 3)):
@@ -172,7 +177,7 @@ def _mix_conversations(sft: list[dict], rng: random.Random, mixed_prob: float, t
                 tail = conv[-2:]
             conv[:] = head + history + tail
             row["turns"] = sum(m["role"] == "user" for m in conv)
-        if think_off_prob and rng.random() < think_off_prob:
+        if off_p and rng.random() < off_p:
             for m in conv:
                 if m["role"] == "assistant" and m.get("weight", 1):
                     m["content"] = think_off(m["content"])
@@ -217,20 +222,28 @@ def build_synth(
     multi_turn_prob: float = 0.1,
     mixed_turns_prob: float = 0.0,
     think_off_prob: float = 0.0,
+    conversation_by_task: Mapping[str, float] | None = None,
 ) -> dict[str, Path]:
     """Write the synthetic task files into out_dir; return {"sft_train": path, ...} (nine files).
 
     `tasks`: names (default sizes) or {name: n_train | (n_train, n_val) | (n_train, n_val, n_test)};
     `n_train`/`n_val`/`n_test` override every task's size. `poems` defaults to the corpus train split's poems. Also writes meta.json (counts).
     `multi_turn_prob`: a follow-up question of the same task; `mixed_turns_prob`: 1-3 more turns of any task, some
-    referring back; `think_off_prob`: conversations written thinking off (see `_mix_conversations`). The last two
-    apply to SFT rows only; preference and prompt rows stay single-turn.
+    referring back; `think_off_prob`: conversations written thinking off (see `_mix_conversations`);
+    `conversation_by_task`: task → the share that replaces both for that task. These apply to SFT rows only;
+    preference and prompt rows stay single-turn.
     """
+    by_task = dict(conversation_by_task or {})
     for what, v in (("system_prob", system_prob), ("multi_turn_prob", multi_turn_prob),
-                    ("mixed_turns_prob", mixed_turns_prob), ("think_off_prob", think_off_prob)):
+                    ("mixed_turns_prob", mixed_turns_prob), ("think_off_prob", think_off_prob),
+                    *((f"conversation_by_task[{t!r}]", p) for t, p in by_task.items())):
         if not 0.0 <= v <= 1.0:
             raise ValueError(f"build_synth: {what}={v} must be in [0, 1]")
     sizes = resolve_sizes(tasks, n_train, n_val, n_test)
+    unknown = sorted(set(by_task) - set(sizes))
+    if unknown:
+        raise ValueError(f"build_synth: conversation_by_task names {', '.join(unknown)}, not among the tasks "
+                         f"({', '.join(sizes)})")
     if poems is None and any(t in ("next_line", "author", *GROUNDED_TASKS) for t in sizes):
         from scratchlm.data.corpus import poems as corpus_poems
 
@@ -257,11 +270,11 @@ def build_synth(
             counts.setdefault(task_name, {})[split] = n
             if len(sides) > 1:
                 counts[task_name][f"{split}_unseen_phrasing"] = n
-    if mixed_turns_prob or think_off_prob:
+    if mixed_turns_prob or think_off_prob or any(by_task.values()):
         for split in SIDES:
             # its own stream: turning these on changes no other row or file
             rng = random.Random(f"scratchlm-synth:{seed}:{split}:conversations")
-            _mix_conversations(rows[f"sft_{split}"], rng, mixed_turns_prob, think_off_prob)
+            _mix_conversations(rows[f"sft_{split}"], rng, mixed_turns_prob, think_off_prob, by_task)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
@@ -275,7 +288,8 @@ def build_synth(
                 fh.write(json.dumps(r, ensure_ascii=False) + "\n")
     meta = {"seed": seed, "name": name, "counts": counts, "files": {f: len(rows[f]) for f in FILES},
             "conversations": {"system_prob": system_prob, "multi_turn_prob": multi_turn_prob,
-                              "mixed_turns_prob": mixed_turns_prob, "think_off_prob": think_off_prob}}
+                              "mixed_turns_prob": mixed_turns_prob, "think_off_prob": think_off_prob,
+                              "by_task": by_task}}
     (out / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     return paths
 

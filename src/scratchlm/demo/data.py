@@ -67,7 +67,7 @@ def prepare_demo_data(out: Path, s: DemoSettings) -> dict[str, Path]:
     data.mkdir(parents=True, exist_ok=True)
     say("building synthetic tasks")
     files = build_synth(data / "synth", seed=s.seed, tasks=dict(s.synth_sizes), mixed_turns_prob=s.sft_mixed_turns,
-                        think_off_prob=s.sft_think_off)
+                        think_off_prob=s.sft_think_off, conversation_by_task=s.sft_conversations_by_task)
     tools = {}
     if tools_on(s):
         say(f"building tool-use chats ({', '.join(s.tool_names)}): {list(s.tool_sizes)}")

@@ -79,6 +79,7 @@ class DemoSettings:
     sft_pretrain_mix: float
     sft_mixed_turns: float  # share of SFT chats given 1-3 more turns of any task (multi-turn conversations)
     sft_think_off: float  # share of SFT chats written thinking off (the template's think-off form)
+    sft_conversations_by_task: dict[str, float]  # task -> the share that replaces both of the above for that task
     synth_sizes: dict[str, tuple[int, ...]]  # task: [train, val (dev), test]; test defaults to val's size
     stages: list[str]
     lora_name: str
