@@ -424,3 +424,26 @@ def test_mixed_turns_and_think_off_conversations(tmp_path):
     assert re.fullmatch(re.escape(THINK_OFF) + r"\d+", row["conversations"][-1]["content"]), row
     with pytest.raises(ValueError, match=r"think_off_prob=1.5 must be in \[0, 1\]"):
         build_synth(tmp_path / "bad", tasks={"add2": (5, 2)}, think_off_prob=1.5)
+
+
+def test_conversation_by_task_replaces_the_shares_for_named_tasks(tmp_path):
+    """A task named in conversation_by_task gets its own share of multi-turn and thinking-off chats (1.0: every
+    chat), the other tasks keep the global share (0 here: untouched); unknown tasks and shares outside [0, 1] are
+    refused, naming them."""
+    plain = build_synth(tmp_path / "plain", seed=0, tasks=CONV_SIZES, multi_turn_prob=0.0)
+    boosted = build_synth(tmp_path / "by", seed=0, tasks=CONV_SIZES, multi_turn_prob=0.0,
+                          conversation_by_task={"identity": 1.0})
+    meta = json.loads((tmp_path / "by" / "meta.json").read_text())
+    assert meta["conversations"]["by_task"] == {"identity": 1.0}
+    for split in SIDES:
+        before, after = read(plain[f"sft_{split}"]), read(boosted[f"sft_{split}"])
+        for b, a in zip(before, after):
+            if a["task"] == "identity":
+                assert a.get("thinking") == "off" and a["turns"] >= 2, a
+            else:
+                assert a == b
+        assert sum(a["task"] == "identity" for a in after) >= 20
+    with pytest.raises(ValueError, match=r"conversation_by_task names recite, not among the tasks"):
+        build_synth(tmp_path / "bad", tasks={"add2": (5, 2)}, conversation_by_task={"recite": 0.5})
+    with pytest.raises(ValueError, match=r"conversation_by_task\['add2'\]=2 must be in \[0, 1\]"):
+        build_synth(tmp_path / "bad", tasks={"add2": (5, 2)}, conversation_by_task={"add2": 2})

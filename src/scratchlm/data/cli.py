@@ -70,6 +70,14 @@ def _prob(text: str) -> float:
     return v
 
 
+def _task_share(text: str) -> tuple[str, float]:
+    """argparse type: TASK=P with P a probability in [0, 1]."""
+    task, eq, share = text.partition("=")
+    if not eq or not task:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected TASK=P, e.g. identity=0.4")
+    return task, _prob(share)
+
+
 def data_synth(args: argparse.Namespace) -> int:
     """Write the synthetic task files and print the counts per task."""
     from rich.console import Console
@@ -79,7 +87,8 @@ def data_synth(args: argparse.Namespace) -> int:
 
     tasks = parse_tasks(args.tasks)
     paths = build_synth(args.out, seed=args.seed, name=args.name, tasks=tasks, n_train=args.n_train, n_val=args.n_val,
-                        n_test=args.n_test, mixed_turns_prob=args.mixed_turns, think_off_prob=args.think_off)
+                        n_test=args.n_test, mixed_turns_prob=args.mixed_turns, think_off_prob=args.think_off,
+                        conversation_by_task=dict(args.task_conversations))
     sizes = resolve_sizes(tasks, args.n_train, args.n_val, args.n_test)
     table = Table(title=f"synthetic tasks → {args.out} (seed {args.seed}, name {args.name!r})")
     for col in ("task", "train", "val (dev)", "test"):
@@ -144,6 +153,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--think-off", type=_prob, default=0.0, metavar="P",
                        help="share of SFT chats written thinking off (<think></think> + the answer), as the chat CLI's "
                             "/think off and the API's enable_thinking=false prompt them (default 0)")
+    synth.add_argument("--task-conversations", type=_task_share, action="append", default=[], metavar="TASK=P",
+                       help="give TASK's SFT chats share P of both of the above instead (repeatable): a task of few "
+                            "chats gets few conversations at the global share, e.g. identity=0.4")
     synth.set_defaults(func=data_synth)
 
     tools = sub.add_parser("tools", help="write the tool-use SFT set: 4+-digit arithmetic through the calculator, "
