@@ -32,6 +32,7 @@ import torch
 from scratchlm.config import load_config
 from scratchlm.export.hf_mapping import hf_model
 from scratchlm.model.info import flops_per_token
+from scratchlm.results import matmul_peak, mm_flops  # noqa: F401  (profile_train imports both from here)
 from scratchlm.runs import build_model
 from scratchlm.train.loop import train
 from scratchlm.train.objectives import Pretrain
@@ -50,23 +51,6 @@ class ArrayShards:
 
     def read_mask(self, start: int, length: int) -> None:
         return None
-
-
-def mm_flops(m: int, k: int, n: int, reps: int = 5, dtype: torch.dtype = torch.float32) -> float:
-    """Best FLOP/s of an (m×k)·(k×n) torch.mm on this machine."""
-    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - t)
-    return 2 * m * k * n / best
-
-
-def matmul_peak(n: int = 2048, reps: int = 5, dtype: torch.dtype = torch.float32) -> float:
-    """Best FLOP/s of an n×n×n torch.mm on this machine."""
-    return mm_flops(n, n, n, reps, dtype)
 
 
 class HFStep:

@@ -63,6 +63,12 @@ def _open_ended(s: dict[str, Any], key: str) -> str:
     return " / ".join(f"{s['open_ended'][m][key]:.2f}" for m in ("thinking on", "thinking off"))
 
 
+def _host(s: dict[str, Any]) -> str:
+    """The matmul probe the demo takes at its start and after eval (older results files have none)."""
+    host = s.get("host_matmul_gflops")
+    return f"{host['start']:.0f} / {host['after_eval']:.0f} GFLOP/s" if host else "not probed"
+
+
 def render_demo(results: Path) -> str:
     """The demo's reference table: pretrain + SFT (and the tools step) of both seeds, test split."""
     docs = [_load(f"demo_seed{s}", results) for s in (0, 1)]
@@ -113,6 +119,7 @@ def render_demo(results: Path) -> str:
             lambda s: f"{s['seconds']['total'] / 60:.1f} min", "≤ 25 min", runs=everything),
         row("time: the default demo (data to eval)", lambda s: f"**{sum(s['seconds'][k] for k in base) / 60:.1f} min**",
             "≤ 15 min"),
+        row("the host's speed then: torch.mm 2048² fp32 at the start / after eval", _host),
     ]
     return "\n".join(lines) + "\n"
 

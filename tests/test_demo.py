@@ -153,6 +153,8 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     assert tools_cfg.train.data == str(out / "data" / "tools_stage_sft")
     assert tools_cfg.train.val_data == str(out / "data" / "tools_stage_sft_val")
     assert set(summary["seconds"]) >= {"lora", "reward", "dpo", "grpo", "ppo", "distill", "rag", "tools"}
+    host = summary["host_matmul_gflops"]  # the speed probe the times are read against
+    assert set(host) == {"start", "after_eval"} and all(v > 0.1 for v in host.values())
     report = (out / "report.md").read_text()  # the report card covers every trained stage
     assert all(f"{st}" in report for st in ("pretrain", "sft", "lora", "reward", "dpo", "grpo", "ppo", "distill"))
     assert (out / "loss_curves.png").exists()
@@ -237,13 +239,16 @@ def test_demo_mixed_turns_and_think_off_reach_the_sft_data(tmp_path):
 
     s = quick_settings()
     s.sft_mixed_turns, s.sft_think_off = 1.0, 1.0
+    s.sft_conversations_by_task = {"identity": 0.0}
     paths = prepare_demo_data(tmp_path, s)
     meta = json.loads((tmp_path / "data" / "synth" / "meta.json").read_text(encoding="utf-8"))
     assert (meta["conversations"]["mixed_turns_prob"], meta["conversations"]["think_off_prob"]) == (1.0, 1.0)
+    assert meta["conversations"]["by_task"] == {"identity": 0.0}
     lines = (tmp_path / "data" / "synth" / "sft_train.jsonl").read_text(encoding="utf-8").splitlines()
     chats = [json.loads(x) for x in lines]
     assert sum(sum(m["role"] == "user" for m in c["conversations"]) >= 2 for c in chats) > len(chats) // 2
     assert all(c["thinking"] == "off" for c in chats if c["task"] == "add2")
+    assert not any(c.get("thinking") or c.get("turns") for c in chats if c["task"] == "identity")  # its own share: 0
     assert paths["sft"].exists()
 
 

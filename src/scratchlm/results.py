@@ -39,6 +39,29 @@ def machine() -> dict[str, Any]:
             "python": platform.python_version(), "torch": torch.__version__, "os": platform.platform(terse=True)}
 
 
+def mm_flops(m: int, k: int, n: int, reps: int = 5, dtype: Any = None) -> float:
+    """Best FLOP/s of an (m×k)·(k×n) torch.mm on this machine (float32 unless `dtype`)."""
+    import time
+
+    import torch
+
+    dtype = dtype or torch.float32
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * m * k * n / best
+
+
+def matmul_peak(n: int = 2048, reps: int = 5, dtype: Any = None) -> float:
+    """Best FLOP/s of an n×n×n torch.mm: the machine's matmul peak, and how fast the host is right now (a shared
+    host's speed moves; a run's times read against this probe taken during it)."""
+    return mm_flops(n, n, n, reps, dtype)
+
+
 def git_commit(where: Path | None = None) -> str | None:
     """The checked-out commit of the repository holding `where` (this package by default), '+dirty' when the
     tracked files differ from it; None outside a git checkout."""

@@ -29,6 +29,7 @@ from scratchlm.eval.perplexity import perplexities
 from scratchlm.eval.conversation import conversation_scores
 from scratchlm.eval.stutter import open_ended_report
 from scratchlm.eval.tasks import chat_replies, evaluate_tasks, pick_samples
+from scratchlm.results import matmul_peak
 
 # What a person would type after the demo (training-style requests): shown in the summary, answered as
 # `scratchlm chat` answers (its sampling defaults, seeded by the demo's seed).
@@ -100,6 +101,8 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoS
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(s.seed)
+    # the host's matmul rate now and after eval: a shared machine's speed moves, and the times read against it
+    host = {"start": matmul_peak() / 1e9}
     t0 = time.perf_counter()
     times: dict[str, float] = {}
     paths = prepare_demo_data(out, s)
@@ -133,6 +136,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoS
                                           enable_thinking=mode == "thinking on")
                   for mode in ("thinking on", "thinking off")}
     times["eval"] = time.perf_counter() - t
+    host["after_eval"] = matmul_peak() / 1e9
     tool_use = {}
     if tools_on(s):
         t = time.perf_counter()
@@ -158,7 +162,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoS
         "accuracy": {k: c / n for k, (c, n) in scores.items()},
         "counts": {k: [c, n] for k, (c, n) in scores.items()},
         "val_ppl_pretrain": ppl_pre, "val_ppl_sft": ppl_sft, "val_ppl_unigram": ppl_uni,
-        "seconds": times, "torch_threads": torch.get_num_threads(), "lanes": lanes,
+        "seconds": times, "host_matmul_gflops": host, "torch_threads": torch.get_num_threads(), "lanes": lanes,
         "samples": pick_samples(graded), "chats": chats, "conversation": conversation, "open_ended": open_ended,
         **tool_use, **after_sft,
         # the chat model the demo ends with: the last of the chain SFT → [DPO →] PPO when PPO ran (the other stages
