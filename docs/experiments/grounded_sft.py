@@ -28,9 +28,15 @@ def main() -> None:
     ap.add_argument("--n-eval", type=int, default=30, help="val items per task")
     ap.add_argument("--max-chars", type=int, default=60)
     ap.add_argument("--lr", type=float, default=5e-4)
-    ap.add_argument("--demo-rows", type=int, default=0, help="demo SFT chats replayed beside (0: all of them)")
+    ap.add_argument("--distractors", default="1,1", metavar="LO,HI",
+                    help="distractor poems per training chat, fewest and most (0,0: the gold passage alone)")
+    ap.add_argument("--demo-rows", type=int, default=0,
+                    help="demo SFT chats replayed beside (0: all of them; -1: none, grounded chats only)")
     ap.add_argument("--skip-before", action="store_true", help="score only the trained model")
+    ap.add_argument("--retrieval", action="store_true",
+                    help="also score with retrieval: BM25 top 3 over the corpus index (hash embedder: no e5 indexing)")
     ap.add_argument("--results", default="", metavar="NAME", help="also write docs/results/NAME.json")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (1 for two experiments side by side)")
     args = ap.parse_args()
 
     import torch
@@ -43,12 +49,13 @@ def main() -> None:
     from scratchlm.shards.prepare import prepare
     from scratchlm.train.stage import train_stage
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     t0 = time.time()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     poems = corpus_poems("train")
-    tasks = {n: Grounded(n, poems, max_chars=args.max_chars, n_distractors=(1, 1)) for n in GROUNDED_TASKS}
+    lo, hi = (int(x) for x in args.distractors.split(","))
+    tasks = {n: Grounded(n, poems, max_chars=args.max_chars, n_distractors=(lo, hi)) for n in GROUNDED_TASKS}
     rows = []
     for name, task in tasks.items():
         for split in ("train", "val"):
@@ -59,7 +66,9 @@ def main() -> None:
                 rows.append((split, {"conversations": [{"role": "user", "content": ex.question},
                                                        {"role": "assistant", "content": ex.reply}]}))
     demo_sft = (args.demo / "data" / "synth" / "sft_train.jsonl").read_text(encoding="utf-8").splitlines()
-    if args.demo_rows:
+    if args.demo_rows < 0:
+        demo_sft = []
+    elif args.demo_rows:
         demo_sft = random.Random(1).sample(demo_sft, min(args.demo_rows, len(demo_sft)))
     mix = [json.dumps(r, ensure_ascii=False) for s, r in rows if s == "train"] + demo_sft  # replay: keep old skills
     random.Random(0).shuffle(mix)
@@ -82,15 +91,17 @@ def main() -> None:
     for name, task in tasks.items():
         rng = random.Random(f"grounded-exp-eval:{name}")
         items += [task.item(rng, "val", ("en", "zh")[i % 2]) for i in range(args.n_eval)]
-    results = {"steps": args.steps, "lr": args.lr, "grounded_train_chats": args.per_task * len(tasks), "demo_chats": len(demo_sft),
+    results = {"steps": args.steps, "lr": args.lr, "distractors": [lo, hi], "grounded_train_chats": args.per_task * len(tasks), "demo_chats": len(demo_sft),
                "n_eval": len(items), "split": "val"}
     results["init"] = str(init)
     models = [("before", init)] * (not args.skip_before) + [("after", run)]
     for label, model_dir in models:
         llm = LLM.from_run(model_dir, "cpu")
-        r = grounded_accuracy(llm, items, out, modes=("closed_book", "gold"), max_new_tokens=40)
-        results[label] = {k: r[k] for k in ("closed_book", "gold")} | {"samples": r["samples"][:3]}
-        print(label, json.dumps({k: r[k] for k in ("closed_book", "gold")}, ensure_ascii=False))
+        modes = ("closed_book", "gold", "retrieval") if args.retrieval else ("closed_book", "gold")
+        r = grounded_accuracy(llm, items, out, modes=modes, max_new_tokens=40, embedder="hash", search_mode="bm25")
+        keys = [k for k in (*modes, "gold_retrieved") if k in r]
+        results[label] = {k: r[k] for k in keys} | {"samples": r["samples"][:3]}
+        print(label, json.dumps({k: r[k] for k in keys}, ensure_ascii=False))
     results["seconds"] = round(time.time() - t0)
     (out / "results.json").write_text(json.dumps(results, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     if args.results:
