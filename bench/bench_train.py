@@ -32,7 +32,7 @@ import torch
 from scratchlm.config import load_config
 from scratchlm.export.hf_mapping import hf_model
 from scratchlm.model.info import flops_per_token
-from scratchlm.results import matmul_peak, mm_flops  # noqa: F401  (profile_train imports both from here)
+from scratchlm.results import matmul_peak
 from scratchlm.runs import build_model
 from scratchlm.train.loop import train
 from scratchlm.train.objectives import Pretrain

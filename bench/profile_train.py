@@ -23,9 +23,10 @@ from pathlib import Path
 
 import torch
 
-from bench_train import ArrayShards, matmul_peak, mm_flops
+from bench_train import ArrayShards
 from scratchlm.config import load_config
 from scratchlm.model.info import flops_per_token
+from scratchlm.results import matmul_peak, mm_flops
 from scratchlm.runs import build_model
 from scratchlm.train.loop import train
 from scratchlm.train.objectives import Pretrain
