@@ -11,13 +11,14 @@ eager, cold and warm cache. Below 1.00 compile wins."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from scratchlm.runs import read_metrics
 
 SKIP = 5  # steps left out of the steady rate: the first compiles (and warms allocators eagerly)
 
@@ -35,8 +36,7 @@ def run_stage(stage: str, config: Path, out: Path, steps: int, compiled: bool, c
     wall = time.perf_counter() - t
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    recs = [r for r in recs if "tokens_per_s" in r]
+    recs = [r for r in read_metrics(out) if "tokens_per_s" in r]
     first, last = next(r for r in recs if r["step"] == SKIP), recs[-1]
     rate = (last["tokens"] - first["tokens"]) / (last["elapsed_s"] - first["elapsed_s"])
     # what the first SKIP steps cost beyond the steady rate: compiling (and, eager, warming up)

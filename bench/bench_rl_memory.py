@@ -89,6 +89,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     from scratchlm.shards.prepare import prepare
+    from scratchlm.runs import read_metrics
     from scratchlm.train.stage import train_stage
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -106,7 +107,7 @@ def main() -> None:
               f"prompts × G={args.g}, max_new_tokens={args.new}, beta={args.beta}, CPU threads={torch.get_num_threads()}")
         t = time.perf_counter()
         res = train_stage("grpo", out, None, sets, str(tmp / "prompt_shards"), init, progress=False)
-        recs = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+        recs = read_metrics(out)
     rss = {r["step"]: r["rss_mb"] for r in recs if "rss_mb" in r}
     lengths = {r["step"]: r.get("completion_length") for r in recs if "rss_mb" in r}
     print(f"{res.status} after {res.step} steps in {time.perf_counter() - t:.0f}s")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import scratchlm  # noqa: F401  (first: sets OpenMP's wait policy before torch loads it, see scratchlm/__init__.py)
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -33,7 +32,7 @@ from scratchlm.config import load_config
 from scratchlm.export.hf_mapping import hf_model
 from scratchlm.model.info import flops_per_token
 from scratchlm.results import matmul_peak
-from scratchlm.runs import build_model
+from scratchlm.runs import build_model, read_metrics
 from scratchlm.train.loop import train
 from scratchlm.train.objectives import Pretrain
 
@@ -91,7 +90,7 @@ def ours_times(preset: str, batch: int, seq: int, steps: int, compile: bool = Fa
     shards = ArrayShards(batch * seq * (steps + 3) + 1, cfg.model.vocab_size)
     with tempfile.TemporaryDirectory() as d:
         train(cfg, Pretrain(cfg, shards), Path(d) / "run", build_model(cfg), progress=False)
-        recs = [json.loads(ln) for ln in (Path(d) / "run" / "metrics.jsonl").read_text().splitlines()]
+        recs = read_metrics(Path(d) / "run")
     return [batch * seq / r["tokens_per_s"] for r in recs if "tokens_per_s" in r and r["step"] > 2]
 
 

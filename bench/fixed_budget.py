@@ -18,7 +18,6 @@ from __future__ import annotations
 import scratchlm  # noqa: F401  (first: sets OpenMP's wait policy before torch loads it)
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -37,7 +36,9 @@ def _sets(batch: int, seq: int, steps: int, compile: bool, optimizer: str, seed:
 
 
 def _records(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    from scratchlm.runs import read_metrics
+
+    return read_metrics(run)
 
 
 def run_variant(preset: str, data: dict[str, Path], sets: list[str], out: Path) -> list[dict]:

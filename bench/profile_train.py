@@ -27,7 +27,7 @@ from bench_train import ArrayShards
 from scratchlm.config import load_config
 from scratchlm.model.info import flops_per_token
 from scratchlm.results import matmul_peak, mm_flops
-from scratchlm.runs import build_model
+from scratchlm.runs import build_model, read_metrics
 from scratchlm.train.loop import train
 from scratchlm.train.objectives import Pretrain
 
@@ -43,7 +43,7 @@ def profiled_run(preset: str, batch: int, seq: int, compile: bool, timed: int, p
     with tempfile.TemporaryDirectory() as d:
         run = Path(d) / "run"
         train(cfg, Pretrain(cfg, shards), run, build_model(cfg), progress=False)
-        recs = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+        recs = read_metrics(run)
         breakdown = json.loads((run / "profile" / "breakdown.json").read_text())
     secs = [batch * seq / r["tokens_per_s"] for r in recs if "tokens_per_s" in r and 2 < r["step"] <= 2 + timed]
     return secs, breakdown
