@@ -326,6 +326,28 @@ def test_stage_lanes():
     assert stage_lanes(DemoSettings(stages=["pretrain", "sft", "reward", "dpo", "ppo"])) == [["reward", "dpo", "ppo"]]
     assert stage_lanes(DemoSettings(stages=["pretrain", "sft", "grpo"])) == [["grpo"]]
     assert stage_lanes(DemoSettings()) == []
+    # the second lane is a setting: GRPO beside the reward model, DPO and PPO
+    s = DemoSettings(stages=["pretrain", "sft", "lora", "reward", "dpo", "grpo", "ppo"],
+                     second_lane=["reward", "dpo", "grpo", "ppo"])
+    assert stage_lanes(s) == ([["lora"], ["reward", "dpo", "grpo", "ppo"]] if two
+                              else [["lora", "reward", "dpo", "grpo", "ppo"]])
+
+
+def test_second_lane_keeps_ppo_beside_the_models_it_needs():
+    from scratchlm.demo.pipeline import check_lanes
+    from scratchlm.demo.settings import DEMO_STEPS, DemoSettings
+
+    every = list(DEMO_STEPS)
+    check_lanes(DemoSettings(stages=every))  # the default
+    check_lanes(DemoSettings(stages=every, second_lane=["lora", "distill"]))  # ppo and reward both in the first
+    with pytest.raises(SystemExit, match=r"second_lane must hold ppo and reward together or neither"):
+        check_lanes(DemoSettings(stages=every, second_lane=["ppo"]))
+    with pytest.raises(SystemExit, match=r"second_lane must hold ppo and reward, dpo together"):
+        check_lanes(DemoSettings(stages=every, second_lane=["reward", "ppo"], ppo_init="dpo"))
+    check_lanes(DemoSettings(stages=every, second_lane=["reward", "ppo"]))  # ppo starts from SFT: dpo may go apart
+    check_lanes(DemoSettings(stages=["pretrain", "sft", "grpo"], second_lane=["ppo"]))  # no ppo: nothing to keep
+    with pytest.raises(SystemExit, match=r"second_lane names pretrain, chat; choose from lora, reward"):
+        check_lanes(DemoSettings(stages=every, second_lane=["pretrain", "chat"]))
 
 
 def test_a_stage_that_fails_in_the_second_lane_is_reported_with_its_traceback(tmp_path, monkeypatch):

@@ -50,20 +50,32 @@ BASE_STEPS = {"pretrain": run_pretrain_stage, "sft": run_sft_stage}
 AFTER_SFT = {"lora": run_lora_stage, "reward": run_reward_stage, "dpo": run_dpo_stage, "grpo": run_grpo_stage,
              "ppo": run_ppo_stage, "distill": run_distill_stage, "rag": run_rag_stage,
              "tools": run_tools_stage}
-# ppo needs the reward stage's model, no other stage needs another's; dpo joins them to even out the lanes
-# (measured beside each other on one thread each, 2026-12-04: reward 914 s + ppo ~410 s against lora 102 s, dpo
-# 170 s, GRPO with its cold start ~660 s, distillation ~670 s)
-SECOND_LANE = ("reward", "dpo", "ppo")
+
+
+def check_lanes(s: DemoSettings) -> None:
+    """SystemExit naming the setting unless s.second_lane names steps after SFT and keeps PPO beside the runs it
+    starts from or learns from (the reward model; DPO when PPO starts from it): lanes run side by side."""
+    unknown = [st for st in s.second_lane if st not in DEMO_STEPS[2:]]
+    if unknown:
+        raise SystemExit(f"scratchlm demo: second_lane names {', '.join(unknown)}; choose from "
+                         f"{', '.join(DEMO_STEPS[2:])}")
+    if "ppo" not in s.stages:
+        return
+    needs = [st for st in ("reward", *ppo_chain(s)[1:-1]) if st in s.stages]
+    apart = [st for st in needs if (st in s.second_lane) != ("ppo" in s.second_lane)]
+    if apart:
+        raise SystemExit(f"scratchlm demo: second_lane must hold ppo and {', '.join(needs)} together or "
+                         f"neither (ppo starts from or learns from them), got {list(s.second_lane)}")
 
 
 def stage_lanes(s: DemoSettings) -> list[list[str]]:
-    """The steps after SFT as one lane, or as two lanes (the reward model, DPO and PPO beside the rest) when they
-    run on a CPU with at least two threads and s.lanes is 2."""
+    """The steps after SFT as one lane, or as two lanes (s.second_lane beside the rest) when they run on a CPU with
+    at least two threads and s.lanes is 2."""
     from scratchlm.lanes import two_lanes_fit
 
     after = [st for st in DEMO_STEPS[2:] if st in s.stages]
-    second = [st for st in after if st in SECOND_LANE]
-    first = [st for st in after if st not in SECOND_LANE]
+    second = [st for st in after if st in s.second_lane]
+    first = [st for st in after if st not in s.second_lane]
     if s.lanes == 2 and first and second and two_lanes_fit():
         return [first, second]
     return [after] if after else []
@@ -98,6 +110,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoS
         check_tools_stage(s)
     if "ppo" in s.stages:
         ppo_chain(s)
+    check_lanes(s)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(s.seed)

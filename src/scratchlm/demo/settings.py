@@ -126,7 +126,8 @@ class DemoSettings:
     tools_stage_seq_len: int  # its row length: one tool chat (with the tools' system turn) must fit
     tools_stage_sets: list[str]
     report_eval: bool
-    lanes: int  # 2: reward, dpo and ppo run in a second process beside the other stages (CPU only); 1: in turn
+    lanes: int  # 2: the second_lane steps run in a second process beside the other stages (CPU only); 1: in turn
+    second_lane: list[str]  # the steps after SFT in the second lane; ppo with reward (and dpo when ppo_init = "dpo")
     eval_split: str  # "test": what the demo reports (never tuned on); "val": the dev split, to choose settings on
     eval_per_task: int
     conversation_per_task: int  # questions per task asked as a third turn and with thinking off (eval/conversation)
