@@ -171,7 +171,7 @@ def test_demo_quick_runs_end_to_end(tmp_path):
 
     import torch
 
-    assert summary["lanes"] == ([["lora", "grpo", "distill", "rag", "tools"], ["reward", "dpo", "ppo"]]
+    assert summary["lanes"] == ([["lora", "grpo", "rag", "tools"], ["reward", "dpo", "ppo", "distill"]]
                                 if torch.get_num_threads() >= 2 else [after_sft])
     one = tmp_path / "one_lane"
     for part in ("pretrain", "sft", "tokenizer", "data"):
