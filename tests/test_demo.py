@@ -153,6 +153,7 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     assert tools_cfg.train.data == str(out / "data" / "tools_stage_sft")
     assert tools_cfg.train.val_data == str(out / "data" / "tools_stage_sft_val")
     assert set(summary["seconds"]) >= {"lora", "reward", "dpo", "grpo", "ppo", "distill", "rag", "tools"}
+    assert summary["reused"] == []  # every stage trained in this run
     host = summary["host_matmul_gflops"]  # the speed probe the times are read against
     assert set(host) == {"start", "after_eval"} and all(v > 0.1 for v in host.values())
     report = (out / "report.md").read_text()  # the report card covers every trained stage
@@ -179,6 +180,7 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     assert main(["demo", "--quick", "--out", str(one), "--no-progress", "--stages", "all", "--one-lane"]) == 0
     again = json.loads((one / "summary.json").read_text())
     assert again["lanes"] == [after_sft]
+    assert again["reused"] == ["pretrain", "sft"]  # copied in: evaluated, not trained
     assert {st: again[st] for st in after_sft} == {st: summary[st] for st in after_sft}
 
 

@@ -113,6 +113,8 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoS
     check_lanes(s)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    # stage folders an earlier demo finished: they are evaluated, not trained, so their seconds are not a training time
+    reused = [st for st in s.stages if (out / st / "model.safetensors").exists()]
     torch.manual_seed(s.seed)
     # the host's matmul rate now and after eval: a shared machine's speed moves, and the times read against it
     host = {"start": matmul_peak() / 1e9}
@@ -175,7 +177,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoS
         "accuracy": {k: c / n for k, (c, n) in scores.items()},
         "counts": {k: [c, n] for k, (c, n) in scores.items()},
         "val_ppl_pretrain": ppl_pre, "val_ppl_sft": ppl_sft, "val_ppl_unigram": ppl_uni,
-        "seconds": times, "host_matmul_gflops": host, "torch_threads": torch.get_num_threads(), "lanes": lanes,
+        "seconds": times, "reused": reused, "host_matmul_gflops": host, "torch_threads": torch.get_num_threads(), "lanes": lanes,
         "samples": pick_samples(graded), "chats": chats, "conversation": conversation, "open_ended": open_ended,
         **tool_use, **after_sft,
         # the chat model the demo ends with: the last of the chain SFT → [DPO →] PPO when PPO ran (the other stages
