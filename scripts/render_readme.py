@@ -69,6 +69,20 @@ def _host(s: dict[str, Any]) -> str:
     return f"{host['start']:.0f} / {host['after_eval']:.0f} GFLOP/s" if host else "not probed"
 
 
+def _all_minutes(s: dict[str, Any], refs: list[dict[str, Any]]) -> str:
+    """A `--stages all` run's wall clock; a run that reused the reference run's pretraining and SFT folders (the
+    same models: the demo is deterministic) adds that run's data-to-eval seconds, and says so."""
+    # results files from before summary.json named its reused folders: a base stage without seconds was reused
+    reused = s.get("reused", [st for st in ("pretrain", "sft") if st not in s["seconds"]])
+    if any(st not in ("pretrain", "sft") for st in reused):
+        return "not timed (trained in earlier runs: see the notes)"
+    if "pretrain" not in reused:
+        return f"{s['seconds']['total'] / 60:.1f} min"
+    ref = next(d["numbers"] for d in refs if d["seed"] == s["settings"]["seed"])
+    before = sum(ref["seconds"][k] for k in ("data", "pretrain", "sft", "eval"))
+    return f"{(before + s['seconds']['total']) / 60:.1f} min (data to eval: the reference run's)"
+
+
 def render_demo(results: Path) -> str:
     """The demo's reference table: pretrain + SFT (and the tools step) of both seeds, test split."""
     docs = [_load(f"demo_seed{s}", results) for s in (0, 1)]
@@ -115,8 +129,8 @@ def render_demo(results: Path) -> str:
         row("tools step: add2 / identity, the SFT model → after the tools step",
             lambda s: f"{_ba(s['tools']['tasks']['add2'])} / {_ba(s['tools']['tasks']['identity'])}"),
         row("time: data / pretrain / SFT / eval / tools step", lambda s: secs(s, *base, "tools")),
-        row("time: `--stages all` (the runs of the table below, without the tools step)",
-            lambda s: f"{s['seconds']['total'] / 60:.1f} min", "≤ 25 min", runs=everything),
+        row("time: `--stages all` (the runs of the table below)", lambda s: _all_minutes(s, docs), "≤ 25 min",
+            runs=everything),
         row("time: the default demo (data to eval)", lambda s: f"**{sum(s['seconds'][k] for k in base) / 60:.1f} min**",
             "≤ 15 min"),
         row("the host's speed then: torch.mm 2048² fp32 at the start / after eval", _host),
@@ -141,10 +155,22 @@ def render_post_training(results: Path) -> str:
         qs = s["rag"]["questions"]
         return f"{sum(q['right_doc_retrieved'] for q in qs)}/{len(qs)} retrieved, {sum(q['correct'] for q in qs)}/{len(qs)} right"
 
+    def final(s: dict[str, Any]) -> str:
+        ppo = s["ppo"]["tasks"]
+        return "; ".join(f"{_ba(ppo[k])}" for k in ("add2", unseen, "identity"))
+
+    def timed(s: dict[str, Any], keys: list[str], text: Callable[[], str]) -> str:
+        return "not timed (trained in earlier runs)" if set(keys) & set(s.get("reused", [])) else text()
+
+    def lanes(s: dict[str, Any]) -> str:
+        return timed(s, [k for lane in s["lanes"] for k in lane], lambda: " \\| ".join(
+            f"{', '.join(lane)}: {sum(s['seconds'][k] for k in lane):.0f} s" for lane in s["lanes"]))
+
+    stages = [k for k in ("lora", "reward", "dpo", "grpo", "ppo", "distill", "rag", "tools") if k in s0["seconds"]]
     lines = [
-        f"Measured by {_provenance(docs)} on {_machine(docs[0])}, with the demo settings of then (AdamW pretraining "
-        "and 900 SFT steps without conversations or thinking off; Muon pretraining, 750 SFT steps and conversations "
-        "became defaults later); every stage starts from that seed's SFT model, accuracies on the test split.",
+        f"Measured by {_provenance(docs)} on {_machine(docs[0])}, with the demo's defaults at that commit; every "
+        "stage starts from that seed's SFT model, accuracies on the test split."
+        + "".join(f" Seed {d['seed']}: {d['notes']}" for d in docs if d.get("notes")),
         "",
         "| stage | what | seed 0 | seed 1 |",
         "|---|---|---|---|",
@@ -159,12 +185,19 @@ def render_post_training(results: Path) -> str:
             lambda s: f"{s['grpo']['cold_start'][unseen][0]:.3f} → {s['grpo']['tasks'][unseen][1]:.3f}"),
         row("PPO, reward model", "test mean reward, sampled; greedy",
             lambda s: f"{_ba(s['ppo']['reward'], '.2f')}; {_ba(s['ppo']['reward_greedy'], '.2f')}"),
+        row("the final model (PPO's)", "add2; in unseen phrasings; identity: SFT → final", final),
         row("distillation", "val chat perplexity: teacher; student with KD / alone",
             lambda s: f"{s['distill']['val_ppl']['teacher']:.2f}; **{s['distill']['val_ppl']['distill']:.2f}** / "
                       f"{s['distill']['val_ppl']['baseline']:.2f}"),
+        row("distillation", "add2: teacher; student with KD / alone",
+            lambda s: f"{s['distill']['tasks']['teacher']['add2']:.3f}; **{s['distill']['tasks']['distill']['add2']:.3f}** / "
+                      f"{s['distill']['tasks']['baseline']['add2']:.3f}"),
         row("RAG", "a question per language: right document retrieved, answer right", rag),
-        row("time", "lora / reward / dpo / grpo / ppo / distill / rag",
-            lambda s: " / ".join(f"{s['seconds'][k]:.0f}" for k in ("lora", "reward", "dpo", "grpo", "ppo", "distill", "rag")) + " s"),
+        row("tools", f"{s0['tools']['n']} problems of 4-5 digits: the agent with the calculator / the same model alone",
+            lambda s: f"**{s['tools']['agent']['all']:.2f}** / {s['tools']['direct']['all']:.2f}"),
+        row("time", " / ".join(stages), lambda s: timed(s, stages, lambda: " / ".join(
+            f"{s['seconds'][k]:.0f}" for k in stages) + " s")),
+        row("time", "the two lanes after SFT, one thread each", lanes),
     ]
     return "\n".join(lines) + "\n"
 

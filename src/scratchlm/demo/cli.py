@@ -49,8 +49,9 @@ def add_cli(subparsers: Any) -> None:
                         "the SFT model a new name with LoRA adapters; tools fine-tunes it to answer 4-5 digit arithmetic "
                         "by calling a calculator (scratchlm agent RUN/tools ...)")
     p.add_argument("--one-lane", action="store_true",
-                   help="run the stages after SFT one after another (default on a CPU: reward, dpo and ppo in a "
-                        "second process beside the others, each process on half the threads)")
+                   help="run the stages after SFT one after another (default on a CPU: the setting second_lane's, "
+                        "reward, dpo, ppo and distill, in a second process beside the others, each process on half "
+                        "the threads)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the synthetic data, the tokenizer's text, initialisation and data order (default 0)")
     p.add_argument("--eval-split", choices=("test", "val"), default="test",

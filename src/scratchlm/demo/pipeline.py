@@ -114,7 +114,8 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoS
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     # stage folders an earlier demo finished: they are evaluated, not trained, so their seconds are not a training time
-    reused = [st for st in s.stages if (out / st / "model.safetensors").exists()]
+    reused = [st for st in s.stages
+              if any((out / st / f).exists() for f in ("model.safetensors", "adapter_model.safetensors"))]
     torch.manual_seed(s.seed)
     # the host's matmul rate now and after eval: a shared machine's speed moves, and the times read against it
     host = {"start": matmul_peak() / 1e9}
