@@ -69,11 +69,16 @@ def _host(s: dict[str, Any]) -> str:
     return f"{host['start']:.0f} / {host['after_eval']:.0f} GFLOP/s" if host else "not probed"
 
 
+def _reused(s: dict[str, Any]) -> list[str]:
+    """The stage folders a demo run evaluated without training them (summary.json's `reused`; in results files from
+    before it existed, a pretrain or SFT stage without seconds)."""
+    return s.get("reused", [st for st in ("pretrain", "sft") if st not in s["seconds"]])
+
+
 def _all_minutes(s: dict[str, Any], refs: list[dict[str, Any]]) -> str:
     """A `--stages all` run's wall clock; a run that reused the reference run's pretraining and SFT folders (the
     same models: the demo is deterministic) adds that run's data-to-eval seconds, and says so."""
-    # results files from before summary.json named its reused folders: a base stage without seconds was reused
-    reused = s.get("reused", [st for st in ("pretrain", "sft") if st not in s["seconds"]])
+    reused = _reused(s)
     if any(st not in ("pretrain", "sft") for st in reused):
         return "not timed (trained in earlier runs: see the notes)"
     if "pretrain" not in reused:
@@ -160,7 +165,7 @@ def render_post_training(results: Path) -> str:
         return "; ".join(f"{_ba(ppo[k])}" for k in ("add2", unseen, "identity"))
 
     def timed(s: dict[str, Any], keys: list[str], text: Callable[[], str]) -> str:
-        return "not timed (trained in earlier runs)" if set(keys) & set(s.get("reused", [])) else text()
+        return "not timed (trained in earlier runs)" if set(keys) & set(_reused(s)) else text()
 
     def lanes(s: dict[str, Any]) -> str:
         return timed(s, [k for lane in s["lanes"] for k in lane], lambda: " \\| ".join(
