@@ -35,21 +35,16 @@ def _sets(batch: int, seq: int, steps: int, compile: bool, optimizer: str, seed:
             f"train.compile={str(compile).lower()}", f"train.optimizer={optimizer}", "train.doc_mask=false"]
 
 
-def _records(run: Path) -> list[dict]:
-    from scratchlm.runs import read_metrics
-
-    return read_metrics(run)
-
-
 def run_variant(preset: str, data: dict[str, Path], sets: list[str], out: Path) -> list[dict]:
     """Train one pretraining run; its metrics.jsonl records."""
+    from scratchlm.runs import read_metrics
     from scratchlm.train.stage import train_stage
 
     result = train_stage("pretrain", out, preset, sets + [f"train.val_data={data['pretrain_val']}"],
                          str(data["pretrain"]), tokenizer=data["tokenizer"], progress=False)
     if result.status != "done":
         raise SystemExit(f"fixed_budget: {out} stopped ({result.status})")
-    return _records(out)
+    return read_metrics(out)
 
 
 def seconds_per_step(preset: str, data: dict[str, Path], batch: int, seq: int, compile: bool, optimizer: str,
