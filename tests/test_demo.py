@@ -348,6 +348,8 @@ def test_second_lane_keeps_ppo_beside_the_models_it_needs():
         check_lanes(DemoSettings(stages=every, second_lane=["reward", "ppo"], ppo_init="dpo"))
     check_lanes(DemoSettings(stages=every, second_lane=["reward", "ppo"]))  # ppo starts from SFT: dpo may go apart
     check_lanes(DemoSettings(stages=["pretrain", "sft", "grpo"], second_lane=["ppo"]))  # no ppo: nothing to keep
+    with pytest.raises(SystemExit, match=r'ppo_init must be "sft" or "dpo"'):  # the demo's check before training
+        check_lanes(DemoSettings(stages=every, ppo_init="grpo"))
     with pytest.raises(SystemExit, match=r"second_lane names pretrain, chat; choose from lora, reward"):
         check_lanes(DemoSettings(stages=every, second_lane=["pretrain", "chat"]))
 

@@ -108,9 +108,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, settings: DemoS
     # settings of the later steps checked before any training: a bad one found after SFT costs its minutes
     if "tools" in s.stages:
         check_tools_stage(s)
-    if "ppo" in s.stages:
-        ppo_chain(s)
-    check_lanes(s)
+    check_lanes(s)  # and ppo_init, through ppo_chain, when PPO runs
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     # stage folders an earlier demo finished: they are evaluated, not trained, so their seconds are not a training time
