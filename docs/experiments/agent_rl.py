@@ -38,14 +38,20 @@ def main() -> None:
     ap.add_argument("--also-split", default="", help="score before/after on this split too (e.g. test: the split to "
                     "report once the settings were chosen on --split)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--calc-tasks", default="", help="score on held-out problems of these arithmetic tasks (e.g. "
+                    "add6,sub6,mul6: a set the tools step has not saturated) and, unless --prompts is given, run RL "
+                    "on --rl-prompts freshly written training prompts of the same tasks")
+    ap.add_argument("--rl-prompts", type=int, default=4000, help="how many prompts --calc-tasks writes")
     ap.add_argument("--set", action="append", default=[], help="more config overrides for the RL run")
     ap.add_argument("--skip-before", action="store_true", help="score only the trained model")
     ap.add_argument("--results", default="", metavar="NAME", help="also write docs/results/NAME.json")
+    ap.add_argument("--notes", default="2-core AMD EPYC shared with the lead's runs; one process, nice 10",
+                    help="the machine and load, for the results file")
     args = ap.parse_args()
 
     import torch
 
-    from scratchlm.agent.tool_data import held_out_problems, tool_use_accuracy
+    from scratchlm.agent.tool_data import CALC_TASKS, build_tool_sft, held_out_problems, tool_use_accuracy
     from scratchlm.engine.offline import LLM
     from scratchlm.runs import read_metrics
     from scratchlm.shards.prepare import prepare
@@ -54,14 +60,20 @@ def main() -> None:
     torch.manual_seed(args.seed)
     sft = args.model or args.demo / "sft"
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = [json.loads(x) for x in (args.prompts or args.demo / "data" / "tools" / "prompt_train.jsonl").read_text("utf-8").splitlines()]
+    calc_tasks = tuple(t for t in args.calc_tasks.split(",") if t) or CALC_TASKS
+    prompts = args.prompts or args.demo / "data" / "tools" / "prompt_train.jsonl"
+    if args.calc_tasks and not args.prompts:
+        # the training side of the same tasks' operand-pair split: no held-out problem's pair is among them
+        prompts = build_tool_sft(args.out / "rl_data", sizes=(args.rl_prompts, 0, 0), direct_share=0.0, seed=args.seed,
+                                 tools=("calculator",), calc_tasks=calc_tasks)["prompt_train"]
+    rows = [json.loads(x) for x in prompts.read_text("utf-8").splitlines()]
     calc = [r for r in rows if r.get("tool") == "calculator"]
     src = args.out / "prompts.jsonl"
     src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in calc), encoding="utf-8")
     prepare("prompt", sft, [src], args.out / "prompts")
-    problems = held_out_problems(args.n_eval, args.split, seed=args.seed)
+    problems = held_out_problems(args.n_eval, args.split, seed=args.seed, calc_tasks=calc_tasks)
     out: dict = {"demo": str(args.demo), "model": str(sft), "steps": args.steps, "lr": args.lr, "sets": SETS + args.set,
-                 "rl_prompts": len(calc), "split": args.split}
+                 "rl_prompts": len(calc), "prompts": str(prompts), "calc_tasks": list(calc_tasks), "split": args.split}
     t0 = time.perf_counter()
     if not args.skip_before:
         out["before"] = tool_use_accuracy(LLM.from_run(sft), problems, tools=["calculator"])
@@ -80,7 +92,7 @@ def main() -> None:
     out["after"] = tool_use_accuracy(LLM.from_run(run), problems, tools=["calculator"])
     print("after:", out["after"]["agent"], flush=True)
     if args.also_split:
-        other = held_out_problems(args.n_eval, args.also_split, seed=args.seed)
+        other = held_out_problems(args.n_eval, args.also_split, seed=args.seed, calc_tasks=calc_tasks)
         out[args.also_split] = {label: tool_use_accuracy(LLM.from_run(m), other, tools=["calculator"])
                                 for label, m in (("before", sft), ("after", run))}
         print(f"{args.also_split}:", {k: v["agent"] for k, v in out[args.also_split].items()}, flush=True)
@@ -90,7 +102,7 @@ def main() -> None:
 
         print(write_results(Path(__file__).resolve().parents[2] / "docs" / "results" / f"{args.results}.json",
                             args.results, out, seed=args.seed, split=args.split,
-                            notes="2-core AMD EPYC shared with the lead's runs; one process, nice 10"))
+                            notes=args.notes))
 
 
 if __name__ == "__main__":
