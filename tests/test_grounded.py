@@ -11,10 +11,10 @@ import torch
 
 from scratchlm.data.answers import GROUNDED_TASKS, check_answer
 from scratchlm.data.corpus import poems as corpus_poems
-from scratchlm.data.grounded import Grounded
+from scratchlm.data.grounded import Grounded, counterfactual_poems
 from scratchlm.data.rag_prompt import sources_turn
 from scratchlm.data.synth import build_synth
-from scratchlm.data.tasks import SIDES
+from scratchlm.data.tasks import SIDES, verse_lines
 
 _BLOCK = re.compile(r"^\[(\S+#\d+)\] (.*)$", re.M)
 
@@ -53,6 +53,30 @@ def test_splits_never_share_a_poem_or_a_line(poems):
                 it = t.item(rng, side, "en")
                 assert {it.gold[1], *(x for _, x in it.distractors)} <= texts[side]
                 assert not any(line in p for p in texts["train"] for line in [it.question.split('"')[1]])
+
+
+def test_counterfactual_poems_lend_nothing_held_out_and_cannot_be_recalled(poems):
+    held_out = [p for p in poems if Grounded.side(p) != "train"]
+    train = [p for p in poems if Grounded.side(p) == "train"]
+    held_lines = {ln for p in held_out for st in verse_lines(p["text"]) for ln in st}
+    made = counterfactual_poems(poems, seed=0, max_chars=60)
+    assert len(made) > 100 and made != counterfactual_poems(poems, seed=1, max_chars=60)
+    used = [ln for p in made for st in verse_lines(p["text"]) for ln in st]
+    assert len(used) == len(set(used))  # each line once: Grounded keeps every one as an item
+    assert not set(used) & held_lines  # not even a line a held-out poem shares with a training one
+    assert {p["title"] for p in made} <= {p["title"] for p in train}
+    assert {p["author"] for p in made} <= {p["author"] for p in train}
+    for p in made:
+        assert len(p["text"]) <= 60 and p["text"].startswith(f"《{p['title']}》\n作者：{p['author']}\n")
+        assert len(verse_lines(p["text"])[0]) >= 2  # a next line to ask for
+    # the point: a made-up poem's poet is not the poet of the real poem its lines come from, in most poems
+    real_author = {ln: p["author"] for p in train for st in verse_lines(p["text"]) for ln in st}
+    same = sum(real_author.get(verse_lines(p["text"])[0][0]) == p["author"] for p in made)
+    assert same < 0.1 * len(made)
+    for name in GROUNDED_TASKS:
+        t = Grounded(name, made, max_chars=60, n_distractors=(1, 1))
+        ex = t.item(random.Random(0), "train", "zh")
+        assert ex.answer in ex.gold[1] and ex.line in ex.gold[1]
 
 
 def test_user_turn_is_rag_asks_rendering_with_the_gold_among_distractors(poems):

@@ -32,6 +32,9 @@ def main() -> None:
                     help="distractor poems per training chat, fewest and most (0,0: the gold passage alone)")
     ap.add_argument("--demo-rows", type=int, default=0,
                     help="demo SFT chats replayed beside (0: all of them; -1: none, grounded chats only)")
+    ap.add_argument("--counterfactual", type=int, default=0, metavar="N",
+                    help="also N chats per task on made-up poems (data.grounded.counterfactual_poems: lines, title "
+                    "and poet drawn apart, so only reading gives the answer)")
     ap.add_argument("--skip-before", action="store_true", help="score only the trained model")
     ap.add_argument("--retrieval", action="store_true",
                     help="also score with retrieval: BM25 top 3 over the corpus index (hash embedder: no e5 indexing)")
@@ -43,7 +46,7 @@ def main() -> None:
 
     from scratchlm.data.answers import GROUNDED_TASKS
     from scratchlm.data.corpus import poems as corpus_poems
-    from scratchlm.data.grounded import Grounded
+    from scratchlm.data.grounded import Grounded, counterfactual_poems
     from scratchlm.engine.offline import LLM
     from scratchlm.eval.grounded import grounded_accuracy
     from scratchlm.shards.prepare import prepare
@@ -65,6 +68,17 @@ def main() -> None:
                 ex = task.sample(rng, split, rng.choice(["en", "zh"]))
                 rows.append((split, {"conversations": [{"role": "user", "content": ex.question},
                                                        {"role": "assistant", "content": ex.reply}]}))
+    made_up = 0
+    for r in range(-(-args.counterfactual // 400)):  # ~500 training items per kind and call: 400 each keeps them apart
+        cf = counterfactual_poems(poems, seed=r, max_chars=args.max_chars)
+        for name in GROUNDED_TASKS:
+            task = Grounded(name, cf, max_chars=args.max_chars, n_distractors=(lo, hi))
+            rng = random.Random(f"grounded-exp-cf:{name}:{r}")
+            for _ in range(min(400, args.counterfactual - 400 * r)):
+                ex = task.sample(rng, "train", rng.choice(["en", "zh"]))
+                rows.append(("train", {"conversations": [{"role": "user", "content": ex.question},
+                                                         {"role": "assistant", "content": ex.reply}]}))
+                made_up += 1
     demo_sft = (args.demo / "data" / "synth" / "sft_train.jsonl").read_text(encoding="utf-8").splitlines()
     if args.demo_rows < 0:
         demo_sft = []
@@ -91,7 +105,8 @@ def main() -> None:
     for name, task in tasks.items():
         rng = random.Random(f"grounded-exp-eval:{name}")
         items += [task.item(rng, "val", ("en", "zh")[i % 2]) for i in range(args.n_eval)]
-    results = {"steps": args.steps, "lr": args.lr, "distractors": [lo, hi], "grounded_train_chats": args.per_task * len(tasks), "demo_chats": len(demo_sft),
+    results = {"steps": args.steps, "lr": args.lr, "distractors": [lo, hi], "grounded_train_chats": args.per_task * len(tasks),
+               "counterfactual_chats": made_up, "demo_chats": len(demo_sft),
                "n_eval": len(items), "split": "val"}
     results["init"] = str(init)
     models = [("before", init)] * (not args.skip_before) + [("after", run)]

@@ -153,3 +153,38 @@ class Grounded:
         wrong_ref = it.distractors[0][0] if it.distractors else it.gold[0]
         wrong = f"《{it.wrong}》" if self.name == "grounded_title" else it.wrong
         return Example(self.name, lang, content, it.answer, it.reply, f"{wrong} [{wrong_ref}]")
+
+
+def counterfactual_poems(poems: list[dict], seed: int = 0, lines: tuple[int, int] = (2, 3),
+                         max_chars: int = 60) -> list[dict]:
+    """Made-up poems for teaching the model to read: each one's verse lines, title and poet are drawn apart from
+    training-side poems, so no answer can be recalled and only reading the passage gives it.
+
+    With real poems alone the model learnt the few hundred training poems' authors and titles by heart and kept
+    answering from memory beside the passage (docs/rag.md). One call uses each training-side verse line at most once
+    (Grounded drops a line that two poems share, so build one Grounded per call; another seed gives other poems);
+    `lines` = (fewest, most) lines a poem, each poem within `max_chars`. Held-out poems lend nothing: none of their
+    lines or titles appears."""
+    train = [p for p in poems if Grounded.side(p) == "train" and verse_lines(p["text"])]
+    held_out = {ln for p in poems if Grounded.side(p) != "train" for st in verse_lines(p["text"]) for ln in st}
+    rows = sorted({ln for p in train for st in verse_lines(p["text"]) for ln in st} - held_out)
+    titles = sorted({p["title"] for p in train})
+    authors = sorted({p["author"] for p in train})
+    if not rows:
+        raise ValueError("counterfactual_poems: no training-side poems with verse lines")
+    rng = random.Random(f"scratchlm-counterfactual:{seed}")
+    rng.shuffle(rows)
+    out = []
+    while rows:
+        title, author = rng.choice(titles), rng.choice(authors)
+        head = [f"《{title}》", f"作者：{author}"]
+        body: list[str] = []
+        for _ in range(rng.randint(*lines)):
+            if rows and len("\n".join([*head, *body, rows[-1]])) <= max_chars:
+                body.append(rows.pop())
+        if len(body) < 2:  # the next line would not fit: the line is dropped, the rest goes on
+            if rows:
+                rows.pop()
+            continue
+        out.append({"text": "\n".join([*head, *body]), "title": title, "author": author})
+    return out
