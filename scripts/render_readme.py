@@ -359,10 +359,33 @@ def render_tools(results: Path) -> str:
             f"tasks against the demo without tool chats: {change}.\n")
 
 
+def render_agent_rl(results: Path) -> str:
+    """Agentic RL from each seed's tools step on 6-digit problems the tools step had not learnt (agent_rl.py
+    --calc-tasks)."""
+    docs = [_load(f"agent_rl_hard_seed{seed}", results) for seed in (0, 1)]
+    n0 = docs[0]["numbers"]
+    lines = [f"Agentic RL on problems the tools step has not learnt: held-out {n0['after']['n']} problems of "
+             f"{', '.join(n0['calc_tasks'])} (6-digit operands; the tools step trained on 4-5), the agent with the "
+             f"calculator, greedy; RL {n0['steps']} steps of `scratchlm train agent` (lr {n0['lr']:g}, CISPO) on "
+             f"{n0['rl_prompts']} training prompts of the same tasks, settings fixed before either split was scored:",
+             "", "| seed | val: tools step → + RL | test: tools step → + RL | 4–5 digit test: tools step → + RL | "
+                 "RL seconds |", "|---|---|---|---|---|"]
+    for d in docs:
+        n = d["numbers"]
+        keep = n["keep_test"]
+        lines.append(f"| {d['seed']} | {n['before']['agent']['all']:.2f} → {n['after']['agent']['all']:.2f} | "
+                     f"{n['test']['before']['agent']['all']:.2f} → {n['test']['after']['agent']['all']:.2f} | "
+                     f"{keep['before']['agent']['all']:.2f} → {keep['after']['agent']['all']:.2f} | "
+                     f"{n['seconds_rl']:.0f} |")
+    m = docs[0]["machine"]
+    lines += ["", f"{m['cpu']} CPU, {m['cores']} cores, one thread a run; {_provenance(docs)}."]
+    return "\n".join(lines) + "\n"
+
+
 RENDERERS: dict[str, Callable[[Path], str]] = {
     "demo": render_demo, "post-training": render_post_training, "decode": render_decode, "train": render_train,
     "engine": render_engine, "rollout": render_rollout, "rag": render_rag, "scaling": render_scaling,
-    "quant": render_quant, "tools": render_tools,
+    "quant": render_quant, "tools": render_tools, "agent-rl": render_agent_rl,
 }
 
 

@@ -42,6 +42,8 @@ def main() -> None:
                     "add6,sub6,mul6: a set the tools step has not saturated) and, unless --prompts is given, run RL "
                     "on --rl-prompts freshly written training prompts of the same tasks")
     ap.add_argument("--rl-prompts", type=int, default=4000, help="how many prompts --calc-tasks writes")
+    ap.add_argument("--rl-calc-tasks", default="", help="write the RL prompts of these tasks instead (e.g. the 4-5 "
+                    "digit ones beside the 6-digit ones, so that RL keeps what the tools step learnt)")
     ap.add_argument("--set", action="append", default=[], help="more config overrides for the RL run")
     ap.add_argument("--skip-before", action="store_true", help="score only the trained model")
     ap.add_argument("--results", default="", metavar="NAME", help="also write docs/results/NAME.json")
@@ -62,10 +64,11 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     calc_tasks = tuple(t for t in args.calc_tasks.split(",") if t) or CALC_TASKS
     prompts = args.prompts or args.demo / "data" / "tools" / "prompt_train.jsonl"
+    rl_tasks = tuple(t for t in args.rl_calc_tasks.split(",") if t) or calc_tasks
     if args.calc_tasks and not args.prompts:
-        # the training side of the same tasks' operand-pair split: no held-out problem's pair is among them
+        # the training side of the tasks' operand-pair split: no held-out problem's pair is among them
         prompts = build_tool_sft(args.out / "rl_data", sizes=(args.rl_prompts, 0, 0), direct_share=0.0, seed=args.seed,
-                                 tools=("calculator",), calc_tasks=calc_tasks)["prompt_train"]
+                                 tools=("calculator",), calc_tasks=rl_tasks)["prompt_train"]
     rows = [json.loads(x) for x in prompts.read_text("utf-8").splitlines()]
     calc = [r for r in rows if r.get("tool") == "calculator"]
     src = args.out / "prompts.jsonl"
@@ -73,7 +76,7 @@ def main() -> None:
     prepare("prompt", sft, [src], args.out / "prompts")
     problems = held_out_problems(args.n_eval, args.split, seed=args.seed, calc_tasks=calc_tasks)
     out: dict = {"demo": str(args.demo), "model": str(sft), "steps": args.steps, "lr": args.lr, "sets": SETS + args.set,
-                 "rl_prompts": len(calc), "prompts": str(prompts), "calc_tasks": list(calc_tasks), "split": args.split}
+                 "rl_prompts": len(calc), "prompts": str(prompts), "calc_tasks": list(calc_tasks), "rl_calc_tasks": list(rl_tasks), "split": args.split}
     t0 = time.perf_counter()
     if not args.skip_before:
         out["before"] = tool_use_accuracy(LLM.from_run(sft), problems, tools=["calculator"])
@@ -96,6 +99,14 @@ def main() -> None:
         out[args.also_split] = {label: tool_use_accuracy(LLM.from_run(m), other, tools=["calculator"])
                                 for label, m in (("before", sft), ("after", run))}
         print(f"{args.also_split}:", {k: v["agent"] for k, v in out[args.also_split].items()}, flush=True)
+    if calc_tasks != CALC_TASKS:  # what the tools step learnt (4-5 digits): does RL on other problems keep it?
+        out["keep"] = {}
+        for side in filter(None, (args.split, args.also_split)):
+            kept = held_out_problems(args.n_eval, side, seed=args.seed)
+            out["keep"][side] = {label: tool_use_accuracy(LLM.from_run(m), kept, tools=["calculator"])
+                                 for label, m in (("before", sft), ("after", run))}
+            print(f"keep ({', '.join(CALC_TASKS)}) {side}:", {k: v["agent"] for k, v in out["keep"][side].items()},
+                  flush=True)
     (args.out / "results.json").write_text(json.dumps(out, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     if args.results:
         from scratchlm.results import write_results
