@@ -367,18 +367,20 @@ def render_agent_rl(results: Path) -> str:
     lines = [f"Agentic RL on problems the tools step has not learnt: held-out {n0['after']['n']} problems of "
              f"{', '.join(n0['calc_tasks'])} (6-digit operands; the tools step trained on 4-5), the agent with the "
              f"calculator, greedy; RL {n0['steps']} steps of `scratchlm train agent` (lr {n0['lr']:g}, CISPO) on "
-             f"{n0['rl_prompts']} training prompts of the same tasks, settings fixed before either split was scored:",
+             f"{n0['rl_prompts']} training prompts of {', '.join(n0['rl_calc_tasks'])} (the 4-5 digit ones keep what the "
+             "tools step learnt; chosen on val):",
              "", "| seed | val: tools step → + RL | test: tools step → + RL | 4–5 digit test: tools step → + RL | "
                  "RL seconds |", "|---|---|---|---|---|"]
     for d in docs:
         n = d["numbers"]
-        keep = n["keep_test"]
+        keep = n["keep"]["test"]
         lines.append(f"| {d['seed']} | {n['before']['agent']['all']:.2f} → {n['after']['agent']['all']:.2f} | "
                      f"{n['test']['before']['agent']['all']:.2f} → {n['test']['after']['agent']['all']:.2f} | "
                      f"{keep['before']['agent']['all']:.2f} → {keep['after']['agent']['all']:.2f} | "
                      f"{n['seconds_rl']:.0f} |")
     m = docs[0]["machine"]
-    lines += ["", f"{m['cpu']} CPU, {m['cores']} cores, one thread a run; {_provenance(docs)}."]
+    lines += ["", f"{m['cpu']} CPU, {m['cores']} cores, one thread a run beside other runs (the seconds are no benchmark); "
+              f"{_provenance(docs)}."]
     return "\n".join(lines) + "\n"
 
 
