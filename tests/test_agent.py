@@ -274,6 +274,32 @@ def test_loop_with_the_real_mcp_server():
     assert any(t["function"]["name"] == "word_count" for t in _schemas(reg))
 
 
+def test_self_consistency_votes_on_the_runs_answers(tmp_path):
+    from scratchlm.agent.vote import vote_agent
+
+    reg = ToolRegistry(builtin_tools(["calculator"]))
+    # run i replies as scripted: the calculator, then an answer; runs 1 and 3 miscopy it, run 4 never answers
+    finals = ["408", "The answer is 418.", "408.", "418", None]
+
+    def make(i):
+        tail = [finals[i]] if finals[i] is not None else [_call("calculator", expression="1+1")] * 3
+        return ScriptedPolicy([_call("calculator", expression="12*34"), *tail])
+
+    vote = vote_agent(make, reg, "What is 12 × 34?", 5, answer_kind="number", max_steps=3)
+    assert vote.answers == ["408", "418", "408", "418", None]
+    # a 2-2 tie goes to the answer seen first; its first run is the pick; the run with no answer has no vote
+    assert vote.votes == {"408": 2, "418": 2} and vote.index == 0 and vote.picked.answer == "408"
+    assert vote.traces[4].stopped == "step_limit"
+    vote = vote_agent(lambda i: make(i + 1), reg, "What is 12 × 34?", 4, answer_kind="number", max_steps=3)
+    assert vote.index == 0 and vote.picked.answer == "The answer is 418."  # now 418 comes first
+    data = json.loads(vote.write(tmp_path / "v.json").read_text(encoding="utf-8"))
+    assert data["answer"] == "The answer is 418." and len(data["runs"]) == 4 and data["votes"] == {"418": 2, "408": 1}
+    with pytest.raises(ValueError, match="n >= 1"):
+        vote_agent(make, reg, "x", 0)
+    with pytest.raises(ValueError, match="unknown task"):
+        vote_agent(make, reg, "x", 2, answer_kind="poem")
+
+
 def _schemas(reg):
     return reg.schemas()
 
@@ -304,6 +330,12 @@ def test_a_trained_tiny_model_runs_the_loop(tool_run, tmp_path):
         rc = main(["agent", str(tool_run), QUESTION, "--tools", "calculator", "--device", "cpu", "--max-steps", "1",
                    "--max-new-tokens", "60"])
         assert rc == 3  # stopped by the step limit: not an answer
+        rc = main(["agent", str(tool_run), QUESTION, "--tools", "calculator", "--device", "cpu", "--json", str(out),
+                   "--max-new-tokens", "60", "--self-consistency", "3", "--temperature", "0.7", "--answer", "number"])
+        data = json.loads(out.read_text(encoding="utf-8"))
+        # the tiny model learnt the chat by heart: sampled runs still agree, and the vote's JSON holds all three
+        assert rc == 0 and len(data["runs"]) == 3 and data["answer"] == ANSWER
+        assert data["votes"] == {data["answers"][data["picked"]]: 3}
     finally:
         torch.set_num_threads(n)
 
@@ -315,4 +347,8 @@ def test_cli_refuses_tools_without_what_they_need(tool_run, capsys):
     assert "--files-root" in capsys.readouterr().err
     assert main(["agent", str(tool_run), "x", "--tools", "calculator,web"]) == 1
     assert "unknown tool 'web'" in capsys.readouterr().err
+    assert main(["agent", str(tool_run), "x", "--tools", "calculator", "--self-consistency", "4"]) == 1
+    assert "--temperature" in capsys.readouterr().err  # greedy runs would all be the same
+    assert main(["agent", str(tool_run), "x", "--tools", "calculator", "--self-consistency", "0"]) == 1
+    assert "at least 1" in capsys.readouterr().err
     assert os.environ.get("SCRATCHLM_DEBUG") is None

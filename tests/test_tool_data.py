@@ -194,6 +194,9 @@ def test_tool_use_accuracy_runs_the_agent_loop(calc_run):
     assert out["direct"]["all"] == 0.0  # alone it has no result to copy
     wrong = tool_use_accuracy(llm, [{**problem, "answer": str(int(problem["answer"]) + 1)}])
     assert wrong["agent"]["all"] == 0.0
+    voted = tool_use_accuracy(llm, [problem], votes=3, temperature=0.7)
+    assert voted["agent_vote"] == voted["agent_sampled"] == {"all": 1.0, "en": 1.0}, voted
+    assert "agent_vote" not in out  # one run: no vote
 
 
 def test_data_tools_command_writes_several_questions_and_names_bad_flags(tmp_path, capsys):

@@ -27,7 +27,8 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     trace = agent_task(args.run, args.task, tools=[t.strip() for t in tools], rag_db=args.rag_db,
                        files_root=args.files_root, mcp=args.mcp or [], max_steps=args.max_steps,
                        max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
-                       device=args.device, json_path=args.json, system=args.system)
+                       device=args.device, json_path=args.json, system=args.system, votes=args.self_consistency,
+                       answer_kind=args.answer)
     return 0 if trace.stopped == "answer" else 3
 
 
@@ -48,6 +49,11 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, default=256, help="tokens per reply at most")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--self-consistency", type=int, default=1, metavar="N",
+                   help="N sampled runs (seeds --seed, --seed+1, ...; needs --temperature > 0) vote on the answer; "
+                        "--json then holds the vote and every run (default 1: one run)")
+    p.add_argument("--answer", default="text", metavar="KIND",
+                   help="how the vote reads an answer: text (normalised), number, or a task name such as add4")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the trace as JSON")
     p.set_defaults(func=_cmd_agent)

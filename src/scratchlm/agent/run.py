@@ -11,6 +11,7 @@ from scratchlm.agent.builtin import builtin_tools
 from scratchlm.agent.loop import EnginePolicy, Trace, print_trace, run_agent
 from scratchlm.agent.mcp_tools import McpServer
 from scratchlm.agent.tools import ToolRegistry
+from scratchlm.agent.vote import vote_agent
 
 
 def open_tools(stack: ExitStack, names: Sequence[str], rag_db: str | Path | None = None,
@@ -30,16 +31,33 @@ def agent_task(run_dir: str | Path, task: str, tools: Sequence[str] = ("calculat
                rag_db: str | Path | None = None, files_root: str | Path | None = None, mcp: Sequence[str] = (),
                max_steps: int = 6, max_new_tokens: int = 256, temperature: float = 0.0, seed: int | None = None,
                device: str = "auto", json_path: str | Path | None = None, quiet: bool = False,
-               system: str | None = None) -> Trace:
-    """Run the agent on `task` with a run's model; print the trace (unless quiet) and write it to `json_path`."""
+               system: str | None = None, votes: int = 1, answer_kind: str = "text") -> Trace:
+    """Run the agent on `task` with a run's model; print the trace (unless quiet) and write it to `json_path`. With
+    `votes` > 1, that many sampled runs (seeds seed, seed + 1, ...) vote on the answer (agent/vote.py); the picked
+    run's trace is printed and returned, and the JSON holds the vote and every run."""
     from scratchlm.engine.offline import LLM
 
+    if votes < 1:
+        raise ValueError(f"--self-consistency {votes}: give at least 1 run")
+    if votes > 1 and temperature <= 0:
+        raise ValueError(f"--self-consistency {votes}: greedy runs would all be the same; give --temperature > 0 "
+                         "(e.g. 0.7)")
     with ExitStack() as stack:
         registry = open_tools(stack, tools, rag_db, files_root, mcp)
-        policy = EnginePolicy(LLM.from_run(run_dir, device), max_new_tokens, temperature, seed)
-        trace = run_agent(policy, registry, task, max_steps=max_steps, system=system)
+        llm = LLM.from_run(run_dir, device)
+        if votes > 1:
+            base = 0 if seed is None else seed
+            vote = vote_agent(lambda i: EnginePolicy(llm, max_new_tokens, temperature, base + i), registry, task,
+                              votes, answer_kind=answer_kind, max_steps=max_steps, system=system)
+            trace = vote.picked
+        else:
+            vote = None
+            trace = run_agent(EnginePolicy(llm, max_new_tokens, temperature, seed), registry, task,
+                              max_steps=max_steps, system=system)
     if not quiet:
+        if vote is not None:
+            print(f"{votes} runs, answers: {vote.answers}; votes: {vote.votes}; picked run {vote.index}")
         print_trace(trace)
     if json_path is not None:
-        trace.write(json_path)
+        (vote or trace).write(json_path)
     return trace

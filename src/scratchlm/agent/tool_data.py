@@ -177,11 +177,13 @@ def held_out_problems(n: int, side: str = "val", seed: int = 0,
 
 
 def tool_use_accuracy(llm: Any, problems: list[dict], tools: Sequence[str] = DEFAULT_TOOLS, max_steps: int = 4,
-                      max_new_tokens: int = 64) -> dict:
+                      max_new_tokens: int = 64, votes: int = 1, temperature: float = 0.7, seed: int = 0) -> dict:
     """Final-answer accuracy on `problems` of the agent loop (the model with the tools, greedy) and of the same model
     answering alone (no tools listed), overall and per language; plus the share of agent runs that called the
-    calculator and a few traces."""
+    calculator and a few traces. With `votes` > 1 also "agent_vote": `votes` runs sampled at `temperature` (seeds
+    seed, seed + 1, ...) vote on each answer (agent/vote.py), and "agent_sampled": the first of them alone."""
     from scratchlm.agent.loop import EnginePolicy, run_agent
+    from scratchlm.agent.vote import vote_agent
     from scratchlm.data.clean import clean_messages
     from scratchlm.engine.sampling import SamplingParams
 
@@ -191,8 +193,7 @@ def tool_use_accuracy(llm: Any, problems: list[dict], tools: Sequence[str] = DEF
     policy = EnginePolicy(llm, max_new_tokens=max_new_tokens)
     tok = llm.tokenizer
     params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, stop_ids=list(tok.stop_ids))
-    scores: dict[str, dict[str, list[int]]] = {"agent": defaultdict(list), "direct": defaultdict(list),
-                                               "called_calculator": defaultdict(list)}
+    scores: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
     samples = []
     for p in problems:
         trace = run_agent(policy, registry, p["question"], max_steps=max_steps)
@@ -202,7 +203,15 @@ def tool_use_accuracy(llm: Any, problems: list[dict], tools: Sequence[str] = DEF
         alone = tok.decode(llm.generate([ids], params)[0], skip_special_tokens=True)
         ok_agent = trace.answer is not None and check_answer(p["task"], trace.answer, p["answer"])
         ok_direct = check_answer(p["task"], alone, p["answer"])
-        for key, v in (("agent", ok_agent), ("direct", ok_direct), ("called_calculator", called)):
+        marks = [("agent", ok_agent), ("direct", ok_direct), ("called_calculator", called)]
+        if votes > 1:
+            vote = vote_agent(lambda i: EnginePolicy(llm, max_new_tokens, temperature, seed + i), registry,
+                              p["question"], votes, answer_kind=p["task"], max_steps=max_steps)
+            sampled = vote.traces[0].answer
+            marks += [("agent_vote", vote.picked.answer is not None and check_answer(p["task"], vote.picked.answer,
+                                                                                     p["answer"])),
+                      ("agent_sampled", sampled is not None and check_answer(p["task"], sampled, p["answer"]))]
+        for key, v in marks:
             scores[key]["all"].append(int(v))
             scores[key][p["lang"]].append(int(v))
         if len(samples) < 6:
