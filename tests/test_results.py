@@ -28,15 +28,14 @@ render = _render_module()
 def test_readme_tables_are_rendered_from_the_results_files():
     text = render.README.read_text(encoding="utf-8")
     # the README's numbers, in order
-    assert render.blocks(text) == ["engine", "decode", "train", "post-training", "rollout", "rag", "tools", "scaling",
-                                   "quant",
-                                   "demo"]
+    assert render.blocks(text) == ["engine", "decode", "train", "post-training", "rollout", "rag", "tools", "agent-rl",
+                                   "scaling", "quant", "demo"]
     assert render.render(text) == text, "README.md is out of date: run python scripts/render_readme.py"
 
 
 README_FILES = ("demo_seed0", "demo_seed1", "demo_all_seed0", "demo_all_seed1", "bench_decode", "bench_engine",
                 "bench_train", "bench_rollout", "bench_rl_memory", "rag_eval", "bench_rag", "inference_scaling",
-                "bench_quant", "kv_int8", "tool_sft")
+                "bench_quant", "kv_int8", "tool_sft", "agent_rl_hard_seed0", "agent_rl_hard_seed1")
 
 
 def test_every_results_file_records_where_its_numbers_come_from():
