@@ -160,11 +160,12 @@ def counterfactual_poems(poems: list[dict], seed: int = 0, lines: tuple[int, int
     """Made-up poems for teaching the model to read: each one's verse lines, title and poet are drawn apart from
     training-side poems, so no answer can be recalled and only reading the passage gives it.
 
-    With real poems alone the model learnt the few hundred training poems' authors and titles by heart and kept
-    answering from memory beside the passage (docs/rag.md). One call uses each training-side verse line at most once
-    (Grounded drops a line that two poems share, so build one Grounded per call; another seed gives other poems);
-    `lines` = (fewest, most) lines a poem, each poem within `max_chars`. Held-out poems lend nothing: none of their
-    lines or titles appears."""
+    With real poems alone a model can lower its loss by learning the few hundred training poems' poets and titles by
+    heart instead of reading; these take that shortcut away (docs/rag.md, the fifth measurement, has what 600 steps of
+    them did). One call uses each training-side verse line at most once (Grounded drops a line that two poems share,
+    so build one Grounded per call; another seed gives other poems); `lines` = (fewest, most) lines a poem, each poem
+    within `max_chars`. Held-out poems lend nothing: none of their lines appears, and titles and poets are drawn from
+    training-side poems."""
     train = [p for p in poems if Grounded.side(p) == "train" and verse_lines(p["text"])]
     held_out = {ln for p in poems if Grounded.side(p) != "train" for st in verse_lines(p["text"]) for ln in st}
     rows = sorted({ln for p in train for st in verse_lines(p["text"]) for ln in st} - held_out)
