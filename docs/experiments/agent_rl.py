@@ -76,7 +76,8 @@ def main() -> None:
     prepare("prompt", sft, [src], args.out / "prompts")
     problems = held_out_problems(args.n_eval, args.split, seed=args.seed, calc_tasks=calc_tasks)
     out: dict = {"demo": str(args.demo), "model": str(sft), "steps": args.steps, "lr": args.lr, "sets": SETS + args.set,
-                 "rl_prompts": len(calc), "prompts": str(prompts), "calc_tasks": list(calc_tasks), "rl_calc_tasks": list(rl_tasks), "split": args.split}
+                 "rl_prompts": len(calc), "prompts": str(prompts), "calc_tasks": list(calc_tasks),
+                 "rl_calc_tasks": list(rl_tasks), "split": args.split}
     t0 = time.perf_counter()
     if not args.skip_before:
         out["before"] = tool_use_accuracy(LLM.from_run(sft), problems, tools=["calculator"])

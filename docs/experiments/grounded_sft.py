@@ -69,7 +69,8 @@ def main() -> None:
                 rows.append((split, {"conversations": [{"role": "user", "content": ex.question},
                                                        {"role": "assistant", "content": ex.reply}]}))
     made_up = 0
-    for r in range(-(-args.counterfactual // 400)):  # ~500 training items per kind and call: 400 each keeps them apart
+    # one counterfactual_poems call per 400 chats a kind: each call has ~500 distinct training items a kind
+    for r in range(-(-args.counterfactual // 400)):
         cf = counterfactual_poems(poems, seed=r, max_chars=args.max_chars)
         for name in GROUNDED_TASKS:
             task = Grounded(name, cf, max_chars=args.max_chars, n_distractors=(lo, hi))
