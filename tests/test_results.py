@@ -35,7 +35,8 @@ def test_readme_tables_are_rendered_from_the_results_files():
 
 README_FILES = ("demo_seed0", "demo_seed1", "demo_all_seed0", "demo_all_seed1", "bench_decode", "bench_engine",
                 "bench_train", "bench_rollout", "bench_rl_memory", "rag_eval", "bench_rag", "inference_scaling",
-                "bench_quant", "kv_int8", "tool_sft", "agent_rl_hard_seed0", "agent_rl_hard_seed1")
+                "bench_quant", "kv_int8", "tool_sft", "agent_rl_hard_seed0", "agent_rl_hard_seed1",
+                "agent_rl_hard120_seed0", "agent_rl_hard120_seed1", "agent_vote_seed0", "agent_vote_seed1")
 
 
 def test_every_results_file_records_where_its_numbers_come_from():
