@@ -95,17 +95,18 @@ def main() -> None:
     out["rl_status"] = res.status
     out["after"] = tool_use_accuracy(LLM.from_run(run), problems, tools=["calculator"])
     print("after:", out["after"]["agent"], flush=True)
+    def before_after(problems: list[dict]) -> dict:
+        return {label: tool_use_accuracy(llm, problems, tools=["calculator"])
+                for label, llm in (("before", LLM.from_run(sft)), ("after", LLM.from_run(run)))}
+
     if args.also_split:
         other = held_out_problems(args.n_eval, args.also_split, seed=args.seed, calc_tasks=calc_tasks)
-        out[args.also_split] = {label: tool_use_accuracy(LLM.from_run(m), other, tools=["calculator"])
-                                for label, m in (("before", sft), ("after", run))}
+        out[args.also_split] = before_after(other)
         print(f"{args.also_split}:", {k: v["agent"] for k, v in out[args.also_split].items()}, flush=True)
     if calc_tasks != CALC_TASKS:  # what the tools step learnt (4-5 digits): does RL on other problems keep it?
         out["keep"] = {}
         for side in filter(None, (args.split, args.also_split)):
-            kept = held_out_problems(args.n_eval, side, seed=args.seed)
-            out["keep"][side] = {label: tool_use_accuracy(LLM.from_run(m), kept, tools=["calculator"])
-                                 for label, m in (("before", sft), ("after", run))}
+            out["keep"][side] = before_after(held_out_problems(args.n_eval, side, seed=args.seed))
             print(f"keep ({', '.join(CALC_TASKS)}) {side}:", {k: v["agent"] for k, v in out["keep"][side].items()},
                   flush=True)
     (args.out / "results.json").write_text(json.dumps(out, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")

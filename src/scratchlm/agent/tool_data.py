@@ -176,6 +176,11 @@ def held_out_problems(n: int, side: str = "val", seed: int = 0,
     return out
 
 
+def _solved(problem: dict, answer: str | None) -> bool:
+    """Whether `answer` (None: the run gave none) is right for `problem`."""
+    return answer is not None and check_answer(problem["task"], answer, problem["answer"])
+
+
 def tool_use_accuracy(llm: Any, problems: list[dict], tools: Sequence[str] = DEFAULT_TOOLS, max_steps: int = 4,
                       max_new_tokens: int = 64, votes: int = 1, temperature: float = 0.7, seed: int = 0) -> dict:
     """Final-answer accuracy on `problems` of the agent loop (the model with the tools, greedy) and of the same model
@@ -201,16 +206,12 @@ def tool_use_accuracy(llm: Any, problems: list[dict], tools: Sequence[str] = DEF
         ids, _ = tok.encode_chat(clean_messages([{"role": "user", "content": p["question"]}]),
                                  add_generation_prompt=True)
         alone = tok.decode(llm.generate([ids], params)[0], skip_special_tokens=True)
-        ok_agent = trace.answer is not None and check_answer(p["task"], trace.answer, p["answer"])
-        ok_direct = check_answer(p["task"], alone, p["answer"])
-        marks = [("agent", ok_agent), ("direct", ok_direct), ("called_calculator", called)]
+        marks = [("agent", _solved(p, trace.answer)), ("direct", _solved(p, alone)), ("called_calculator", called)]
         if votes > 1:
             vote = vote_agent(lambda i: EnginePolicy(llm, max_new_tokens, temperature, seed + i), registry,
                               p["question"], votes, answer_kind=p["task"], max_steps=max_steps)
-            sampled = vote.traces[0].answer
-            marks += [("agent_vote", vote.picked.answer is not None and check_answer(p["task"], vote.picked.answer,
-                                                                                     p["answer"])),
-                      ("agent_sampled", sampled is not None and check_answer(p["task"], sampled, p["answer"]))]
+            marks += [("agent_vote", _solved(p, vote.picked.answer)),
+                      ("agent_sampled", _solved(p, vote.traces[0].answer))]
         for key, v in marks:
             scores[key]["all"].append(int(v))
             scores[key][p["lang"]].append(int(v))
